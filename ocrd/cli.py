@@ -1,0 +1,180 @@
+"""The command line: ``ocrd run | check | list | clean | --version``, as CONTRACT.md says."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ocrd import __version__, log
+from ocrd.apply import Status, apply
+from ocrd.config import Config, default_path, load
+from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.inventory import ModelDirMissing, display, scan
+from ocrd.retention import Plan, Rules, plan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.config = args.config or default_path()
+    if args.command == "run":
+        # Imported here: the daemon pulls in watchdog, sdnotify and, above all, the .NET runtime,
+        # none of which the one-shot commands need.
+        from ocrd.daemon import run  # noqa: PLC0415
+
+        return run(args.config)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    log.configure(
+        "warning" if config.log.level in ("debug", "info") else config.log.level,
+        config.log.format,
+        stream=sys.stderr,
+    )
+    if args.command == "check":
+        print(config.summary())
+        return 0
+    try:
+        the_plan = _plan(config)
+    except ModelDirMissing as exc:
+        print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "list":
+        _print_list(the_plan, args.json)
+        return 0
+    return _clean(
+        config, the_plan, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocrd", description="Keeps an Aspose OCR AI model directory tidy and safe."
+    )
+    parser.add_argument("--version", action="version", version=f"ocrd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "config file (default: $OCRD_CONFIG, else ./config.toml)"
+    for name, text in (
+        ("run", "the daemon, in the foreground"),
+        ("check", "validate the config and print a one-line summary"),
+        ("list", "the audit: every model file with its verdict and the rule behind it"),
+        ("clean", "one retention pass, then exit"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("-c", "--config", type=Path, default=None, help=config_help)
+        if name in ("list", "clean"):
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "clean":
+            p.add_argument("--dry-run", action="store_true", help="print, delete nothing")
+    return parser
+
+
+def _plan(config: Config) -> Plan:
+    inventory = scan(config.model_dir)
+    for rel, why in inventory.unreadable:
+        log.get().warning("scan_unreadable", path=display(rel), error=why)
+    return plan(inventory, Rules.from_config(config.retention, config.watch.settle), time.time())
+
+
+def _print_list(the_plan: Plan, as_json: bool) -> None:
+    now = the_plan.now
+    if as_json:
+        rows = [
+            {
+                "path": display(d.entry.path),
+                "size": d.entry.size,
+                "mtime": d.entry.mtime,
+                "atime": d.entry.atime,
+                "age_s": round(now - d.entry.mtime, 3),
+                "verdict": str(d.verdict),
+                "rule": d.rule,
+                "reason": d.reason,
+                "symlink": d.entry.is_link,
+            }
+            for d in the_plan.decisions
+        ]
+        json.dump(rows, sys.stdout, indent=None)
+        sys.stdout.write("\n")
+        return
+    out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  PATH  (REASON)"]
+    for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
+        out.append(
+            f"{d.verdict.upper():<10} {_size(d.entry.size):>9} "
+            f"{_age(now - d.entry.mtime):>6}  {d.rule or '-':<9}  "
+            f"{display(d.entry.path)}  ({d.reason})"
+        )
+    counts: dict[str, list[int]] = {}
+    for d in the_plan.decisions:
+        c = counts.setdefault(d.verdict, [0, 0])
+        c[0] += 1
+        c[1] += d.entry.size
+    total = sum(c[0] for c in counts.values())
+    parts = [f"{v} {c[0]} ({_size(c[1])})" for v, c in sorted(counts.items())]
+    out.append(f"{total} file(s): " + (", ".join(parts) if parts else "nothing under model_dir"))
+    print("\n".join(out))
+
+
+def _clean(config: Config, the_plan: Plan, *, dry_run: bool, as_json: bool) -> int:
+    logger = log.get()
+    deleted: list[str] = []
+    skipped: list[dict[str, str | None]] = []
+    failed: list[dict[str, str | None]] = []
+    freed = 0
+    for o in apply(the_plan, config.model_dir, dry_run=dry_run):
+        path = display(o.decision.entry.path)
+        if o.status in (Status.DELETED, Status.WOULD_DELETE):
+            deleted.append(path)
+            freed += o.decision.entry.size
+        elif o.status is Status.SKIPPED:
+            skipped.append({"path": path, "reason": o.detail})
+            logger.info("deletion_skipped", path=path, reason=o.detail)
+        else:
+            failed.append({"path": path, "error": o.detail})
+            logger.error("deletion_failed", path=path, error=o.detail)
+    if as_json:
+        json.dump(
+            {
+                "deleted": deleted,
+                "freed_bytes": freed,
+                "dry_run": dry_run,
+                "skipped": skipped,
+                "failed": failed,
+            },
+            sys.stdout,
+        )
+        sys.stdout.write("\n")
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        lines = [f"{verb} {p}" for p in deleted]
+        lines += [f"skipped {s['path']} ({s['reason']})" for s in skipped]
+        lines += [f"failed  {f['path']} ({f['error']})" for f in failed]
+        lines.append(
+            f"{verb} {len(deleted)} file(s), {_size(freed)}"
+            + (f"; skipped {len(skipped)}" if skipped else "")
+            + (f"; failed {len(failed)}" if failed else "")
+        )
+        print("\n".join(lines))
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _age(seconds: float) -> str:
+    """Approximate, for reading: the largest whole unit (``45d``, ``3h``, ``12m``)."""
+    if seconds < 0:
+        return "future"
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size or (unit != "w" and seconds >= size):
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

@@ -1,0 +1,133 @@
+"""The pure retention planner: (inventory, rules, now) → a Plan that explains every decision."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal, NamedTuple, Protocol
+
+from ocrd.config import Retention, format_duration
+from ocrd.inventory import FileEntry, Inventory
+
+
+class Verdict(StrEnum):
+    KEEP = "keep"
+    DELETE = "delete"
+    PROTECTED = "protected"
+    SETTLING = "settling"
+
+
+class Decision(NamedTuple):
+    entry: FileEntry
+    verdict: Verdict
+    rule: str | None  # "prefix", "max_age", "whitelist" or None
+    reason: str
+
+
+class Selector(Protocol):
+    """A deleting rule. It sees every file still undecided at once, so rules that need the whole
+    inventory (keep the newest N of a family, a total size budget evicting LRU first) fit as well
+    as per-file ones. It yields the files it would delete, each with a human reason."""
+
+    @property
+    def name(self) -> str: ...
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]: ...
+
+
+@dataclass(frozen=True)
+class PrefixRule:
+    prefixes: tuple[str, ...]
+    name: str = "prefix"
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        encoded = tuple(p.encode("utf-8", "surrogateescape") for p in self.prefixes)
+        for f in files:
+            hit = next((p for p in encoded if f.name.startswith(p)), None)
+            if hit is not None:
+                yield f, f"name starts with {hit.decode('utf-8', 'surrogateescape')!r}"
+
+
+@dataclass(frozen=True)
+class MaxAgeRule:
+    max_age: float
+    age_by: Literal["mtime", "atime"]
+    name: str = "max_age"
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        limit = format_duration(self.max_age)
+        for f in files:
+            age = now - (f.mtime if self.age_by == "mtime" else f.atime)
+            if age > self.max_age:
+                yield f, f"{self.age_by} age {format_duration(round(age))} > {limit}"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Everything the planner needs, built once from config."""
+
+    selectors: tuple[Selector, ...]
+    whitelist: tuple[str, ...] = ()
+    settle: float = 0.0
+
+    @classmethod
+    def from_config(cls, retention: Retention, settle: float) -> Rules:
+        selectors: list[Selector] = []
+        if retention.prefixes:
+            selectors.append(PrefixRule(retention.prefixes))
+        if retention.max_age is not None:
+            selectors.append(MaxAgeRule(retention.max_age, retention.age_by))
+        return cls(tuple(selectors), retention.whitelist, settle)
+
+    def whitelisted(self, entry: FileEntry) -> str | None:
+        """The first whitelist pattern matching ``entry``: by name, or by relative path if the
+        pattern holds "/". fnmatch's ``*`` also crosses "/": on a whitelist, matching more is
+        the safe side."""
+        for pattern in self.whitelist:
+            subject = entry.text if "/" in pattern else entry.text.rpartition("/")[2]
+            if fnmatch.fnmatchcase(subject, pattern):
+                return pattern
+        return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    decisions: tuple[Decision, ...]
+    now: float
+
+    @property
+    def deletions(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.verdict is Verdict.DELETE)
+
+
+def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -> Plan:
+    """Decide each file's fate. Order of precedence: a symlink is kept (never followed, never
+    deleted); the whitelist protects; a file changed within ``settle`` waits; then each rule
+    in turn may select among what is still undecided; whatever is left is kept."""
+    files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
+    decided: dict[int, Decision] = {}
+    undecided: list[FileEntry] = []
+    for i, f in enumerate(files):
+        if f.is_link:
+            decided[i] = Decision(f, Verdict.KEEP, None, "symbolic link: never followed or deleted")
+        elif (pattern := rules.whitelisted(f)) is not None:
+            decided[i] = Decision(f, Verdict.PROTECTED, "whitelist", f"matches {pattern!r}")
+        elif (changed := now - max(f.mtime, f.ctime)) < rules.settle:
+            # ctime too: a file copied with its old mtime kept (cp -p, rsync -t) is still new here.
+            why = f"changed {changed:.1f}s ago, settle is {rules.settle:g}s"
+            decided[i] = Decision(f, Verdict.SETTLING, None, why)
+        else:
+            undecided.append(f)
+    index = {f.path: i for i, f in enumerate(files)}
+    for selector in rules.selectors:
+        chosen = dict(selector.select(undecided, now))
+        if not chosen:
+            continue
+        for f, reason in chosen.items():
+            decided[index[f.path]] = Decision(f, Verdict.DELETE, selector.name, reason)
+        undecided = [f for f in undecided if f not in chosen]
+    for f in undecided:
+        decided[index[f.path]] = Decision(f, Verdict.KEEP, None, "no rule applies")
+    return Plan(tuple(decided[i] for i in range(len(files))), now)
