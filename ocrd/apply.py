@@ -16,11 +16,9 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import NamedTuple
 
+from ocrd.fsdirs import DirFds
 from ocrd.holders import Holders
 from ocrd.retention import Decision, Plan
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
 
 
 class Status(StrEnum):
@@ -34,46 +32,6 @@ class Outcome(NamedTuple):
     decision: Decision
     status: Status
     detail: str | None = None  # the skip reason, or the OS error
-
-
-class _Dirs:
-    """Directory fds keyed by relative path, each opened relative to its verified parent."""
-
-    def __init__(self, root: bytes) -> None:
-        self.root_fd = os.open(root, _DIR_FLAGS)
-        self.fds: dict[bytes, int] = {b"": self.root_fd}
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-    def open(self, rel: bytes) -> int:
-        """The fd of directory ``rel``, re-verified: each component must still be the very
-        directory we opened before (a swap for a link or another directory makes ELOOP/ENOTDIR
-        or a mismatch, and we refuse)."""
-        parent = self.root_fd
-        walked = b""
-        for part in rel.split(b"/") if rel else ():
-            walked = walked + b"/" + part if walked else part
-            fd = self.fds.get(walked)
-            if fd is not None:
-                now = os.stat(part, dir_fd=parent, follow_symlinks=False)
-                was = os.fstat(fd)
-                if (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino) or not stat.S_ISDIR(
-                    now.st_mode
-                ):
-                    self._forget(walked)
-                    raise OSError(errno.ESTALE, "directory was replaced", os.fsdecode(walked))
-            else:
-                fd = os.open(part, _NOFOLLOW, dir_fd=parent)
-                self.fds[walked] = fd
-            parent = fd
-        return parent
-
-    def _forget(self, rel: bytes) -> None:
-        for key in [k for k in self.fds if k == rel or k.startswith(rel + b"/")]:
-            os.close(self.fds.pop(key))
 
 
 def apply(
@@ -98,7 +56,7 @@ def apply(
     if not deletions:
         return
     holders = holders if holders is not None else Holders()
-    dirs = _Dirs(os.fsencode(model_dir))
+    dirs = DirFds(os.fsencode(model_dir))
     emptied: set[bytes] = set()
     try:
         for d in deletions:
@@ -113,7 +71,7 @@ def apply(
         dirs.close()
 
 
-def _delete_one(dirs: _Dirs, d: Decision, holders: Holders) -> Outcome:
+def _delete_one(dirs: DirFds, d: Decision, holders: Holders) -> Outcome:
     entry = d.entry
     parent_rel, _, name = entry.path.rpartition(b"/")
     try:
@@ -143,7 +101,7 @@ def _delete_one(dirs: _Dirs, d: Decision, holders: Holders) -> Outcome:
     return Outcome(d, Status.DELETED)
 
 
-def _remove_emptied(dirs: _Dirs, emptied: set[bytes]) -> None:
+def _remove_emptied(dirs: DirFds, emptied: set[bytes]) -> None:
     """rmdir each directory we deleted from, then its parents, deepest first; a directory that
     is not empty (or was replaced) stays. rmdir is atomic, so a file that just arrived is safe."""
     pending = {rel for rel in emptied if rel}
@@ -153,7 +111,7 @@ def _remove_emptied(dirs: _Dirs, emptied: set[bytes]) -> None:
         parent_rel, _, name = rel.rpartition(b"/")
         try:
             parent = dirs.open(parent_rel)
-            dirs._forget(rel)
+            dirs.forget(rel)
             os.rmdir(name, dir_fd=parent)
         except OSError:
             continue

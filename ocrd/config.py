@@ -198,7 +198,7 @@ def _describe(name: str, err: Any) -> str:
     elif kind == "extra_forbidden":
         what = "unknown key"
     elif kind in {"tuple_type", "list_type"}:
-        what = f"{_show(value)} is not an array: write [\"...\", ...]"
+        what = f'{_show(value)} is not an array: write ["...", ...]'
     elif kind == "value_error":
         what = str(err["ctx"]["error"])
     elif kind in {"greater_than", "greater_than_equal"} and key in {
@@ -207,7 +207,8 @@ def _describe(name: str, err: Any) -> str:
         "watch.rescan",
     }:
         limit = err["ctx"].get("gt", err["ctx"].get("ge"))
-        what = f"must be {'more than' if kind == 'greater_than' else 'at least'} {limit}s"
+        bound = "more than" if kind == "greater_than" else "at least"
+        what = f"must be {bound} {format_duration(limit)}"
     else:
         what = f"{_show(value)}: {err['msg'][0].lower()}{err['msg'][1:]}"
     return f"{name}: at '{key}': {what}"

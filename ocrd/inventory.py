@@ -57,12 +57,12 @@ class Inventory:
         return sum(1 for f in self.files if not f.is_link)
 
 
-def scan(model_dir: os.PathLike[str] | str) -> Inventory:
+def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
     """Walk ``model_dir`` recursively with os.scandir; symlinks are recorded, never followed."""
     root = os.fsencode(model_dir)
     try:
         st = os.stat(root)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:  # ENOTDIR: a parent became a file
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory")
@@ -122,8 +122,9 @@ def _walk(
 
 
 def display(path: bytes) -> str:
-    """One unambiguous line for any file name: ``\\`` doubled, control bytes and bytes that are
-    not UTF-8 written as ``\\xNN``, ``\\n``, ``\\t``. Plain names print unchanged."""
+    """One unambiguous line for any file name: ``\\`` doubled, ``\\n``, ``\\t``; bytes that are
+    not UTF-8 and ASCII control characters written as ``\\xNN``; any other character that does
+    not print as ``\\uNNNN`` or ``\\UNNNNNNNN``. Plain names print unchanged."""
     text = path.decode("utf-8", "surrogateescape")
     if text.isprintable() and "\\" not in text:
         return text
@@ -139,7 +140,15 @@ def display(path: bytes) -> str:
         elif 0xDC80 <= code <= 0xDCFF:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif not ch.isprintable():
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+            # \xNN is kept for ASCII: from 0x80 up it already means "a byte that is not UTF-8", so
+            # U+0085 and the lone byte 0x85 must not both print as \x85; and a fixed width per
+            # escape keeps U+E000 followed by "1" apart from U+E0001.
+            if code < 0x80:
+                out.append(f"\\x{code:02x}")
+            elif code <= 0xFFFF:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
         else:
             out.append(ch)
     return "".join(out)

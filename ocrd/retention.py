@@ -72,6 +72,13 @@ class Rules:
     whitelist: tuple[str, ...] = ()
     settle: float = 0.0
 
+    @property
+    def per_file(self) -> bool:
+        """True when every rule judges each file alone, so planning a subset of the inventory
+        gives the same verdicts as planning all of it (the daemon relies on this to plan only
+        what changed; a whole-inventory rule makes it plan everything)."""
+        return all(isinstance(s, PrefixRule | MaxAgeRule) for s in self.selectors)
+
     @classmethod
     def from_config(cls, retention: Retention, settle: float) -> Rules:
         selectors: list[Selector] = []
@@ -131,3 +138,19 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     for f in undecided:
         decided[index[f.path]] = Decision(f, Verdict.KEEP, None, "no rule applies")
     return Plan(tuple(decided[i] for i in range(len(files))), now)
+
+
+def revisit_at(decision: Decision, rules: Rules) -> float | None:
+    """The wall-clock time at which this decision could turn out differently with no change to
+    the file: a settling file stops settling, a kept file crosses ``max_age``. None if never."""
+    entry = decision.entry
+    if decision.verdict is Verdict.SETTLING:
+        return max(entry.mtime, entry.ctime) + rules.settle
+    if decision.verdict is Verdict.KEEP and not entry.is_link:
+        times = [
+            (entry.mtime if s.age_by == "mtime" else entry.atime) + s.max_age
+            for s in rules.selectors
+            if isinstance(s, MaxAgeRule)
+        ]
+        return min(times) if times else None
+    return None

@@ -1,0 +1,455 @@
+"""``ocrd run``: one main loop that wakes on filesystem events, timers and signals and runs
+retention passes (scan → plan → apply) while the supervisor keeps the engine out of the way."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import suppress
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ocrd import __version__, log
+from ocrd.apply import Status, apply
+from ocrd.clock import Clock, SystemClock
+from ocrd.config import Config, load
+from ocrd.engine import EngineBusy, Supervisor, load_runtime
+from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.fsdirs import DirFds
+from ocrd.holders import Holders
+from ocrd.inventory import FileEntry, ModelDirMissing, display, scan
+from ocrd.notify import Notifier
+from ocrd.retention import Plan, Rules, Verdict, plan, revisit_at
+from ocrd.watch import Changes, Watcher
+
+RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is tried again this much later
+MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
+
+
+class Scheduler:
+    """When work is due: the periodic rescan, watchdog pings and per-file revisits (a settling
+    file stops settling, a kept file ages past max_age, a skipped deletion is retried).
+    Pure arithmetic over the injected clock; the loop asks it how long it may sleep."""
+
+    def __init__(self, clock: Clock, rescan: float, ping: float | None) -> None:
+        self.clock = clock
+        self.rescan = rescan
+        self.ping = ping
+        now = clock.monotonic()
+        self.next_rescan = now + rescan
+        self.next_ping = now if ping else float("inf")
+        self._revisits: list[tuple[float, bytes]] = []  # (wall time, path), a heap
+
+    def revisit(self, path: bytes, at_wall: float) -> None:
+        heapq.heappush(self._revisits, (at_wall, path))
+
+    def clear_revisits(self) -> None:
+        self._revisits.clear()
+
+    def due_revisits(self) -> set[bytes]:
+        now = self.clock.time()
+        due: set[bytes] = set()
+        while self._revisits and self._revisits[0][0] <= now:
+            due.add(heapq.heappop(self._revisits)[1])
+        return due
+
+    def rescan_due(self) -> bool:
+        return self.clock.monotonic() >= self.next_rescan
+
+    def rescanned(self) -> None:
+        self.next_rescan = self.clock.monotonic() + self.rescan
+
+    def ping_due(self) -> bool:
+        if self.clock.monotonic() < self.next_ping:
+            return False
+        assert self.ping is not None
+        self.next_ping = self.clock.monotonic() + self.ping
+        return True
+
+    def timeout(self, cap: float | None = None) -> float:
+        mono = self.clock.monotonic()
+        waits = [self.next_rescan - mono, self.next_ping - mono]
+        if self._revisits:
+            waits.append(self._revisits[0][0] - self.clock.time())
+        if cap is not None:
+            waits.append(cap)
+        return max(0.0, min(waits))
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        runtime: Any = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier()
+        self.rules = Rules.from_config(config.retention, config.watch.settle)
+        self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
+        self.supervisor = Supervisor(
+            config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
+        )
+        self.wake = threading.Event()
+        self.stop_signal: int | None = None
+        self.reload_requested = False
+        self.index: dict[bytes, FileEntry] = {}
+        self.watcher: Watcher | None = None
+        self.missing = False
+        self.root_id: tuple[int, int] | None = None
+        self.holders = Holders()
+        self.blind_reported = False
+        self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        self.pending: set[bytes] = set()  # files to look at again on the next step
+        self.last_action = "started"
+        self.status_sent = ""
+        self.log = log.get()
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        """(Re)install our handlers. Must follow the .NET runtime's own installation (at import
+        and at the first set_post_processor, ASPOSE_NOTES 2), or SIGTERM kills us with 143."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags and a wake-up here; the loop does the work (uvicorn's server.py pattern).
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        elif self.stop_signal is not None and signum == signal.SIGINT:
+            os.write(2, b"ocrd: second SIGINT, exiting at once\n")
+            os._exit(130)
+        else:
+            self.stop_signal = signum
+        self.wake.set()
+
+    def _should_stop(self) -> bool:
+        """Asked between files of a batch: also where the watchdog is fed during long passes."""
+        self._ping()
+        return self.stop_signal is not None
+
+    def _ping(self) -> None:
+        if self.scheduler.ping_due():
+            self.notifier.watchdog()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        c = self.config
+        self.log.info(
+            "daemon_started",
+            version=__version__,
+            config=str(c.path),
+            model_dir=str(c.model_dir),
+            pid=os.getpid(),
+            dry_run=c.retention.dry_run,
+        )
+        with self.supervisor:
+            self._arm()
+            self._full_pass("startup")
+            self.notifier.ready(self._status())
+            while self.stop_signal is None:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload()
+                    continue
+                self.wake.wait(self.scheduler.timeout(MISSING_POLL_S if self.missing else None))
+                self.wake.clear()
+                self._ping()
+                if self.stop_signal is not None or self.reload_requested:
+                    continue
+                self._step()
+            self.notifier.stopping()
+            if self.watcher is not None:
+                self.watcher.stop()
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else None
+        self.log.info("daemon_stopped", signal=name)
+        return 0
+
+    def _step(self) -> None:
+        root_state = self._root_state()
+        if root_state == "missing":
+            return
+        changes = self.watcher.take() if self.watcher is not None else Changes()
+        if root_state == "rearmed":
+            self._full_pass("model_dir_returned")
+        elif changes.lost or b"" in changes.dirs:
+            self._full_pass("events_lost")
+        elif self.scheduler.rescan_due():
+            self._full_pass("rescan")
+        else:
+            touched = self._refresh(changes)
+            touched |= self.scheduler.due_revisits() | self.pending
+            self.pending.clear()
+            entries = [self.index[p] for p in touched if p in self.index]
+            if entries:
+                if self.rules.per_file:
+                    self._pass(plan(entries, self.rules, self.clock.time()))
+                else:
+                    self._pass(plan(self.index.values(), self.rules, self.clock.time()))
+        self._send_status()
+
+    def _root_state(self) -> str:
+        """ "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
+        replaced (a new inode needs a new watch), and a watch that died."""
+        root = self.config.model_dir
+        try:
+            st = os.stat(root)
+            ok = os.path.isdir(root)
+        except OSError:
+            ok = False
+        if not ok:
+            if not self.missing:
+                self.missing = True
+                self.log.warning("model_dir_missing", model_dir=str(root))
+                self.last_action = "model_dir missing"
+                self._send_status()
+                if self.watcher is not None:
+                    self.watcher.stop()
+                self.index.clear()
+                self.pending.clear()
+                self.scheduler.clear_revisits()
+            return "missing"
+        if (
+            self.missing
+            or (st.st_dev, st.st_ino) != self.root_id
+            or not (self.watcher and self.watcher.alive)
+        ):
+            was_missing = self.missing
+            self.missing = False
+            self._arm()
+            if was_missing:
+                self.log.info("model_dir_returned", model_dir=str(root))
+                self.supervisor.start()
+            else:
+                self.log.warning("watch_rearmed", model_dir=str(root))
+            return "rearmed"
+        return "ok"
+
+    def _arm(self) -> None:
+        c = self.config
+        if self.watcher is not None:
+            self.watcher.stop()
+        try:
+            st = os.stat(c.model_dir)
+        except OSError:
+            self.missing = True
+            self.log.warning("model_dir_missing", model_dir=str(c.model_dir))
+            return
+        self.root_id = (st.st_dev, st.st_ino)
+        self.watcher = Watcher(
+            c.model_dir, c.watch.observer, self.wake.set, poll_interval=max(1.0, c.watch.settle)
+        )
+        used = self.watcher.start()
+        self.log.debug("watch_armed", model_dir=str(c.model_dir), observer=used)
+
+    def _refresh(self, changes: Changes) -> set[bytes]:
+        """Bring the index up to date for what the watcher marked; returns the files touched."""
+        touched: set[bytes] = set()
+        root = os.fsencode(self.config.model_dir)
+        with DirFds(root) as dirs:
+            for rel in changes.dirs:
+                prefix = rel + b"/"
+                for stale in [p for p in self.index if p.startswith(prefix)]:
+                    del self.index[stale]
+                try:
+                    dirs.open(rel)  # a real directory inside model_dir, reached without links
+                    sub = scan(os.path.join(root, rel))
+                except (OSError, ModelDirMissing):
+                    continue
+                for e in sub.files:
+                    found = e._replace(path=prefix + e.path)
+                    self.index[found.path] = found
+                    touched.add(found.path)
+            for rel in changes.files:
+                entry: FileEntry | None
+                try:
+                    entry = dirs.lstat(rel)
+                except OSError:
+                    entry = None
+                if entry is None:
+                    self.index.pop(rel, None)
+                else:
+                    self.index[rel] = entry
+                    touched.add(rel)
+        return touched
+
+    def _full_pass(self, trigger: str) -> None:
+        if self.watcher is not None:
+            self.watcher.take()  # the scan below sees all of it
+        self.scheduler.rescanned()
+        self.scheduler.clear_revisits()
+        self.pending.clear()
+        started = time.perf_counter()
+        try:
+            inventory = scan(self.config.model_dir)
+        except ModelDirMissing:
+            self._root_state()
+            return
+        self.index = {e.path: e for e in inventory.files}
+        self.log.info(
+            "scan_completed",
+            files=inventory.file_count,
+            bytes=inventory.total_bytes,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            trigger=trigger,
+        )
+        for rel, why in inventory.unreadable:
+            self.log.warning("scan_unreadable", path=display(rel), error=why)
+        self._pass(plan(inventory, self.rules, self.clock.time()))
+
+    def _pass(self, the_plan: Plan) -> None:
+        for d in the_plan.decisions:
+            if d.verdict is not Verdict.DELETE and (at := revisit_at(d, self.rules)) is not None:
+                self.scheduler.revisit(d.entry.path, at)
+        deletions = the_plan.deletions
+        if not deletions:
+            return
+        if self.config.retention.dry_run:
+            self._report_dry_run(the_plan)
+            return
+        retry_at = self.clock.time() + RETRY_S
+        try:
+            with self.supervisor.released("deletion"):
+                deleted = freed = 0
+                for o in apply(
+                    the_plan, self.config.model_dir, stop=self._should_stop, holders=self.holders
+                ):
+                    e = o.decision.entry
+                    path = display(e.path)
+                    if o.status is Status.DELETED:
+                        self.index.pop(e.path, None)
+                        deleted += 1
+                        freed += e.size
+                        self.log.info("model_deleted", path=path, size=e.size, rule=o.decision.rule)
+                    elif o.status is Status.SKIPPED:
+                        self.log.info("deletion_skipped", path=path, reason=o.detail)
+                        if o.detail == "vanished":
+                            self.index.pop(e.path, None)
+                        elif o.detail == "changed":
+                            self.pending.add(e.path)
+                        else:
+                            self.scheduler.revisit(e.path, retry_at)
+                    else:
+                        self.log.error("deletion_failed", path=path, error=o.detail)
+                        self.scheduler.revisit(e.path, retry_at)
+                if deleted:
+                    self.last_action = f"deleted {deleted} file(s), {freed} bytes"
+        except EngineBusy:
+            for d in deletions:
+                self.log.warning(
+                    "deletion_skipped", path=display(d.entry.path), reason="engine_busy"
+                )
+                self.scheduler.revisit(d.entry.path, retry_at)
+            self.last_action = "engine busy: nothing deleted"
+        if self.holders.blind and not self.blind_reported:
+            self.blind_reported = True
+            self.log.warning(
+                "in_use_check_limited",
+                processes=self.holders.processes,
+                unreadable=self.holders.blind,
+                detail="files held by these processes cannot be seen; run as root or grant "
+                "CAP_SYS_PTRACE to see them",
+            )
+        if self.pending:
+            self.wake.set()
+
+    def _report_dry_run(self, the_plan: Plan) -> None:
+        for d in the_plan.deletions:
+            e = d.entry
+            key = (e.path, e.ino, e.mtime)
+            if key in self.reported:
+                continue  # said once per file version; every rescan would repeat it otherwise
+            self.reported.add(key)
+            self.log.info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
+            self.last_action = "dry run: would delete"
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load(self.config.path)
+        except ConfigError as exc:
+            self.log.error(
+                "config_rejected", config=str(self.config.path), errors=list(exc.problems)
+            )
+            self.notifier.ready(self._status())
+            return
+        log.configure(new.log.level, new.log.format)
+        self.log = log.get()
+        # EngineBusy is logged by free(); the new instance below replaces the old one regardless.
+        with suppress(EngineBusy):
+            self.supervisor.free("reload")
+        old = self.config
+        self.config = new
+        self.rules = Rules.from_config(new.retention, new.watch.settle)
+        self.scheduler.rescan = new.watch.rescan
+        self.supervisor.reconfigure(new.engine, new.model_dir)
+        if (old.model_dir, old.watch) != (new.model_dir, new.watch):
+            self.missing = False
+            self._arm()
+        self.supervisor.start()
+        self.reported.clear()
+        self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        self.last_action = "config reloaded"
+        self._full_pass("reload")
+        self.notifier.ready(self._status())
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _status(self) -> str:
+        if self.missing:
+            return f"model_dir {self.config.model_dir} is missing; waiting for it"
+        files = sum(1 for e in self.index.values() if not e.is_link)
+        size = sum(e.size for e in self.index.values() if not e.is_link)
+        return f"{files} files, {size} bytes; {self.last_action}"
+
+    def _send_status(self) -> None:
+        status = self._status()
+        if status != self.status_sent:
+            self.status_sent = status
+            self.notifier.status(status)
+
+
+def _diff(old: Config, new: Config) -> list[str]:
+    a, b = old.model_dump(), new.model_dump()
+    return sorted(_changed_keys(a, b, ""))
+
+
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:
+    for key in a.keys() | b.keys():
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            yield from _changed_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            yield f"{prefix}{key}"
+
+
+def run(config_path: Path) -> int:
+    """``ocrd run``: 0 after SIGTERM/SIGINT, 78 for an invalid config at start, 1 otherwise."""
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    log.configure(config.log.level, config.log.format)
+    # The runtime is imported before any signal handler is installed: see install_signals.
+    runtime = load_runtime() if config.engine.enabled else None
+    daemon = Daemon(config, runtime=runtime)
+    daemon.install_signals()
+    try:
+        return daemon.serve()
+    except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us
+        log.get().exception("daemon_failed", error=repr(exc))
+        return 1

@@ -1,0 +1,145 @@
+"""The supervisor: the single owner of the aspose.ocr.ai.AsposeAI instance for model_dir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
+
+from ocrd import log
+from ocrd.config import Engine
+from ocrd.errors import OcrdError
+
+
+class EngineBusy(OcrdError):
+    """free_resources() failed: the engine may still hold model files, so nothing is deleted."""
+
+
+def load_runtime() -> Any:
+    """Import ``aspose.ocr.ai`` with the environment its bundled .NET runtime needs.
+
+    Must run before the process installs its signal handlers (ASPOSE_NOTES 2: libcoreclr installs
+    its own SIGTERM/SIGINT handlers at import, bypassing any Python handler set earlier).
+    """
+    # ASPOSE_NOTES 1: the bundled .NET Core 3.1 probes libicuuc.so.50-70 and aborts the whole
+    # process (exit 134, uncatchable) on Debian 12's ICU 72. Invariant globalization avoids ICU;
+    # it only takes effect if set before the first aspose.ocr import. An operator's own choice
+    # (CLR_ICU_VERSION_OVERRIDE, or an explicit value) is respected.
+    if "CLR_ICU_VERSION_OVERRIDE" not in os.environ:
+        os.environ.setdefault("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
+    # ASPOSE_NOTES 5: the .NET heap grows to ~83 MB across engine restarts; a 4 MiB gen0 budget
+    # keeps it near 6 MB, which matters for a daemon that restarts the engine after every pass.
+    os.environ.setdefault("COMPlus_GCgen0size", "0x400000")
+    from aspose.ocr import ai  # noqa: PLC0415 — the environment above must come first
+
+    return ai
+
+
+class Supervisor:
+    """Owns one AsposeAI instance; ``with supervisor:`` starts it and frees it on the way out.
+
+    Deleting code goes through ``with supervisor.released("deletion"):``, which frees the
+    instance first (or raises EngineBusy and deletes nothing) and starts it again afterwards,
+    so "freed before deletion" cannot be forgotten by a caller.
+    """
+
+    def __init__(
+        self,
+        settings: Engine,
+        model_dir: Path,
+        *,
+        runtime: ModuleType | None = None,
+        after_native_call: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.model_dir = model_dir.absolute()
+        self._runtime = runtime
+        self._after_native_call = after_native_call
+        self._ai: Any = None
+        self._load_warned = False
+
+    def reconfigure(self, settings: Engine, model_dir: Path) -> None:
+        """New settings for the next start(). An instance that refused to be freed is dropped:
+        the new one replaces it, and the runtime reclaims the old one with the process."""
+        self._ai = None
+        if settings.enabled and self._runtime is None:
+            self._runtime = load_runtime()
+            self._after_native_call()  # the import re-took SIGTERM/SIGINT (ASPOSE_NOTES 2)
+        self.settings = settings
+        self.model_dir = model_dir.absolute()
+
+    @property
+    def running(self) -> bool:
+        return self._ai is not None
+
+    def start(self) -> None:
+        if not self.settings.enabled or self._ai is not None:
+            return
+        if not self.model_dir.is_dir():
+            return  # set_post_processor would create it; the daemon waits for it to return
+        ai = self._runtime if self._runtime is not None else load_runtime()
+        instance = ai.AsposeAI()
+        model = ai.AsposeAIModelConfig()
+        model.allow_auto_download = False  # a daemon never fetches models behind our back
+        model.directory_model_path = str(self.model_dir)
+        model.gpu_layers = self.settings.gpu_layers
+        if self.settings.context_size is not None:
+            model.context_size = self.settings.context_size
+        error: str | None = None
+        try:
+            # Binds the instance to model_dir (get_local_path() answers it afterwards) and tries
+            # to load llama.cpp. Without the native library (ASPOSE_NOTES 7) that load fails, but
+            # the instance is bound and owned all the same; we say so once, then only at debug.
+            instance.set_post_processor(ai.SpellCheckAIProcessor(), model)
+        except RuntimeError as exc:
+            error = str(exc).splitlines()[0][:300]
+        finally:
+            # ASPOSE_NOTES 2: the first set_post_processor call re-takes SIGINT/SIGQUIT/SIGCHLD.
+            self._after_native_call()
+        self._ai = instance
+        logger = log.get()
+        if error is not None:
+            level = logger.debug if self._load_warned else logger.warning
+            level("engine_model_not_loaded", error=error)
+            self._load_warned = True
+        logger.info("engine_started", model_dir=str(self.model_dir), loaded=error is None)
+
+    def free(self, reason: str) -> None:
+        """free_resources() and drop the instance; EngineBusy if the engine refuses."""
+        if self._ai is None:
+            return
+        try:
+            self._ai.free_resources()
+        except RuntimeError as exc:
+            log.get().error("engine_free_failed", reason=reason, error=str(exc)[:300])
+            raise EngineBusy(f"freeing the AsposeAI engine failed: {exc}") from exc
+        self._ai = None
+        log.get().info("engine_freed", reason=reason)
+
+    @contextmanager
+    def released(self, reason: str = "deletion") -> Iterator[None]:
+        """Free the engine for the duration of the block (no-op if disabled or not running)."""
+        was_running = self._ai is not None
+        self.free(reason)
+        try:
+            yield
+        finally:
+            if was_running:
+                self.start()
+
+    def __enter__(self) -> Supervisor:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Already logged by free(); exiting the process releases whatever the engine held.
+        with suppress(EngineBusy):
+            self.free("shutdown")

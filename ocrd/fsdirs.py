@@ -1,0 +1,81 @@
+"""Opens directories under model_dir one O_NOFOLLOW component at a time, re-verifying each."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ocrd.inventory import FileEntry
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
+
+
+class DirFds:
+    """Directory fds keyed by relative path, each opened relative to its verified parent."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self.fds: dict[bytes, int] = {b"": self.root_fd}
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def open(self, rel: bytes) -> int:
+        """The fd of directory ``rel``, re-verified: each component must still be the very
+        directory we opened before (a swap for a link or another directory makes ELOOP/ENOTDIR
+        or a mismatch, and we refuse)."""
+        parent = self.root_fd
+        walked = b""
+        for part in rel.split(b"/") if rel else ():
+            walked = walked + b"/" + part if walked else part
+            fd = self.fds.get(walked)
+            if fd is not None:
+                now = os.stat(part, dir_fd=parent, follow_symlinks=False)
+                was = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino) or not stat.S_ISDIR(
+                    now.st_mode
+                ):
+                    self.forget(walked)
+                    raise OSError(errno.ESTALE, "directory was replaced", os.fsdecode(walked))
+            else:
+                fd = os.open(part, _NOFOLLOW, dir_fd=parent)
+                self.fds[walked] = fd
+            parent = fd
+        return parent
+
+    def forget(self, rel: bytes) -> None:
+        for key in [k for k in self.fds if k == rel or k.startswith(rel + b"/")]:
+            os.close(self.fds.pop(key))
+
+    def __enter__(self) -> DirFds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lstat(self, rel: bytes) -> FileEntry | None:
+        """A fresh FileEntry for ``rel`` reached without following any link, or None if it is
+        not there any more (or a directory on its way is no longer a real directory)."""
+        parent_rel, _, name = rel.rpartition(b"/")
+        try:
+            s = os.stat(name, dir_fd=self.open(parent_rel), follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ESTALE):
+                return None
+            raise
+        if not (stat.S_ISREG(s.st_mode) or stat.S_ISLNK(s.st_mode)):
+            return None
+        return FileEntry(
+            rel,
+            s.st_size,
+            s.st_mtime,
+            s.st_atime,
+            s.st_ctime,
+            s.st_dev,
+            s.st_ino,
+            stat.S_ISLNK(s.st_mode),
+        )
