@@ -1,0 +1,268 @@
+"""``ocrd run`` as a real subprocess, with real inotify, the real AsposeAI, and the test itself
+listening on NOTIFY_SOCKET for the systemd protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from datetime import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import Daemon
+
+CONFIG = """\
+model_dir = "models"
+[retention]
+prefixes = ["old_"]
+whitelist = ["old_but_kept.bin"]
+[watch]
+settle = "{settle}"
+rescan = "10m"
+[engine]
+enabled = {engine}
+[log]
+format = "json"
+level = "{level}"
+"""
+
+
+def write_config(
+    tmp_path: Path,
+    settle: str = "0s",
+    engine: str = "true",
+    level: str = "info",
+    body: str | None = None,
+) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(body or CONFIG.format(settle=settle, engine=engine, level=level))
+    return path
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    d = tmp_path / "models"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.close()
+
+
+def start(daemons: list[Daemon], config: Path, **env: str) -> Daemon:
+    d = Daemon(config, env)
+    daemons.append(d)
+    return d
+
+
+def test_ready_comes_after_the_startup_pass(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    (models / "old_a.bin").write_bytes(b"a" * 10)
+    (models / "current.bin").write_bytes(b"c")
+    d = start(daemons, write_config(tmp_path, settle="0s"))
+    d.note("READY=1")
+    # READY means the startup pass is done: the old file is already gone.
+    assert not (models / "old_a.bin").exists()
+    assert (models / "current.bin").exists()
+    names = d.names()
+    assert names.index("scan_completed") < names.index("model_deleted")
+    assert d.event("scan_completed")["trigger"] == "startup"
+    assert d.stop()[0] == 0
+
+
+def test_new_old_file_removed_after_settling_while_others_stay(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    (models / "current.bin").write_bytes(b"c")
+    (models / "old_but_kept.bin").write_bytes(b"k")
+    d = start(daemons, write_config(tmp_path, settle="1s"))
+    d.note("READY=1")
+    created = time.time()
+    (models / "old_new.bin").write_bytes(b"n")
+    deleted = d.event("model_deleted", path="old_new.bin")
+    assert deleted["rule"] == "prefix" and deleted["size"] == 1
+    assert not (models / "old_new.bin").exists()
+    # It waited out settle ("1s") before the rule applied.
+    stamp = datetime.fromisoformat(deleted["timestamp"].replace("Z", "+00:00")).timestamp()
+    assert stamp - created >= 0.95
+    assert (models / "current.bin").exists()
+    assert (models / "old_but_kept.bin").exists()
+    assert d.names().count("model_deleted") == 1
+    assert d.stop()[0] == 0
+
+
+def test_engine_freed_before_first_deletion_and_started_after_last(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    for i in range(5):
+        (models / f"old_{i}.bin").write_bytes(b"x")
+    d = start(daemons, write_config(tmp_path))
+    d.note("READY=1")
+    code, _ = d.stop()
+    assert code == 0
+    names = d.names()
+    first_delete = names.index("model_deleted")
+    last_delete = len(names) - 1 - names[::-1].index("model_deleted")
+    assert names.count("model_deleted") == 5
+    freed = [i for i, e in enumerate(d.events) if e.get("event") == "engine_freed"]
+    deletion_frees = [i for i in freed if d.events[i]["reason"] == "deletion"]
+    assert deletion_frees and deletion_frees[0] < first_delete
+    assert not any(deletion_frees[0] < i < last_delete for i in freed if i != deletion_frees[0])
+    started_after = [i for i, n in enumerate(names) if n == "engine_started" and i > last_delete]
+    assert started_after, names
+    assert names[0] == "daemon_started"
+    assert d.events[0]["pid"] == d.proc.pid
+    assert d.events[names.index("engine_started")]["model_dir"] == str(models)
+
+
+def test_watchdog_pings_at_half_the_interval(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    d = start(daemons, write_config(tmp_path, engine="false"), WATCHDOG_USEC="400000")
+    d.note("READY=1")
+    times = d.note("WATCHDOG=1", count=6)
+    gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+    # Half of 0.4 s is 0.2 s; pings must come at least that often (with scheduling slack).
+    assert max(gaps) < 0.35, gaps
+    assert d.stop()[0] == 0
+
+
+def test_no_watchdog_pings_without_watchdog_usec(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    d = start(daemons, write_config(tmp_path, engine="false"))
+    d.note("READY=1")
+    (models / "old_x").write_bytes(b"x")
+    d.event("model_deleted", path="old_x")
+    assert d.stop()[0] == 0
+    assert not [n for _, n in d.notes if n == "WATCHDOG=1"]
+
+
+def test_sighup_applies_a_changed_rule(tmp_path: Path, models: Path, daemons: list[Daemon]) -> None:
+    config = write_config(tmp_path)
+    (models / "tmp_model.bin").write_bytes(b"t")
+    d = start(daemons, config)
+    d.note("READY=1")
+    assert (models / "tmp_model.bin").exists()
+    config.write_text(config.read_text().replace('["old_"]', '["tmp_"]'))
+    d.send(signal.SIGHUP)
+    reloading = d.note("RELOADING=1")
+    monotonic = [n for _, n in d.notes if n.startswith("MONOTONIC_USEC=")]
+    assert monotonic and int(monotonic[0].split("=")[1]) > 0
+    reloaded = d.event("config_reloaded")
+    assert reloaded["changed"] == ["retention.prefixes"]
+    assert d.event("engine_freed", reason="reload")
+    d.event("model_deleted", path="tmp_model.bin")
+    ready = d.note("READY=1", count=2)
+    assert ready[1] > reloading[0]
+    (models / "old_now_kept.bin").write_bytes(b"o")
+    (models / "tmp_two").write_bytes(b"t")
+    d.event("model_deleted", path="tmp_two")
+    assert (models / "old_now_kept.bin").exists()
+    assert d.stop()[0] == 0
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_rules(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    config = write_config(tmp_path)
+    d = start(daemons, config)
+    d.note("READY=1")
+    config.write_text(config.read_text().replace('settle = "0s"', 'settle = "soon"'))
+    d.send(signal.SIGHUP)
+    rejected = d.event("config_rejected")
+    assert rejected["level"] == "error"
+    assert any("at 'watch.settle'" in e for e in rejected["errors"]), rejected
+    d.note("READY=1", count=2)
+    (models / "old_after.bin").write_bytes(b"x")
+    d.event("model_deleted", path="old_after.bin")
+    assert "config_reloaded" not in d.names()
+    assert d.stop()[0] == 0
+
+
+def test_sigterm_stops_cleanly_and_fast(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    (models / "keep.bin").write_bytes(b"k")
+    d = start(daemons, write_config(tmp_path, level="debug"))
+    d.note("READY=1")
+    code, took = d.stop(signal.SIGTERM)
+    assert code == 0
+    assert took < 5.0
+    assert d.note("STOPPING=1")
+    names = d.names()
+    assert names[-1] == "daemon_stopped"
+    assert d.events[-1]["signal"] == "SIGTERM"
+    assert names[-2] == "engine_freed" and d.events[-2]["reason"] == "shutdown"
+    for line in d.lines:
+        record = json.loads(line)
+        assert {"timestamp", "level", "event"} <= record.keys()
+        assert record["timestamp"].endswith("Z")
+
+
+def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, write_config(tmp_path, engine="false"))
+    d.note("READY=1")
+    code, took = d.stop(signal.SIGINT)
+    assert (code, d.events[-1]["signal"]) == (0, "SIGINT")
+    assert took < 5.0
+
+
+def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, write_config(tmp_path))  # models/ was never created
+    assert d.wait() == 78
+    assert "at 'model_dir'" in d.stderr
+    assert not [n for _, n in d.notes if n.startswith("READY")]
+
+
+def test_engine_disabled_runs_without_an_engine(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    (models / "old_a").write_bytes(b"x")
+    d = start(daemons, write_config(tmp_path, engine="false"))
+    d.note("READY=1")
+    assert d.stop()[0] == 0
+    names = d.names()
+    assert "model_deleted" in names
+    assert "engine_started" not in names and "engine_freed" not in names
+
+
+def test_status_tells_files_and_last_action(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    (models / "a.bin").write_bytes(b"12345")
+    (models / "old_b.bin").write_bytes(b"1")
+    d = start(daemons, write_config(tmp_path, engine="false"))
+    d.note("READY=1")
+    status = [n for _, n in d.notes if n.startswith("STATUS=")][0]
+    assert status == "STATUS=1 files, 5 bytes; deleted 1 file(s), 1 bytes"
+    assert d.stop()[0] == 0
+
+
+def test_dry_run_logs_would_be_deleted_once_and_deletes_nothing(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    body = CONFIG.format(settle="0s", engine="false", level="info").replace(
+        'whitelist = ["old_but_kept.bin"]', "dry_run = true"
+    )
+    (models / "old_a").write_bytes(b"x")
+    d = start(daemons, write_config(tmp_path, body=body))
+    d.note("READY=1")
+    would = d.event("model_would_be_deleted", path="old_a")
+    assert would["rule"] == "prefix"
+    d.send(signal.SIGHUP)  # a reload rescans; the same decision is logged again, once
+    d.note("READY=1", count=2)
+    assert d.stop()[0] == 0
+    assert (models / "old_a").exists()
+    assert "model_deleted" not in d.names()
+    assert os.path.exists(models / "old_a")
