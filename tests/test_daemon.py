@@ -3,12 +3,13 @@ listening on NOTIFY_SOCKET for the systemd protocol."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import time
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,8 @@ def test_new_old_file_removed_after_settling_while_others_stay(
     created = time.time()
     (models / "old_new.bin").write_bytes(b"n")
     deleted = d.event("model_deleted", path="old_new.bin")
-    assert deleted["rule"] == "prefix" and deleted["size"] == 1
+    assert deleted["rule"] == "prefix"
+    assert deleted["size"] == 1
     assert not (models / "old_new.bin").exists()
     # It waited out settle ("1s") before the rule applied.
     stamp = datetime.fromisoformat(deleted["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -116,7 +118,8 @@ def test_engine_freed_before_first_deletion_and_started_after_last(
     assert names.count("model_deleted") == 5
     freed = [i for i, e in enumerate(d.events) if e.get("event") == "engine_freed"]
     deletion_frees = [i for i in freed if d.events[i]["reason"] == "deletion"]
-    assert deletion_frees and deletion_frees[0] < first_delete
+    assert deletion_frees
+    assert deletion_frees[0] < first_delete
     assert not any(deletion_frees[0] < i < last_delete for i in freed if i != deletion_frees[0])
     started_after = [i for i, n in enumerate(names) if n == "engine_started" and i > last_delete]
     assert started_after, names
@@ -131,7 +134,7 @@ def test_watchdog_pings_at_half_the_interval(
     d = start(daemons, write_config(tmp_path, engine="false"), WATCHDOG_USEC="400000")
     d.note("READY=1")
     times = d.note("WATCHDOG=1", count=6)
-    gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # Half of 0.4 s is 0.2 s; pings must come at least that often (with scheduling slack).
     assert max(gaps) < 0.35, gaps
     assert d.stop()[0] == 0
@@ -158,7 +161,8 @@ def test_sighup_applies_a_changed_rule(tmp_path: Path, models: Path, daemons: li
     d.send(signal.SIGHUP)
     reloading = d.note("RELOADING=1")
     monotonic = [n for _, n in d.notes if n.startswith("MONOTONIC_USEC=")]
-    assert monotonic and int(monotonic[0].split("=")[1]) > 0
+    assert monotonic
+    assert int(monotonic[0].split("=")[1]) > 0
     reloaded = d.event("config_reloaded")
     assert reloaded["changed"] == ["retention.prefixes"]
     assert d.event("engine_freed", reason="reload")
@@ -203,7 +207,8 @@ def test_sigterm_stops_cleanly_and_fast(
     names = d.names()
     assert names[-1] == "daemon_stopped"
     assert d.events[-1]["signal"] == "SIGTERM"
-    assert names[-2] == "engine_freed" and d.events[-2]["reason"] == "shutdown"
+    assert names[-2] == "engine_freed"
+    assert d.events[-2]["reason"] == "shutdown"
     for line in d.lines:
         record = json.loads(line)
         assert {"timestamp", "level", "event"} <= record.keys()
@@ -234,7 +239,8 @@ def test_engine_disabled_runs_without_an_engine(
     assert d.stop()[0] == 0
     names = d.names()
     assert "model_deleted" in names
-    assert "engine_started" not in names and "engine_freed" not in names
+    assert "engine_started" not in names
+    assert "engine_freed" not in names
 
 
 def test_status_tells_files_and_last_action(
@@ -244,7 +250,7 @@ def test_status_tells_files_and_last_action(
     (models / "old_b.bin").write_bytes(b"1")
     d = start(daemons, write_config(tmp_path, engine="false"))
     d.note("READY=1")
-    status = [n for _, n in d.notes if n.startswith("STATUS=")][0]
+    status = next(n for _, n in d.notes if n.startswith("STATUS="))
     assert status == "STATUS=1 files, 5 bytes; deleted 1 file(s), 1 bytes"
     assert d.stop()[0] == 0
 

@@ -1,0 +1,287 @@
+"""ocrd/apply.py: the one module that deletes, on real files under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ocrd.apply import Outcome, Status, apply
+from ocrd.holders import Holders
+from ocrd.inventory import scan
+from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
+from tests.conftest import make_file, snapshot
+
+
+def plan_old(model_dir: Path) -> Plan:
+    """Plan with the rule "delete names starting with old_", nothing settling."""
+    rules = Rules((PrefixRule(("old_",)),), settle=0.0)
+    return plan(scan(model_dir), rules, time.time())
+
+
+def results(outcomes: Iterator[Outcome]) -> dict[bytes, tuple[Status, str | None]]:
+    return {o.decision.entry.path: (o.status, o.detail) for o in outcomes}
+
+
+def exists(path: Path | bytes) -> bool:
+    return os.path.lexists(path)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    (tmp_path / "outside").mkdir()
+    return tmp_path / "outside"
+
+
+def test_deletes_exactly_the_planned_files(model_dir: Path) -> None:
+    make_file(model_dir, b"old_a.bin", b"aaaa")
+    make_file(model_dir, b"sub/old_b\xff\n.bin", b"bb")
+    make_file(model_dir, b"sub/keep.bin")
+    make_file(model_dir, b"old_dir/new.bin")
+    p = plan_old(model_dir)
+    assert results(apply(p, model_dir)) == {
+        b"old_a.bin": (Status.DELETED, None),
+        b"sub/old_b\xff\n.bin": (Status.DELETED, None),
+    }
+    assert {f.path for f in scan(model_dir).files} == {b"sub/keep.bin", b"old_dir/new.bin"}
+
+
+def test_dry_run_changes_nothing(model_dir: Path) -> None:
+    make_file(model_dir, b"old_a.bin")
+    make_file(model_dir, b"sub/old_b.bin")
+    before = snapshot(model_dir)
+    outcomes = results(apply(plan_old(model_dir), model_dir, dry_run=True))
+    assert outcomes == {
+        b"old_a.bin": (Status.WOULD_DELETE, None),
+        b"sub/old_b.bin": (Status.WOULD_DELETE, None),
+    }
+    assert snapshot(model_dir) == before
+
+
+def test_nothing_planned_touches_nothing(model_dir: Path) -> None:
+    make_file(model_dir, b"keep.bin")
+    (model_dir / "empty").mkdir()
+    before = snapshot(model_dir)
+    assert list(apply(plan_old(model_dir), model_dir)) == []
+    assert snapshot(model_dir) == before
+
+
+def test_emptied_subdirectories_go_but_model_dir_and_empty_ones_stay(model_dir: Path) -> None:
+    make_file(model_dir, b"old_top.bin")
+    make_file(model_dir, b"a/b/old_x.bin")  # a/b and then a are emptied by us
+    make_file(model_dir, b"c/old_y.bin")
+    (model_dir / "c" / "inner").mkdir()  # c keeps an (already empty) subdirectory
+    (model_dir / "empty").mkdir()  # was empty before: not ours to remove
+    make_file(model_dir, b"d/old_z.bin")
+    make_file(model_dir, b"d/keep.bin")
+    statuses = {o.status for o in apply(plan_old(model_dir), model_dir)}
+    assert statuses == {Status.DELETED}
+    assert set(snapshot(model_dir)) == {b".", b"c", b"c/inner", b"empty", b"d", b"d/keep.bin"}
+
+
+def test_model_dir_itself_is_never_removed(model_dir: Path) -> None:
+    make_file(model_dir, b"old_a.bin")
+    make_file(model_dir, b"sub/deeper/old_b.bin")
+    assert len(list(apply(plan_old(model_dir), model_dir))) == 2
+    assert model_dir.is_dir()
+    assert os.listdir(model_dir) == []
+
+
+def test_symlinks_and_their_targets_are_untouched(model_dir: Path, outside: Path) -> None:
+    make_file(outside, b"old_target.bin")
+    make_file(outside, b"dir/old_in.bin")
+    make_file(model_dir, b"old_real.bin")
+    (model_dir / "old_link").symlink_to(outside / "old_target.bin")
+    (model_dir / "old_dirlink").symlink_to(outside / "dir")
+    (model_dir / "old_inlink").symlink_to("old_real.bin")
+    outside_before = snapshot(outside)
+    p = plan_old(model_dir)
+    assert [d.entry.path for d in p.deletions] == [b"old_real.bin"]
+    list(apply(p, model_dir))
+    assert snapshot(outside) == outside_before
+    assert set(os.listdir(model_dir)) == {"old_link", "old_dirlink", "old_inlink"}
+
+
+def test_a_forged_decision_to_delete_a_symlink_is_refused(model_dir: Path, outside: Path) -> None:
+    """Even if a plan wrongly named a link (is_link lost), apply re-checks and refuses."""
+    make_file(outside, b"target.bin")
+    (model_dir / "old_link").symlink_to(outside / "target.bin")
+    (link,) = scan(model_dir).files
+    forged = Decision(link._replace(is_link=False), Verdict.DELETE, "prefix", "forged")
+    assert results(apply(Plan((forged,), time.time()), model_dir)) == {
+        b"old_link": (Status.SKIPPED, "changed")
+    }
+    assert (model_dir / "old_link").is_symlink()
+    assert (outside / "target.bin").exists()
+
+
+def _replace(path: Path) -> None:
+    tmp = path.with_name("incoming")
+    tmp.write_bytes(path.read_bytes())
+    st = os.stat(path)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime, new inode
+    os.replace(tmp, path)
+
+
+def _append(path: Path) -> None:
+    st = os.stat(path)
+    with open(path, "ab") as fh:
+        fh.write(b"more")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same inode and mtime, new size
+
+
+def _touch(path: Path) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def _to_symlink(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent / "keep.bin")
+
+
+def _to_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize("change", [_replace, _append, _touch, _to_symlink, _to_directory])
+def test_a_file_changed_after_planning_is_skipped(
+    model_dir: Path, change: Callable[[Path], None]
+) -> None:
+    make_file(model_dir, b"sub/old_a.bin", b"original")
+    make_file(model_dir, b"sub/keep.bin", b"keep")
+    p = plan_old(model_dir)
+    change(model_dir / "sub" / "old_a.bin")
+    after_change = snapshot(model_dir)
+    assert results(apply(p, model_dir)) == {b"sub/old_a.bin": (Status.SKIPPED, "changed")}
+    assert snapshot(model_dir) == after_change
+
+
+def test_a_file_removed_after_planning_is_skipped_as_vanished(model_dir: Path) -> None:
+    make_file(model_dir, b"old_a.bin")
+    make_file(model_dir, b"gone/old_b.bin")
+    p = plan_old(model_dir)
+    os.unlink(model_dir / "old_a.bin")
+    os.unlink(model_dir / "gone" / "old_b.bin")
+    os.rmdir(model_dir / "gone")
+    assert results(apply(p, model_dir)) == {
+        b"old_a.bin": (Status.SKIPPED, "vanished"),
+        b"gone/old_b.bin": (Status.SKIPPED, "vanished"),
+    }
+
+
+def _swap_for_link(model_dir: Path, outside: Path) -> None:
+    (model_dir / "sub").rename(model_dir / "sub_moved")
+    (model_dir / "sub").symlink_to(outside)
+
+
+def test_directory_swapped_for_a_link_before_apply(model_dir: Path, outside: Path) -> None:
+    make_file(model_dir, b"sub/old_a.bin", b"precious")
+    # The worst case: outside holds a hard link to the very inode that was planned, so only
+    # refusing to follow the swapped-in link keeps the identity check from passing.
+    os.link(model_dir / "sub" / "old_a.bin", outside / "old_a.bin")
+    p = plan_old(model_dir)
+    _swap_for_link(model_dir, outside)
+    outside_before = snapshot(outside)
+    assert results(apply(p, model_dir)) == {b"sub/old_a.bin": (Status.SKIPPED, "changed")}
+    assert snapshot(outside) == outside_before
+    assert (model_dir / "sub").is_symlink()
+    assert (model_dir / "sub_moved" / "old_a.bin").read_bytes() == b"precious"
+
+
+def test_directory_swapped_for_a_link_between_two_deletions(model_dir: Path, outside: Path) -> None:
+    for name in (b"old_1.bin", b"old_2.bin"):
+        make_file(model_dir, b"sub/" + name, name)
+        os.link(model_dir / "sub" / os.fsdecode(name), outside / os.fsdecode(name))
+    p = plan_old(model_dir)
+    outcomes = apply(p, model_dir)
+    first = next(outcomes)  # sub is open now: its fd is cached for the second file
+    assert first.status is Status.DELETED
+    _swap_for_link(model_dir, outside)
+    outside_before = snapshot(outside)
+    rest = list(outcomes)
+    assert [(o.status, o.detail) for o in rest] == [(Status.SKIPPED, "changed")]
+    assert snapshot(outside) == outside_before
+    assert (model_dir / "sub").is_symlink()  # and the emptied-directory sweep left it alone
+    assert os.listdir(model_dir / "sub_moved") == [os.fsdecode(rest[0].decision.entry.name)]
+
+
+_HOLD = """\
+import mmap, sys
+fh = open(sys.argv[1], "rb")
+if sys.argv[2] == "mmap":
+    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    fh.close()  # only the mapping holds it now, as llama.cpp does with GGUF files
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def held(path: Path, how: str) -> Iterator[None]:
+    """A separate process holds ``path`` (open, or only mapped) until the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        yield
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("how", ["open", "mmap"])
+def test_a_file_in_use_is_skipped_and_deleted_on_a_later_pass(model_dir: Path, how: str) -> None:
+    make_file(model_dir, b"old_model.gguf", b"GGUF" * 1024)
+    make_file(model_dir, b"old_free.bin")
+    p = plan_old(model_dir)
+    with held(model_dir / "old_model.gguf", how):
+        assert results(apply(p, model_dir)) == {
+            b"old_model.gguf": (Status.SKIPPED, "in_use"),
+            b"old_free.bin": (Status.DELETED, None),
+        }
+        assert (model_dir / "old_model.gguf").exists()
+    later = plan_old(model_dir)
+    assert results(apply(later, model_dir, holders=Holders())) == {
+        b"old_model.gguf": (Status.DELETED, None)
+    }
+
+
+def test_stop_is_asked_before_each_file(model_dir: Path) -> None:
+    for i in range(3):
+        make_file(model_dir, b"old_%d.bin" % i)
+    p = plan_old(model_dir)
+
+    assert list(apply(p, model_dir, stop=lambda: True)) == []
+    assert len(os.listdir(model_dir)) == 3
+
+    done: list[Outcome] = []
+    for outcome in apply(p, model_dir, stop=lambda: len(done) >= 1):
+        done.append(outcome)
+    assert [o.status for o in done] == [Status.DELETED]
+    assert len(os.listdir(model_dir)) == 2
+    assert not exists(os.path.join(os.fsencode(model_dir), done[0].decision.entry.path))

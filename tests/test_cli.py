@@ -1,0 +1,187 @@
+"""ocrd/cli.py: the one-shot commands, run as the real ``ocrd`` command against tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import OcrdRunner, make_file, snapshot, write_config
+
+DAY = 86400
+
+CONFIG = """\
+model_dir = "models"
+[retention]
+prefixes = ["old_"]
+max_age = "30d"
+whitelist = ["*.keep"]
+[watch]
+settle = "0s"
+[engine]
+enabled = false
+"""
+
+# raw name → (as displayed, verdict, rule, size)
+FILES: dict[bytes, tuple[str, str, str | None, int]] = {
+    b"old_a.bin": ("old_a.bin", "delete", "prefix", 4),
+    b"ancient.bin": ("ancient.bin", "delete", "max_age", 7),
+    b"fresh.bin": ("fresh.bin", "keep", None, 1),
+    b"old_b.keep": ("old_b.keep", "protected", "whitelist", 2),
+    b"link": ("link", "keep", None, len("old_a.bin")),
+    b"sub/old_c.bin": ("sub/old_c.bin", "delete", "prefix", 3),
+    b"bad\xff\n.bin": ("bad\\xff\\n.bin", "delete", "max_age", 5),
+}
+EXPECTED = {shown: (verdict, rule, size) for shown, verdict, rule, size in FILES.values()}
+RAW = {shown: raw for raw, (shown, *_) in FILES.items()}
+TO_DELETE = {p for p, (verdict, _, _) in EXPECTED.items() if verdict == "delete"}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    models = tmp_path / "conf" / "models"
+    models.mkdir(parents=True)
+    make_file(models, b"old_a.bin", b"aaaa")
+    make_file(models, b"ancient.bin", b"ancient", age_s=40 * DAY)
+    make_file(models, b"fresh.bin", b"f")
+    make_file(models, b"old_b.keep", b"kk", age_s=40 * DAY)
+    (models / "link").symlink_to("old_a.bin")
+    make_file(models, b"sub/old_c.bin", b"ccc")
+    make_file(models, b"bad\xff\n.bin", b"bad!!", age_s=40 * DAY)
+    return write_config(tmp_path / "conf", CONFIG)
+
+
+def models_of(config: Path) -> Path:
+    return config.parent / "models"
+
+
+def run_json(run_ocrd: OcrdRunner, *args: str | os.PathLike[str]) -> Any:
+    result = run_ocrd(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+    assert result.stdout.count("\n") == 1, "one JSON document on one line"
+    return json.loads(result.stdout)
+
+
+def test_list_text(config: Path, run_ocrd: OcrdRunner) -> None:
+    result = run_ocrd("list", "-c", config)
+    assert result.returncode == 0, result.stderr
+    header, *rows, summary = result.stdout.splitlines()
+    assert header.split()[:4] == ["VERDICT", "SIZE", "AGE", "RULE"]
+    assert len(rows) == len(EXPECTED)
+    for path, (verdict, rule, _) in EXPECTED.items():
+        (row,) = [r for r in rows if f"  {path}  (" in r]
+        assert row.split()[0] == verdict.upper()
+        assert row.split()[4] == (rule or "-")  # VERDICT, size and unit, AGE, RULE
+    assert summary.startswith(f"{len(EXPECTED)} file(s): ")
+    assert "delete 4 " in summary
+
+
+def test_list_json(config: Path, run_ocrd: OcrdRunner) -> None:
+    rows = run_json(run_ocrd, "list", "-c", config, "--json")
+    assert isinstance(rows, list)
+    by_path = {row["path"]: row for row in rows}
+    assert len(by_path) == len(rows) == len(EXPECTED)
+    for path, (verdict, rule, size) in EXPECTED.items():
+        row = by_path[path]
+        assert {"path", "size", "mtime", "age_s", "verdict", "rule"} <= set(row)
+        assert (row["verdict"], row["rule"], row["size"]) == (verdict, rule, size), path
+        raw = os.path.join(os.fsencode(models_of(config)), RAW[path])
+        assert row["mtime"] == os.lstat(raw).st_mtime
+        assert isinstance(row["age_s"], float | int)
+    assert abs(by_path["ancient.bin"]["age_s"] - 40 * DAY) < 600
+    assert 0 <= by_path["fresh.bin"]["age_s"] < 600
+
+
+def test_list_shows_settling_files(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
+    models = tmp_path / "models"
+    make_file(models, b"old_new.bin")
+    config = write_config(
+        tmp_path, 'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n[watch]\nsettle = "1h"\n'
+    )
+    (row,) = run_json(run_ocrd, "list", "-c", config, "--json")
+    assert (row["path"], row["verdict"], row["rule"]) == ("old_new.bin", "settling", None)
+
+
+def test_clean_json_deletes_and_reports(config: Path, run_ocrd: OcrdRunner) -> None:
+    models = models_of(config)
+    report = run_json(run_ocrd, "clean", "-c", config, "--json")
+    assert set(report["deleted"]) == TO_DELETE
+    assert len(report["deleted"]) == len(TO_DELETE)
+    assert report["freed_bytes"] == sum(EXPECTED[p][2] for p in TO_DELETE)
+    assert report["dry_run"] is False
+    assert sorted(os.listdir(models)) == ["fresh.bin", "link", "old_b.keep"]  # sub/ emptied, gone
+
+    again = run_json(run_ocrd, "clean", "-c", config, "--json")
+    assert (again["deleted"], again["freed_bytes"]) == ([], 0)
+
+
+def test_clean_text(config: Path, run_ocrd: OcrdRunner) -> None:
+    result = run_ocrd("clean", "-c", config)
+    assert result.returncode == 0, result.stderr
+    *lines, summary = result.stdout.splitlines()
+    assert sorted(lines) == sorted(f"deleted {p}" for p in TO_DELETE)
+    assert summary.startswith(f"deleted {len(TO_DELETE)} file(s), ")
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_clean_dry_run_changes_nothing(config: Path, run_ocrd: OcrdRunner, as_json: bool) -> None:
+    before = snapshot(models_of(config))
+    result = run_ocrd("clean", "-c", config, "--dry-run", *(["--json"] if as_json else []))
+    assert result.returncode == 0, result.stderr
+    if as_json:
+        report = json.loads(result.stdout)
+        assert report["dry_run"] is True
+        assert set(report["deleted"]) == TO_DELETE
+        assert report["freed_bytes"] == sum(EXPECTED[p][2] for p in TO_DELETE)
+    else:
+        *lines, summary = result.stdout.splitlines()
+        assert sorted(lines) == sorted(f"would delete {p}" for p in TO_DELETE)
+        assert summary.startswith(f"would delete {len(TO_DELETE)} file(s)")
+    assert snapshot(models_of(config)) == before
+
+
+def test_clean_honours_dry_run_in_config(config: Path, run_ocrd: OcrdRunner) -> None:
+    body = CONFIG.replace("[retention]\n", "[retention]\ndry_run = true\n")
+    write_config(config.parent, body)
+    before = snapshot(models_of(config))
+    report = run_json(run_ocrd, "clean", "-c", config, "--json")
+    assert report["dry_run"] is True
+    assert set(report["deleted"]) == TO_DELETE
+    assert snapshot(models_of(config)) == before
+
+
+@pytest.mark.parametrize("command", [["list"], ["list", "--json"], ["clean"], ["clean", "--json"]])
+def test_invalid_config_exits_78_and_touches_nothing(
+    config: Path, run_ocrd: OcrdRunner, command: list[str]
+) -> None:
+    write_config(config.parent, CONFIG + "surprise = 1\n")
+    before = snapshot(models_of(config))
+    result = run_ocrd(*command, "-c", config)
+    assert result.returncode == 78
+    assert result.stdout == ""
+    assert result.stderr == f"{config}: at 'surprise': unknown key\n"
+    assert snapshot(models_of(config)) == before
+
+
+def test_version(run_ocrd: OcrdRunner) -> None:
+    result = run_ocrd("--version")
+    assert (result.returncode, result.stdout) == (0, f"ocrd {version('ocrd')}\n")
+
+
+def test_python_dash_m_ocrd(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ocrd", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert (result.returncode, result.stdout) == (0, f"ocrd {version('ocrd')}\n")

@@ -1,0 +1,336 @@
+"""ocrd/retention.py: the pure planner, on plain FileEntry values (no disk)."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ocrd.config import Retention
+from ocrd.inventory import FileEntry, Inventory
+from ocrd.retention import MaxAgeRule, Plan, PrefixRule, Rules, Verdict, plan
+
+NOW = 1_700_000_000.0
+DAY = 86400.0
+
+_inodes = iter(range(1000, 10**9))
+
+
+def entry(
+    path: bytes,
+    *,
+    age: float = 365 * DAY,
+    atime_age: float | None = None,
+    ctime_age: float | None = None,
+    size: int = 10,
+    is_link: bool = False,
+) -> FileEntry:
+    """A file whose mtime is ``age`` seconds before NOW (atime and ctime the same unless given)."""
+    mtime = NOW - age
+    atime = NOW - (age if atime_age is None else atime_age)
+    ctime = NOW - (age if ctime_age is None else ctime_age)
+    return FileEntry(path, size, mtime, atime, ctime, 2049, next(_inodes), is_link)
+
+
+def rules(
+    *,
+    prefixes: Sequence[str] = (),
+    max_age: float | None = None,
+    age_by: Literal["mtime", "atime"] = "mtime",
+    whitelist: Sequence[str] = (),
+    settle: float = 0.0,
+) -> Rules:
+    selectors: list[PrefixRule | MaxAgeRule] = []
+    if prefixes:
+        selectors.append(PrefixRule(tuple(prefixes)))
+    if max_age is not None:
+        selectors.append(MaxAgeRule(max_age, age_by))
+    return Rules(tuple(selectors), tuple(whitelist), settle)
+
+
+def verdicts(p: Plan) -> dict[bytes, tuple[Verdict, str | None]]:
+    return {d.entry.path: (d.verdict, d.rule) for d in p.decisions}
+
+
+# --- unit tests ------------------------------------------------------------------------------
+
+
+def test_prefix_matches_the_file_name_at_any_depth_not_the_directory() -> None:
+    files = [entry(b"old_a.bin"), entry(b"sub/old_b.bin"), entry(b"old_dir/model.bin")]
+    got = verdicts(plan(files, rules(prefixes=["old_"]), NOW))
+    assert got == {
+        b"old_a.bin": (Verdict.DELETE, "prefix"),
+        b"sub/old_b.bin": (Verdict.DELETE, "prefix"),
+        b"old_dir/model.bin": (Verdict.KEEP, None),
+    }
+
+
+def test_prefix_works_on_names_that_are_not_utf8() -> None:
+    files = [entry(b"old_\xff\xfe.bin"), entry(b"\xffold_.bin")]
+    got = verdicts(plan(files, rules(prefixes=["old_"]), NOW))
+    assert got[b"old_\xff\xfe.bin"] == (Verdict.DELETE, "prefix")
+    assert got[b"\xffold_.bin"] == (Verdict.KEEP, None)
+
+
+@pytest.mark.parametrize(
+    ("age_by", "mtime_age", "atime_age", "deleted"),
+    [
+        ("mtime", 40 * DAY, 1 * DAY, True),
+        ("atime", 40 * DAY, 1 * DAY, False),
+        ("mtime", 1 * DAY, 40 * DAY, False),
+        ("atime", 1 * DAY, 40 * DAY, True),
+    ],
+)
+def test_max_age_uses_the_configured_timestamp(
+    age_by: Literal["mtime", "atime"], mtime_age: float, atime_age: float, deleted: bool
+) -> None:
+    f = entry(b"m.bin", age=mtime_age, atime_age=atime_age, ctime_age=mtime_age)
+    (d,) = plan([f], rules(max_age=30 * DAY, age_by=age_by), NOW).decisions
+    assert (d.verdict, d.rule) == ((Verdict.DELETE, "max_age") if deleted else (Verdict.KEEP, None))
+    if deleted:
+        assert d.reason == f"{age_by} age 40d > 30d"
+
+
+def test_max_age_is_strictly_older_than() -> None:
+    files = [entry(b"exact.bin", age=30 * DAY), entry(b"older.bin", age=30 * DAY + 1)]
+    got = verdicts(plan(files, rules(max_age=30 * DAY), NOW))
+    assert got == {b"exact.bin": (Verdict.KEEP, None), b"older.bin": (Verdict.DELETE, "max_age")}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "protected", "unprotected"),
+    [
+        # without "/": the file name, at any depth
+        ("a.bin", [b"a.bin", b"x/y/a.bin"], [b"b.bin", b"a.bin/c.bin"]),
+        ("*.keep", [b"m.keep", b"d/m.keep"], [b"m.keep.bin", b"keep"]),
+        ("old_?.bin", [b"old_1.bin", b"d/old_2.bin"], [b"old_12.bin"]),
+        # with "/": the path relative to model_dir
+        ("keep/*.bin", [b"keep/a.bin"], [b"other/a.bin", b"a.bin", b"x/keep/a.bin"]),
+        ("sub/a.bin", [b"sub/a.bin"], [b"a.bin", b"other/sub/a.bin"]),
+        ("*/a.bin", [b"d/a.bin", b"d/e/a.bin"], [b"a.bin"]),
+        # non-UTF-8 bytes still match through the wildcard
+        ("*.bin", [b"\xff.bin", b"d\xfe/\n.bin"], [b"\xff.bi"]),
+    ],
+)
+def test_whitelist_by_name_or_by_relative_path(
+    pattern: str, protected: list[bytes], unprotected: list[bytes]
+) -> None:
+    files = [entry(p) for p in protected + unprotected]
+    got = verdicts(plan(files, rules(max_age=DAY, whitelist=[pattern]), NOW))
+    for p in protected:
+        assert got[p] == (Verdict.PROTECTED, "whitelist"), p
+    for p in unprotected:
+        assert got[p] == (Verdict.DELETE, "max_age"), p
+
+
+def test_whitelist_wins_over_every_rule() -> None:
+    f = entry(b"old_en.bin", age=400 * DAY)
+    (d,) = plan([f], rules(prefixes=["old_"], max_age=DAY, whitelist=["old_en.bin"]), NOW).decisions
+    assert (d.verdict, d.rule, d.reason) == (Verdict.PROTECTED, "whitelist", "matches 'old_en.bin'")
+
+
+def test_symlinks_are_kept_with_no_rule() -> None:
+    link = entry(b"old_link", age=400 * DAY, is_link=True)
+    (d,) = plan([link], rules(prefixes=["old_"], max_age=DAY, whitelist=["old_*"]), NOW).decisions
+    assert (d.verdict, d.rule) == (Verdict.KEEP, None)
+
+
+@pytest.mark.parametrize(
+    ("mtime_age", "ctime_age", "verdict"),
+    [
+        (2.0, 2.0, Verdict.SETTLING),  # just written
+        (400 * DAY, 2.0, Verdict.SETTLING),  # copied keeping its old mtime (cp -p, rsync -t)
+        (5.0, 5.0, Verdict.DELETE),  # unchanged for exactly settle: rules apply
+        (-60.0, -60.0, Verdict.SETTLING),  # mtime in the future
+    ],
+)
+def test_settling(mtime_age: float, ctime_age: float, verdict: Verdict) -> None:
+    f = entry(b"old_x.bin", age=mtime_age, ctime_age=ctime_age)
+    (d,) = plan([f], rules(prefixes=["old_"], settle=5.0), NOW).decisions
+    assert d.verdict is verdict
+    assert d.rule == ("prefix" if verdict is Verdict.DELETE else None)
+
+
+def test_prefix_is_named_before_max_age_when_both_apply() -> None:
+    f = entry(b"old_x.bin", age=400 * DAY)
+    (d,) = plan([f], rules(prefixes=["old_"], max_age=DAY), NOW).decisions
+    assert (d.verdict, d.rule, d.reason) == (Verdict.DELETE, "prefix", "name starts with 'old_'")
+
+
+def test_no_rules_keeps_everything_in_input_order() -> None:
+    files = [entry(b"z"), entry(b"a"), entry(b"m/old_x")]
+    p = plan(Inventory(tuple(files)), rules(), NOW)
+    assert [d.entry for d in p.decisions] == files
+    assert all((d.verdict, d.rule) == (Verdict.KEEP, None) for d in p.decisions)
+    assert p.deletions == ()
+    assert p.now == NOW
+
+
+def test_rules_from_config() -> None:
+    retention = Retention.model_validate(
+        {"prefixes": ["old_"], "max_age": "30d", "age_by": "atime", "whitelist": ["*.keep"]}
+    )
+    r = Rules.from_config(retention, settle=5.0)
+    assert r.selectors == (PrefixRule(("old_",)), MaxAgeRule(30 * DAY, "atime"))
+    assert (r.whitelist, r.settle) == (("*.keep",), 5.0)
+    assert Rules.from_config(Retention(), settle=0.0).selectors == ()
+
+
+def test_plan_deletions_lists_only_deletes() -> None:
+    files = [entry(b"old_a"), entry(b"b"), entry(b"old_c.keep"), entry(b"old_d")]
+    p = plan(files, rules(prefixes=["old_"], whitelist=["*.keep"]), NOW)
+    assert [d.entry.path for d in p.deletions] == [b"old_a", b"old_d"]
+
+
+# --- properties over generated inventories ---------------------------------------------------
+
+PREFIXES = ["old_", "a", "x\n"]
+PATTERNS = ["*.keep", "a*", "sub/*", "d/*.bin", "x?", "[ab]*.bin"]
+
+_name = st.lists(
+    st.sampled_from([b"old_", b"a", b"b", b"x", b".keep", b".bin", b"\xff", b"\n", b"*", b"?"]),
+    min_size=1,
+    max_size=4,
+).map(b"".join)
+_path = st.lists(st.one_of(st.sampled_from([b"sub", b"d"]), _name), min_size=1, max_size=3).map(
+    b"/".join
+)
+_offset = st.floats(min_value=-2 * DAY, max_value=400 * DAY, allow_nan=False)
+
+
+@st.composite
+def inventories(draw: st.DrawFn) -> list[FileEntry]:
+    paths = draw(st.lists(_path, max_size=25, unique=True))
+    files = []
+    for ino, path in enumerate(paths):
+        files.append(
+            FileEntry(
+                path=path,
+                size=draw(st.integers(0, 10**12)),
+                mtime=NOW - draw(_offset),
+                atime=NOW - draw(_offset),
+                ctime=NOW - draw(_offset),
+                dev=2049,
+                ino=ino,
+                is_link=draw(st.booleans()),
+            )
+        )
+    return files
+
+
+@st.composite
+def rule_sets(draw: st.DrawFn) -> Rules:
+    """Rules drawn from a small vocabulary, so they hit the generated names often."""
+    patterns = draw(st.lists(st.sampled_from(PATTERNS), max_size=3, unique=True))
+    return rules(
+        prefixes=draw(st.lists(st.sampled_from(PREFIXES), max_size=2, unique=True)),
+        max_age=draw(st.none() | st.sampled_from([60.0, DAY, 30 * DAY])),
+        age_by=draw(st.sampled_from(["mtime", "atime"])),
+        whitelist=patterns,
+        settle=draw(st.sampled_from([0.0, 5.0, 3600.0, 7 * DAY])),
+    )
+
+
+_nows = st.floats(min_value=NOW - DAY, max_value=NOW + 30 * DAY, allow_nan=False)
+
+
+def whitelisted(f: FileEntry, patterns: Sequence[str]) -> bool:
+    """The contract, written out independently: "/" in the pattern → relative path, else name."""
+    name = f.path.split(b"/")[-1]
+    return any(fnmatch.fnmatchcase(os.fsdecode(f.path if "/" in p else name), p) for p in patterns)
+
+
+def settling(f: FileEntry, r: Rules, now: float) -> bool:
+    return now - max(f.mtime, f.ctime) < r.settle
+
+
+def rule_applies(f: FileEntry, r: Rules, now: float) -> str | None:
+    name = f.path.split(b"/")[-1]
+    for s in r.selectors:
+        if isinstance(s, PrefixRule) and any(name.startswith(p.encode()) for p in s.prefixes):
+            return "prefix"
+        if isinstance(s, MaxAgeRule) and now - getattr(f, s.age_by) > s.max_age:
+            return "max_age"
+    return None
+
+
+@given(inventories(), rule_sets(), _nows)
+def test_each_verdict_follows_the_contract(files: list[FileEntry], r: Rules, now: float) -> None:
+    p = plan(files, r, now)
+    assert [d.entry for d in p.decisions] == files
+    for d in p.decisions:
+        f = d.entry
+        if f.is_link:
+            expected: tuple[Verdict, str | None] = (Verdict.KEEP, None)
+        elif whitelisted(f, r.whitelist):
+            expected = (Verdict.PROTECTED, "whitelist")
+        elif settling(f, r, now):
+            expected = (Verdict.SETTLING, None)
+        elif (rule := rule_applies(f, r, now)) is not None:
+            expected = (Verdict.DELETE, rule)
+        else:
+            expected = (Verdict.KEEP, None)
+        assert (d.verdict, d.rule) == expected, f
+
+
+@given(inventories(), rule_sets(), _nows)
+def test_whitelisted_settling_and_symlinks_are_never_deleted(
+    files: list[FileEntry], r: Rules, now: float
+) -> None:
+    for d in plan(files, r, now).deletions:
+        assert not d.entry.is_link
+        assert not whitelisted(d.entry, r.whitelist)
+        assert not settling(d.entry, r, now)
+
+
+@given(inventories(), rule_sets(), _nows)
+def test_planning_again_after_applying_deletes_nothing_more(
+    files: list[FileEntry], r: Rules, now: float
+) -> None:
+    first = plan(files, r, now)
+    gone = {d.entry.path for d in first.deletions}
+    remaining = [f for f in files if f.path not in gone]
+    second = plan(remaining, r, now)
+    assert second.deletions == ()
+    before = verdicts(first)
+    assert all(before[path] == v for path, v in verdicts(second).items())
+
+
+@given(inventories(), rule_sets(), _nows, st.data())
+def test_verdict_depends_only_on_inventory_rules_and_now(
+    files: list[FileEntry], r: Rules, now: float, data: st.DataObject
+) -> None:
+    p = plan(files, r, now)
+    assert plan(list(files), r, now) == p
+    assert plan(Inventory(tuple(files)), r, now) == p
+    shuffled = data.draw(st.permutations(files))
+    assert verdicts(plan(shuffled, r, now)) == verdicts(p)
+    # and each file alone gets the verdict it got among the others
+    for d in p.decisions:
+        (alone,) = plan([d.entry], r, now).decisions
+        assert alone == d
+
+
+@given(inventories(), st.lists(st.sampled_from(range(25)), unique=True), _nows)
+def test_escaped_names_on_the_whitelist_protect_exactly_those_files(
+    files: list[FileEntry], chosen: list[int], now: float
+) -> None:
+    """Names full of glob characters, escaped with glob.escape, protect just their own file."""
+    names = {f.path.split(b"/")[-1] for i, f in enumerate(files) if i in chosen}
+    patterns = [glob.escape(os.fsdecode(n)) for n in names]
+    r = rules(
+        prefixes=["old_", "a", "b", "x", "\n", "*", "?", "."], max_age=60.0, whitelist=patterns
+    )
+    for d in plan(files, r, now).decisions:
+        if d.entry.is_link:
+            continue
+        if d.entry.path.split(b"/")[-1] in names:
+            assert d.verdict is Verdict.PROTECTED
+        else:
+            assert d.verdict is not Verdict.PROTECTED

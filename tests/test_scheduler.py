@@ -1,0 +1,77 @@
+"""The daemon's scheduler on a fake clock: nothing here sleeps."""
+
+from __future__ import annotations
+
+from ocrd.clock import FakeClock
+from ocrd.config import Retention
+from ocrd.daemon import Scheduler
+from ocrd.inventory import FileEntry
+from ocrd.retention import Rules, Verdict, plan, revisit_at
+
+
+def test_rescan_comes_due_after_its_period() -> None:
+    clock = FakeClock()
+    s = Scheduler(clock, rescan=600, ping=None)
+    assert not s.rescan_due()
+    assert s.timeout() == 600
+    clock.advance(599.9)
+    assert not s.rescan_due()
+    clock.advance(0.1)
+    assert s.rescan_due()
+    s.rescanned()
+    assert not s.rescan_due()
+    assert s.timeout() == 600
+
+
+def test_watchdog_ping_every_interval() -> None:
+    clock = FakeClock()
+    s = Scheduler(clock, rescan=600, ping=15)
+    assert s.ping_due()  # the first ping goes out at once
+    assert not s.ping_due()
+    assert s.timeout() == 15
+    clock.advance(15)
+    assert s.ping_due()
+
+
+def test_revisits_come_due_in_time_order() -> None:
+    clock = FakeClock()
+    s = Scheduler(clock, rescan=600, ping=None)
+    s.revisit(b"b", clock.time() + 5)
+    s.revisit(b"a", clock.time() + 2)
+    assert s.timeout() == 2
+    clock.advance(2)
+    assert s.due_revisits() == {b"a"}
+    assert s.timeout() == 3
+    clock.advance(10)
+    assert s.due_revisits() == {b"b"}
+    assert s.timeout() == 588  # 600 - (2 + 10)
+
+
+def _entry(path: bytes, mtime: float, ctime: float | None = None) -> FileEntry:
+    return FileEntry(path, 1, mtime, mtime, mtime if ctime is None else ctime, 1, 1, False)
+
+
+def test_settling_file_is_revisited_when_settle_ends_then_deleted() -> None:
+    clock = FakeClock()
+    rules = Rules.from_config(Retention(prefixes=["old_"]), settle=5)
+    entry = _entry(b"old_x", clock.time() - 1)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.SETTLING
+    at = revisit_at(d, rules)
+    assert at == entry.ctime + 5
+    clock.advance(at - clock.time())
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.DELETE
+
+
+def test_kept_file_is_revisited_when_it_crosses_max_age() -> None:
+    clock = FakeClock()
+    rules = Rules.from_config(Retention.model_validate({"max_age": "1h"}), settle=0)
+    entry = _entry(b"model.bin", clock.time() - 600)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.KEEP
+    at = revisit_at(d, rules)
+    assert at == entry.mtime + 3600
+    clock.advance(at - clock.time() + 0.001)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert (d.verdict, d.rule) == (Verdict.DELETE, "max_age")
