@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -16,6 +17,7 @@ DEFAULT_CONFIG = "config.toml"
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_LONGEST = 100 * 365.25 * 86400.0  # beyond this a timer is meaningless (and float("inf") breaks)
 _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 
 
@@ -25,8 +27,13 @@ def parse_duration(text: object) -> float:
         raise ValueError(f'{text!r} is not a duration: write a string with a unit, e.g. "30d"')
     compact = text.strip()
     if not _DURATION.fullmatch(compact):
-        raise ValueError(f'"{text}" is not a duration: use a number and one of ms, s, m, h, d, w')
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
+        raise ValueError(
+            f"{quote(text)} is not a duration: use a number and one of ms, s, m, h, d, w"
+        )
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
+    if not seconds < _LONGEST:
+        raise ValueError(f"{quote(text)} is too long a duration: at most 100 years")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -44,7 +51,7 @@ def _check_glob(pattern: object) -> str:
     if not pattern or "\0" in pattern:
         raise ValueError(f"{pattern!r} is not a glob pattern: it is empty or holds a NUL byte")
     if pattern.startswith("/"):
-        raise ValueError(f'"{pattern}" is not a glob: patterns are relative to model_dir')
+        raise ValueError(f"{quote(pattern)} is not a glob: patterns are relative to model_dir")
     i = 0
     while (i := pattern.find("[", i)) >= 0:
         start = i + 1
@@ -52,7 +59,7 @@ def _check_glob(pattern: object) -> str:
         start += pattern[start : start + 1] == "]"  # "[]]" and "[!]]" hold a literal "]"
         end = pattern.find("]", start)
         if end < 0:
-            raise ValueError(f'"{pattern}" is not a glob: "[" at offset {i} is never closed')
+            raise ValueError(f'{quote(pattern)} is not a glob: "[" at offset {i} is never closed')
         i = end + 1
     return pattern
 
@@ -63,7 +70,9 @@ def _check_prefix(prefix: object) -> str:
     if not prefix:
         raise ValueError('"" is not a prefix: it would match every file')
     if "/" in prefix or "\0" in prefix:
-        raise ValueError(f'"{prefix}" is not a prefix: a file-name prefix cannot hold "/" or NUL')
+        raise ValueError(
+            f'{quote(prefix)} is not a prefix: a file-name prefix cannot hold "/" or NUL'
+        )
     return prefix
 
 
@@ -180,11 +189,11 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
         return [f"{where}: {value!r} is not a path"]
     resolved = _resolve(base, value)
     if resolved == Path("/") or os.path.realpath(resolved) == "/":
-        return [f'{where}: "{value}" is the root directory; ocrd will not manage /']
+        return [f"{where}: {quote(value)} is the root directory; ocrd will not manage /"]
     if not resolved.exists():
-        return [f'{where}: "{resolved}" does not exist; create it or fix the path']
+        return [f"{where}: {quote(resolved)} does not exist; create it or fix the path"]
     if not resolved.is_dir():
-        return [f'{where}: "{resolved}" is not a directory']
+        return [f"{where}: {quote(resolved)} is not a directory"]
     return []
 
 
@@ -214,9 +223,15 @@ def _describe(name: str, err: Any) -> str:
     return f"{name}: at '{key}': {what}"
 
 
+def quote(value: object, limit: int = 60) -> str:
+    """A value as it would be written in TOML, on one line, shortened if long."""
+    text = json.dumps(str(value), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 2] + '…"'
+
+
 def _show(value: object) -> str:
     if isinstance(value, str):
-        return f'"{value}"'
+        return quote(value)
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
