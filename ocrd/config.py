@@ -190,10 +190,13 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
     resolved = _resolve(base, value)
     if resolved == Path("/") or os.path.realpath(resolved) == "/":
         return [f"{where}: {quote(value)} is the root directory; ocrd will not manage /"]
+    # The resolved path is shown whole (PATH_MAX bounds it): its last components are the very
+    # thing the operator has to fix, and shortening would cut exactly those off.
+    shown = quote(resolved, limit=4096)
     if not resolved.exists():
-        return [f"{where}: {quote(resolved)} does not exist; create it or fix the path"]
+        return [f"{where}: {shown} does not exist; create it or fix the path"]
     if not resolved.is_dir():
-        return [f"{where}: {quote(resolved)} is not a directory"]
+        return [f"{where}: {shown} is not a directory"]
     return []
 
 

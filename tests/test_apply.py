@@ -220,11 +220,20 @@ def test_directory_swapped_for_a_link_between_two_deletions(model_dir: Path, out
 
 
 _HOLD = """\
-import mmap, sys
-fh = open(sys.argv[1], "rb")
+import ctypes, mmap, os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_RDONLY)
 if sys.argv[2] == "mmap":
-    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    fh.close()  # only the mapping holds it now, as llama.cpp does with GGUF files
+    # libc's mmap, not the mmap module (which keeps a dup of the fd): after os.close only the
+    # mapping holds the file, as with llama.cpp and GGUF files.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+    addr = libc.mmap(None, os.fstat(fd).st_size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    os.close(fd)
+    fds = [os.path.join("/proc/self/fd", n) for n in os.listdir("/proc/self/fd")]
+    assert not any(os.path.exists(f) and os.path.samefile(f, path) for f in fds)
 print("ready", flush=True)
 sys.stdin.read()
 """

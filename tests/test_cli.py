@@ -161,7 +161,7 @@ def test_clean_honours_dry_run_in_config(config: Path, run_ocrd: OcrdRunner) -> 
 def test_invalid_config_exits_78_and_touches_nothing(
     config: Path, run_ocrd: OcrdRunner, command: list[str]
 ) -> None:
-    write_config(config.parent, CONFIG + "surprise = 1\n")
+    write_config(config.parent, "surprise = 1\n" + CONFIG)
     before = snapshot(models_of(config))
     result = run_ocrd(*command, "-c", config)
     assert result.returncode == 78

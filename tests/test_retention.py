@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ocrd.config import Retention
 from ocrd.inventory import FileEntry, Inventory
-from ocrd.retention import MaxAgeRule, Plan, PrefixRule, Rules, Verdict, plan
+from ocrd.retention import MaxAgeRule, Plan, PrefixRule, Rules, Verdict, plan, revisit_at
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -334,3 +334,22 @@ def test_escaped_names_on_the_whitelist_protect_exactly_those_files(
             assert d.verdict is Verdict.PROTECTED
         else:
             assert d.verdict is not Verdict.PROTECTED
+
+
+@given(inventories(), rule_sets(), _nows, st.floats(0.0, 1.0))
+def test_revisit_at_is_when_a_verdict_can_first_change(
+    files: list[FileEntry], r: Rules, now: float, fraction: float
+) -> None:
+    """Until revisit_at the verdict holds with the file untouched; just after, it has changed.
+    None means it holds for good."""
+    for d in plan(files, r, now).decisions:
+        at = revisit_at(d, r)
+        if at is None:
+            (later,) = plan([d.entry], r, now + 10_000 * DAY).decisions
+            assert later.verdict is d.verdict
+            continue
+        assert at >= now
+        (before,) = plan([d.entry], r, now + (at - now) * fraction * 0.999).decisions
+        assert before.verdict is d.verdict
+        (after,) = plan([d.entry], r, at + 1.0).decisions
+        assert after.verdict is not d.verdict
