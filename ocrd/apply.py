@@ -56,6 +56,7 @@ def apply(
     if not deletions:
         return
     holders = holders if holders is not None else Holders()
+    holders.refresh()  # a fresh look per batch: a file released since the last one is free now
     dirs = DirFds(os.fsencode(model_dir))
     emptied: set[bytes] = set()
     try:

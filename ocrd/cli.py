@@ -14,7 +14,7 @@ from ocrd.apply import Status, apply
 from ocrd.config import Config, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.inventory import ModelDirMissing, display, scan
-from ocrd.retention import Plan, Rules, plan
+from ocrd.retention import Decision, Plan, Rules, plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "list":
-        _print_list(the_plan, args.json)
+        _print_list(the_plan, args.json, config.retention.age_by)
         return 0
     return _clean(
         config, the_plan, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
@@ -81,8 +81,12 @@ def _plan(config: Config) -> Plan:
     return plan(inventory, Rules.from_config(config.retention, config.watch.settle), time.time())
 
 
-def _print_list(the_plan: Plan, as_json: bool) -> None:
+def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
     now = the_plan.now
+
+    def age(d: Decision) -> float:
+        return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
+
     if as_json:
         rows = [
             {
@@ -90,7 +94,7 @@ def _print_list(the_plan: Plan, as_json: bool) -> None:
                 "size": d.entry.size,
                 "mtime": d.entry.mtime,
                 "atime": d.entry.atime,
-                "age_s": round(now - d.entry.mtime, 3),
+                "age_s": round(age(d), 3),
                 "verdict": str(d.verdict),
                 "rule": d.rule,
                 "reason": d.reason,
@@ -105,7 +109,7 @@ def _print_list(the_plan: Plan, as_json: bool) -> None:
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         out.append(
             f"{d.verdict.upper():<10} {_size(d.entry.size):>9} "
-            f"{_age(now - d.entry.mtime):>6}  {d.rule or '-':<9}  "
+            f"{_age(age(d)):>6}  {d.rule or '-':<9}  "
             f"{display(d.entry.path)}  ({d.reason})"
         )
     counts: dict[str, list[int]] = {}

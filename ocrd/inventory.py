@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -57,68 +56,92 @@ class Inventory:
         return sum(1 for f in self.files if not f.is_link)
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
-    """Walk ``model_dir`` recursively with os.scandir; symlinks are recorded, never followed."""
+    """Walk ``model_dir`` recursively; symlinks are recorded, never followed.
+
+    The walk goes from directory file descriptors, each subdirectory opened with O_NOFOLLOW
+    relative to its parent, so a directory swapped for a symlink mid-walk is not entered (it
+    ends up unread, not listed from outside). It holds one fd per level of depth, not per
+    directory, and stats each entry relative to its directory's fd.
+    """
     root = os.fsencode(model_dir)
     try:
-        st = os.stat(root)
-    except (FileNotFoundError, NotADirectoryError) as exc:  # ENOTDIR: a parent became a file
+        root_fd = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)  # model_dir itself may be a link
+    except FileNotFoundError as exc:
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory")
+    except NotADirectoryError as exc:  # it, or a directory above it, is now something else
+        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory") from exc
     files: list[FileEntry] = []
     unreadable: list[tuple[bytes, str]] = []
-    for entry, rel in _walk(root, b"", unreadable):
-        try:
-            s = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # gone between readdir and stat: not ours to judge any more
-        except OSError as exc:
-            unreadable.append((rel, exc.strerror or str(exc)))
-            continue
-        mode = s.st_mode
-        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-            files.append(
-                FileEntry(
-                    rel,
-                    s.st_size,
-                    s.st_mtime,
-                    s.st_atime,
-                    s.st_ctime,
-                    s.st_dev,
-                    s.st_ino,
-                    stat.S_ISLNK(mode),
-                )
-            )
-    if not os.path.isdir(root):
+    append = files.append
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
+    # Each frame: (fd, relative path with trailing "/", names of subdirectories still to visit).
+    stack: list[tuple[int, bytes, list[str]]] = []
+    fd, prefix = root_fd, b""
+    try:
+        while True:
+            subdirs: list[str] = []
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                subdirs.append(entry.name)
+                                continue
+                            s = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # gone between readdir and stat: not ours to judge now
+                        except OSError as exc:
+                            rel = prefix + os.fsencode(entry.name)
+                            unreadable.append((rel, exc.strerror or str(exc)))
+                            continue
+                        mode = s.st_mode
+                        if is_reg(mode) or is_lnk(mode):
+                            append(
+                                FileEntry(
+                                    prefix + os.fsencode(entry.name),
+                                    s.st_size,
+                                    s.st_mtime,
+                                    s.st_atime,
+                                    s.st_ctime,
+                                    s.st_dev,
+                                    s.st_ino,
+                                    is_lnk(mode),
+                                )
+                            )
+            except OSError as exc:
+                unreadable.append((prefix.rstrip(b"/"), exc.strerror or str(exc)))
+            stack.append((fd, prefix, subdirs))
+            fd = -1
+            while stack and fd < 0:
+                parent, parent_prefix, pending = stack[-1]
+                if not pending:
+                    stack.pop()
+                    if parent != root_fd:
+                        os.close(parent)
+                    continue
+                name = pending.pop()
+                prefix = parent_prefix + os.fsencode(name) + b"/"
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed, or swapped for a non-directory, since readdir
+                except OSError as exc:  # ELOOP: swapped for a link — never followed
+                    unreadable.append((prefix.rstrip(b"/"), exc.strerror or str(exc)))
+            if fd < 0:
+                break
+        still_there = os.path.isdir(root)
+    finally:
+        for frame_fd, _, _ in stack:
+            if frame_fd != root_fd:
+                os.close(frame_fd)
+        os.close(root_fd)
+    if not still_there:
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir vanished during the scan")
     return Inventory(tuple(files), tuple(unreadable))
-
-
-def _walk(
-    root: bytes, prefix: bytes, unreadable: list[tuple[bytes, str]]
-) -> Iterator[tuple[os.DirEntry[bytes], bytes]]:
-    stack = [prefix]
-    while stack:
-        rel = stack.pop()
-        try:
-            it = os.scandir(os.path.join(root, rel) if rel else root)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            unreadable.append((rel, exc.strerror or str(exc)))
-            continue
-        with it:
-            for entry in it:
-                child = rel + b"/" + entry.name if rel else entry.name
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    stack.append(child)
-                else:
-                    yield entry, child
 
 
 def display(path: bytes) -> str:

@@ -121,8 +121,9 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             decided[i] = Decision(f, Verdict.KEEP, None, "symbolic link: never followed or deleted")
         elif (pattern := rules.whitelisted(f)) is not None:
             decided[i] = Decision(f, Verdict.PROTECTED, "whitelist", f"matches {pattern!r}")
-        elif (changed := now - max(f.mtime, f.ctime)) < rules.settle:
+        elif rules.settle > 0 and (changed := now - max(f.mtime, f.ctime)) < rules.settle:
             # ctime too: a file copied with its old mtime kept (cp -p, rsync -t) is still new here.
+            # With settle = 0 nothing settles, not even a file whose clock runs ahead of ours.
             why = f"changed {changed:.1f}s ago, settle is {rules.settle:g}s"
             decided[i] = Decision(f, Verdict.SETTLING, None, why)
         else:
@@ -152,5 +153,6 @@ def revisit_at(decision: Decision, rules: Rules) -> float | None:
             for s in rules.selectors
             if isinstance(s, MaxAgeRule)
         ]
-        return min(times) if times else None
+        # max_age deletes what is strictly older: look again just after the boundary.
+        return min(times) + 0.001 if times else None
     return None

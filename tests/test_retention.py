@@ -151,10 +151,17 @@ def test_symlinks_are_kept_with_no_rule() -> None:
     ],
 )
 def test_settling(mtime_age: float, ctime_age: float, verdict: Verdict) -> None:
+    """A file changed within settle waits; one whose clock runs ahead waits until it is due."""
     f = entry(b"old_x.bin", age=mtime_age, ctime_age=ctime_age)
     (d,) = plan([f], rules(prefixes=["old_"], settle=5.0), NOW).decisions
     assert d.verdict is verdict
     assert d.rule == ("prefix" if verdict is Verdict.DELETE else None)
+
+
+def test_settle_zero_never_settles_even_a_file_from_the_future() -> None:
+    f = entry(b"old_x.bin", age=-60.0, ctime_age=-60.0)
+    (d,) = plan([f], rules(prefixes=["old_"], settle=0.0), NOW).decisions
+    assert (d.verdict, d.rule) == (Verdict.DELETE, "prefix")
 
 
 def test_prefix_is_named_before_max_age_when_both_apply() -> None:
@@ -247,7 +254,7 @@ def whitelisted(f: FileEntry, patterns: Sequence[str]) -> bool:
 
 
 def settling(f: FileEntry, r: Rules, now: float) -> bool:
-    return now - max(f.mtime, f.ctime) < r.settle
+    return r.settle > 0 and now - max(f.mtime, f.ctime) < r.settle
 
 
 def rule_applies(f: FileEntry, r: Rules, now: float) -> str | None:
