@@ -73,6 +73,7 @@ def test_kept_file_is_revisited_when_it_crosses_max_age() -> None:
     (d,) = plan([entry], rules, clock.time()).decisions
     assert d.verdict is Verdict.KEEP
     at = revisit_at(d, rules)
+    assert at is not None
     assert at == pytest.approx(entry.mtime + 3600, abs=0.01)
     clock.advance(at - clock.time() - 0.01)
     (d,) = plan([entry], rules, clock.time()).decisions
