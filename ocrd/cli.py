@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ocrd import __version__, log
 from ocrd.apply import Status, apply
-from ocrd.config import Config, default_path, load
+from ocrd.config import Config, approx_duration, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.inventory import ModelDirMissing, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
@@ -109,7 +109,7 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         out.append(
             f"{d.verdict.upper():<10} {_size(d.entry.size):>9} "
-            f"{_age(age(d)):>6}  {d.rule or '-':<9}  "
+            f"{approx_duration(age(d)):>6}  {d.rule or '-':<9}  "
             f"{display(d.entry.path)}  ({d.reason})"
         )
     counts: dict[str, list[int]] = {}
@@ -172,13 +172,3 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
-
-
-def _age(seconds: float) -> str:
-    """Approximate, for reading: the largest whole unit (``45d``, ``3h``, ``12m``)."""
-    if seconds < 0:
-        return "future"
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= 2 * size or (unit != "w" and seconds >= size):
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"

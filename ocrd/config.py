@@ -45,6 +45,16 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def approx_duration(seconds: float) -> str:
+    """For reading, not parsing: days, hours or minutes once there are two (``41d``, ``3h``)."""
+    if seconds < 0:
+        return "future"
+    for unit in ("d", "h", "m"):
+        if seconds >= 2 * _UNIT_SECONDS[unit]:
+            return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
+    return f"{int(seconds)}s"
+
+
 def _check_glob(pattern: object) -> str:
     if not isinstance(pattern, str):
         raise ValueError(f"{pattern!r} is not a glob pattern: write a string")

@@ -26,6 +26,7 @@ from ocrd.holders import Holders
 from ocrd.inventory import FileEntry, ModelDirMissing, display, scan
 from ocrd.notify import Notifier
 from ocrd.retention import Plan, Rules, Verdict, plan, revisit_at
+from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher
 
 RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is tried again this much later
@@ -99,7 +100,7 @@ class Daemon:
         self.supervisor = Supervisor(
             config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
         )
-        self.wake = threading.Event()
+        self.waker = Waker()
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.index: dict[bytes, FileEntry] = {}
@@ -123,6 +124,7 @@ class Daemon:
             return
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        self.waker.wake_on_signals()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only flags and a wake-up here; the loop does the work (uvicorn's server.py pattern).
@@ -133,7 +135,7 @@ class Daemon:
             os._exit(130)
         else:
             self.stop_signal = signum
-        self.wake.set()
+        self.waker.wake()
 
     def _should_stop(self) -> bool:
         """Asked between files of a batch: also where the watchdog is fed during long passes."""
@@ -165,8 +167,7 @@ class Daemon:
                     self.reload_requested = False
                     self._reload()
                     continue
-                self.wake.wait(self.scheduler.timeout(MISSING_POLL_S if self.missing else None))
-                self.wake.clear()
+                self.waker.wait(self.scheduler.timeout(MISSING_POLL_S if self.missing else None))
                 self._ping()
                 if self.stop_signal is not None or self.reload_requested:
                     continue
@@ -250,7 +251,7 @@ class Daemon:
             return
         self.root_id = (st.st_dev, st.st_ino)
         self.watcher = Watcher(
-            c.model_dir, c.watch.observer, self.wake.set, poll_interval=max(1.0, c.watch.settle)
+            c.model_dir, c.watch.observer, self.waker.wake, poll_interval=max(1.0, c.watch.settle)
         )
         used = self.watcher.start()
         self.log.debug("watch_armed", model_dir=str(c.model_dir), observer=used)
@@ -364,7 +365,7 @@ class Daemon:
                 "CAP_SYS_PTRACE to see them",
             )
         if self.pending:
-            self.wake.set()
+            self.waker.wake()
 
     def _report_dry_run(self, the_plan: Plan) -> None:
         for d in the_plan.deletions:

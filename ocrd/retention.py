@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol
 
-from ocrd.config import Retention, format_duration
+from ocrd.config import Retention, approx_duration, format_duration
 from ocrd.inventory import FileEntry, Inventory
 
 
@@ -61,7 +61,7 @@ class MaxAgeRule:
         for f in files:
             age = now - (f.mtime if self.age_by == "mtime" else f.atime)
             if age > self.max_age:
-                yield f, f"{self.age_by} age {format_duration(round(age))} > {limit}"
+                yield f, f"{self.age_by} age {approx_duration(age)} > {limit}"
 
 
 @dataclass(frozen=True)

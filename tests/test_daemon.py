@@ -272,3 +272,18 @@ def test_dry_run_logs_would_be_deleted_once_and_deletes_nothing(
     assert (models / "old_a").exists()
     assert "model_deleted" not in d.names()
     assert os.path.exists(models / "old_a")
+
+
+def test_a_signal_storm_never_wedges_the_loop(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    """Signals landing while the main loop holds a lock must not deadlock it (a handler that
+    took threading.Event's lock did, now and then, and SIGTERM was then ignored)."""
+    d = start(daemons, write_config(tmp_path, engine="false"), WATCHDOG_USEC="20000")
+    d.note("READY=1")
+    for _ in range(300):
+        d.send(signal.SIGHUP)
+    code, took = d.stop(signal.SIGTERM)
+    assert code == 0
+    assert took < 5.0
+    assert d.names()[-1] == "daemon_stopped"

@@ -148,7 +148,8 @@ def test_a_mapped_model_is_skipped_in_use_and_deleted_once_released(
         text=True,
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "mapped\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "mapped\n"
         d = start(daemons, tmp_path, engine="true")
         d.note("READY=1")
         skipped = d.event("deletion_skipped", path="old_mapped.gguf")
