@@ -86,7 +86,8 @@ def main() -> None:
             r = measure(n, Path(tmp))
             print(
                 f"{n:>11} {int(r['processes']):>6} {r['ocrd_ms']:>11.1f} ms "
-                f"{r.get('fuser_ms', float('nan')):>10.1f} ms {r.get('lsof_ms', float('nan')):>9.1f} ms"
+                f"{r.get('fuser_ms', float('nan')):>10.1f} ms "
+                f"{r.get('lsof_ms', float('nan')):>9.1f} ms"
             )
 
 

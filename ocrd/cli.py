@@ -47,9 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         _print_list(the_plan, args.json, config.retention.age_by)
         return 0
-    return _clean(
-        config, the_plan, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
-    )
+    try:
+        return _clean(
+            config, the_plan, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
+        )
+    except ModelDirMissing as exc:
+        print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,10 +27,12 @@ from ocrd.inventory import FileEntry, ModelDirMissing, display, scan
 from ocrd.notify import Notifier
 from ocrd.retention import Plan, Rules, Verdict, plan, revisit_at
 from ocrd.waker import Waker
-from ocrd.watch import Changes, Watcher
+from ocrd.watch import Changes, Watcher, watched_inodes
 
+COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
 RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is tried again this much later
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
+HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
 
 
 class Scheduler:
@@ -111,6 +113,9 @@ class Daemon:
         self.blind_reported = False
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
         self.pending: set[bytes] = set()  # files to look at again on the next step
+        self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
+        self.coverage_due: float | None = None  # when to check every directory is watched
+        self.force_polling = False  # set once inotify could not cover the tree (auto only)
         self.last_action = "started"
         self.status_sent = ""
         self.log = log.get()
@@ -167,7 +172,7 @@ class Daemon:
                     self.reload_requested = False
                     self._reload()
                     continue
-                self.waker.wait(self.scheduler.timeout(MISSING_POLL_S if self.missing else None))
+                self.waker.wait(self.scheduler.timeout(self._wait_cap()))
                 self._ping()
                 if self.stop_signal is not None or self.reload_requested:
                     continue
@@ -179,31 +184,50 @@ class Daemon:
         self.log.info("daemon_stopped", signal=name)
         return 0
 
+    def _wait_cap(self) -> float:
+        caps = [MISSING_POLL_S if self.missing else HEALTH_S]
+        if self.coverage_due is not None:
+            caps.append(self.coverage_due - self.clock.monotonic())
+        return min(caps)
+
     def _step(self) -> None:
+        try:
+            self._reconcile()
+        except ModelDirMissing:
+            self._root_state()  # it went away under our feet: say so, stop, wait for it
+        self._send_status()
+
+    def _reconcile(self) -> None:
         root_state = self._root_state()
         if root_state == "missing":
             return
+        if self.coverage_due is not None and self.clock.monotonic() >= self.coverage_due:
+            self.coverage_due = None
+            if self._watch_incomplete():
+                root_state = "rearmed"
         changes = self.watcher.take() if self.watcher is not None else Changes()
         if root_state == "rearmed":
-            self._full_pass("model_dir_returned")
+            self._full_pass("rearmed")
         elif changes.lost or b"" in changes.dirs:
             self._full_pass("events_lost")
         elif self.scheduler.rescan_due():
             self._full_pass("rescan")
         else:
-            touched = self._refresh(changes)
-            touched |= self.scheduler.due_revisits() | self.pending
+            # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
+            # entry the file has since outgrown (writes raise no event we listen to). All of
+            # them are looked at again on disk before planning: the disk is the truth.
+            changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
+            touched = self._refresh(changes)
             entries = [self.index[p] for p in touched if p in self.index]
             if entries:
                 if self.rules.per_file:
                     self._pass(plan(entries, self.rules, self.clock.time()))
                 else:
                     self._pass(plan(self.index.values(), self.rules, self.clock.time()))
-        self._send_status()
 
     def _root_state(self) -> str:
-        """ "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
+        """Returns "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
         replaced (a new inode needs a new watch), and a watch that died."""
         root = self.config.model_dir
         try:
@@ -250,8 +274,9 @@ class Daemon:
             self.log.warning("model_dir_missing", model_dir=str(c.model_dir))
             return
         self.root_id = (st.st_dev, st.st_ino)
+        kind = "polling" if self.force_polling else c.watch.observer
         self.watcher = Watcher(
-            c.model_dir, c.watch.observer, self.waker.wake, poll_interval=max(1.0, c.watch.settle)
+            c.model_dir, kind, self.waker.wake, poll_interval=max(1.0, c.watch.settle)
         )
         used = self.watcher.start()
         self.log.debug("watch_armed", model_dir=str(c.model_dir), observer=used)
@@ -265,11 +290,15 @@ class Daemon:
                 prefix = rel + b"/"
                 for stale in [p for p in self.index if p.startswith(prefix)]:
                     del self.index[stale]
+                for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
+                    del self.dirs[stale]
                 try:
                     dirs.open(rel)  # a real directory inside model_dir, reached without links
                     sub = scan(os.path.join(root, rel))
                 except (OSError, ModelDirMissing):
                     continue
+                self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
+                self._check_watch_soon()
                 for e in sub.files:
                     found = e._replace(path=prefix + e.path)
                     self.index[found.path] = found
@@ -287,6 +316,48 @@ class Daemon:
                     touched.add(rel)
         return touched
 
+    def _check_watch_soon(self) -> None:
+        if self.watcher is not None and self.watcher.used == "inotify":
+            self.coverage_due = self.clock.monotonic() + COVERAGE_DELAY_S
+
+    def _watch_incomplete(self) -> bool:
+        """True when directories are left unwatched (max_user_watches reached: watchdog drops
+        that error silently) and the daemon switched to polling; it warns either way."""
+        watched = watched_inodes()
+        if watched is None or self.watcher is None or self.watcher.used != "inotify":
+            return False
+        unwatched = []
+        with DirFds(os.fsencode(self.config.model_dir)) as dirs:
+            for rel, ino in list(self.dirs.items()):
+                if ino in watched:
+                    continue
+                try:
+                    now_ino = os.fstat(dirs.open(rel)).st_ino
+                except OSError:
+                    del self.dirs[rel]  # gone since we saw it; nothing to watch
+                    continue
+                self.dirs[rel] = now_ino
+                if now_ino not in watched:
+                    unwatched.append(rel)
+        if not unwatched:
+            return False
+        switch = self.config.watch.observer == "auto"
+        self.log.warning(
+            "watch_limit",
+            directories=len(self.dirs),
+            unwatched=len(unwatched),
+            example=display(unwatched[0]) or ".",
+            max_user_watches=_read_int("/proc/sys/fs/inotify/max_user_watches"),
+            action="switching to polling"
+            if switch
+            else f"relying on rescan every "
+            f"{self.config.watch.rescan:g}s; raise fs.inotify.max_user_watches",
+        )
+        if switch:
+            self.force_polling = True
+            self._arm()
+        return switch
+
     def _full_pass(self, trigger: str) -> None:
         if self.watcher is not None:
             self.watcher.take()  # the scan below sees all of it
@@ -300,6 +371,8 @@ class Daemon:
             self._root_state()
             return
         self.index = {e.path: e for e in inventory.files}
+        self.dirs = dict(inventory.dirs)
+        self._check_watch_soon()
         self.log.info(
             "scan_completed",
             files=inventory.file_count,
@@ -399,6 +472,7 @@ class Daemon:
         self.supervisor.reconfigure(new.engine, new.model_dir)
         if (old.model_dir, old.watch) != (new.model_dir, new.watch):
             self.missing = False
+            self.force_polling = False
             self._arm()
         self.supervisor.start()
         self.reported.clear()
@@ -421,6 +495,14 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _diff(old: Config, new: Config) -> list[str]:

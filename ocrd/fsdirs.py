@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 
-from ocrd.inventory import FileEntry
+from ocrd.inventory import FileEntry, ModelDirMissing
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
@@ -16,7 +16,10 @@ class DirFds:
     """Directory fds keyed by relative path, each opened relative to its verified parent."""
 
     def __init__(self, root: bytes) -> None:
-        self.root_fd = os.open(root, _DIR_FLAGS)
+        try:
+            self.root_fd = os.open(root, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is gone") from exc
         self.fds: dict[bytes, int] = {b"": self.root_fd}
 
     def close(self) -> None:

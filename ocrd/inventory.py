@@ -46,6 +46,8 @@ class Inventory:
 
     files: tuple[FileEntry, ...]
     unreadable: tuple[tuple[bytes, str], ...] = field(default=())
+    # Every directory walked (model_dir itself as b""), with its inode: what a watch must cover.
+    dirs: tuple[tuple[bytes, int], ...] = field(default=())
 
     @property
     def total_bytes(self) -> int:
@@ -76,6 +78,7 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory") from exc
     files: list[FileEntry] = []
     unreadable: list[tuple[bytes, str]] = []
+    dirs: list[tuple[bytes, int]] = []
     append = files.append
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     # Each frame: (fd, relative path with trailing "/", names of subdirectories still to visit).
@@ -85,6 +88,7 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
         while True:
             subdirs: list[str] = []
             try:
+                dirs.append((prefix.rstrip(b"/"), os.fstat(fd).st_ino))
                 with os.scandir(fd) as it:
                     for entry in it:
                         try:
@@ -141,7 +145,7 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
         os.close(root_fd)
     if not still_there:
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir vanished during the scan")
-    return Inventory(tuple(files), tuple(unreadable))
+    return Inventory(tuple(files), tuple(unreadable), tuple(dirs))
 
 
 def display(path: bytes) -> str:

@@ -105,10 +105,13 @@ class Watcher:
         try:
             observer = self._arm(kind)
         except OSError as exc:
-            if self.kind != "auto" or kind == "polling":
+            if kind == "polling":
                 raise
             # ENOSPC (max_user_watches) or EMFILE (max_user_instances): inotify can't cover us.
-            log.get().warning("watch_fallback", observer="polling", error=str(exc))
+            # Even where inotify was asked for, a daemon that watches by polling beats one that
+            # crash-loops; the log says so at error level then.
+            level = log.get().warning if self.kind == "auto" else log.get().error
+            level("watch_fallback", observer="polling", error=str(exc))
             kind = "polling"
             observer = self._arm(kind)
         self._observer = observer
@@ -188,6 +191,35 @@ class _LostEventsHook(logging.Handler):
             self._on_lost()
         except Exception:  # noqa: BLE001 — logging handlers must not raise either
             self.handleError(record)
+
+
+def watched_inodes() -> set[int] | None:
+    """Inodes of every directory this process has an inotify watch on, from
+    /proc/self/fdinfo; None where that cannot be read.
+
+    watchdog swallows the ENOSPC of a watch it could not add below the root (the
+    max_user_watches limit): the directory is then silently unwatched. Comparing this set
+    with the directories a scan found is how the daemon notices.
+    """
+    found: set[int] = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+                info = fh.read()
+        except OSError:
+            continue  # closed meanwhile (listdir's own fd, for one)
+        for line in info.splitlines():
+            if line.startswith(b"inotify wd:"):
+                for part in line.split():
+                    if part.startswith(b"ino:"):
+                        found.add(int(part[4:], 16))
+    return found
 
 
 def filesystem_type(path: bytes) -> str | None:

@@ -28,7 +28,9 @@ def ocrd_argv() -> list[str]:
 class Daemon:
     """Starts ``ocrd run -c CONFIG``; collects stdout JSON lines and notify datagrams."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    ) -> None:
         self.config = config
         # AF_UNIX paths are limited to 108 bytes: a short private directory, not tmp_path.
         self._sockdir = tempfile.mkdtemp(prefix="ocrd-n")
@@ -44,7 +46,7 @@ class Daemon:
         full_env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "LISTEN_FDS")}
         full_env.update({"NOTIFY_SOCKET": self.socket_path, **(env or {})})
         self.proc = subprocess.Popen(
-            [*ocrd_argv(), "run", "-c", str(config)],
+            [*(prefix or []), *ocrd_argv(), "run", "-c", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,

@@ -287,3 +287,23 @@ def test_a_signal_storm_never_wedges_the_loop(
     assert code == 0
     assert took < 5.0
     assert d.names()[-1] == "daemon_stopped"
+
+
+def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    """The create event shows an empty file; the write that follows raises no event we
+    listen to. When settle ends, the daemon must look at the file again, not plan its stale
+    entry into an endless deletion_skipped "changed" loop (each freeing and restarting the
+    engine)."""
+    d = start(daemons, write_config(tmp_path, settle="1s"))
+    d.note("READY=1")
+    target = models / "old_x.bin"
+    target.touch()
+    d.note("STATUS=1 files, 0 bytes")  # indexed, empty, settling
+    target.write_bytes(b"x" * 4096)
+    deleted = d.event("model_deleted", path="old_x.bin")
+    assert deleted["size"] == 4096
+    assert d.stop()[0] == 0
+    assert "deletion_skipped" not in d.names()
+    assert d.names().count("engine_freed") == 2  # one deletion pass, then shutdown

@@ -44,7 +44,16 @@ def test_nested_directories(model_dir: Path) -> None:
 
 
 def test_empty_model_dir(model_dir: Path) -> None:
-    assert scan(model_dir) == Inventory(())
+    assert scan(model_dir) == Inventory((), (), ((b"", model_dir.stat().st_ino),))
+
+
+def test_every_directory_is_reported_with_its_inode(model_dir: Path) -> None:
+    (model_dir / "a" / "b").mkdir(parents=True)
+    (model_dir / "c").mkdir()
+    found = dict(scan(model_dir).dirs)
+    assert found == {
+        rel: (model_dir / os.fsdecode(rel)).stat().st_ino for rel in (b"", b"a", b"a/b", b"c")
+    }
 
 
 def test_symlinks_are_recorded_and_never_followed(model_dir: Path, tmp_path: Path) -> None:

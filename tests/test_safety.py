@@ -22,6 +22,7 @@ prefixes = ["old_"]
 [watch]
 settle = "0s"
 rescan = "{rescan}"
+observer = "{observer}"
 [engine]
 enabled = {engine}
 [log]
@@ -45,11 +46,17 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 def start(
-    daemons: list[Daemon], tmp_path: Path, rescan: str = "10m", engine: str = "false"
+    daemons: list[Daemon],
+    tmp_path: Path,
+    *,
+    rescan: str = "10m",
+    engine: str = "false",
+    observer: str = "auto",
+    prefix: list[str] | None = None,
 ) -> Daemon:
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(rescan=rescan, engine=engine))
-    d = Daemon(config)
+    config.write_text(CONFIG.format(rescan=rescan, engine=engine, observer=observer))
+    d = Daemon(config, prefix=prefix)
     daemons.append(d)
     return d
 
@@ -241,3 +248,49 @@ def test_sigterm_mid_batch_exits_0_fast_and_sigkill_restart_completes(
     )
     assert remaining == [f"d{i:02d}/keep.bin" for i in range(100)]
     assert third.stop()[0] == 0
+
+
+def _with_watch_limit(limit: int) -> list[str]:
+    """Run a command in a user namespace of its own whose max_inotify_watches is ``limit``:
+    the limit is real for that process and leaves the host's untouched."""
+    script = f'echo {limit} > /proc/sys/user/max_inotify_watches && exec "$@"'
+    return ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh"]
+
+
+def _user_namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run([*_with_watch_limit(5), "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+needs_userns = pytest.mark.skipif(
+    not _user_namespaces_work(), reason="cannot set a watch limit in a private user namespace"
+)
+
+
+@needs_userns
+@pytest.mark.parametrize("observer", ["auto", "inotify"])
+def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
+    tmp_path: Path, models: Path, daemons: list[Daemon], observer: str
+) -> None:
+    """40 directories, 20 watches allowed: watchdog drops the ENOSPC for the rest silently."""
+    for i in range(40):
+        (models / f"d{i:02d}").mkdir()
+    rescan = "10m" if observer == "auto" else "2s"
+    d = start(daemons, tmp_path, rescan=rescan, observer=observer, prefix=_with_watch_limit(20))
+    d.note("READY=1")
+    warning = d.event("watch_limit")
+    assert warning["unwatched"] >= 20
+    assert warning["directories"] == 41
+    if observer == "auto":
+        assert warning["action"] == "switching to polling"
+    else:
+        assert "rescan" in warning["action"]
+    # Files in directories inotify could not watch are still found: by polling under "auto",
+    # by the periodic rescan when inotify was insisted on.
+    create(models, [f"d{i:02d}/old_{i}.bin" for i in range(40)])
+    d.wait_for("40 deletions", lambda: deleted_count(d) >= 40, timeout=60)
+    # Each directory emptied by deleting is removed too, once its batch is done.
+    d.wait_for("emptied directories removed", lambda: os.listdir(models) == [])
+    assert d.stop()[0] == 0
