@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -21,9 +22,9 @@ from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
-from ocrd.fsdirs import DirFds
+from ocrd.fsdirs import DirFds, entry_from_stat
 from ocrd.holders import Holders
-from ocrd.inventory import FileEntry, ModelDirMissing, display, scan
+from ocrd.inventory import FileEntry, ModelDirMissing, display, scan, walk
 from ocrd.notify import Notifier
 from ocrd.retention import Plan, Rules, Verdict, plan, revisit_at
 from ocrd.waker import Waker
@@ -282,39 +283,47 @@ class Daemon:
         self.log.debug("watch_armed", model_dir=str(c.model_dir), observer=used)
 
     def _refresh(self, changes: Changes) -> set[bytes]:
-        """Bring the index up to date for what the watcher marked; returns the files touched."""
+        """Bring the index up to date for every path the watcher marked; returns the files
+        touched. An event's word on what a path is (file or directory) is not trusted — polling
+        reports a reused inode as a move, directory to file — each path is looked at on disk."""
         touched: set[bytes] = set()
-        root = os.fsencode(self.config.model_dir)
-        with DirFds(root) as dirs:
-            for rel in changes.dirs:
-                prefix = rel + b"/"
-                for stale in [p for p in self.index if p.startswith(prefix)]:
-                    del self.index[stale]
-                for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
-                    del self.dirs[stale]
-                try:
-                    dirs.open(rel)  # a real directory inside model_dir, reached without links
-                    sub = scan(os.path.join(root, rel))
-                except (OSError, ModelDirMissing):
-                    continue
-                self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
-                self._check_watch_soon()
-                for e in sub.files:
-                    found = e._replace(path=prefix + e.path)
-                    self.index[found.path] = found
-                    touched.add(found.path)
-            for rel in changes.files:
-                entry: FileEntry | None
-                try:
-                    entry = dirs.lstat(rel)
-                except OSError:
-                    entry = None
-                if entry is None:
+        with DirFds(os.fsencode(self.config.model_dir)) as dirs:
+            for rel in changes.dirs | changes.files:
+                if not rel:
+                    continue  # model_dir itself: _root_state's business
+                st = dirs.stat(rel)
+                is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+                if not is_dir and (rel in changes.dirs or rel in self.dirs):
+                    self._forget_tree(rel)  # a directory we knew is gone or became a file
+                if st is None:
                     self.index.pop(rel, None)
-                else:
-                    self.index[rel] = entry
+                elif is_dir:
+                    self.index.pop(rel, None)
+                    self._forget_tree(rel)
+                    try:
+                        sub = walk(os.dup(dirs.open(rel)))
+                    except OSError:
+                        continue
+                    prefix = rel + b"/"
+                    self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
+                    self._check_watch_soon()
+                    for e in sub.files:
+                        found = e._replace(path=prefix + e.path)
+                        self.index[found.path] = found
+                        touched.add(found.path)
+                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    self.index[rel] = entry_from_stat(rel, st)
                     touched.add(rel)
+                else:
+                    self.index.pop(rel, None)  # a fifo or socket: not a model
         return touched
+
+    def _forget_tree(self, rel: bytes) -> None:
+        prefix = rel + b"/"
+        for stale in [p for p in self.index if p.startswith(prefix)]:
+            del self.index[stale]
+        for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
+            del self.dirs[stale]
 
     def _check_watch_soon(self) -> None:
         if self.watcher is not None and self.watcher.used == "inotify":

@@ -60,25 +60,33 @@ class DirFds:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def lstat(self, rel: bytes) -> FileEntry | None:
-        """A fresh FileEntry for ``rel`` reached without following any link, or None if it is
-        not there any more (or a directory on its way is no longer a real directory)."""
+    def stat(self, rel: bytes) -> os.stat_result | None:
+        """lstat of ``rel`` reached without following any link, or None if it is not there
+        any more (or a directory on its way is no longer a real directory)."""
         parent_rel, _, name = rel.rpartition(b"/")
         try:
-            s = os.stat(name, dir_fd=self.open(parent_rel), follow_symlinks=False)
+            return os.stat(name, dir_fd=self.open(parent_rel), follow_symlinks=False)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ESTALE):
                 return None
             raise
-        if not (stat.S_ISREG(s.st_mode) or stat.S_ISLNK(s.st_mode)):
+
+    def lstat(self, rel: bytes) -> FileEntry | None:
+        """A fresh FileEntry for ``rel`` if it is a regular file or a symlink, else None."""
+        s = self.stat(rel)
+        if s is None or not (stat.S_ISREG(s.st_mode) or stat.S_ISLNK(s.st_mode)):
             return None
-        return FileEntry(
-            rel,
-            s.st_size,
-            s.st_mtime,
-            s.st_atime,
-            s.st_ctime,
-            s.st_dev,
-            s.st_ino,
-            stat.S_ISLNK(s.st_mode),
-        )
+        return entry_from_stat(rel, s)
+
+
+def entry_from_stat(rel: bytes, s: os.stat_result) -> FileEntry:
+    return FileEntry(
+        rel,
+        s.st_size,
+        s.st_mtime,
+        s.st_atime,
+        s.st_ctime,
+        s.st_dev,
+        s.st_ino,
+        stat.S_ISLNK(s.st_mode),
+    )

@@ -76,6 +76,15 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
     except NotADirectoryError as exc:  # it, or a directory above it, is now something else
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory") from exc
+    inventory = walk(root_fd)
+    if not os.path.isdir(root):
+        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir vanished during the scan")
+    return inventory
+
+
+def walk(root_fd: int) -> Inventory:
+    """The walk behind scan(), from an open directory fd, which it closes. Paths are relative
+    to that directory; the daemon uses it for a subtree reached through verified fds."""
     files: list[FileEntry] = []
     unreadable: list[tuple[bytes, str]] = []
     dirs: list[tuple[bytes, int]] = []
@@ -137,14 +146,11 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
                     unreadable.append((prefix.rstrip(b"/"), exc.strerror or str(exc)))
             if fd < 0:
                 break
-        still_there = os.path.isdir(root)
     finally:
         for frame_fd, _, _ in stack:
             if frame_fd != root_fd:
                 os.close(frame_fd)
         os.close(root_fd)
-    if not still_there:
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir vanished during the scan")
     return Inventory(tuple(files), tuple(unreadable), tuple(dirs))
 
 
