@@ -24,9 +24,10 @@ from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, entry_from_stat
 from ocrd.holders import Holders
-from ocrd.inventory import FileEntry, ModelDirMissing, display, scan, walk
+from ocrd.index import Index
+from ocrd.inventory import FileEntry, ModelDirMissing, display, open_root, walk, walk_batches
 from ocrd.notify import Notifier
-from ocrd.retention import Plan, Rules, Verdict, plan, revisit_at
+from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -49,18 +50,36 @@ class Scheduler:
         self.next_rescan = now + rescan
         self.next_ping = now if ping else float("inf")
         self._revisits: list[tuple[float, bytes]] = []  # (wall time, path), a heap
+        # Kept files crossing max_age: one per indexed file, so they go in buckets of
+        # ``coarse_s`` seconds (a list slot per file, not a heap entry of ~100 bytes each).
+        self.coarse_s = 1.0
+        self._buckets: dict[int, list[bytes]] = {}
+        self._bucket_heap: list[int] = []
 
-    def revisit(self, path: bytes, at_wall: float) -> None:
-        heapq.heappush(self._revisits, (at_wall, path))
+    def revisit(self, path: bytes, at_wall: float, *, coarse: bool = False) -> None:
+        """Look at ``path`` again at ``at_wall``; ``coarse`` allows up to coarse_s later."""
+        if not coarse:
+            heapq.heappush(self._revisits, (at_wall, path))
+            return
+        bucket = -int(-at_wall // self.coarse_s)  # rounded up: never early
+        paths = self._buckets.get(bucket)
+        if paths is None:
+            paths = self._buckets[bucket] = []
+            heapq.heappush(self._bucket_heap, bucket)
+        paths.append(path)
 
     def clear_revisits(self) -> None:
         self._revisits.clear()
+        self._buckets.clear()
+        self._bucket_heap.clear()
 
     def due_revisits(self) -> set[bytes]:
         now = self.clock.time()
         due: set[bytes] = set()
         while self._revisits and self._revisits[0][0] <= now:
             due.add(heapq.heappop(self._revisits)[1])
+        while self._bucket_heap and self._bucket_heap[0] * self.coarse_s <= now:
+            due.update(self._buckets.pop(heapq.heappop(self._bucket_heap)))
         return due
 
     def rescan_due(self) -> bool:
@@ -81,6 +100,8 @@ class Scheduler:
         waits = [self.next_rescan - mono, self.next_ping - mono]
         if self._revisits:
             waits.append(self._revisits[0][0] - self.clock.time())
+        if self._bucket_heap:
+            waits.append(self._bucket_heap[0] * self.coarse_s - self.clock.time())
         if cap is not None:
             waits.append(cap)
         return max(0.0, min(waits))
@@ -100,13 +121,14 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.rules = Rules.from_config(config.retention, config.watch.settle)
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
+        self.scheduler.coarse_s = _coarse_resolution(self.rules)
         self.supervisor = Supervisor(
             config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
         )
         self.waker = Waker()
         self.stop_signal: int | None = None
         self.reload_requested = False
-        self.index: dict[bytes, FileEntry] = {}
+        self.index = Index()
         self.watcher: Watcher | None = None
         self.missing = False
         self.root_id: tuple[int, int] | None = None
@@ -220,12 +242,12 @@ class Daemon:
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
-            entries = [self.index[p] for p in touched if p in self.index]
+            entries = [e for p in touched if (e := self.index.get(p)) is not None]
             if entries:
                 if self.rules.per_file:
                     self._pass(plan(entries, self.rules, self.clock.time()))
                 else:
-                    self._pass(plan(self.index.values(), self.rules, self.clock.time()))
+                    self._pass(plan(self.index.entries(), self.rules, self.clock.time()))
 
     def _root_state(self) -> str:
         """Returns "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
@@ -296,9 +318,9 @@ class Daemon:
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
                     self._forget_tree(rel)  # a directory we knew is gone or became a file
                 if st is None:
-                    self.index.pop(rel, None)
+                    self.index.pop(rel)
                 elif is_dir:
-                    self.index.pop(rel, None)
+                    self.index.pop(rel)
                     self._forget_tree(rel)
                     try:
                         sub = walk(os.dup(dirs.open(rel)))
@@ -309,19 +331,18 @@ class Daemon:
                     self._check_watch_soon()
                     for e in sub.files:
                         found = e._replace(path=prefix + e.path)
-                        self.index[found.path] = found
+                        self.index.put(found)
                         touched.add(found.path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    self.index[rel] = entry_from_stat(rel, st)
+                    self.index.put(entry_from_stat(rel, st))
                     touched.add(rel)
                 else:
-                    self.index.pop(rel, None)  # a fifo or socket: not a model
+                    self.index.pop(rel)  # a fifo or socket: not a model
         return touched
 
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
-        for stale in [p for p in self.index if p.startswith(prefix)]:
-            del self.index[stale]
+        self.index.forget_under(prefix)
         for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
             del self.dirs[stale]
 
@@ -368,35 +389,64 @@ class Daemon:
         return switch
 
     def _full_pass(self, trigger: str) -> None:
+        """Scan everything and apply the rules to everything. With per-file rules the walk is
+        planned one directory at a time and only packed records are kept, so a rescan of a
+        large tree never holds a full record per file (RSS stays near the index's size)."""
         if self.watcher is not None:
             self.watcher.take()  # the scan below sees all of it
         self.scheduler.rescanned()
         self.scheduler.clear_revisits()
         self.pending.clear()
         started = time.perf_counter()
+        now = self.clock.time()
+        unreadable: list[tuple[bytes, str]] = []
+        dirs: list[tuple[bytes, int]] = []
+        index = Index()
+        deletions: list[Decision] = []
+        whole: list[FileEntry] = []
         try:
-            inventory = scan(self.config.model_dir)
+            for batch in walk_batches(open_root(self.config.model_dir), unreadable, dirs):
+                for e in batch:
+                    index.put(e)
+                if self.rules.per_file:
+                    deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
+                else:
+                    whole.extend(batch)
+            if not os.path.isdir(self.config.model_dir):
+                raise ModelDirMissing(str(self.config.model_dir))
         except ModelDirMissing:
             self._root_state()
             return
-        self.index = {e.path: e for e in inventory.files}
-        self.dirs = dict(inventory.dirs)
+        self.index = index
+        self.dirs = dict(dirs)
         self._check_watch_soon()
         self.log.info(
             "scan_completed",
-            files=inventory.file_count,
-            bytes=inventory.total_bytes,
+            files=index.files,
+            bytes=index.bytes,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
             trigger=trigger,
         )
-        for rel, why in inventory.unreadable:
+        for rel, why in unreadable:
             self.log.warning("scan_unreadable", path=display(rel), error=why)
-        self._pass(plan(inventory, self.rules, self.clock.time()))
+        if not self.rules.per_file:
+            deletions = self._note_revisits(plan(whole, self.rules, now))
+        self._apply(Plan(tuple(deletions), now))
 
     def _pass(self, the_plan: Plan) -> None:
+        self._apply(Plan(tuple(self._note_revisits(the_plan)), the_plan.now))
+
+    def _note_revisits(self, the_plan: Plan) -> list[Decision]:
+        """Schedule a second look where time alone may change a verdict; the deletions."""
+        deletions = []
         for d in the_plan.decisions:
-            if d.verdict is not Verdict.DELETE and (at := revisit_at(d, self.rules)) is not None:
-                self.scheduler.revisit(d.entry.path, at)
+            if d.verdict is Verdict.DELETE:
+                deletions.append(d)
+            elif (at := revisit_at(d, self.rules)) is not None:
+                self.scheduler.revisit(d.entry.path, at, coarse=d.verdict is Verdict.KEEP)
+        return deletions
+
+    def _apply(self, the_plan: Plan) -> None:
         deletions = the_plan.deletions
         if not deletions:
             return
@@ -413,14 +463,14 @@ class Daemon:
                     e = o.decision.entry
                     path = display(e.path)
                     if o.status is Status.DELETED:
-                        self.index.pop(e.path, None)
+                        self.index.pop(e.path)
                         deleted += 1
                         freed += e.size
                         self.log.info("model_deleted", path=path, size=e.size, rule=o.decision.rule)
                     elif o.status is Status.SKIPPED:
                         self.log.info("deletion_skipped", path=path, reason=o.detail)
                         if o.detail == "vanished":
-                            self.index.pop(e.path, None)
+                            self.index.pop(e.path)
                         elif o.detail == "changed":
                             self.pending.add(e.path)
                         else:
@@ -478,6 +528,7 @@ class Daemon:
         self.config = new
         self.rules = Rules.from_config(new.retention, new.watch.settle)
         self.scheduler.rescan = new.watch.rescan
+        self.scheduler.coarse_s = _coarse_resolution(self.rules)
         self.supervisor.reconfigure(new.engine, new.model_dir)
         if (old.model_dir, old.watch) != (new.model_dir, new.watch):
             self.missing = False
@@ -495,8 +546,7 @@ class Daemon:
     def _status(self) -> str:
         if self.missing:
             return f"model_dir {self.config.model_dir} is missing; waiting for it"
-        files = sum(1 for e in self.index.values() if not e.is_link)
-        size = sum(e.size for e in self.index.values() if not e.is_link)
+        files, size = self.index.files, self.index.bytes
         return f"{files} files, {size} bytes; {self.last_action}"
 
     def _send_status(self) -> None:
@@ -504,6 +554,13 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
+
+
+def _coarse_resolution(rules: Rules) -> float:
+    """How late a kept file may be looked at after crossing max_age: 1/10000 of max_age,
+    between 1 s and 5 min (30d → ~4 min), so the buckets stay few however many files age."""
+    ages = [s.max_age for s in rules.selectors if isinstance(s, MaxAgeRule)]
+    return min(300.0, max(1.0, min(ages) / 10_000)) if ages else 1.0
 
 
 def _read_int(path: str) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -61,6 +62,17 @@ class Inventory:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def open_root(model_dir: os.PathLike[str] | str | bytes) -> int:
+    """An fd on model_dir (which may itself be a symlink: the operator's choice)."""
+    root = os.fsencode(model_dir)
+    try:
+        return os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
+    except NotADirectoryError as exc:  # it, or a directory above it, is now something else
+        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory") from exc
+
+
 def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
     """Walk ``model_dir`` recursively; symlinks are recorded, never followed.
 
@@ -69,33 +81,37 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
     ends up unread, not listed from outside). It holds one fd per level of depth, not per
     directory, and stats each entry relative to its directory's fd.
     """
-    root = os.fsencode(model_dir)
-    try:
-        root_fd = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)  # model_dir itself may be a link
-    except FileNotFoundError as exc:
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
-    except NotADirectoryError as exc:  # it, or a directory above it, is now something else
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory") from exc
-    inventory = walk(root_fd)
-    if not os.path.isdir(root):
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir vanished during the scan")
+    inventory = walk(open_root(model_dir))
+    if not os.path.isdir(model_dir):
+        raise ModelDirMissing(f"{os.fsdecode(model_dir)}: model_dir vanished during the scan")
     return inventory
 
 
 def walk(root_fd: int) -> Inventory:
     """The walk behind scan(), from an open directory fd, which it closes. Paths are relative
     to that directory; the daemon uses it for a subtree reached through verified fds."""
-    files: list[FileEntry] = []
     unreadable: list[tuple[bytes, str]] = []
     dirs: list[tuple[bytes, int]] = []
-    append = files.append
+    files = [f for batch in walk_batches(root_fd, unreadable, dirs) for f in batch]
+    return Inventory(tuple(files), tuple(unreadable), tuple(dirs))
+
+
+def walk_batches(
+    root_fd: int, unreadable: list[tuple[bytes, str]], dirs: list[tuple[bytes, int]]
+) -> Iterator[list[FileEntry]]:
+    """The walk, one directory's files at a time, so a caller can plan and drop them as it
+    goes instead of holding a record per file of the whole tree (the daemon's full pass).
+    Closes ``root_fd``; appends to ``unreadable`` and ``dirs`` as it goes."""
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
+    fsencode = os.fsencode
     # Each frame: (fd, relative path with trailing "/", names of subdirectories still to visit).
     stack: list[tuple[int, bytes, list[str]]] = []
     fd, prefix = root_fd, b""
     try:
         while True:
             subdirs: list[str] = []
+            files: list[FileEntry] = []
+            append = files.append
             try:
                 dirs.append((prefix.rstrip(b"/"), os.fstat(fd).st_ino))
                 with os.scandir(fd) as it:
@@ -108,14 +124,14 @@ def walk(root_fd: int) -> Inventory:
                         except FileNotFoundError:
                             continue  # gone between readdir and stat: not ours to judge now
                         except OSError as exc:
-                            rel = prefix + os.fsencode(entry.name)
+                            rel = prefix + fsencode(entry.name)
                             unreadable.append((rel, exc.strerror or str(exc)))
                             continue
                         mode = s.st_mode
                         if is_reg(mode) or is_lnk(mode):
                             append(
                                 FileEntry(
-                                    prefix + os.fsencode(entry.name),
+                                    prefix + fsencode(entry.name),
                                     s.st_size,
                                     s.st_mtime,
                                     s.st_atime,
@@ -127,6 +143,8 @@ def walk(root_fd: int) -> Inventory:
                             )
             except OSError as exc:
                 unreadable.append((prefix.rstrip(b"/"), exc.strerror or str(exc)))
+            if files:
+                yield files
             stack.append((fd, prefix, subdirs))
             fd = -1
             while stack and fd < 0:
@@ -137,7 +155,7 @@ def walk(root_fd: int) -> Inventory:
                         os.close(parent)
                     continue
                 name = pending.pop()
-                prefix = parent_prefix + os.fsencode(name) + b"/"
+                prefix = parent_prefix + fsencode(name) + b"/"
                 try:
                     fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
                 except (FileNotFoundError, NotADirectoryError):
@@ -150,8 +168,9 @@ def walk(root_fd: int) -> Inventory:
         for frame_fd, _, _ in stack:
             if frame_fd != root_fd:
                 os.close(frame_fd)
+        if fd >= 0 and fd != root_fd and all(fd != f for f, _, _ in stack):
+            os.close(fd)
         os.close(root_fd)
-    return Inventory(tuple(files), tuple(unreadable), tuple(dirs))
 
 
 def display(path: bytes) -> str:

@@ -35,7 +35,9 @@ def test_a_path_reported_as_a_directory_that_is_a_file_is_indexed_as_a_file(
     (tmp_path / "models" / "d09" / "old_9").write_bytes(b"x")
     touched = d._refresh(_changes(dirs={b"d05", b"d09/old_9"}))
     assert touched == {b"d09/old_9"}
-    assert d.index[b"d09/old_9"].size == 1
+    entry = d.index.get(b"d09/old_9")
+    assert entry is not None
+    assert entry.size == 1
 
 
 def test_a_path_reported_as_a_file_that_is_a_directory_is_walked(tmp_path: Path) -> None:

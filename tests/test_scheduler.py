@@ -81,3 +81,23 @@ def test_kept_file_is_revisited_when_it_crosses_max_age() -> None:
     clock.advance(0.01)
     (d,) = plan([entry], rules, clock.time()).decisions
     assert (d.verdict, d.rule) == (Verdict.DELETE, "max_age")
+
+
+def test_coarse_revisits_are_never_early_and_at_most_a_bucket_late() -> None:
+    clock = FakeClock(wall=1000.0)
+    s = Scheduler(clock, rescan=600, ping=None)
+    s.coarse_s = 60.0
+    s.revisit(b"a", 1001.0, coarse=True)
+    s.revisit(b"b", 1059.0, coarse=True)
+    s.revisit(b"c", 1061.0, coarse=True)
+    assert s.timeout() == 20.0  # the bucket ending at 1020 (= 17 * 60)
+    clock.advance(19.9)
+    assert s.due_revisits() == set()
+    clock.advance(0.1)
+    assert s.due_revisits() == {b"a"}
+    assert s.timeout() == 60.0  # b and c share the bucket ending at 1080
+    clock.advance(59.9)
+    assert s.due_revisits() == set()
+    clock.advance(0.1)
+    assert s.due_revisits() == {b"b", b"c"}
+    assert s.timeout() == 520.0
