@@ -12,8 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
+from itertools import chain
 from typing import NamedTuple
 
 from ocrd.fsdirs import DirFds
@@ -35,25 +36,28 @@ class Outcome(NamedTuple):
 
 
 def apply(
-    plan: Plan,
+    plan: Plan | Iterable[Decision],
     model_dir: os.PathLike[str] | str,
     *,
     dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
     holders: Holders | None = None,
 ) -> Iterator[Outcome]:
-    """Delete what ``plan`` says, yielding one Outcome per planned deletion as it happens.
+    """Delete what ``plan`` says (a Plan, or a stream of its deletions still being planned),
+    yielding one Outcome per planned deletion as it happens.
 
     ``stop`` is asked before each file; once it says yes, the file in hand is finished and the
     rest are left for a later pass. Subdirectories emptied by the deletions are removed too;
     model_dir itself never is.
     """
-    deletions = plan.deletions
+    stream = iter(plan.deletions if isinstance(plan, Plan) else plan)
+    first = next(stream, None)
+    if first is None:
+        return
+    deletions = chain((first,), stream)
     if dry_run:
         for d in deletions:
             yield Outcome(d, Status.WOULD_DELETE)
-        return
-    if not deletions:
         return
     holders = holders if holders is not None else Holders()
     holders.refresh()  # a fresh look per batch: a file released since the last one is free now

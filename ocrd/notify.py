@@ -10,6 +10,8 @@ import sdnotify
 
 from ocrd import log
 
+SEND_TIMEOUT_S = 0.5
+
 
 class Notifier:
     """Sends sd_notify messages when ``$NOTIFY_SOCKET`` is set; does nothing otherwise.
@@ -30,6 +32,10 @@ class Notifier:
         if self.enabled:
             try:
                 self._sd = sdnotify.SystemdNotifier(debug=True)
+                # A receiver that stops reading fills the datagram queue and a blocking send
+                # would then hang the main loop for good, SIGTERM included (PEP 475 retries
+                # the send after the handler). Give up on a message after a while instead.
+                self._sd.socket.settimeout(SEND_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 — sdnotify raises whatever socket raised
                 log.get().debug("notify_failed", message="connect", error=repr(exc))
 

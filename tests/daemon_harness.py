@@ -29,14 +29,22 @@ class Daemon:
     """Starts ``ocrd run -c CONFIG``; collects stdout JSON lines and notify datagrams."""
 
     def __init__(
-        self, config: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+        notify_buffer: int | None = None,
     ) -> None:
         self.config = config
         # AF_UNIX paths are limited to 108 bytes: a short private directory, not tmp_path.
         self._sockdir = tempfile.mkdtemp(prefix="ocrd-n")
         self.socket_path = os.path.join(self._sockdir, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if notify_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, notify_buffer)
         self.sock.bind(self.socket_path)
+        self.reading = threading.Event()  # cleared: the collector stops taking datagrams
+        self.reading.set()
         self.sock.settimeout(0.2)
         self.lines: list[str] = []
         self.events: list[Event] = []
@@ -82,6 +90,11 @@ class Daemon:
 
     def _read_notify(self) -> None:
         while True:
+            if not self.reading.is_set():
+                if self.proc.poll() is not None:
+                    return
+                self.reading.wait(0.2)
+                continue
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:

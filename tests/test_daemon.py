@@ -307,3 +307,20 @@ def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
     assert d.stop()[0] == 0
     assert "deletion_skipped" not in d.names()
     assert d.names().count("engine_freed") == 2  # one deletion pass, then shutdown
+
+
+def test_a_notify_socket_nobody_reads_never_wedges_the_daemon(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    """A receiver that stops reading fills the datagram queue; a blocking send would then
+    hang the loop for good and SIGTERM with it."""
+    config = write_config(tmp_path, engine="false", level="debug")
+    d = Daemon(config, {"WATCHDOG_USEC": "20000"}, notify_buffer=1024)
+    daemons.append(d)
+    d.note("READY=1")
+    d.reading.clear()  # from here on nobody reads: the queue fills with WATCHDOG=1
+    d.event("notify_failed")
+    code, took = d.stop(signal.SIGTERM)
+    assert code == 0
+    assert took < 5.0
+    assert d.names()[-1] == "daemon_stopped"
