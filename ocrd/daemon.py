@@ -431,6 +431,10 @@ class Daemon:
             self.log.warning("scan_unreadable", path=display(rel), error=why)
         if not self.rules.per_file:
             deletions = self._note_revisits(plan(whole, self.rules, now))
+        if self.config.retention.dry_run:
+            # What a full pass no longer plans to delete (gone, renamed, rules changed) is
+            # forgotten, so the set stays as large as the would-be deletions, not the churn.
+            self.reported &= {_version(d.entry) for d in deletions}
         self._apply(Plan(tuple(deletions), now))
 
     def _pass(self, the_plan: Plan) -> None:
@@ -502,7 +506,7 @@ class Daemon:
     def _report_dry_run(self, the_plan: Plan) -> None:
         for d in the_plan.deletions:
             e = d.entry
-            key = (e.path, e.ino, e.mtime)
+            key = _version(e)
             if key in self.reported:
                 continue  # said once per file version; every rescan would repeat it otherwise
             self.reported.add(key)
@@ -554,6 +558,11 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
+
+
+def _version(entry: FileEntry) -> tuple[bytes, int, float]:
+    """What makes a would-be deletion worth logging again: another file, or the file changed."""
+    return (entry.path, entry.ino, entry.mtime)
 
 
 def _coarse_resolution(rules: Rules) -> float:
