@@ -42,7 +42,7 @@ class Tree:
         return len(self.files)
 
     def due(self, *, prefix_rule: bool = True, age_rule: bool = True) -> frozenset[str]:
-        """The files a pass with the given rules deletes: prefix ``old_`` or older than the limit."""
+        """What a pass with these rules deletes: named ``old_…``, or older than the limit."""
         return frozenset(
             rel
             for rel, age in zip(self.files, self.ages, strict=True)
