@@ -102,7 +102,11 @@ def _shim(directory: Path) -> list[str]:
 
     directory.mkdir()
     directory.chmod(0o755)  # the bind's root keeps these bits: the service user must enter
-    (directory / "python").mkdir(mode=0o755)  # mount point for the base interpreter
+    # Mount points: the base interpreter, the venv's site-packages and the repository. All
+    # under /opt/ocrd, never at their own paths: a clone under /tmp (as CI's may be) would be
+    # hidden from the service by its PrivateTmp=yes.
+    for point in ("python", "site", "src"):
+        (directory / point).mkdir(mode=0o755)
     bindir = directory / "venv" / "bin"
     bindir.mkdir(parents=True, mode=0o755)
     (directory / "venv").chmod(0o755)
@@ -117,23 +121,23 @@ def _shim(directory: Path) -> list[str]:
     libdir.mkdir(parents=True)
     for d in (directory / "venv" / "lib", libdir):
         d.chmod(0o755)
-    (libdir / "site-packages").symlink_to(site)  # the same path inside: it is bound there
+    (libdir / "site-packages").symlink_to(f"{SHIM}/site")
     # The venv's own console script, only its #! line changed (pip writes a /bin/sh trampoline
     # instead when the interpreter path is long: then the plain entry point).
     body = script.read_text(encoding="utf-8").split("\n", 1)[1]
     if body.startswith("'''exec'"):
         body = "import sys\nfrom ocrd.cli import main\nsys.exit(main())\n"
-    (bindir / "ocrd").write_text(f"#!{SHIM}/venv/bin/python3\n{body}", encoding="utf-8")
+    # The editable install points at the repository's own path; put its bound copy first.
+    src = f"import sys\nsys.path.insert(0, {SHIM + '/src'!r})\n"
+    (bindir / "ocrd").write_text(f"#!{SHIM}/venv/bin/python3\n{src}{body}", encoding="utf-8")
     (bindir / "ocrd").chmod(0o755)
 
     binds = [
-        f"--bind-ro={REPO}",
         f"--bind-ro={directory}:{SHIM}",
         f"--bind-ro={base}:{SHIM}/python",
+        f"--bind-ro={site}:{SHIM}/site",
+        f"--bind-ro={REPO}:{SHIM}/src",
     ]
-    for extra in (venv, site):  # each at its own path, unless already inside one bound
-        if not extra.is_relative_to(REPO) and (extra == venv or not extra.is_relative_to(venv)):
-            binds.append(f"--bind-ro={extra}")
     # A shared libpython is found through the interpreter's absolute RUNPATH (e.g. under
     # /root/.pyenv): bind it into a directory the dynamic loader searches by default.
     soname = sysconfig.get_config_var("INSTSONAME")
