@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.daemon_harness import Daemon
 
 OcrdRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -86,3 +88,20 @@ def snapshot(root: Path) -> Snapshot:
                     data = fh.read()
             out[os.path.relpath(full, top)] = (kind, st.st_ino, st.st_size, st.st_mtime, data)
     return out
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    """An empty ``models`` directory beside the test's config.toml."""
+    d = tmp_path / "models"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Collects the ``ocrd run`` processes a test starts; none outlives the test."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.close()

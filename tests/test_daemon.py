@@ -8,11 +8,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-
-import pytest
 
 from tests.daemon_harness import Daemon
 
@@ -42,21 +39,6 @@ def write_config(
     path = tmp_path / "config.toml"
     path.write_text(body or CONFIG.format(settle=settle, engine=engine, level=level))
     return path
-
-
-@pytest.fixture
-def models(tmp_path: Path) -> Path:
-    d = tmp_path / "models"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.close()
 
 
 def start(daemons: list[Daemon], config: Path, **env: str) -> Daemon:
