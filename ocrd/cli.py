@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import sys
 import threading
@@ -17,7 +16,14 @@ from ocrd import __version__, log
 from ocrd.apply import Status, apply
 from ocrd.config import Config, approx_duration, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
-from ocrd.inventory import ModelDirMissing, display, open_root, scan, walk_batches
+from ocrd.inventory import (
+    ModelDirMissing,
+    display,
+    open_root,
+    scan,
+    still_there,
+    walk_batches,
+)
 from ocrd.retention import Decision, Plan, Rules, plan
 
 
@@ -110,8 +116,7 @@ def _planned_deletions(config: Config) -> Iterator[Decision]:
                 deletions = plan(batch, rules, now).deletions
                 if deletions:
                     channel.put(deletions)
-            if not os.path.isdir(config.model_dir):
-                raise ModelDirMissing(f"{config.model_dir}: model_dir vanished during the scan")
+            still_there(config.model_dir)
             channel.put(_DONE)
         except BaseException as exc:  # noqa: BLE001 — handed to the consuming thread, re-raised
             channel.put(exc)

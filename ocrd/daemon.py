@@ -25,7 +25,15 @@ from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, entry_from_stat
 from ocrd.holders import Holders
 from ocrd.index import Index
-from ocrd.inventory import FileEntry, ModelDirMissing, display, open_root, walk, walk_batches
+from ocrd.inventory import (
+    FileEntry,
+    ModelDirMissing,
+    display,
+    open_root,
+    still_there,
+    walk,
+    walk_batches,
+)
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.waker import Waker
@@ -412,8 +420,7 @@ class Daemon:
                     deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
                 else:
                     whole.extend(batch)
-            if not os.path.isdir(self.config.model_dir):
-                raise ModelDirMissing(str(self.config.model_dir))
+            still_there(self.config.model_dir)
         except ModelDirMissing:
             self._root_state()
             return

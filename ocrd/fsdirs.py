@@ -6,20 +6,14 @@ import errno
 import os
 import stat
 
-from ocrd.inventory import FileEntry, ModelDirMissing
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_NOFOLLOW = _DIR_FLAGS | os.O_NOFOLLOW
+from ocrd.inventory import DIR_FLAGS, FileEntry, open_root
 
 
 class DirFds:
     """Directory fds keyed by relative path, each opened relative to its verified parent."""
 
     def __init__(self, root: bytes) -> None:
-        try:
-            self.root_fd = os.open(root, _DIR_FLAGS)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is gone") from exc
+        self.root_fd = open_root(root)
         self.fds: dict[bytes, int] = {b"": self.root_fd}
 
     def close(self) -> None:
@@ -45,7 +39,7 @@ class DirFds:
                     self.forget(walked)
                     raise OSError(errno.ESTALE, "directory was replaced", os.fsdecode(walked))
             else:
-                fd = os.open(part, _NOFOLLOW, dir_fd=parent)
+                fd = os.open(part, DIR_FLAGS, dir_fd=parent)
                 self.fds[walked] = fd
             parent = fd
         return parent

@@ -59,14 +59,14 @@ class Inventory:
         return sum(1 for f in self.files if not f.is_link)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # below model_dir
 
 
 def open_root(model_dir: os.PathLike[str] | str | bytes) -> int:
     """An fd on model_dir (which may itself be a symlink: the operator's choice)."""
     root = os.fsencode(model_dir)
     try:
-        return os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        return os.open(root, DIR_FLAGS & ~os.O_NOFOLLOW)
     except FileNotFoundError as exc:
         raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
     except NotADirectoryError as exc:  # it, or a directory above it, is now something else
@@ -82,9 +82,15 @@ def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
     directory, and stats each entry relative to its directory's fd.
     """
     inventory = walk(open_root(model_dir))
+    still_there(model_dir)
+    return inventory
+
+
+def still_there(model_dir: os.PathLike[str] | str | bytes) -> None:
+    """After a walk from model_dir's fd: the fd kept working even if the directory was
+    removed or unmounted meanwhile, so ask its path once more."""
     if not os.path.isdir(model_dir):
         raise ModelDirMissing(f"{os.fsdecode(model_dir)}: model_dir vanished during the scan")
-    return inventory
 
 
 def walk(root_fd: int) -> Inventory:
@@ -157,7 +163,7 @@ def walk_batches(
                 name = pending.pop()
                 prefix = parent_prefix + fsencode(name) + b"/"
                 try:
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # removed, or swapped for a non-directory, since readdir
                 except OSError as exc:  # ELOOP: swapped for a link — never followed
@@ -168,7 +174,7 @@ def walk_batches(
         for frame_fd, _, _ in stack:
             if frame_fd != root_fd:
                 os.close(frame_fd)
-        if fd >= 0 and fd != root_fd and all(fd != f for f, _, _ in stack):
+        if fd >= 0 and fd != root_fd:  # the directory in hand (on the stack only once read)
             os.close(fd)
         os.close(root_fd)
 
