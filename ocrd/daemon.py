@@ -28,6 +28,7 @@ from ocrd.index import Index
 from ocrd.inventory import (
     FileEntry,
     ModelDirMissing,
+    collecting_paused,
     display,
     open_root,
     still_there,
@@ -413,13 +414,14 @@ class Daemon:
         deletions: list[Decision] = []
         whole: list[FileEntry] = []
         try:
-            for batch in walk_batches(open_root(self.config.model_dir), unreadable, dirs):
-                for e in batch:
-                    index.put(e)
-                if self.rules.per_file:
-                    deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
-                else:
-                    whole.extend(batch)
+            with collecting_paused():
+                for batch in walk_batches(open_root(self.config.model_dir), unreadable, dirs):
+                    for e in batch:
+                        index.put(e)
+                    if self.rules.per_file:
+                        deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
+                    else:
+                        whole.extend(batch)
             still_there(self.config.model_dir)
         except ModelDirMissing:
             self._root_state()
