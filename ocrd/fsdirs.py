@@ -12,14 +12,18 @@ from ocrd.inventory import DIR_FLAGS, FileEntry, open_root
 class DirFds:
     """Directory fds keyed by relative path, each opened relative to its verified parent."""
 
-    def __init__(self, root: bytes) -> None:
-        self.root_fd = open_root(root)
+    def __init__(self, root: bytes | int) -> None:
+        """``root``: model_dir's path, or an fd on it that this object takes over."""
+        self.root_fd = root if isinstance(root, int) else open_root(root)
         self.fds: dict[bytes, int] = {b"": self.root_fd}
+        # An fd refers to the same inode for life, so its identity is read once, at open().
+        self.ids: dict[int, tuple[int, int]] = {}
 
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+        self.ids.clear()
 
     def open(self, rel: bytes) -> int:
         """The fd of directory ``rel``, re-verified: each component must still be the very
@@ -32,21 +36,22 @@ class DirFds:
             fd = self.fds.get(walked)
             if fd is not None:
                 now = os.stat(part, dir_fd=parent, follow_symlinks=False)
-                was = os.fstat(fd)
-                if (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino) or not stat.S_ISDIR(
-                    now.st_mode
-                ):
+                if (now.st_dev, now.st_ino) != self.ids[fd] or not stat.S_ISDIR(now.st_mode):
                     self.forget(walked)
                     raise OSError(errno.ESTALE, "directory was replaced", os.fsdecode(walked))
             else:
                 fd = os.open(part, DIR_FLAGS, dir_fd=parent)
                 self.fds[walked] = fd
+                was = os.fstat(fd)
+                self.ids[fd] = (was.st_dev, was.st_ino)
             parent = fd
         return parent
 
     def forget(self, rel: bytes) -> None:
         for key in [k for k in self.fds if k == rel or k.startswith(rel + b"/")]:
-            os.close(self.fds.pop(key))
+            fd = self.fds.pop(key)
+            self.ids.pop(fd, None)
+            os.close(fd)
 
     def __enter__(self) -> DirFds:
         return self

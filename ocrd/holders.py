@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +27,15 @@ class Holders:
     blind: int = 0
     processes: int = 0
     taken_at: float = float("-inf")
+    # Deleting threads share one snapshot; the lock makes a stale one be retaken once, not by
+    # each thread that notices.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def holds(self, file_id: FileId) -> bool:
         if time.monotonic() - self.taken_at > self.max_age_s:
-            self.refresh()
+            with self.lock:
+                if time.monotonic() - self.taken_at > self.max_age_s:
+                    self.refresh()
         return file_id in self.held
 
     def refresh(self) -> None:
