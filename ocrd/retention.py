@@ -6,10 +6,12 @@ import fnmatch
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, cast
 
 from ocrd.config import Retention, approx_duration, format_duration
 from ocrd.inventory import FileEntry, Inventory
+
+DAY = 86_400.0
 
 
 class Verdict(StrEnum):
@@ -44,10 +46,13 @@ class PrefixRule:
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         encoded = tuple(p.encode("utf-8", "surrogateescape") for p in self.prefixes)
+        reasons = {
+            p: f"name starts with {q!r}" for p, q in zip(encoded, self.prefixes, strict=True)
+        }
         for f in files:
-            hit = next((p for p in encoded if f.name.startswith(p)), None)
-            if hit is not None:
-                yield f, f"name starts with {hit.decode('utf-8', 'surrogateescape')!r}"
+            name = f.path.rpartition(b"/")[2]
+            if name.startswith(encoded):
+                yield f, reasons[next(p for p in encoded if name.startswith(p))]
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,20 @@ class MaxAgeRule:
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         limit = format_duration(self.max_age)
+        by_mtime = self.age_by == "mtime"
+        max_age = self.max_age
+        # From two days on, the age reads in whole days: one text per day, made once.
+        by_day: dict[int, str] = {}
         for f in files:
-            age = now - (f.mtime if self.age_by == "mtime" else f.atime)
-            if age > self.max_age:
-                yield f, f"{self.age_by} age {approx_duration(age)} > {limit}"
+            age = now - (f.mtime if by_mtime else f.atime)
+            if age > max_age:
+                if age < 2 * DAY:
+                    yield f, f"{self.age_by} age {approx_duration(age)} > {limit}"
+                    continue
+                text = by_day.get(days := int(age // DAY))
+                if text is None:
+                    text = by_day[days] = f"{self.age_by} age {approx_duration(age)} > {limit}"
+                yield f, text
 
 
 @dataclass(frozen=True)
@@ -114,31 +129,34 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     deleted); the whitelist protects; a file changed within ``settle`` waits; then each rule
     in turn may select among what is still undecided; whatever is left is kept."""
     files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
-    decided: dict[int, Decision] = {}
-    undecided: list[FileEntry] = []
+    decided: list[Decision | None] = [None] * len(files)
+    undecided: list[int] = []
+    whitelisted, settle = rules.whitelisted, rules.settle
     for i, f in enumerate(files):
         if f.is_link:
             decided[i] = Decision(f, Verdict.KEEP, None, "symbolic link: never followed or deleted")
-        elif (pattern := rules.whitelisted(f)) is not None:
+        elif rules.whitelist and (pattern := whitelisted(f)) is not None:
             decided[i] = Decision(f, Verdict.PROTECTED, "whitelist", f"matches {pattern!r}")
-        elif rules.settle > 0 and (changed := now - max(f.mtime, f.ctime)) < rules.settle:
+        elif settle > 0 and (changed := now - max(f.mtime, f.ctime)) < settle:
             # ctime too: a file copied with its old mtime kept (cp -p, rsync -t) is still new here.
             # With settle = 0 nothing settles, not even a file whose clock runs ahead of ours.
-            why = f"changed {changed:.1f}s ago, settle is {rules.settle:g}s"
+            why = f"changed {changed:.1f}s ago, settle is {settle:g}s"
             decided[i] = Decision(f, Verdict.SETTLING, None, why)
         else:
-            undecided.append(f)
-    index = {f.path: i for i, f in enumerate(files)}
+            undecided.append(i)
     for selector in rules.selectors:
-        chosen = dict(selector.select(undecided, now))
-        if not chosen:
-            continue
-        for f, reason in chosen.items():
-            decided[index[f.path]] = Decision(f, Verdict.DELETE, selector.name, reason)
-        undecided = [f for f in undecided if f not in chosen]
-    for f in undecided:
-        decided[index[f.path]] = Decision(f, Verdict.KEEP, None, "no rule applies")
-    return Plan(tuple(decided[i] for i in range(len(files))), now)
+        # Keyed by position, not by entry: hashing a whole FileEntry per file costs more than
+        # the rule itself.
+        by_id = {id(files[i]): i for i in undecided}
+        chosen = 0
+        for f, reason in selector.select([files[i] for i in undecided], now):
+            decided[by_id[id(f)]] = Decision(f, Verdict.DELETE, selector.name, reason)
+            chosen += 1
+        if chosen:
+            undecided = [i for i in undecided if decided[i] is None]
+    for i in undecided:
+        decided[i] = Decision(files[i], Verdict.KEEP, None, "no rule applies")
+    return Plan(cast(tuple[Decision, ...], tuple(decided)), now)
 
 
 def revisit_at(decision: Decision, rules: Rules) -> float | None:
