@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import cast
 
 from ocrd import __version__, log
 from ocrd.apply import Status, apply
 from ocrd.config import Config, approx_duration, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
-from ocrd.inventory import (
-    ModelDirMissing,
-    display,
-    open_root,
-    scan,
-    still_there,
-    walk_batches,
-)
+from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
 
 
@@ -84,53 +74,14 @@ def _parser() -> argparse.ArgumentParser:
 def _plan(config: Config) -> Plan:
     inventory = scan(config.model_dir)
     _warn_unreadable(inventory.unreadable)
-    return plan(inventory, Rules.from_config(config.retention, config.watch.settle), time.time())
+    rules = Rules.from_config(config.retention, config.watch.settle)
+    with collecting_paused():  # a Decision per file, and no cycle among them
+        return plan(inventory, rules, time.time())
 
 
 def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
     for rel, why in unreadable:
         log.get().warning("scan_unreadable", path=display(rel), error=why)
-
-
-_DONE = object()
-
-
-def _planned_deletions(config: Config) -> Iterator[Decision]:
-    """The deletions of one pass, as they are planned: a thread walks and plans one directory
-    at a time while the caller deletes. unlink() waits on the disk with the GIL released, so
-    the walk and the plan run in those waits instead of before them (a pass is disk-bound:
-    WATCH_NOTES measured ~5-7k unlinks/s whatever the tool). Rules that need the whole
-    inventory are planned whole first."""
-    rules = Rules.from_config(config.retention, config.watch.settle)
-    now = time.time()
-    if not rules.per_file:
-        yield from _plan(config).deletions
-        return
-    root_fd = open_root(config.model_dir)
-    channel: queue.SimpleQueue[object] = queue.SimpleQueue()
-    unreadable: list[tuple[bytes, str]] = []
-
-    def produce() -> None:
-        try:
-            for batch in walk_batches(root_fd, unreadable, []):
-                deletions = plan(batch, rules, now).deletions
-                if deletions:
-                    channel.put(deletions)
-            still_there(config.model_dir)
-            channel.put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 — handed to the consuming thread, re-raised
-            channel.put(exc)
-
-    producer = threading.Thread(target=produce, name="ocrd-plan", daemon=True)
-    producer.start()
-    try:
-        while (item := channel.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield from cast(tuple[Decision, ...], item)
-    finally:
-        producer.join()
-    _warn_unreadable(unreadable)
 
 
 def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
@@ -181,7 +132,7 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
     skipped: list[dict[str, str | None]] = []
     failed: list[dict[str, str | None]] = []
     freed = 0
-    for o in apply(_planned_deletions(config), config.model_dir, dry_run=dry_run):
+    for o in apply(_plan(config), config.model_dir, dry_run=dry_run):
         path = display(o.decision.entry.path)
         if o.status in (Status.DELETED, Status.WOULD_DELETE):
             deleted.append(path)

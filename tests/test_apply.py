@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ocrd import apply as apply_module
 from ocrd.apply import Outcome, Status, apply
 from ocrd.holders import Holders
 from ocrd.inventory import scan
@@ -294,3 +296,159 @@ def test_stop_is_asked_before_each_file(model_dir: Path) -> None:
     assert [o.status for o in done] == [Status.DELETED]
     assert len(os.listdir(model_dir)) == 2
     assert not exists(os.path.join(os.fsencode(model_dir), done[0].decision.entry.path))
+
+
+# -- many directories: inode order, and threads where deletions wait ---------------------------
+
+
+def old_files(model_dir: Path, dirs: int, per_dir: int) -> set[bytes]:
+    """``per_dir`` old_ files in each of ``dirs`` directories, plus one kept file in each but
+    the first (which the pass must then remove); the old_ paths."""
+    made = set()
+    for d in range(dirs):
+        for i in range(per_dir):
+            rel = b"d%d/old_%03d.bin" % (d, i)
+            make_file(model_dir, rel)
+            made.add(rel)
+        if d:
+            make_file(model_dir, b"d%d/keep.bin" % d)
+    return made
+
+
+@pytest.fixture
+def waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every deletion counts as one that waits on the device, so the pass turns to threads
+    after the first two (provoking a slow device for real is not possible here)."""
+    monkeypatch.setattr(apply_module, "SAMPLE", 2)
+    monkeypatch.setattr(apply_module, "WAITING_S", 0.0)
+
+
+@pytest.mark.parametrize("slow", [True, False], ids=["waiting", "working"])
+def test_threads_are_used_only_when_deletions_wait(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    made = old_files(model_dir, dirs=6, per_dir=30)
+    monkeypatch.setattr(apply_module, "SAMPLE", 2)
+    monkeypatch.setattr(apply_module, "WAITING_S", 0.0 if slow else float("inf"))
+    p = plan_old(model_dir)
+    seen: set[str] = set()
+    outcomes = []
+    for o in apply(p, model_dir):
+        outcomes.append(o)
+        seen.update(t.name for t in threading.enumerate())
+    assert any(name.startswith("ocrd-delete-") for name in seen) is slow
+    assert sorted(o.decision.entry.path for o in outcomes) == sorted(made)  # each exactly once
+    assert {o.status for o in outcomes} == {Status.DELETED}
+    assert sorted(os.listdir(model_dir)) == ["d1", "d2", "d3", "d4", "d5"]  # d0 emptied: gone
+    assert all(os.listdir(model_dir / f"d{d}") == ["keep.bin"] for d in range(1, 6))
+    assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
+
+
+def test_a_directory_is_emptied_in_inode_order(model_dir: Path) -> None:
+    old_files(model_dir, dirs=1, per_dir=60)
+    p = plan_old(model_dir)
+    planned = [d.entry.ino for d in p.deletions]
+    assert planned != sorted(planned)  # readdir order: else this test could not fail
+    done = [o.decision.entry.ino for o in apply(p, model_dir, threads=1)]
+    assert done == sorted(planned)
+
+
+class Gate(Holders):
+    """A holder check that lets one deletion through per permit: the test decides how far the
+    deleting threads get (after the identity check, before the unlink)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permits = threading.Semaphore(0)
+
+    def holds(self, file_id: tuple[int, int]) -> bool:
+        assert self.permits.acquire(timeout=30), "the test never let this deletion through"
+        return False
+
+
+def test_stop_while_threads_delete_finishes_files_in_hand_and_reports_each(
+    model_dir: Path, waiting: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apply_module, "HANDFUL", 1)
+    made = old_files(model_dir, dirs=8, per_dir=25)
+    gate = Gate()
+    asked = 0
+
+    def stop() -> bool:
+        nonlocal asked
+        asked += 1
+        if asked > 10:
+            gate.permits.release(1000)  # the files in hand may finish; no new one is started
+            return True
+        gate.permits.release()
+        return False
+
+    outcomes = list(apply(plan_old(model_dir), model_dir, stop=stop, holders=gate))
+    deleted = {o.decision.entry.path for o in outcomes if o.status is Status.DELETED}
+    on_disk = {f.path for f in scan(model_dir).files}
+    assert deleted == made - on_disk  # every deletion that happened was reported
+    assert len(outcomes) == len(deleted)
+    # Ten let through before the stop, at most one more in hand per thread, none started after.
+    assert 2 <= len(deleted) <= 10 + apply_module.THREADS
+    assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
+
+
+def test_directories_swapped_for_links_while_threads_delete(
+    model_dir: Path, outside: Path, waiting: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apply_module, "HANDFUL", 1)
+    old_files(model_dir, dirs=2, per_dir=10)
+    for d in ("d0", "d1"):  # outside holds hard links to the very inodes that are planned
+        (outside / d).mkdir()
+        for name in os.listdir(model_dir / d):
+            os.link(model_dir / d / name, outside / d / name)
+    p = plan_old(model_dir)
+    outside_before = snapshot(outside)
+    gate = Gate()
+    asked = 0
+
+    def stop() -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 4:  # two deletions done, the threads are in the middle of their directories
+            for d in ("d0", "d1"):
+                (model_dir / d).rename(model_dir / f"{d}_moved")
+                (model_dir / d).symlink_to(outside / d)
+            gate.permits.release(1000)
+        elif asked < 4:
+            gate.permits.release()
+        return False
+
+    outcomes = list(apply(p, model_dir, stop=stop, holders=gate))
+    assert len(outcomes) == 20
+    deleted = [o for o in outcomes if o.status is Status.DELETED]
+    assert len(deleted) <= 3 + 2  # before the swap, and one in hand per thread
+    assert {o.detail for o in outcomes if o.status is not Status.DELETED} == {"changed"}
+    assert snapshot(outside) == outside_before
+    assert (model_dir / "d0").is_symlink()
+    assert (model_dir / "d1").is_symlink()
+    left = len(os.listdir(model_dir / "d0_moved")) + len(os.listdir(model_dir / "d1_moved"))
+    assert left == 20 + 1 - len(deleted)  # d1 also holds keep.bin
+
+
+def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
+    model_dir: Path, waiting: None
+) -> None:
+    made = old_files(model_dir, dirs=4, per_dir=20)
+
+    class Broken(Holders):
+        calls = 0
+
+        def holds(self, file_id: tuple[int, int]) -> bool:
+            Broken.calls += 1
+            if Broken.calls == 30:
+                raise RuntimeError("injected")
+            return False
+
+    outcomes: list[Outcome] = []
+    with pytest.raises(RuntimeError, match="injected"):
+        outcomes.extend(apply(plan_old(model_dir), model_dir, holders=Broken()))
+    on_disk = {f.path for f in scan(model_dir).files}
+    assert {o.decision.entry.path for o in outcomes} == made - on_disk
+    assert len(outcomes) < len(made)
+    assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
