@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tree import DAY, PREFIX, Tree, count_files, generate
+from ocrd import apply as apply_module
 
 TOOL_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 120.0
@@ -66,6 +67,7 @@ class Mode:
     rescan: str  # for the burst daemon: short, so that a lost event is recovered within the run
     drain_timeout_s: float
     pause_s: float  # quiet time after sync(), before each timed deletion
+    tmpfs_dir: str | None  # also a pass (ocrd and find) on this tmpfs, where unlink never waits
 
 
 QUICK = Mode(
@@ -84,6 +86,7 @@ QUICK = Mode(
     rescan="10s",
     drain_timeout_s=20.0,
     pause_s=0.2,
+    tmpfs_dir=None,
 )
 FULL = Mode(
     name="full",
@@ -101,6 +104,7 @@ FULL = Mode(
     rescan="1m",
     drain_timeout_s=90.0,
     pause_s=1.0,
+    tmpfs_dir="/dev/shm",
 )
 
 
@@ -416,12 +420,29 @@ def rotated(items: Sequence[str], rep: int) -> list[str]:
 # -- 1. initial scan -------------------------------------------------------------------------
 
 SCAN_CHILD = """
-import json, sys, time
+import json, os, sys, time
 from ocrd.inventory import scan
 t0 = time.perf_counter(); c0 = time.process_time()
 inventory = scan(sys.argv[1])
-print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                  "files": inventory.file_count}))
+t1 = time.perf_counter(); c1 = time.process_time()
+files = inventory.file_count
+del inventory
+
+# The least a Python walk does: scandir from directory fds and one stat per entry, no record.
+t2 = time.perf_counter()
+stats, stack = [], [os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)]
+while stack:
+    fd = stack.pop()
+    with os.scandir(fd) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                     dir_fd=fd))
+            else:
+                stats.append(e.stat(follow_symlinks=False))
+    os.close(fd)
+print(json.dumps({"wall": t1 - t0, "cpu": c1 - c0, "files": files,
+                  "floor": time.perf_counter() - t2}))
 """
 
 
@@ -446,6 +467,7 @@ def section_scan(mode: Mode, ws: Workspace, res: Results) -> None:
                     samples["proc"].append(time.perf_counter() - started)
                     samples["ocrd"].append(child["wall"])
                     samples["ocrd_cpu"].append(child["cpu"])
+                    samples["floor"].append(child["floor"])
                 else:
                     t = timed([find_argv])
                     samples["find"].append(t.wall)
@@ -471,6 +493,17 @@ def section_scan(mode: Mode, ws: Workspace, res: Results) -> None:
                 samples["proc"],
                 note="the same child, timed from spawn to exit: interpreter start and "
                 "imports included",
+            )
+        )
+        res.add(
+            Row.of(
+                "1",
+                measure,
+                "Python floor: scandir + stat loop",
+                "s",
+                samples["floor"],
+                note="the same child, after scan(): directory fds, one stat per entry, "
+                "no record kept but the stat result; what any Python walk pays",
             )
         )
         res.add(
@@ -570,6 +603,43 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
     variants = [(True, f"pass {_count(n)}: age {MAX_AGE} or prefix {PREFIX}")]
     if mode.age_only:
         variants.append((False, f"pass {_count(n)}: age {MAX_AGE} only"))
+    passes(mode, ws, res, variants, tools, missing=missing)
+    tmpfs = mode.tmpfs_dir
+    if tmpfs is None:
+        return
+    if _fs_type(tmpfs) != "tmpfs":
+        res.problems.append(f"§2 on tmpfs: {tmpfs} is not a tmpfs here; not measured")
+        return
+    # Where unlink does not wait on a device, a pass is CPU-bound: Python's floor shows.
+    memory = Workspace(Path(tmpfs))
+    try:
+        measure = f"pass {_count(n)} on tmpfs ({tmpfs}): age {MAX_AGE} or prefix {PREFIX}"
+        passes(mode, memory, res, [(True, measure)], ["ocrd", "find"], missing={})
+    finally:
+        memory.close()
+
+
+def _fs_type(path: str) -> str | None:
+    """The type of the filesystem mounted exactly at ``path``, from /proc/self/mounts."""
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == path:
+                return fields[2]
+    return None
+
+
+def passes(
+    mode: Mode,
+    ws: Workspace,
+    res: Results,
+    variants: Sequence[tuple[bool, str]],
+    tools: Sequence[str],
+    *,
+    missing: dict[str, str],
+) -> None:
+    """Each tool's pass on its own fresh tree, ``mode.reps`` times per variant; one row each."""
+    n = mode.retention_n
     wall: dict[tuple[bool, str], list[float]] = collections.defaultdict(list)
     cpu: dict[tuple[bool, str], list[float]] = collections.defaultdict(list)
     wrong: dict[tuple[bool, str], list[str]] = collections.defaultdict(list)
@@ -609,6 +679,8 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
     for prefix, measure in variants:
         expected = due.get(prefix, 0)
         for tool in RETENTION_TOOLS:
+            if tool not in tools and tool not in missing:
+                continue
             name = TOOL_NAMES[tool]
             if tool == "tmpreaper" and prefix:
                 name += " + find -name old_* -delete"
@@ -1197,7 +1269,9 @@ def report(
         "- Wall time of the command(s) as a subprocess; CPU = user + system of the children.",
         "- §1: ocrd is timed *inside* a fresh child process around `scan()` alone (the daemon's "
         "first scan); the whole-process row adds interpreter start and imports. `find` is timed "
-        "as a process. Both trees are warm in the page cache (one untimed warm-up run each).",
+        "as a process. Both trees are warm in the page cache (one untimed warm-up run each). "
+        "The Python floor row is a bare `scandir` + `stat` loop in the same child, keeping no "
+        "record: what any Python walk pays before it writes anything down.",
         f'- §2: `ocrd clean` with settle = "0s", engine.enabled = false, max_age = '
         f'"{MAX_AGE}" (by mtime), prefixes = ["{PREFIX}"]. systemd-tmpfiles: `e ROOT - - - '
         f"m:{MAX_AGE}` (mtime only) plus `r ROOT/{PREFIX}*` and `r ROOT/*/{PREFIX}*` (tmpfiles has "
@@ -1207,7 +1281,12 @@ def report(
         "of 55 s would abort a slow pass); it has no name rule, so the prefix rule is a second "
         "command, `find ROOT -type f -name 'old_*' -delete`, timed with it. find: `-type f "
         "\\( -name 'old_*' -o -mmin +43200 \\) -delete` (`-mtime +30` would mean ≥ 31 days). "
-        "The age-only rows are the same without the prefix rule: there every tool is native.",
+        "The age-only rows are the same without the prefix rule: there every tool is native. "
+        "ocrd deletes each directory in inode order, and spreads directories over "
+        f"{apply_module.THREADS} threads once its first {apply_module.SAMPLE} deletions "
+        f"averaged over {apply_module.WAITING_S * 1e6:g} µs (they wait on the device). The tmpfs "
+        "rows (full mode, ocrd and find only) show the other case: nothing waits, one thread "
+        "deletes, and the pass is CPU-bound.",
         f'- §3-5: `ocrd run` with prefixes = ["{PREFIX}"], settle = "0s", rescan = '
         f'"{DEFAULT_RESCAN}" (the default; "{mode.rescan}" for the bursts, so that lost events '
         "are recovered within the wait), engine.enabled = false, on a tree without `old_` "
