@@ -41,11 +41,12 @@ class Outcome(NamedTuple):
 THREADS = 4
 """At most this many directories are emptied at once, when deletions wait on the device.
 
-Where unlink() only costs CPU (tmpfs, or ext4 that discards in batches) one thread is fastest:
-more threads just pass the GIL back and forth. Where it waits (ext4 mounted with ``discard``
-issues a synchronous discard per freed extent; NFS waits for a round trip) the waits overlap
-and a pass takes a fraction of the time. bench/RESULTS.md has the numbers. One directory is
-never shared between threads: unlinks in one directory serialise on its lock anyway."""
+Where unlink() only costs CPU (tmpfs, measured; a filesystem without online discard) one thread
+is fastest: more threads just pass the GIL back and forth. Where it waits (measured here: ext4
+mounted with ``discard`` sleeps in a synchronous discard on every unlink; a network filesystem
+waits for a round trip) the waits overlap and a pass takes a fraction of the time.
+bench/RESULTS.md has the numbers. One directory is never shared between threads: unlinks in
+one directory serialise on its lock anyway."""
 
 SAMPLE = 64  # deletions timed before deciding whether more threads would pay
 WAITING_S = 50e-6  # mean time per deletion above which the thread is waiting, not working
@@ -116,6 +117,8 @@ def _delete(
     stop: Callable[[], bool],
     threads: int,
 ) -> Iterator[Outcome]:
+    """In this thread until SAMPLE deletions are timed; then, if they waited and at least two
+    directories are left, in threads."""
     timed = 0
     waited = 0.0
     while groups:
@@ -128,10 +131,16 @@ def _delete(
             if timed < SAMPLE:
                 waited += time.perf_counter() - started
                 timed += 1
-                if timed == SAMPLE and waited / SAMPLE > WAITING_S and threads > 1:
+                unfinished = i + 1 < len(group)
+                if (
+                    timed == SAMPLE
+                    and waited / SAMPLE > WAITING_S
+                    and threads > 1
+                    and len(groups) + unfinished >= 2
+                ):
                     # This thread mostly waits: hand the rest to threads that wait together.
                     yield outcome
-                    if group[i + 1 :]:
+                    if unfinished:
                         groups.appendleft(group[i + 1 :])
                     yield from _parallel(dirs.root_fd, groups, holders, stop, threads)
                     return

@@ -344,6 +344,17 @@ def test_threads_are_used_only_when_deletions_wait(
     assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
 
 
+def test_one_directory_left_is_not_handed_to_a_thread(model_dir: Path, waiting: None) -> None:
+    made = old_files(model_dir, dirs=1, per_dir=30)
+    seen: set[str] = set()
+    deleted = set()
+    for o in apply(plan_old(model_dir), model_dir):
+        deleted.add(o.decision.entry.path)
+        seen.update(t.name for t in threading.enumerate())
+    assert deleted == made
+    assert not any(name.startswith("ocrd-delete-") for name in seen)
+
+
 def test_a_directory_is_emptied_in_inode_order(model_dir: Path) -> None:
     old_files(model_dir, dirs=1, per_dir=60)
     p = plan_old(model_dir)
