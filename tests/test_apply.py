@@ -323,6 +323,18 @@ def waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(apply_module, "WAITING_S", 0.0)
 
 
+class Witness(Holders):
+    """A real holder check that also notes which threads did deletions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def holds(self, file_id: tuple[int, int]) -> bool:
+        self.threads.add(threading.current_thread().name)
+        return super().holds(file_id)
+
+
 @pytest.mark.parametrize("slow", [True, False], ids=["waiting", "working"])
 def test_threads_are_used_only_when_deletions_wait(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
@@ -330,13 +342,11 @@ def test_threads_are_used_only_when_deletions_wait(
     made = old_files(model_dir, dirs=6, per_dir=30)
     monkeypatch.setattr(apply_module, "SAMPLE", 2)
     monkeypatch.setattr(apply_module, "WAITING_S", 0.0 if slow else float("inf"))
-    p = plan_old(model_dir)
-    seen: set[str] = set()
-    outcomes = []
-    for o in apply(p, model_dir):
-        outcomes.append(o)
-        seen.update(t.name for t in threading.enumerate())
-    assert any(name.startswith("ocrd-delete-") for name in seen) is slow
+    witness = Witness()
+    outcomes = list(apply(plan_old(model_dir), model_dir, holders=witness))
+    workers = {name for name in witness.threads if name.startswith("ocrd-delete-")}
+    assert len(workers) == (4 if slow else 0)
+    assert threading.current_thread().name in witness.threads  # the first SAMPLE, timed
     assert sorted(o.decision.entry.path for o in outcomes) == sorted(made)  # each exactly once
     assert {o.status for o in outcomes} == {Status.DELETED}
     assert sorted(os.listdir(model_dir)) == ["d1", "d2", "d3", "d4", "d5"]  # d0 emptied: gone
@@ -346,13 +356,12 @@ def test_threads_are_used_only_when_deletions_wait(
 
 def test_one_directory_left_is_not_handed_to_a_thread(model_dir: Path, waiting: None) -> None:
     made = old_files(model_dir, dirs=1, per_dir=30)
-    seen: set[str] = set()
-    deleted = set()
-    for o in apply(plan_old(model_dir), model_dir):
-        deleted.add(o.decision.entry.path)
-        seen.update(t.name for t in threading.enumerate())
+    witness = Witness()
+    deleted = {
+        o.decision.entry.path for o in apply(plan_old(model_dir), model_dir, holders=witness)
+    }
     assert deleted == made
-    assert not any(name.startswith("ocrd-delete-") for name in seen)
+    assert witness.threads == {threading.current_thread().name}
 
 
 def test_a_directory_is_emptied_in_inode_order(model_dir: Path) -> None:
