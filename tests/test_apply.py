@@ -345,7 +345,7 @@ def test_threads_are_used_only_when_deletions_wait(
     witness = Witness()
     outcomes = list(apply(plan_old(model_dir), model_dir, holders=witness))
     workers = {name for name in witness.threads if name.startswith("ocrd-delete-")}
-    assert len(workers) == (4 if slow else 0)
+    assert bool(workers) is slow  # how many of the 4 got a directory is up to the scheduler
     assert threading.current_thread().name in witness.threads  # the first SAMPLE, timed
     assert sorted(o.decision.entry.path for o in outcomes) == sorted(made)  # each exactly once
     assert {o.status for o in outcomes} == {Status.DELETED}
