@@ -3,8 +3,9 @@
 A minimal Debian 12 root (tests/systemd_root.py, built once and cached) boots with
 ``systemd-nspawn --boot --volatile=overlay --private-network``: its own PID 1, pid, mount, network
 and cgroup namespaces, a tmpfs over a read-only tree; this machine's own init and filesystems are
-not touched. The repository (with its venv) and this interpreter's installation are bind-mounted
-read-only. The unit goes in verbatim except ExecStart=, which points at this venv's ``ocrd``.
+not touched. The package, the venv's site-packages and this interpreter's installation are
+bind-mounted read-only. The unit goes in verbatim except ExecStart=, which points at this venv's
+``ocrd``.
 
 Why the venv is reached through /opt/ocrd/venv and not at its own path: a venv's ``python3`` is a
 symlink to the base interpreter, which may live under /root or /home (pyenv). The service user
@@ -105,7 +106,7 @@ def _shim(directory: Path) -> list[str]:
     # Mount points: the base interpreter, the venv's site-packages and the repository. All
     # under /opt/ocrd, never at their own paths: a clone under /tmp (as CI's may be) would be
     # hidden from the service by its PrivateTmp=yes.
-    for point in ("python", "site", "src"):
+    for point in ("python", "site", "src", "src/ocrd"):
         (directory / point).mkdir(mode=0o755)
     bindir = directory / "venv" / "bin"
     bindir.mkdir(parents=True, mode=0o755)
@@ -136,7 +137,9 @@ def _shim(directory: Path) -> list[str]:
         f"--bind-ro={directory}:{SHIM}",
         f"--bind-ro={base}:{SHIM}/python",
         f"--bind-ro={site}:{SHIM}/site",
-        f"--bind-ro={REPO}:{SHIM}/src",
+        # The package, not the repository: a bind's root keeps its source's mode, and a clone
+        # made in a `mktemp -d` directory is 0700, closed to the service's dynamic user.
+        f"--bind-ro={REPO / 'ocrd'}:{SHIM}/src/ocrd",
     ]
     # A shared libpython is found through the interpreter's absolute RUNPATH (e.g. under
     # /root/.pyenv): bind it into a directory the dynamic loader searches by default.
