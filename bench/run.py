@@ -1289,10 +1289,10 @@ def report(
         "\\( -name 'old_*' -o -mmin +43200 \\) -delete` (`-mtime +30` would mean ≥ 31 days). "
         "The age-only rows are the same without the prefix rule: there every tool is native. "
         "ocrd deletes each directory in inode order, and spreads directories over "
-        f"{apply_module.THREADS} threads once its first {apply_module.SAMPLE} deletions "
-        f"averaged over {apply_module.WAITING_S * 1e6:g} µs (they wait on the device). The tmpfs "
-        "rows (full mode, ocrd and find only) show the other case: nothing waits, one thread "
-        "deletes, and the pass is CPU-bound.",
+        f"{apply_module.THREADS} threads once unlink() took {apply_module.UNLINK_SHARE:.0%} "
+        f"or more of the time of its first {apply_module.SAMPLE} deletions. The tmpfs "
+        "rows (full mode, ocrd and find only) show the other case: unlink() is cheap next to "
+        "ocrd's own work per file, one thread deletes, and the pass is CPU-bound.",
         f'- §3-5: `ocrd run` with prefixes = ["{PREFIX}"], settle = "0s", rescan = '
         f'"{DEFAULT_RESCAN}" (the default; "{mode.rescan}" for the bursts, so that lost events '
         "are recovered within the wait), engine.enabled = false, on a tree without `old_` "

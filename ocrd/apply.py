@@ -39,17 +39,23 @@ class Outcome(NamedTuple):
 
 
 THREADS = 4
-"""At most this many directories are emptied at once, when deletions wait on the device.
+"""At most this many directories are emptied at once, when unlink() dominates a deletion.
 
-Where unlink() only costs CPU (tmpfs, measured; a filesystem without online discard) one thread
-is fastest: more threads just pass the GIL back and forth. Where it waits (measured here: ext4
-mounted with ``discard`` sleeps in a synchronous discard on every unlink; a network filesystem
-waits for a round trip) the waits overlap and a pass takes a fraction of the time.
-bench/RESULTS.md has the numbers. One directory is never shared between threads: unlinks in
-one directory serialise on its lock anyway."""
+Where unlink() is cheap next to ocrd's own per-file work (tmpfs) one thread is fastest: more
+threads just pass the GIL back and forth. Where it is not — the kernel's own work on ext4, a
+synchronous discard per unlink on ext4 mounted with ``discard``, a network filesystem's round
+trip — that time is spent with the GIL released, and threads overlap it. bench/RESULTS.md has
+the numbers. One directory is never shared between threads: unlinks in one directory
+serialise on its lock anyway."""
 
 SAMPLE = 64  # deletions timed before deciding whether more threads would pay
-WAITING_S = 50e-6  # mean time per deletion above which the thread is waiting, not working
+UNLINK_SHARE = 0.6
+"""Threads are used once unlink() — where the GIL is released — takes this share of the time
+per deletion or more. Measured here (unlink vs everything else per file, including the
+caller's logging): tmpfs 5.7 vs 6.3 µs (0.48), and four threads made a pass 45 % slower;
+ext4 without online discard (Debian's default) 17 vs 7 µs (0.71), threads 19 % faster; ext4
+with ``discard`` 86 vs 15 µs (0.85), threads 40 % faster. A share is a ratio of two times on
+one machine, so a faster or slower CPU moves both alike."""
 HANDFUL = 32  # outcomes a worker hands over at once
 IDLE_POLL_S = 0.1  # how often ``stop`` is asked while no deletion completes
 
@@ -67,9 +73,10 @@ def apply(
 
     Each directory's deletions are done together, in inode order (the order of the
     filesystem's own tables, which saves it work). The first ones are done in the calling
-    thread, and timed: if they wait on the device, the remaining directories are spread over
-    up to ``threads`` threads. ``stop`` is asked in the calling thread between outcomes; once
-    it says yes, the files in hand are finished and the rest are left for a later pass.
+    thread, and timed: if most of their time is spent in unlink(), outside the GIL, the
+    remaining directories are spread over up to ``threads`` threads. ``stop`` is asked in the
+    calling thread between outcomes; once it says yes, the files in hand are finished and the
+    rest are left for a later pass.
     Subdirectories emptied by the deletions are removed too; model_dir itself never is.
     """
     deletions = plan.deletions
@@ -117,28 +124,25 @@ def _delete(
     stop: Callable[[], bool],
     threads: int,
 ) -> Iterator[Outcome]:
-    """In this thread until SAMPLE deletions are timed; then, if they waited and at least two
-    directories are left, in threads."""
+    """In this thread while SAMPLE deletions are timed, the caller's handling of each outcome
+    included; then, if unlink() took UNLINK_SHARE of that time and at least two directories are
+    left, in threads."""
     timed = 0
-    waited = 0.0
+    unlinking = [0.0]
+    sampling: list[float] | None = unlinking
+    started = time.perf_counter()
     while groups:
         group = groups.popleft()
         for i, d in enumerate(group):
             if stop():
                 return
-            started = time.perf_counter()
-            outcome = _delete_one(dirs, d, holders)
-            if timed < SAMPLE:
-                waited += time.perf_counter() - started
-                timed += 1
+            outcome = _delete_one(dirs, d, holders, sampling)
+            if sampling is not None and (timed := timed + 1) == SAMPLE:
+                sampling = None
+                share = unlinking[0] / (time.perf_counter() - started)
                 unfinished = i + 1 < len(group)
-                if (
-                    timed == SAMPLE
-                    and waited / SAMPLE > WAITING_S
-                    and threads > 1
-                    and len(groups) + unfinished >= 2
-                ):
-                    # This thread mostly waits: hand the rest to threads that wait together.
+                if share >= UNLINK_SHARE and threads > 1 and len(groups) + unfinished >= 2:
+                    # This thread mostly waits in unlink(): threads can wait together.
                     yield outcome
                     if unfinished:
                         groups.appendleft(group[i + 1 :])
@@ -220,7 +224,10 @@ def _parallel(
         raise errors[0]
 
 
-def _delete_one(dirs: DirFds, d: Decision, holders: Holders) -> Outcome:
+def _delete_one(
+    dirs: DirFds, d: Decision, holders: Holders, unlinking: list[float] | None = None
+) -> Outcome:
+    """Re-check and unlink one file; adds the time unlink() took to ``unlinking[0]``."""
     entry = d.entry
     parent_rel, _, name = entry.path.rpartition(b"/")
     try:
@@ -242,7 +249,12 @@ def _delete_one(dirs: DirFds, d: Decision, holders: Holders) -> Outcome:
     if holders.holds((now.st_dev, now.st_ino)):
         return Outcome(d, Status.SKIPPED, "in_use")
     try:
-        os.unlink(name, dir_fd=parent)
+        if unlinking is None:
+            os.unlink(name, dir_fd=parent)
+        else:
+            began = time.perf_counter()
+            os.unlink(name, dir_fd=parent)
+            unlinking[0] += time.perf_counter() - began
     except FileNotFoundError:
         return Outcome(d, Status.SKIPPED, "vanished")
     except OSError as exc:

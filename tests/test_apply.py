@@ -317,10 +317,10 @@ def old_files(model_dir: Path, dirs: int, per_dir: int) -> set[bytes]:
 
 @pytest.fixture
 def waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every deletion counts as one that waits on the device, so the pass turns to threads
-    after the first two (provoking a slow device for real is not possible here)."""
+    """Every deletion counts as unlink-bound, so the pass turns to threads after the first two,
+    whatever filesystem the test's temporary directory is on."""
     monkeypatch.setattr(apply_module, "SAMPLE", 2)
-    monkeypatch.setattr(apply_module, "WAITING_S", 0.0)
+    monkeypatch.setattr(apply_module, "UNLINK_SHARE", 0.0)
 
 
 class Witness(Holders):
@@ -341,7 +341,7 @@ def test_threads_are_used_only_when_deletions_wait(
 ) -> None:
     made = old_files(model_dir, dirs=6, per_dir=30)
     monkeypatch.setattr(apply_module, "SAMPLE", 2)
-    monkeypatch.setattr(apply_module, "WAITING_S", 0.0 if slow else float("inf"))
+    monkeypatch.setattr(apply_module, "UNLINK_SHARE", 0.0 if slow else 1.01)
     witness = Witness()
     outcomes = list(apply(plan_old(model_dir), model_dir, holders=witness))
     workers = {name for name in witness.threads if name.startswith("ocrd-delete-")}
