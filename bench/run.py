@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.tree import DAY, PREFIX, Tree, count_files, generate
 from ocrd import apply as apply_module
+from ocrd.watch import filesystem_type
 
 TOOL_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 120.0
@@ -613,7 +614,7 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
     tmpfs = mode.tmpfs_dir
     if tmpfs is None:
         return
-    if _fs_type(tmpfs) != "tmpfs":
+    if filesystem_type(os.fsencode(tmpfs)) != "tmpfs":
         res.problems.append(f"§2 on tmpfs: {tmpfs} is not a tmpfs here; not measured")
         return
     # Where unlink does not wait on a device, a pass is CPU-bound: Python's floor shows.
@@ -623,16 +624,6 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
         passes(mode, memory, res, [(True, measure)], ["ocrd", "find"], missing={})
     finally:
         memory.close()
-
-
-def _fs_type(path: str) -> str | None:
-    """The type of the filesystem mounted exactly at ``path``, from /proc/self/mounts."""
-    with open("/proc/self/mounts") as fh:
-        for line in fh:
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == path:
-                return fields[2]
-    return None
 
 
 def passes(
