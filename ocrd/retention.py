@@ -144,14 +144,14 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             decided[i] = Decision(f, Verdict.SETTLING, None, why)
         else:
             undecided.append(i)
+    # A selected entry is found again by identity, not by value: hashing a whole FileEntry
+    # per file costs more than the rule itself.
+    position = {id(files[i]): i for i in undecided}
     for selector in rules.selectors:
-        # Keyed by position, not by entry: hashing a whole FileEntry per file costs more than
-        # the rule itself.
-        by_id = {id(files[i]): i for i in undecided}
-        chosen = 0
+        chosen = False
         for f, reason in selector.select([files[i] for i in undecided], now):
-            decided[by_id[id(f)]] = Decision(f, Verdict.DELETE, selector.name, reason)
-            chosen += 1
+            decided[position[id(f)]] = Decision(f, Verdict.DELETE, selector.name, reason)
+            chosen = True
         if chosen:
             undecided = [i for i in undecided if decided[i] is None]
     for i in undecided:
