@@ -129,16 +129,15 @@ def _delete(
     left, in threads."""
     timed = 0
     unlinking = [0.0]
-    sampling: list[float] | None = unlinking
     started = time.perf_counter()
     while groups:
         group = groups.popleft()
         for i, d in enumerate(group):
             if stop():
                 return
-            outcome = _delete_one(dirs, d, holders, sampling)
-            if sampling is not None and (timed := timed + 1) == SAMPLE:
-                sampling = None
+            sampling = timed < SAMPLE
+            outcome = _delete_one(dirs, d, holders, unlinking if sampling else None)
+            if sampling and (timed := timed + 1) == SAMPLE:
                 share = unlinking[0] / (time.perf_counter() - started)
                 unfinished = i + 1 < len(group)
                 if share >= UNLINK_SHARE and threads > 1 and len(groups) + unfinished >= 2:
