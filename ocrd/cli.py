@@ -13,6 +13,7 @@ from ocrd import __version__, log
 from ocrd.apply import Status, apply
 from ocrd.config import Config, approx_duration, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.human import size as _size
 from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
 
@@ -167,11 +168,3 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
         )
         print("\n".join(lines))
     return 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

@@ -7,7 +7,6 @@ import heapq
 import os
 import signal
 import stat
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -35,8 +34,10 @@ from ocrd.inventory import (
     walk,
     walk_batches,
 )
+from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.stats import Totals
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -148,7 +149,8 @@ class Daemon:
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.coverage_due: float | None = None  # when to check every directory is watched
         self.force_polling = False  # set once inotify could not cover the tree (auto only)
-        self.last_action = "started"
+        self.totals = Totals()  # STATUS= and the metrics file read it
+        self.metrics = Metrics(self.totals, config.metrics.textfile)
         self.status_sent = ""
         self.log = log.get()
 
@@ -168,7 +170,7 @@ class Daemon:
         if signum == signal.SIGHUP:
             self.reload_requested = True
         elif self.stop_signal is not None and signum == signal.SIGINT:
-            os.write(2, b"ocrd: second SIGINT, exiting at once\n")
+            log.emergency("warning", "daemon_killed", signal="SIGINT", detail="second SIGINT")
             os._exit(130)
         else:
             self.stop_signal = signum
@@ -199,6 +201,7 @@ class Daemon:
             self._arm()
             self._full_pass("startup")
             self.notifier.ready(self._status())
+            self.metrics.publish()
             while self.stop_signal is None:
                 if self.reload_requested:
                     self.reload_requested = False
@@ -271,7 +274,6 @@ class Daemon:
             if not self.missing:
                 self.missing = True
                 self.log.warning("model_dir_missing", model_dir=str(root))
-                self.last_action = "model_dir missing"
                 self._send_status()
                 if self.watcher is not None:
                     self.watcher.stop()
@@ -408,6 +410,7 @@ class Daemon:
         self.pending.clear()
         started = time.perf_counter()
         now = self.clock.time()
+        self.totals.census.begin()
         unreadable: list[tuple[bytes, str]] = []
         dirs: list[tuple[bytes, int]] = []
         index = Index()
@@ -419,7 +422,8 @@ class Daemon:
                     for e in batch:
                         index.put(e)
                     if self.rules.per_file:
-                        deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
+                        batch_plan = self.totals.census.add(plan(batch, self.rules, now))
+                        deletions.extend(self._note_revisits(batch_plan))
                     else:
                         whole.extend(batch)
             still_there(self.config.model_dir)
@@ -439,12 +443,13 @@ class Daemon:
         for rel, why in unreadable:
             self.log.warning("scan_unreadable", path=display(rel), error=why)
         if not self.rules.per_file:
-            deletions = self._note_revisits(plan(whole, self.rules, now))
+            deletions = self._note_revisits(self.totals.census.add(plan(whole, self.rules, now)))
         if self.config.retention.dry_run:
             # What a full pass no longer plans to delete (gone, renamed, rules changed) is
             # forgotten, so the set stays as large as the would-be deletions, not the churn.
             self.reported &= {_version(d.entry) for d in deletions}
         self._apply(Plan(tuple(deletions), now))
+        self.totals.full_pass(trigger, now, time.perf_counter() - started)
 
     def _pass(self, the_plan: Plan) -> None:
         self._apply(Plan(tuple(self._note_revisits(the_plan)), the_plan.now))
@@ -467,9 +472,9 @@ class Daemon:
             self._report_dry_run(the_plan)
             return
         retry_at = self.clock.time() + RETRY_S
+        self.totals.begin_pass(self.clock.time())
         try:
-            with self.supervisor.released("deletion"):
-                deleted = freed = 0
+            with self.totals.cycle(self.supervisor.running), self.supervisor.released("deletion"):
                 for o in apply(
                     the_plan, self.config.model_dir, stop=self._should_stop, holders=self.holders
                 ):
@@ -477,10 +482,10 @@ class Daemon:
                     path = display(e.path)
                     if o.status is Status.DELETED:
                         self.index.pop(e.path)
-                        deleted += 1
-                        freed += e.size
+                        self.totals.deleted(e.size, o.decision.rule)
                         self.log.info("model_deleted", path=path, size=e.size, rule=o.decision.rule)
                     elif o.status is Status.SKIPPED:
+                        self.totals.skipped(o.detail)
                         self.log.info("deletion_skipped", path=path, reason=o.detail)
                         if o.detail == "vanished":
                             self.index.pop(e.path)
@@ -489,17 +494,16 @@ class Daemon:
                         else:
                             self.scheduler.revisit(e.path, retry_at)
                     else:
+                        self.totals.failed()
                         self.log.error("deletion_failed", path=path, error=o.detail)
                         self.scheduler.revisit(e.path, retry_at)
-                if deleted:
-                    self.last_action = f"deleted {deleted} file(s), {freed} bytes"
         except EngineBusy:
             for d in deletions:
+                self.totals.skipped("engine_busy")
                 self.log.warning(
                     "deletion_skipped", path=display(d.entry.path), reason="engine_busy"
                 )
                 self.scheduler.revisit(d.entry.path, retry_at)
-            self.last_action = "engine busy: nothing deleted"
         if self.holders.blind and not self.blind_reported:
             self.blind_reported = True
             self.log.warning(
@@ -513,14 +517,16 @@ class Daemon:
             self.waker.wake()
 
     def _report_dry_run(self, the_plan: Plan) -> None:
+        if any(_version(d.entry) not in self.reported for d in the_plan.deletions):
+            self.totals.begin_pass(self.clock.time())
         for d in the_plan.deletions:
             e = d.entry
             key = _version(e)
             if key in self.reported:
                 continue  # said once per file version; every rescan would repeat it otherwise
             self.reported.add(key)
+            self.totals.would_delete(e.size)
             self.log.info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
-            self.last_action = "dry run: would delete"
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -530,7 +536,9 @@ class Daemon:
             self.log.error(
                 "config_rejected", config=str(self.config.path), errors=list(exc.problems)
             )
+            self.totals.rejected(exc.problems, self.clock.time(), str(self.config.path))
             self.notifier.ready(self._status())
+            self.metrics.publish()
             return
         log.configure(new.log.level, new.log.format)
         self.log = log.get()
@@ -543,6 +551,7 @@ class Daemon:
         self.scheduler.rescan = new.watch.rescan
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
         self.supervisor.reconfigure(new.engine, new.model_dir)
+        self.metrics.reconfigure(new.metrics.textfile)
         if (old.model_dir, old.watch) != (new.model_dir, new.watch):
             self.missing = False
             self.force_polling = False
@@ -550,19 +559,20 @@ class Daemon:
         self.supervisor.start()
         self.reported.clear()
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
-        self.last_action = "config reloaded"
+        self.totals.reloaded()
         self._full_pass("reload")
         self.notifier.ready(self._status())
+        self.metrics.publish()
 
     # -- status ----------------------------------------------------------------------------
 
     def _status(self) -> str:
-        if self.missing:
-            return f"model_dir {self.config.model_dir} is missing; waiting for it"
-        files, size = self.index.files, self.index.bytes
-        return f"{files} files, {size} bytes; {self.last_action}"
+        missing = str(self.config.model_dir) if self.missing else None
+        return self.totals.status(self.index.files, self.index.bytes, missing)
 
     def _send_status(self) -> None:
+        """STATUS= when its text changed, and the metrics file when the totals did."""
+        self.metrics.publish()
         status = self._status()
         if status != self.status_sent:
             self.status_sent = status
@@ -604,19 +614,34 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable
 
 
 def run(config_path: Path) -> int:
-    """``ocrd run``: 0 after SIGTERM/SIGINT, 78 for an invalid config at start, 1 otherwise."""
+    """``ocrd run``: 0 after SIGTERM/SIGINT, 78 for an invalid config at start, 1 otherwise.
+    Every outcome is a log line (JSON off a TTY), start-up config errors and crashes included."""
     try:
         config = load(config_path)
     except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
+        log.configure()  # the config's own [log] is unknown: the defaults
+        log.get().error("config_invalid", config=str(config_path), errors=list(exc.problems))
         return EXIT_CONFIG
     log.configure(config.log.level, config.log.format)
-    # The runtime is imported before any signal handler is installed: see install_signals.
-    runtime = load_runtime() if config.engine.enabled else None
-    daemon = Daemon(config, runtime=runtime)
-    daemon.install_signals()
+    threading.excepthook = _thread_failed
     try:
+        # The runtime is imported before any signal handler is installed: see install_signals.
+        runtime = load_runtime() if config.engine.enabled else None
+        daemon = Daemon(config, runtime=runtime)
+        daemon.install_signals()
         return daemon.serve()
     except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us
         log.get().exception("daemon_failed", error=repr(exc))
         return 1
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception (the observer's, a library's) as a log line, not a bare
+    traceback on stderr; the main loop notices a dead watch by itself."""
+    thread = args.thread.name if args.thread is not None else None
+    log.get().error(
+        "thread_failed",
+        thread=thread,
+        error=repr(args.exc_value),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

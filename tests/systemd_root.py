@@ -34,18 +34,23 @@ from pathlib import Path
 
 # Bump on any change to _configure(): a new version builds a new root. (A change to SUITE,
 # PACKAGES or MASKED changes the cache key by itself, see root_key().)
-ROOT_VERSION = "2"
+ROOT_VERSION = "3"
 SUITE = "bookworm"
 DEFAULT_CACHE = Path("/var/cache/ocrd-test-root")
 COMPLETE = ".ocrd-test-root-complete"  # written last: a root without it is not used
-# systemd as PID 1, plus the shared libraries the bind-mounted CPython and the bundled .NET
-# runtime of aspose-ocr-python-net load (measured from /proc/PID/maps of a running daemon:
-# libffi, libssl/libcrypto, libnuma, libuuid, libbz2, liblzma, zlib, libstdc++). procps gives
-# /bin/kill, which the unit's ExecReload= runs (minbase leaves it out; every real server has it).
+# systemd as PID 1, plus the shared libraries the bundled .NET runtime of aspose-ocr-python-net
+# loads (measured from /proc/PID/maps of a running daemon: libssl/libcrypto, libnuma, libuuid,
+# libstdc++). procps gives /bin/kill, which the unit's ExecReload= runs (minbase leaves it out;
+# every real server has it). make, python3 and python3-venv are what README's `sudo make install`
+# asks of a fresh Debian 12; jq is what systemd/README.md's log recipes ask for.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
     "procps",
+    "make",
+    "python3",
+    "python3-venv",
+    "jq",
     "libffi8",
     "libssl3",
     "libnuma1",
@@ -73,9 +78,11 @@ MASKED = (
     "getty@.service",
     "container-getty@.service",
 )
-SERVICE_USER = "ocrd"
-# Mount points the test binds into (created here, because the lower tree is read-only at boot).
-MOUNT_POINTS = ("opt/ocrd", "etc/ocrd")
+# Mount points the test binds into (created here, because the lower tree is read-only at boot):
+# the source tree the README's install command runs in, and the wheelhouse pip installs from.
+SOURCE = "usr/local/src/ocrd"
+WHEELS = "var/cache/ocrd-wheels"
+MOUNT_POINTS = (SOURCE, WHEELS)
 
 
 class RootUnavailable(Exception):
@@ -184,24 +191,8 @@ def _run(argv: list[str], log: Path, timeout: float) -> None:
 
 
 def _configure(root: Path, log: Path) -> None:
-    """The service user, the mount points, quiet boot; no network configuration at all."""
-    _run(
-        [
-            "chroot",
-            str(root),
-            "useradd",
-            "--system",
-            "--user-group",
-            "--home-dir",
-            "/var/lib/ocrd",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            SERVICE_USER,
-        ],
-        log,
-        60,
-    )
+    """The mount points, quiet boot; no network configuration and no service user at all (the
+    install under test creates the user with systemd-sysusers, as on a fresh host)."""
     for unit in MASKED:
         link = root / "etc/systemd/system" / unit
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +235,8 @@ def build(*, verbose: bool = False) -> Path:
     if reason:
         raise RootUnavailable(reason)
     version_dir = cache_dir() / root_key()
+    if is_built():  # written last, under the lock: a complete root needs no waiting
+        return root_path()
     with _locked(cache_dir()):
         if is_built():
             return root_path()
