@@ -200,8 +200,8 @@ class Daemon:
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
-            self.notifier.ready(self._status())
             self.metrics.publish()
+            self.notifier.ready(self._status())
             while self.stop_signal is None:
                 if self.reload_requested:
                     self.reload_requested = False
@@ -537,8 +537,8 @@ class Daemon:
                 "config_rejected", config=str(self.config.path), errors=list(exc.problems)
             )
             self.totals.rejected(exc.problems, self.clock.time(), str(self.config.path))
-            self.notifier.ready(self._status())
             self.metrics.publish()
+            self.notifier.ready(self._status())
             return
         log.configure(new.log.level, new.log.format)
         self.log = log.get()
@@ -561,8 +561,8 @@ class Daemon:
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
         self.totals.reloaded()
         self._full_pass("reload")
-        self.notifier.ready(self._status())
         self.metrics.publish()
+        self.notifier.ready(self._status())
 
     # -- status ----------------------------------------------------------------------------
 
