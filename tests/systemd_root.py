@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,12 +42,14 @@ COMPLETE = ".ocrd-test-root-complete"  # written last: a root without it is not 
 # systemd as PID 1, plus the shared libraries the bundled .NET runtime of aspose-ocr-python-net
 # loads (measured from /proc/PID/maps of a running daemon: libssl/libcrypto, libnuma, libuuid,
 # libstdc++). procps gives /bin/kill, which the unit's ExecReload= runs (minbase leaves it out;
-# every real server has it). make, python3 and python3-venv are what README's `sudo make install`
-# asks of a fresh Debian 12; jq is what systemd/README.md's log recipes ask for.
+# every real server has it). make, python3-venv and jq are what systemd/README.md's install step
+# asks of a fresh Debian 12 (the test checks its apt-get line against this list); sudo runs the
+# README's commands as written.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
     "procps",
+    "sudo",
     "make",
     "python3",
     "python3-venv",
@@ -271,11 +274,66 @@ def build(*, verbose: bool = False) -> Path:
         return root_path()
 
 
+# -- the wheelhouse --------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def requirements() -> list[str]:
+    """What ``pip install .`` of this repository needs: the build backend and the dependencies."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    return [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+
+
+def wheels_key() -> str:
+    """The wheelhouse's cache key: the requirements and this interpreter's version (the root's
+    python3 is Debian 12's 3.11: the same wheel tags)."""
+    text = " ".join([f"{sys.version_info.major}.{sys.version_info.minor}", *requirements()])
+    return f"wheels-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def wheelhouse(*, verbose: bool = False) -> Path:
+    """Wheels for every requirement, built once with this interpreter's pip and cached beside
+    the root (its own key: a new dependency needs new wheels, not a new Debian). The container
+    has no network; its pip installs from here, so the README's `make install` runs for real
+    without fetching anything."""
+    target = cache_dir() / wheels_key()
+    if (target / COMPLETE).is_file():
+        return target
+    with _locked(cache_dir()):
+        if (target / COMPLETE).is_file():
+            return target
+        staging = cache_dir() / f"{wheels_key()}.building"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if verbose:
+            print(f"pip wheel {' '.join(requirements())} into {target}", file=sys.stderr)
+        log = staging / "build.log"
+        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(staging)]
+        with log.open("a", encoding="utf-8") as out:
+            result = subprocess.run(
+                [*argv, *requirements()],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+                check=False,
+            )
+        if result.returncode != 0:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RootUnavailable(f"pip wheel failed ({result.returncode}); log {log}:\n{tail}")
+        log.unlink()
+        (staging / COMPLETE).write_text(" ".join(requirements()) + "\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return target
+
+
 def clean() -> None:
     """Remove every cached root but the current one."""
     with _locked(cache_dir()):
         for entry in cache_dir().iterdir():
-            if entry.is_dir() and entry.name != root_key():
+            if entry.is_dir() and entry.name not in (root_key(), wheels_key()):
                 shutil.rmtree(entry)
 
 
@@ -284,6 +342,7 @@ def main(argv: list[str]) -> int:
     try:
         if command == "build":
             print(build(verbose=True))
+            print(wheelhouse(verbose=True))
         elif command == "path":
             print(root_path() if is_built() else "")
             return 0 if is_built() else 1
