@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +187,23 @@ def test_a_line_for_a_signal_handler_needs_no_logger() -> None:
     [(_, record)] = _parsed(line)
     assert record["event"] == "daemon_killed"
     assert str(record["timestamp"]).endswith("Z")
+
+
+def test_a_thread_that_dies_is_a_json_line(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocrd.daemon import _thread_failed
+
+    monkeypatch.setattr(threading, "excepthook", _thread_failed)
+
+    def boom() -> None:
+        raise RuntimeError("observer died")
+
+    t = threading.Thread(target=boom, name="observer")
+    t.start()
+    t.join()
+    [(_, record)] = _parsed(captured.getvalue())
+    assert record["event"] == "thread_failed"
+    assert record["thread"] == "observer"
+    assert record["error"] == "RuntimeError('observer died')"
+    assert "Traceback" in str(record["exception"])
