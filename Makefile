@@ -84,6 +84,6 @@ uninstall: need-root
 	rm -f $(UNITDIR)/ocrd.service $(LIBDIR)/sysusers.d/ocrd.conf $(LIBDIR)/tmpfiles.d/ocrd.conf
 	if [ "$$(readlink $(BINDIR)/ocrd)" = "$(PREFIX)/venv/bin/ocrd" ]; then rm -f $(BINDIR)/ocrd; fi
 	rm -rf $(PREFIX)/venv
-	-rmdir $(PREFIX) 2>/dev/null
+	rmdir $(PREFIX) 2>/dev/null || true
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(CONFDIR), /var/lib/ocrd and the user ocrd"

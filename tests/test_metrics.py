@@ -123,7 +123,11 @@ def test_a_failed_write_is_logged_and_retention_goes_on(
     prom_dir.mkdir()
     (models / "old_z.bin").write_bytes(b"z")
     d.event("metrics_written")
-    assert _value(prom_dir / "ocrd.prom", "ocrd_deleted_files_total", rule="prefix") == 3
+    d.event("model_deleted", path="old_z.bin")
+    d.wait_for(
+        "the textfile to count all three deletions",
+        lambda: _value(prom_dir / "ocrd.prom", "ocrd_deleted_files_total", rule="prefix") == 3,
+    )
     assert d.stop()[0] == 0
 
 
