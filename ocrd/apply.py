@@ -423,8 +423,7 @@ def _delete_checked(
     except OSError as exc:
         return Outcome(d, Status.FAILED, exc.strerror or str(exc))
     # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
-    links = os.fstat(fd).st_nlink if fd is not None else now.st_nlink - 1
-    return Outcome(d, Status.DELETED, None, entry.size if links == 0 else 0)
+    return Outcome(d, Status.DELETED, None, entry.size if now.st_nlink <= 1 else 0)
 
 
 FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as _IOR('f', 1, long) on 64-bit
