@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -189,7 +190,7 @@ def scenario(name: str, batch: str, restart_after: str) -> dict[str, float]:
 
 
 def _secs(value: float) -> str:
-    return "-" if value != value else f"{value:.2f}s"  # NaN: no file was deleted
+    return "-" if math.isnan(value) else f"{value:.2f}s"  # NaN: no file was deleted
 
 
 def main() -> None:
