@@ -17,7 +17,7 @@ from ocrd.stats import Totals
 
 # Always exported, at 0 until they happen, so a rate() or an alert has a series from the start.
 RULES = ("prefix", "max_age")
-REASONS = ("changed", "vanished", "in_use", "engine_busy")
+REASONS = ("changed", "vanished", "in_use", "in_use_unknown", "engine_busy")
 
 
 class TotalsCollector(Collector):
@@ -56,7 +56,7 @@ class TotalsCollector(Collector):
         )
         yield CounterMetricFamily(
             "ocrd_engine_downtime_seconds",
-            "Seconds the engine spent freed for deletions.",
+            "Seconds the engine spent freed (between a free and the next start).",
             value=t.engine_downtime_s,
         )
         yield CounterMetricFamily(

@@ -11,7 +11,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ocrd.human import count, size
@@ -32,8 +31,10 @@ class Tally:
     failed: int = 0
 
     def text(self) -> str:
+        if not (self.deleted or self.would_delete or self.skipped or self.failed):
+            return "nothing done yet"
         parts = []
-        if self.deleted or not (self.would_delete or self.skipped or self.failed):
+        if self.deleted:
             parts.append(f"deleted {count(self.deleted, 'file')} ({size(self.freed)})")
         if self.would_delete:
             parts.append(
@@ -132,20 +133,13 @@ class Totals:
         for t in self._tallies():
             t.failed += 1
 
-    def engine_cycle(self, downtime_s: float) -> None:
-        """The engine was freed for deletions and started again after ``downtime_s``."""
-        self.engine_cycles += 1
-        self.engine_downtime_s += downtime_s
-        self.generation += 1
-
-    @contextmanager
-    def cycle(self, running: bool) -> Iterator[None]:
-        """Around ``supervisor.released("deletion")``: one engine cycle if the engine was
-        running and the block was entered (a refused free raises before it: no cycle)."""
-        started = time.monotonic()
-        yield
-        if running:
-            self.engine_cycle(time.monotonic() - started)
+    def engine(self, cycles: int, downtime_s: float) -> None:
+        """The supervisor's own count of engine frees for deletions, and the time it spent
+        freed (it owns the engine; these are read from it, not counted twice)."""
+        if (cycles, downtime_s) != (self.engine_cycles, self.engine_downtime_s):
+            self.engine_cycles = cycles
+            self.engine_downtime_s = downtime_s
+            self.generation += 1
 
     def rejected(self, errors: Iterable[str], at: float, config: str = "") -> None:
         """A reload found ``config`` invalid; its problems lose the file name STATUS= gives."""
@@ -169,9 +163,10 @@ class Totals:
 
     # -- STATUS= -------------------------------------------------------------------------
 
-    def status(self, files: int, nbytes: int, missing: str | None = None) -> str:
-        """One line for ``systemctl status``: what is there, what the last pass did, totals
-        since start, and a rejected reload until a good one replaces it."""
+    def status(self, files: int, nbytes: int, missing: str | None = None, due: int = 0) -> str:
+        """One line for ``systemctl status``: what is there, what the last pass did, what
+        waits for the engine's batch window, totals since start, and a rejected reload until
+        a good one replaces it."""
         parts = []
         if self.rejected_at is not None:
             first = self.rejected_errors[0] if self.rejected_errors else "invalid"
@@ -191,7 +186,14 @@ class Totals:
             parts.append(f"last pass {_clock(self.last_at)}: {self.last.text()}")
         else:
             parts.append("nothing to delete yet")
-        total = f"since start: {self.since_start.text()}"
+        if due:
+            parts.append(f"{count(due, 'deletion')} due (engine.batch)")
+        deleted = self.since_start
+        total = (
+            f"since start: deleted {count(deleted.deleted, 'file')} ({size(deleted.freed)})"
+            if deleted.text() == "nothing done yet"
+            else f"since start: {deleted.text()}"
+        )
         if self.engine_cycles:
             total += f", {count(self.engine_cycles, 'engine cycle')}"
         parts.append(total)

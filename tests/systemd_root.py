@@ -9,9 +9,9 @@ Cache: ``$OCRD_TEST_ROOT`` or ``/var/cache/ocrd-test-root``, one directory per r
 suite, ROOT_VERSION and a digest of the package list; bump ROOT_VERSION when _configure()
 changes), and beside it a wheelhouse per wheels_key() (pyproject's build and runtime
 requirements, built with this interpreter's pip): the container has no network, and its pip
-installs from there. Old roots and wheelhouses are left alone; ``clean`` removes them. The root is never booted writable:
-the test boots it with ``--volatile=overlay`` (a tmpfs over the read-only tree), so a test run
-cannot alter the cache.
+installs from there. Old roots and wheelhouses are left alone; ``clean`` removes them. The
+root is never booted writable: the test boots it with ``--volatile=overlay`` (a tmpfs over the
+read-only tree), so a test run cannot alter the cache.
 
 The Debian mirror is the one this machine's apt already uses (``/etc/apt/sources.list*``), or
 ``$OCRD_TEST_MIRROR``; no host name is written here.

@@ -22,6 +22,8 @@ whitelist = ["*.keep"]
 settle = "0s"
 [engine]
 enabled = {engine}
+batch = "0s"
+restart_after = "0s"
 [log]
 format = "json"
 [metrics]

@@ -45,11 +45,11 @@ def test_fresh_status_says_what_is_there() -> None:
 
 def test_totals_add_up_over_passes_and_the_last_pass_is_its_own() -> None:
     t = Totals()
-    for batch in ([300_000], [300_000, 300_000], [148_576]):
+    for cycle, batch in enumerate(([300_000], [300_000, 300_000], [148_576]), 1):
         t.begin_pass(AT)
-        with t.cycle(running=True):
-            for n in batch:
-                t.deleted(n, "prefix")
+        for n in batch:
+            t.deleted(n, "prefix")
+        t.engine(cycle, cycle * 0.5)
     t.skipped("in_use")
     t.skipped("in_use")
     t.skipped("changed")
@@ -60,20 +60,18 @@ def test_totals_add_up_over_passes_and_the_last_pass_is_its_own() -> None:
     )
     assert t.deleted_by_rule == {"prefix": 4}
     assert t.freed_by_rule == {"prefix": 1_048_576}
-    assert t.engine_cycles == 3
+    assert (t.engine_cycles, t.engine_downtime_s) == (3, 1.5)
 
 
-def test_a_refused_engine_free_is_no_cycle() -> None:
+def test_the_engine_numbers_move_the_generation_only_when_they_change() -> None:
     t = Totals()
-
-    class Busy(Exception):
-        pass
-
-    with pytest.raises(Busy), t.cycle(running=True):
-        raise Busy
-    with t.cycle(running=False):
-        pass
-    assert t.engine_cycles == 0
+    t.engine(0, 0.0)
+    before = t.generation
+    t.engine(0, 0.0)
+    assert t.generation == before
+    t.engine(1, 0.2)
+    assert t.generation > before
+    assert t.status(0, 0).endswith("since start: deleted 0 files (0 bytes), 1 engine cycle")
 
 
 def test_rejected_reload_shows_until_a_good_one() -> None:
@@ -118,10 +116,19 @@ def test_every_change_moves_the_generation() -> None:
         lambda: t.deleted(1, None),
         lambda: t.skipped("in_use"),
         t.failed,
-        lambda: t.engine_cycle(0.5),
+        lambda: t.engine(1, 0.5),
         lambda: t.full_pass("rescan", time.time(), 0.1),
     )
     for change in changes:
         change()
         assert t.generation not in seen
         seen.add(t.generation)
+
+
+def test_deletions_waiting_for_the_batch_window_are_told_as_due() -> None:
+    t = Totals()
+    t.begin_pass(AT)
+    assert t.status(3, 3, due=2) == (
+        "3 files (3 bytes) in model_dir; last pass 03:04:05Z: nothing done yet; "
+        "2 deletions due (engine.batch); since start: deleted 0 files (0 bytes)"
+    )
