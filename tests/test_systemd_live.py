@@ -539,8 +539,11 @@ def test_stop(box: Container) -> None:
     assert shown["NRestarts"] == "0", box.diagnosis()
     events = _events(box)
     names = [e["event"] for e in events]
-    assert any(e["event"] == "engine_freed" and e["reason"] == "shutdown" for e in events), names
     assert names[-1] == "daemon_stopped", names
+    # The engine is not left running: freed at shutdown, or still freed since its last deletion
+    # (it restarts only after engine.restart_after without deletions).
+    engine = [n for n in names if n in ("engine_started", "engine_freed")]
+    assert engine[-1] == "engine_freed", names
 
 
 def test_reinstall_keeps_the_config_and_uninstall_keeps_the_data(box: Container) -> None:
