@@ -501,7 +501,24 @@ def test_log_recipes_work_verbatim(box: Container) -> None:
     for line in job.output().splitlines():
         assert json.loads(line)["event"] == "model_deleted", line
 
-    _ok(box.sh(skipped), skipped, box)
+    # A model the OCR service (user ocrd) holds open is skipped as in use, and the recipe says
+    # so. Opened under a name no rule selects, then renamed into one: no race with settle.
+    box.add_model("held.bin", "h")
+    holder = box.background(
+        ["sh", "-c", f'exec 3<"{MODELS}/held.bin" && echo open && exec sleep 600'], user="ocrd"
+    )
+    _wait("the holder to open the model", lambda: "open" in holder.output(), box)
+    renamed = box.run(["mv", f"{MODELS}/held.bin", f"{MODELS}/old_held.bin"], user="ocrd")
+    assert renamed.returncode == 0, renamed.stderr
+    _wait(
+        "deletion_skipped in_use",
+        lambda: _has_event(box, "deletion_skipped", path="old_held.bin", reason="in_use"),
+        box,
+    )
+    assert "old_held.bin in_use" in _ok(box.sh(skipped), skipped, box).splitlines()
+    assert box.exists(f"{MODELS}/old_held.bin")
+    holder.stop()
+    box.run(["rm", f"{MODELS}/old_held.bin"])  # the later tests count from a clean directory
 
     err = _ok(box.sh(warnings), warnings, box)
     assert '"event":"engine_model_not_loaded"' in err.replace(" ", ""), err
