@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ocrd import __version__, log
+from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load
@@ -167,8 +167,10 @@ class Daemon:
         and at the first set_post_processor, ASPOSE_NOTES 2), or SIGTERM kills us with 143."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (*signals.STOP, *signals.RELOAD):
             signal.signal(sig, self._on_signal)
+        for sig in signals.IGNORED:
+            signal.signal(sig, signal.SIG_IGN)
         self.waker.wake_on_signals()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -730,6 +732,7 @@ def run(config_path: Path) -> int:
     runtime = load_runtime() if config.engine.enabled else None
     daemon = Daemon(config, runtime=runtime)
     daemon.install_signals()
+    signals.release()  # every handler is in place: what arrived meanwhile is delivered now
     try:
         return daemon.serve()
     except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us
