@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ocrd import __version__, log
 from ocrd.apply import Status, apply
-from ocrd.config import Config, approx_duration, default_path, load
+from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
@@ -36,9 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.log.format,
         stream=sys.stderr,
     )
+    warnings = lint(config)
     if args.command == "check":
+        # Warnings never change the answer: the config is valid, only perhaps not as meant.
+        for warning in warnings:
+            print(warning.line(config.path), file=sys.stderr)
         print(config.summary())
         return 0
+    log_warnings(config, warnings)
     try:
         if args.command == "list":
             _print_list(_plan(config), args.json, config.retention.age_by)

@@ -19,7 +19,7 @@ from typing import Any
 from ocrd import __version__, log
 from ocrd.apply import Status, apply
 from ocrd.clock import Clock, SystemClock
-from ocrd.config import Config, load
+from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, entry_from_stat
@@ -195,6 +195,7 @@ class Daemon:
             pid=os.getpid(),
             dry_run=c.retention.dry_run,
         )
+        log_warnings(c)
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
@@ -550,6 +551,7 @@ class Daemon:
         self.supervisor.start()
         self.reported.clear()
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        log_warnings(new)
         self.last_action = "config reloaded"
         self._full_pass("reload")
         self.notifier.ready(self._status())
