@@ -456,7 +456,7 @@ class Daemon:
         for d in the_plan.decisions:
             if d.verdict is Verdict.DELETE:
                 deletions.append(d)
-            elif (at := revisit_at(d, self.rules)) is not None:
+            elif (at := revisit_at(d, self.rules, the_plan.now)) is not None:
                 self.scheduler.revisit(d.entry.path, at, coarse=d.verdict is Verdict.KEEP)
         return deletions
 
