@@ -93,6 +93,7 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
     now = the_plan.now
 
     def age(d: Decision) -> float:
+        # Negative for a timestamp in the future: the text says "future", JSON says 0.
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
 
     if as_json:
@@ -102,7 +103,7 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
                 "size": d.entry.size,
                 "mtime": d.entry.mtime,
                 "atime": d.entry.atime,
-                "age_s": round(age(d), 3),
+                "age_s": max(0.0, round(age(d), 3)),
                 "verdict": str(d.verdict),
                 "rule": d.rule,
                 "reason": d.reason,

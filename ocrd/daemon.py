@@ -37,6 +37,7 @@ from ocrd.inventory import (
 )
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.skew import FutureMtimes
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -144,6 +145,7 @@ class Daemon:
         self.holders = Holders()
         self.blind_reported = False
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.coverage_due: float | None = None  # when to check every directory is watched
@@ -428,6 +430,7 @@ class Daemon:
             self._root_state()
             return
         self.index = index
+        self.future.keep_only(index)
         self.dirs = dict(dirs)
         self._check_watch_soon()
         self.log.info(
@@ -452,6 +455,7 @@ class Daemon:
 
     def _note_revisits(self, the_plan: Plan) -> list[Decision]:
         """Schedule a second look where time alone may change a verdict; the deletions."""
+        self.future.check(the_plan.decisions, the_plan.now)
         deletions = []
         for d in the_plan.decisions:
             if d.verdict is Verdict.DELETE:
