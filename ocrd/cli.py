@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ocrd import __version__, log
-from ocrd.apply import Status, apply
+from ocrd.apply import InUse, Status, apply, limited_check
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
@@ -138,9 +138,14 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
     skipped: list[dict[str, str | None]] = []
     failed: list[dict[str, str | None]] = []
     freed = 0
-    for o in apply(_plan(config), config.model_dir, dry_run=dry_run):
+    unknown = config.retention.unknown_holders
+    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
+    for o in apply(_plan(config), config.model_dir, dry_run=dry_run, in_use=in_use):
         path = display(o.decision.entry.path)
-        if o.status in (Status.DELETED, Status.WOULD_DELETE):
+        if o.status is Status.DELETED:
+            deleted.append(path)
+            freed += o.freed
+        elif o.status is Status.WOULD_DELETE:
             deleted.append(path)
             freed += o.decision.entry.size
         elif o.status is Status.SKIPPED:

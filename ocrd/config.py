@@ -110,6 +110,9 @@ class Retention(_Section):
     age_by: Literal["mtime", "atime"] = "mtime"
     whitelist: tuple[Glob, ...] = Field(default=(), strict=False)
     dry_run: bool = False
+    # When neither a lease nor /proc can tell whether a process holds a file: keep it (fail
+    # closed), or, for a store whose other clients ocrd cannot see anyway, delete it.
+    unknown_holders: Literal["keep", "delete"] = "keep"
 
 
 class Watch(_Section):

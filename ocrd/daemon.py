@@ -17,13 +17,13 @@ from types import FrameType
 from typing import Any
 
 from ocrd import __version__, log
-from ocrd.apply import Status, apply
+from ocrd.apply import InUse, Status, apply, limited_check
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, entry_from_stat
-from ocrd.holders import Holders
+from ocrd.holders import Holders, View
 from ocrd.index import Index
 from ocrd.inventory import (
     FileEntry,
@@ -143,7 +143,6 @@ class Daemon:
         self.missing = False
         self.root_id: tuple[int, int] | None = None
         self.holders = Holders()
-        self.blind_reported = False
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
@@ -476,14 +475,14 @@ class Daemon:
             with self.supervisor.released("deletion"):
                 deleted = freed = 0
                 for o in apply(
-                    the_plan, self.config.model_dir, stop=self._should_stop, holders=self.holders
+                    the_plan, self.config.model_dir, stop=self._should_stop, in_use=self._in_use()
                 ):
                     e = o.decision.entry
                     path = display(e.path)
                     if o.status is Status.DELETED:
                         self.index.pop(e.path)
                         deleted += 1
-                        freed += e.size
+                        freed += o.freed
                         self.log.info("model_deleted", path=path, size=e.size, rule=o.decision.rule)
                     elif o.status is Status.SKIPPED:
                         self.log.info("deletion_skipped", path=path, reason=o.detail)
@@ -505,17 +504,14 @@ class Daemon:
                 )
                 self.scheduler.revisit(d.entry.path, retry_at)
             self.last_action = "engine busy: nothing deleted"
-        if self.holders.blind and not self.blind_reported:
-            self.blind_reported = True
-            self.log.warning(
-                "in_use_check_limited",
-                processes=self.holders.processes,
-                unreadable=self.holders.blind,
-                detail="files held by these processes cannot be seen; run as root or grant "
-                "CAP_SYS_PTRACE to see them",
-            )
         if self.pending:
             self.waker.wake()
+
+    def _in_use(self) -> InUse:
+        return InUse(self.holders, self.config.retention.unknown_holders, on_limited=self._limited)
+
+    def _limited(self, view: View) -> None:
+        limited_check(self.log, view, self.config.retention.unknown_holders)
 
     def _report_dry_run(self, the_plan: Plan) -> None:
         for d in the_plan.deletions:
