@@ -314,8 +314,25 @@ def _parallel(
         raise errors[0]
 
 
+def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Iterator[Outcome]:
+    """Every check a deletion makes, and no deletion: WOULD_DELETE for a file that would go
+    now, else the skip it would meet (``ocrd list`` shows files in use with their own verdict).
+    A lease taken to ask is let go at once."""
+    if not plan.deletions:
+        return
+    ignore_lease_breaks()
+    with DirFds(os.fsencode(model_dir)) as dirs:
+        for d in plan.deletions:
+            yield _delete_one(dirs, d, in_use, probe=True)
+
+
 def _delete_one(
-    dirs: DirFds, d: Decision, holders: InUse, unlinking: list[float] | None = None
+    dirs: DirFds,
+    d: Decision,
+    holders: InUse,
+    unlinking: list[float] | None = None,
+    *,
+    probe: bool = False,
 ) -> Outcome:
     """Re-check and unlink one file; adds the time unlink() took to ``unlinking[0]``."""
     entry = d.entry
@@ -341,7 +358,9 @@ def _delete_one(
             return Outcome(d, Status.FAILED, exc.strerror or str(exc))
         fd = None  # not ours to read: no lease, so /proc must answer (below)
     try:
-        return _delete_checked(d, parent, name, fd, holders=holders, unlinking=unlinking)
+        return _delete_checked(
+            d, parent, name, fd, holders=holders, unlinking=unlinking, probe=probe
+        )
     finally:
         if fd is not None:
             os.close(fd)  # lets go of the lease, if we still hold it
@@ -355,6 +374,7 @@ def _delete_checked(
     *,
     holders: InUse,
     unlinking: list[float] | None,
+    probe: bool,
 ) -> Outcome:
     entry = d.entry
     try:
@@ -383,6 +403,8 @@ def _delete_checked(
         and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
     ):
         return Outcome(d, Status.SKIPPED, "in_use")  # someone is opening it right now
+    if probe:
+        return Outcome(d, Status.WOULD_DELETE)
     try:
         if unlinking is None:
             os.unlink(name, dir_fd=parent)

@@ -10,9 +10,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ocrd import __version__, log
-from ocrd.apply import InUse, Status, apply, limited_check
+from ocrd.apply import InUse, Status, apply, limited_check, probe
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.holders import lease_report
 from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
 
@@ -42,11 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in warnings:
             print(warning.line(config.path), file=sys.stderr)
         print(config.summary())
+        # stdout keeps the contract's one-line summary; how "in use" will be judged is advice.
+        print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
         return 0
     log_warnings(config, warnings)
     try:
         if args.command == "list":
-            _print_list(_plan(config), args.json, config.retention.age_by)
+            the_plan = _plan(config)
+            blocked = _blocked(config, the_plan)
+            _print_list(the_plan, args.json, config.retention.age_by, blocked)
             return 0
         return _clean(config, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json)
     except ModelDirMissing as exc:
@@ -89,8 +94,39 @@ def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
         log.get().warning("scan_unreadable", path=display(rel), error=why)
 
 
-def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
+_BLOCKED = {
+    "in_use": "a process holds it open or mapped",
+    "in_use_unknown": "no lease, and /proc cannot tell who holds it: kept "
+    "(retention.unknown_holders)",
+}
+
+
+def _blocked(config: Config, the_plan: Plan) -> dict[bytes, str]:
+    """Files the plan would delete that the deleter would skip right now as in use (or of
+    unknown holders): ``list`` shows them with that verdict instead of "delete"."""
+    if config.retention.dry_run:
+        return {}
+    unknown = config.retention.unknown_holders
+    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
+    return {
+        o.decision.entry.path: o.detail
+        for o in probe(the_plan, config.model_dir, in_use)
+        if o.detail in _BLOCKED
+    }
+
+
+def _print_list(
+    the_plan: Plan, as_json: bool, age_by: str = "mtime", blocked: dict[bytes, str] | None = None
+) -> None:
     now = the_plan.now
+    blocked = blocked or {}
+
+    def verdict(d: Decision) -> str:
+        return blocked.get(d.entry.path, d.verdict)
+
+    def reason(d: Decision) -> str:
+        why = blocked.get(d.entry.path)
+        return f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason
 
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.
@@ -104,9 +140,9 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
                 "mtime": d.entry.mtime,
                 "atime": d.entry.atime,
                 "age_s": max(0.0, round(age(d), 3)),
-                "verdict": str(d.verdict),
+                "verdict": str(verdict(d)),
                 "rule": d.rule,
-                "reason": d.reason,
+                "reason": reason(d),
                 "symlink": d.entry.is_link,
             }
             for d in the_plan.decisions
@@ -117,13 +153,13 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
     out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  PATH  (REASON)"]
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         out.append(
-            f"{d.verdict.upper():<10} {_size(d.entry.size):>9} "
+            f"{verdict(d).upper():<10} {_size(d.entry.size):>9} "
             f"{approx_duration(age(d)):>6}  {d.rule or '-':<9}  "
-            f"{display(d.entry.path)}  ({d.reason})"
+            f"{display(d.entry.path)}  ({reason(d)})"
         )
     counts: dict[str, list[int]] = {}
     for d in the_plan.decisions:
-        c = counts.setdefault(d.verdict, [0, 0])
+        c = counts.setdefault(verdict(d), [0, 0])
         c[0] += 1
         c[1] += d.entry.size
     total = sum(c[0] for c in counts.values())

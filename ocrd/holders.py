@@ -135,13 +135,14 @@ def take(proc: str = "/proc") -> View:
     except OSError as exc:
         return _limited(f"cannot list {proc}: {exc.strerror or exc}")
     devices = Mounts(proc)
+    own = str(os.getpid())
     held: set[FileId] = set()
     any_device: set[int] = set()
     uninspected = 0
     first_error: str | None = None
     for pid in pids:
         try:
-            _inspect(proc, pid, devices, held, any_device)
+            _inspect(proc, pid, devices, held, any_device, fds=pid != own)
         except ProcessGone:
             continue
         except OSError as exc:
@@ -152,7 +153,7 @@ def take(proc: str = "/proc") -> View:
                 first_error = f"{exc.strerror or exc} ({exc.filename or pid})"
     if uninspected:
         fix = (
-            "give ocrd CAP_LEASE and own-user files, or run it as root"
+            "their files can only be judged by a lease (CAP_LEASE), or by /proc as root"
             if any(e in (first_error or "") for e in ("Permission", "Operation not permitted"))
             else "raise its open-file limit or retry"
         )
@@ -167,13 +168,24 @@ class ProcessGone(Exception):
     """The process exited while we looked: it holds nothing any more."""
 
 
-def _inspect(proc: str, pid: str, devices: Mounts, held: set[FileId], any_device: set[int]) -> None:
+def _inspect(
+    proc: str,
+    pid: str,
+    devices: Mounts,
+    held: set[FileId],
+    any_device: set[int],
+    *,
+    fds: bool = True,
+) -> None:
+    """Adds what process ``pid`` holds. ``fds=False`` (ocrd itself) reads only its mappings:
+    its open model files are the ones it is checking right now, and the engine, which maps
+    its model, is freed before any deletion."""
     base = f"{proc}/{pid}"
     try:
-        fds = os.listdir(f"{base}/fd")
+        numbers = os.listdir(f"{base}/fd") if fds else []
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone from exc
-    for fd in fds:
+    for fd in numbers:
         try:
             with open(f"{base}/fdinfo/{fd}", "rb") as fh:
                 info = fh.read()
@@ -288,3 +300,88 @@ def file_id(fd: int, mounts: Mounts | None = None) -> FileId | None:
         return None
     device = (mounts or Mounts()).device(mnt_id)
     return None if device is None else (device, ino)
+
+
+CAP_LEASE = 28  # linux/capability.h
+
+
+def lease_report(model_dir: os.PathLike[str] | str) -> str:
+    """One line for ``ocrd check``: whether the kernel's answer (a lease) will be there for the
+    files of model_dir, and what happens where it will not."""
+    import fcntl  # noqa: PLC0415 — only ``check`` asks
+
+    from ocrd.watch import filesystem_type  # noqa: PLC0415
+
+    fs = filesystem_type(os.fsencode(model_dir)) or "unknown filesystem"
+    cap = _has_capability(CAP_LEASE)
+    enabled = _read(f"{'/proc'}/sys/fs/leases-enable") != "0"
+    probe = "no file to try a lease on yet"
+    sample = _first_file(os.fsencode(model_dir))
+    if sample is not None:
+        try:
+            fd = os.open(sample, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            probe = f"cannot open a model file to try: {exc.strerror}"
+        else:
+            import signal  # noqa: PLC0415
+
+            previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                probe = "a lease was granted on a model file"
+            except OSError as exc:
+                probe = {
+                    errno.EAGAIN: "a lease was refused because the file is in use: leases work",
+                    errno.EACCES: "a lease was refused: the file is another user's",
+                    errno.EINVAL: "this filesystem grants no leases",
+                }.get(exc.errno or 0, f"a lease failed: {exc.strerror}")
+            finally:
+                os.close(fd)
+                signal.signal(signal.SIGIO, previous)
+    if not enabled:
+        leases = "leases are disabled (fs.leases-enable = 0)"
+    elif cap:
+        leases = f"file leases on {fs} for files of every owner (CAP_LEASE)"
+    else:
+        leases = (
+            f"file leases on {fs} only for files owned by uid {os.geteuid()} "
+            "(no CAP_LEASE; the shipped unit grants it)"
+        )
+    view = take()
+    fallback = "complete" if view.complete else f"limited, so such files are kept: {view.limits[0]}"
+    return f"{leases}; {probe}; /proc fallback for the rest: {fallback}"
+
+
+def _has_capability(bit: int) -> bool:
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _first_file(root: bytes, budget: int = 1000) -> bytes | None:
+    """A regular file under ``root`` to try a lease on, looking at most ``budget`` entries."""
+    pending = [root]
+    while pending and budget > 0:
+        try:
+            with os.scandir(pending.pop()) as it:
+                for entry in it:
+                    budget -= 1
+                    if entry.is_file(follow_symlinks=False):
+                        return entry.path
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    if budget <= 0:
+                        break
+        except OSError:
+            continue
+    return None
