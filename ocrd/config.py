@@ -333,8 +333,9 @@ def _system_directory(model_dir: Path) -> str | None:
     realpath on both sides: "/bin" is "/usr/bin" on a merged-/usr system, a link is its target.
     A retention rule there (``max_age``, a prefix) would delete the system or a user's files."""
     candidates: list[tuple[str, str]] = [(d, f"the system directory {d}") for d in _SYSTEM_DIRS]
-    with_lib = [d for d in os.listdir("/") if d.startswith("lib")] if os.path.isdir("/") else []
-    candidates += [(f"/{d}", f"the system directory /{d}") for d in with_lib]
+    with suppress(OSError):  # an unreadable / leaves the fixed list above
+        lib = [d for d in os.listdir("/") if d.startswith("lib")]  # /lib*: lib32, libexec, ...
+        candidates += [(f"/{d}", f"the system directory /{d}") for d in lib]
     home = os.environ.get("HOME", "")
     if os.path.isabs(home):
         candidates.append((home, "$HOME"))
