@@ -24,6 +24,7 @@ import os
 import queue
 import signal
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
 from ocrd.fsdirs import DirFds
-from ocrd.holders import Answer, Holders, Mounts, View, file_id
+from ocrd.holders import Answer, Holders, Mounts, View, file_id, take_own
 from ocrd.retention import Decision, Plan
 
 
@@ -392,7 +393,12 @@ def _delete_checked(
         or now.st_mtime != entry.mtime
     ):
         return Outcome(d, Status.SKIPPED, "changed")
+    if probe and (cannot := _cannot_unlink(fd, parent)) is not None:
+        return Outcome(d, Status.FAILED, cannot)
     answer = holders.check(fd, parent, now.st_ino)
+    if answer is Answer.HELD and probe and fd is not None and held_by_us(fd):
+        # Held by ocrd's own process, i.e. its engine: the very thing a free is for.
+        return Outcome(d, Status.WOULD_DELETE, "held_by_engine")
     if answer is Answer.HELD:
         return Outcome(d, Status.SKIPPED, "in_use")
     if answer is Answer.UNKNOWN and holders.unknown == "keep":
@@ -419,6 +425,41 @@ def _delete_checked(
     # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
     links = os.fstat(fd).st_nlink if fd is not None else now.st_nlink - 1
     return Outcome(d, Status.DELETED, None, entry.size if links == 0 else 0)
+
+
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as _IOR('f', 1, long) on 64-bit
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+
+
+def _cannot_unlink(fd: int | None, parent: int) -> str | None:
+    """Why an unlink is bound to fail whatever the engine does, or None: a directory we may not
+    write, or an immutable or append-only file or directory (chattr +i / +a)."""
+    if not os.access(".", os.W_OK, dir_fd=parent, effective_ids=True):
+        return "Permission denied: the directory is not writable"
+    for what, target in (("file", fd), ("directory", parent)):
+        if target is None:
+            continue
+        try:
+            buf = fcntl.ioctl(target, FS_IOC_GETFLAGS, b"\0" * 8)
+        except OSError:
+            continue  # a filesystem without inode flags: nothing to fear from them
+        flags = int.from_bytes(buf[:4], sys.byteorder)
+        if flags & FS_IMMUTABLE_FL:
+            return f"Operation not permitted: the {what} is immutable (chattr +i)"
+        if flags & FS_APPEND_FL and what == "directory":
+            return "Operation not permitted: the directory is append-only (chattr +a)"
+        if flags & FS_APPEND_FL:
+            return "Operation not permitted: the file is append-only (chattr +a)"
+    return None
+
+
+def held_by_us(fd: int) -> bool:
+    """Whether this process has the file of ``fd`` mapped or open on another fd."""
+    me = file_id(fd)
+    if me is None:
+        return False
+    own = take_own(skip_fd=fd)
+    return me in own
 
 
 def _lease(fd: int) -> bool | None:

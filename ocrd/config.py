@@ -125,6 +125,11 @@ class Engine(_Section):
     enabled: bool = True
     gpu_layers: int = Field(default=0, ge=0, le=INT32_MAX)
     context_size: int | None = Field(default=None, gt=0, le=INT32_MAX)
+    # Each free/start cycle costs the host a model reload. A deletion that becomes due while
+    # the engine runs waits up to ``batch`` for others to share its cycle; once freed, the
+    # engine starts again only after ``restart_after`` without deletions.
+    batch: Duration = Field(default=2.0, ge=0)
+    restart_after: Duration = Field(default=10.0, ge=0)
 
 
 class Log(_Section):

@@ -164,6 +164,34 @@ def take(proc: str = "/proc") -> View:
     return View(frozenset(held), frozenset(any_device), tuple(limits), len(pids), time.monotonic())
 
 
+def take_own(skip_fd: int | None = None, proc: str = "/proc") -> set[FileId]:
+    """What this process itself holds (open on any fd but ``skip_fd``, or mapped)."""
+    held: set[FileId] = set()
+    any_device: set[int] = set()
+    devices = Mounts(proc)
+    _inspect(proc, "self", devices, held, any_device, fds=False)
+    try:
+        numbers = os.listdir(f"{proc}/self/fd")
+    except OSError:
+        return held
+    for fd in numbers:
+        if str(skip_fd) == fd:
+            continue
+        try:
+            with open(f"{proc}/self/fdinfo/{fd}", "rb") as fh:
+                info = fh.read()
+        except OSError:
+            continue
+        fields = dict(line.split(b":", 1) for line in info.splitlines() if b":" in line)
+        try:
+            device = devices.device(int(fields[b"mnt_id"]))
+            if device is not None:
+                held.add((device, int(fields[b"ino"])))
+        except (KeyError, ValueError):
+            continue
+    return held
+
+
 class ProcessGone(Exception):
     """The process exited while we looked: it holds nothing any more."""
 
