@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import queue
 import signal
@@ -413,18 +414,68 @@ def _delete_checked(
         return Outcome(d, Status.WOULD_DELETE)
     try:
         if unlinking is None:
-            os.unlink(name, dir_fd=parent)
+            why = _unlink_exactly(parent, name, (now.st_dev, now.st_ino))
         else:
             began = time.perf_counter()
-            os.unlink(name, dir_fd=parent)
+            why = _unlink_exactly(parent, name, (now.st_dev, now.st_ino))
             unlinking[0] += time.perf_counter() - began
     except FileNotFoundError:
         return Outcome(d, Status.SKIPPED, "vanished")
     except OSError as exc:
         return Outcome(d, Status.FAILED, exc.strerror or str(exc))
+    if why is not None:
+        return Outcome(d, Status.SKIPPED, why)
     # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
-    links = os.fstat(fd).st_nlink if fd is not None else now.st_nlink - 1
-    return Outcome(d, Status.DELETED, None, entry.size if links == 0 else 0)
+    return Outcome(d, Status.DELETED, None, entry.size if now.st_nlink <= 1 else 0)
+
+
+_PRIVATE = itertools.count()
+
+
+def _unlink_exactly(parent: int, name: bytes, checked: tuple[int, int]) -> str | None:
+    """Unlink the file we checked, and only it. unlink() takes a name, and another file can be
+    renamed over that name between our check and the unlink. So the name is first renamed to
+    one only we know, in the same directory (atomic, and no other file can take it), the
+    inode found there is compared with the checked one, and only then is that private name
+    unlinked. If another file had taken the name, it is put back, not deleted: "changed"."""
+    private = b".ocrd-deleting-%d-%d" % (os.getpid(), next(_PRIVATE))
+    os.rename(name, private, src_dir_fd=parent, dst_dir_fd=parent)
+    try:
+        there = os.stat(private, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return "vanished"  # someone removed it in the meantime
+    if (there.st_dev, there.st_ino) != checked:
+        _put_back(parent, private, name)
+        return "changed"
+    os.unlink(private, dir_fd=parent)
+    return None
+
+
+def _put_back(parent: int, private: bytes, name: bytes) -> None:
+    """Give a file we moved by mistake its name back, without replacing whatever may have
+    taken the name since (link() fails rather than replace; rename() would not)."""
+    try:
+        os.link(private, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:  # the name was taken yet again: keep both, say where
+            raise OSError(
+                errno.EEXIST, f"a file renamed over it meanwhile was kept as {private!r}"
+            ) from exc
+        if exc.errno not in (errno.EPERM, errno.EISDIR):
+            raise
+        # A directory (which cannot be linked): renamed back if the name is still free.
+        if not _exists(parent, name):
+            os.rename(private, name, src_dir_fd=parent, dst_dir_fd=parent)
+        return
+    os.unlink(private, dir_fd=parent)
+
+
+def _exists(parent: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as _IOR('f', 1, long) on 64-bit

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -18,7 +20,7 @@ from ocrd.apply import InUse, Outcome, Status, apply
 from ocrd.holders import Answer
 from ocrd.inventory import scan
 from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
-from tests.conftest import make_file, snapshot
+from tests.conftest import make_file, ocrd_argv, snapshot
 
 
 def plan_old(model_dir: Path) -> Plan:
@@ -470,3 +472,63 @@ def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
     assert {o.decision.entry.path for o in outcomes} == made - on_disk
     assert len(outcomes) < len(made)
     assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt-get install strace)")
+def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """unlink() takes a name: a file renamed over the checked one between the check and the
+    unlink would be deleted in its place. strace holds ocrd's rename for 3 s right after the
+    check (while its lease is visible in /proc/locks); the test renames another file over
+    the planned one then. That file must survive, under its name, and nothing is deleted."""
+    planned = model_dir / "old_x.bin"
+    planned.write_bytes(b"planned")
+    intruder = model_dir / "intruder.bin"
+    intruder.write_bytes(b"precious")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n[watch]\nsettle = "0s"\n'
+    )
+    ino = planned.stat().st_ino
+    calls = "renameat,renameat2,rename"
+    proc = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            f"-etrace={calls}",
+            f"-einject={calls}:delay_enter=3000000:when=1",
+            *ocrd_argv(),
+            "clean",
+            "--json",
+            "-c",
+            str(config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(
+            "LEASE" in line and f":{ino} " in line
+            for line in Path("/proc/locks").read_text().splitlines()
+        ):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "ocrd never took its lease"
+            time.sleep(0.02)
+        os.rename(intruder, planned)  # while ocrd's rename waits, after its check
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["deleted"] == []
+    assert report["skipped"] == [{"path": "old_x.bin", "reason": "changed"}]
+    assert planned.read_bytes() == b"precious"
+    assert os.listdir(model_dir) == ["old_x.bin"]  # no private name left behind

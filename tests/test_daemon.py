@@ -33,6 +33,7 @@ level = "{level}"
 
 def write_config(
     tmp_path: Path,
+    *,
     settle: str = "0s",
     engine: str = "true",
     level: str = "info",
