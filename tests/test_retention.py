@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ocrd.config import Retention
@@ -441,6 +441,12 @@ def test_verdicts_do_not_depend_on_how_accents_are_stored(
 
 
 @given(inventories(), rule_sets(), _nows, st.floats(0.0, 1.0))
+@example(  # kept exactly at max_age: revisited 1 ms later, when it is strictly older
+    [FileEntry(b"m", 0, NOW, NOW - DAY, NOW, 2049, 0, False)],
+    rules(max_age=DAY, age_by="atime"),
+    NOW,
+    1.0,
+)
 def test_revisit_at_is_when_a_verdict_can_first_change(
     files: list[FileEntry], r: Rules, now: float, fraction: float
 ) -> None:
@@ -453,7 +459,10 @@ def test_revisit_at_is_when_a_verdict_can_first_change(
             assert later.verdict is d.verdict
             continue
         assert at >= now
-        (before,) = plan([d.entry], r, now + (at - now) * fraction * 0.999).decisions
+        # A kept file is looked at again 1 ms after it crosses max_age (strictly older): the
+        # verdict holds up to the boundary itself (less a float's rounding), not across it.
+        boundary = max(now, at - 0.0011)
+        (before,) = plan([d.entry], r, now + (boundary - now) * fraction).decisions
         assert before.verdict is d.verdict
         (after,) = plan([d.entry], r, at + 1.0).decisions
         assert after.verdict is not d.verdict
