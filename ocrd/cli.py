@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     config_help = "config file (default: $OCRD_CONFIG, else ./config.toml)"
     for name, text in (
         ("run", "the daemon, in the foreground"),
-        ("check", "validate the config and print a one-line summary"),
+        (
+            "check",
+            "validate the config, print a one-line summary; warn (stderr) about rules that "
+            "cannot mean what they say",
+        ),
         ("list", "the audit: every model file with its verdict and the rule behind it"),
         ("clean", "one retention pass, then exit"),
     ):
