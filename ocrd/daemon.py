@@ -18,7 +18,7 @@ from typing import Any
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.clock import Clock, SystemClock
-from ocrd.config import Config, load
+from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, entry_from_stat
@@ -36,6 +36,7 @@ from ocrd.inventory import (
 )
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.skew import FutureMtimes
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -152,6 +153,7 @@ class Daemon:
         # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
         self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.coverage_due: float | None = None  # when to check every directory is watched
@@ -205,6 +207,7 @@ class Daemon:
             pid=os.getpid(),
             dry_run=c.retention.dry_run,
         )
+        log_warnings(c)
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
@@ -449,6 +452,7 @@ class Daemon:
             self._root_state()
             return
         self.index = index
+        self.future.keep_only(index)
         self.dirs = dict(dirs)
         # Nothing is kept for a path that is gone.
         self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
@@ -475,11 +479,12 @@ class Daemon:
 
     def _note_revisits(self, the_plan: Plan) -> list[Decision]:
         """Schedule a second look where time alone may change a verdict; the deletions."""
+        self.future.check(the_plan.decisions, the_plan.now)
         deletions = []
         for d in the_plan.decisions:
             if d.verdict is Verdict.DELETE:
                 deletions.append(d)
-            elif (at := revisit_at(d, self.rules)) is not None:
+            elif (at := revisit_at(d, self.rules, the_plan.now)) is not None:
                 self.scheduler.revisit(d.entry.path, at, coarse=d.verdict is Verdict.KEEP)
         return deletions
 
@@ -666,6 +671,7 @@ class Daemon:
             self.supervisor.start()
         self.reported.clear()
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        log_warnings(new)
         self.last_action = "config reloaded"
         self._full_pass("reload")
         self.notifier.ready(self._status())
