@@ -273,6 +273,11 @@ class Daemon:
             # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
             # entry the file has since outgrown (writes raise no event we listen to). All of
             # them are looked at again on disk before planning: the disk is the truth.
+            # An event on a file that is backing off (a writer closed it, it was renamed in)
+            # makes it worth a look now: the next attempt is not held to its backoff.
+            for p in changes.files & self.backoff.keys():
+                attempts, version, _ = self.backoff[p]
+                self.backoff[p] = (attempts, version, 0.0)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,24 @@ class MaxAgeRule:
                 yield f, text
 
 
+INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
+
+
+@dataclass(frozen=True)
+class InterruptedRule:
+    """A file ocrd had checked and was deleting when it was killed. To delete exactly the
+    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first and unlinks that name
+    (ocrd.apply); a SIGKILL between the two leaves the private name behind. Such a file had
+    passed every check already; it is planned again, and checked again, under this rule."""
+
+    name: str = "interrupted"
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        for f in files:
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]):
+                yield f, "ocrd was stopped while deleting it"
+
+
 @dataclass(frozen=True)
 class Rules:
     """Everything the planner needs, built once from config."""
@@ -105,11 +124,11 @@ class Rules:
         """True when every rule judges each file alone, so planning a subset of the inventory
         gives the same verdicts as planning all of it (the daemon relies on this to plan only
         what changed; a whole-inventory rule makes it plan everything)."""
-        return all(isinstance(s, PrefixRule | MaxAgeRule) for s in self.selectors)
+        return all(isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors)
 
     @classmethod
     def from_config(cls, retention: Retention, settle: float) -> Rules:
-        selectors: list[Selector] = []
+        selectors: list[Selector] = [InterruptedRule()]
         if retention.prefixes:
             selectors.append(PrefixRule(retention.prefixes))
         if retention.max_age is not None:

@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 
 from ocrd.config import Retention
 from ocrd.inventory import FileEntry, Inventory
-from ocrd.retention import MaxAgeRule, Plan, PrefixRule, Rules, Verdict, plan, revisit_at
+from ocrd.retention import (
+    InterruptedRule,
+    MaxAgeRule,
+    Plan,
+    PrefixRule,
+    Rules,
+    Verdict,
+    plan,
+    revisit_at,
+)
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -248,9 +257,27 @@ def test_rules_from_config() -> None:
         {"prefixes": ["old_"], "max_age": "30d", "age_by": "atime", "whitelist": ["*.keep"]}
     )
     r = Rules.from_config(retention, settle=5.0)
-    assert r.selectors == (PrefixRule(("old_",)), MaxAgeRule(30 * DAY, "atime"))
+    assert r.selectors == (
+        InterruptedRule(),
+        PrefixRule(("old_",)),
+        MaxAgeRule(30 * DAY, "atime"),
+    )
     assert (r.whitelist, r.settle) == (("*.keep",), 5.0)
-    assert Rules.from_config(Retention(), settle=0.0).selectors == ()
+    assert Rules.from_config(Retention(), settle=0.0).selectors == (InterruptedRule(),)
+
+
+def test_a_deletion_interrupted_between_rename_and_unlink_is_finished_later() -> None:
+    files = [
+        entry(b".ocrd-deleting-123-4"),
+        entry(b"sub/.ocrd-deleting-9-0"),
+        entry(b".ocrd-deleting-x"),
+        entry(b"a.ocrd-deleting-1-2"),
+    ]
+    p = plan(files, Rules.from_config(Retention(), settle=0.0), NOW)
+    assert {d.entry.path: d.rule for d in p.deletions} == {
+        b".ocrd-deleting-123-4": "interrupted",
+        b"sub/.ocrd-deleting-9-0": "interrupted",
+    }
 
 
 def test_plan_deletions_lists_only_deletes() -> None:
