@@ -14,10 +14,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ocrd import __version__, log
+from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.clock import Clock, SystemClock
-from ocrd.config import Config, load
+from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, entry_from_stat
@@ -36,6 +36,7 @@ from ocrd.inventory import (
 from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.skew import FutureMtimes
 from ocrd.stats import Totals
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
@@ -153,6 +154,7 @@ class Daemon:
         # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
         self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.coverage_due: float | None = None  # when to check every directory is watched
@@ -169,8 +171,10 @@ class Daemon:
         and at the first set_post_processor, ASPOSE_NOTES 2), or SIGTERM kills us with 143."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (*signals.STOP, *signals.RELOAD):
             signal.signal(sig, self._on_signal)
+        for sig in signals.IGNORED:
+            signal.signal(sig, signal.SIG_IGN)
         self.waker.wake_on_signals()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -205,6 +209,7 @@ class Daemon:
             pid=os.getpid(),
             dry_run=c.retention.dry_run,
         )
+        log_warnings(c)
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
@@ -271,6 +276,11 @@ class Daemon:
             # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
             # entry the file has since outgrown (writes raise no event we listen to). All of
             # them are looked at again on disk before planning: the disk is the truth.
+            # An event on a file that is backing off (a writer closed it, it was renamed in)
+            # makes it worth a look now: the next attempt is not held to its backoff.
+            for p in changes.files & self.backoff.keys():
+                attempts, version, _ = self.backoff[p]
+                self.backoff[p] = (attempts, version, 0.0)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
@@ -451,6 +461,7 @@ class Daemon:
             self._root_state()
             return
         self.index = index
+        self.future.keep_only(index)
         self.dirs = dict(dirs)
         # Nothing is kept for a path that is gone.
         self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
@@ -478,11 +489,12 @@ class Daemon:
 
     def _note_revisits(self, the_plan: Plan) -> list[Decision]:
         """Schedule a second look where time alone may change a verdict; the deletions."""
+        self.future.check(the_plan.decisions, the_plan.now)
         deletions = []
         for d in the_plan.decisions:
             if d.verdict is Verdict.DELETE:
                 deletions.append(d)
-            elif (at := revisit_at(d, self.rules)) is not None:
+            elif (at := revisit_at(d, self.rules, the_plan.now)) is not None:
                 self.scheduler.revisit(d.entry.path, at, coarse=d.verdict is Verdict.KEEP)
         return deletions
 
@@ -675,6 +687,7 @@ class Daemon:
             self.supervisor.start()
         self.reported.clear()
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        log_warnings(new)
         self.totals.reloaded()
         self._full_pass("reload")
         self._publish()
@@ -750,6 +763,7 @@ def run(config_path: Path) -> int:
         runtime = load_runtime() if config.engine.enabled else None
         daemon = Daemon(config, runtime=runtime)
         daemon.install_signals()
+        signals.release()  # every handler is in place: what arrived meanwhile is delivered now
         return daemon.serve()
     except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us
         log.get().exception("daemon_failed", error=repr(exc))
