@@ -14,7 +14,7 @@ from ocrd.apply import InUse, Status, apply, limited_check, probe
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.holders import lease_report
-from ocrd.human import size as _size
+from ocrd.human import size
 from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
 
@@ -219,3 +219,7 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
         )
         print("\n".join(lines))
     return 0
+
+
+def _size(n: float) -> str:
+    return size(n, short=True)

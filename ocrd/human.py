@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 
-def size(n: float) -> str:
-    """``1 byte``, ``512 bytes``, ``1.0 KiB``, ``4.1 GiB``."""
+def size(n: float, *, short: bool = False) -> str:
+    """``1 byte``, ``512 bytes``, ``1.0 KiB``, ``4.1 GiB``; ``short``: ``1 B``, ``512 B`` (the
+    columns of ``ocrd list``)."""
     if n < 1024:
-        return count(int(n), "byte")
+        return f"{n:.0f} B" if short else count(int(n), "byte")
     for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
         if n < 1024 or unit == "TiB":

@@ -31,6 +31,10 @@ def test_size_in_human_units(n: int, text: str) -> None:
     assert size(n) == text
 
 
+def test_short_sizes_for_the_list_columns() -> None:
+    assert [size(n, short=True) for n in (0, 1, 1023, 1024)] == ["0 B", "1 B", "1023 B", "1.0 KiB"]
+
+
 def test_count_has_the_right_noun() -> None:
     assert [count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
     assert count(1, "engine cycle") == "1 engine cycle"
