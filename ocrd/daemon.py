@@ -187,9 +187,11 @@ class Daemon:
         self.waker.wake()
 
     def _should_stop(self) -> bool:
-        """Asked between files of a batch: also where the watchdog is fed during long passes."""
+        """Asked between files of a batch: also where the watchdog is fed during long passes.
+        A reload stops the batch too: the rules may now keep what is left of it, so nothing
+        more is deleted until the reload has planned again."""
         self._ping()
-        return self.stop_signal is not None
+        return self.stop_signal is not None or self.reload_requested
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -559,11 +561,13 @@ class Daemon:
             self.restart_at = None
             return
         deleted = freed = 0
+        left = {d.entry.path for d in due}
         try:
             for o in apply(
                 the_plan, self.config.model_dir, stop=self._should_stop, in_use=self._in_use()
             ):
                 e = o.decision.entry
+                left.discard(e.path)
                 if o.status is Status.DELETED:
                     self.index.pop(e.path)
                     self.backoff.pop(e.path, None)
@@ -575,6 +579,9 @@ class Daemon:
                 else:
                     self._not_done(o)
         finally:
+            # Not reached (a stop or a reload came first): looked at again, under whatever
+            # rules are in force by then, at the next step.
+            self.pending |= left
             if deleted:
                 self.last_action = f"deleted {deleted} file(s), {freed} bytes"
             # The engine stays freed while deletions keep coming; it starts again after a
