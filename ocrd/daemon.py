@@ -4,6 +4,7 @@ retention passes (scan → plan → apply) while the supervisor keeps the engine
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import signal
 import stat
@@ -649,6 +650,12 @@ class Daemon:
             )
             self.notifier.ready(self._status())
             return
+        held = self._widening(new)
+        if held is not None:
+            self.log.error("reload_held", config=str(new.path), **held)
+            self.last_action = "reload held: it would delete too much; see the log"
+            self.notifier.ready(self._status())
+            return
         log.configure(new.log.level, new.log.format)
         self.log = log.get()
         old = self.config
@@ -682,11 +689,48 @@ class Daemon:
         if self.restart_at is None:
             self.supervisor.start()
         self.reported.clear()
-        self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        self.log.info(
+            "config_reloaded",
+            config=str(new.path),
+            changed=_diff(old, new),
+            values=_values(old, new),
+        )
         log_warnings(new)
         self.last_action = "config reloaded"
         self._full_pass("reload")
         self.notifier.ready(self._status())
+
+    def _widening(self, new: Config) -> dict[str, Any] | None:
+        """Why a reload must wait for the operator, or None: its rules would delete, beyond what
+        the rules in force delete, more than retention.reload_guard of the models by count or
+        by bytes (at least two files: one file is no mass deletion). A typo such as
+        max_age = "1s" deletes everything within a second; this gives it a second look."""
+        guard = new.retention.reload_guard
+        if guard >= 1 or new.retention.dry_run or not self.index.files:
+            return None
+        now = self.clock.time()
+        entries = list(self.index.entries())
+        before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
+        if self.config.retention.dry_run:
+            before = set()
+        rules = Rules.from_config(new.retention, new.watch.settle)
+        extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
+        files, size = self.index.files, self.index.bytes
+        extra_bytes = sum(d.entry.size for d in extra)
+        if len(extra) < 2 or (len(extra) <= guard * files and extra_bytes <= guard * size):
+            return None
+        return {
+            "would_delete": len(extra),
+            "would_free": extra_bytes,
+            "of_files": files,
+            "of_bytes": size,
+            "guard": f"{guard:.0%}",
+            "changed": _diff(self.config, new),
+            "values": _values(self.config, new),
+            "sample": [display(d.entry.path) for d in extra[:5]],
+            "action": "the rules in force stay; to apply the new ones, run 'ocrd clean -c "
+            f"{new.path}' yourself (then reload), or raise retention.reload_guard",
+        }
 
     # -- status ----------------------------------------------------------------------------
 
@@ -727,6 +771,20 @@ def _read_int(path: str) -> int | None:
 def _diff(old: Config, new: Config) -> list[str]:
     a, b = old.model_dump(), new.model_dump()
     return sorted(_changed_keys(a, b, ""))
+
+
+def _values(old: Config, new: Config) -> dict[str, list[Any]]:
+    """Each changed key with its old and new value, as JSON can carry them."""
+    a = json.loads(old.model_dump_json())
+    b = json.loads(new.model_dump_json())
+    out = {}
+    for key in _diff(old, new):
+        va, vb = a, b
+        for part in key.split("."):
+            va = va.get(part) if isinstance(va, dict) else None
+            vb = vb.get(part) if isinstance(vb, dict) else None
+        out[key] = [va, vb]
+    return out
 
 
 def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:
