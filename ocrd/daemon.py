@@ -18,6 +18,7 @@ from typing import Any
 
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
+from ocrd.backoff import Backoff
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
@@ -42,8 +43,6 @@ from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
-RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is first tried again this much later
-MAX_RETRY_S = 3600.0  # ... and the wait doubles with each further skip, up to this
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
@@ -150,9 +149,7 @@ class Daemon:
         self.due: dict[bytes, Decision] = {}
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
         self.restart_at: float | None = None  # monotonic: when a freed engine starts again
-        # Files skipped or failed: (attempts, the file version they were about); the next
-        # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
-        self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
+        self.backoff = Backoff()  # when files skipped or failed are tried again
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
@@ -278,9 +275,8 @@ class Daemon:
             # them are looked at again on disk before planning: the disk is the truth.
             # An event on a file that is backing off (a writer closed it, it was renamed in)
             # makes it worth a look now: the next attempt is not held to its backoff.
-            for p in changes.files & self.backoff.keys():
-                attempts, version, _ = self.backoff[p]
-                self.backoff[p] = (attempts, version, 0.0)
+            for p in changes.files:
+                self.backoff.lift(p)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
@@ -463,7 +459,7 @@ class Daemon:
         self.future.keep_only(index)
         self.dirs = dict(dirs)
         # Nothing is kept for a path that is gone.
-        self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
+        self.backoff.keep_only(lambda p: index.get(p) is not None)
         self._check_watch_soon()
         self.log.info(
             "scan_completed",
@@ -523,15 +519,15 @@ class Daemon:
     def _not_backing_off(self, deletions: Iterable[Decision]) -> tuple[Decision, ...]:
         """Drops deletions of unchanged files whose next attempt is still ahead (a full pass
         plans them again: it must not undo their backoff), and keeps their revisit."""
-        if not self.backoff:
+        if not len(self.backoff):
             return tuple(deletions)
         now = self.clock.time()
         kept = []
         for d in deletions:
             e = d.entry
-            state = self.backoff.get(e.path)
-            if state is not None and state[1] == (e.ino, e.size, e.mtime) and state[2] > now:
-                self.scheduler.revisit(e.path, state[2])
+            until = self.backoff.waiting_until(e.path, (e.ino, e.size, e.mtime), now)
+            if until is not None:
+                self.scheduler.revisit(e.path, until)
                 continue
             kept.append(d)
         return tuple(kept)
@@ -571,7 +567,7 @@ class Daemon:
                 left.discard(e.path)
                 if o.status is Status.DELETED:
                     self.index.pop(e.path)
-                    self.backoff.pop(e.path, None)
+                    self.backoff.forget(e.path)
                     deleted += 1
                     freed += o.freed
                     self.log.info(
@@ -599,7 +595,7 @@ class Daemon:
         path = display(e.path)
         if o.detail == "vanished":
             self.index.pop(e.path)
-            self.backoff.pop(e.path, None)
+            self.backoff.forget(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
         if o.detail == "changed":
@@ -608,12 +604,9 @@ class Daemon:
             self.scheduler.revisit(e.path, self.clock.time() + CHANGED_RECHECK_S)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
-        version = (e.ino, e.size, e.mtime)
-        attempts, was, _ = self.backoff.get(e.path, (0, version, 0.0))
-        attempts = attempts + 1 if was == version else 1
-        delay = min(RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S)
-        self.backoff[e.path] = (attempts, version, self.clock.time() + delay)
-        self.scheduler.revisit(e.path, self.clock.time() + delay)
+        now = self.clock.time()
+        attempts, delay = self.backoff.failed(e.path, (e.ino, e.size, e.mtime), now)
+        self.scheduler.revisit(e.path, now + delay)
         if o.status is Status.FAILED:
             self.log.error(
                 "deletion_failed", path=path, error=o.detail, attempt=attempts, retry_in_s=delay
