@@ -4,6 +4,7 @@ retention passes (scan → plan → apply) while the supervisor keeps the engine
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ from typing import Any
 
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
+from ocrd.backoff import Backoff
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
@@ -42,8 +44,6 @@ from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
-RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is first tried again this much later
-MAX_RETRY_S = 3600.0  # ... and the wait doubles with each further skip, up to this
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
@@ -150,9 +150,7 @@ class Daemon:
         self.due: dict[bytes, Decision] = {}
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
         self.restart_at: float | None = None  # monotonic: when a freed engine starts again
-        # Files skipped or failed: (attempts, the file version they were about); the next
-        # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
-        self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
+        self.backoff = Backoff()  # when files skipped or failed are tried again
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
@@ -189,9 +187,11 @@ class Daemon:
         self.waker.wake()
 
     def _should_stop(self) -> bool:
-        """Asked between files of a batch: also where the watchdog is fed during long passes."""
+        """Asked between files of a batch: also where the watchdog is fed during long passes.
+        A reload stops the batch too: the rules may now keep what is left of it, so nothing
+        more is deleted until the reload has planned again."""
         self._ping()
-        return self.stop_signal is not None
+        return self.stop_signal is not None or self.reload_requested
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -278,9 +278,8 @@ class Daemon:
             # them are looked at again on disk before planning: the disk is the truth.
             # An event on a file that is backing off (a writer closed it, it was renamed in)
             # makes it worth a look now: the next attempt is not held to its backoff.
-            for p in changes.files & self.backoff.keys():
-                attempts, version, _ = self.backoff[p]
-                self.backoff[p] = (attempts, version, 0.0)
+            for p in changes.files:
+                self.backoff.lift(p)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
@@ -464,7 +463,7 @@ class Daemon:
         self.future.keep_only(index)
         self.dirs = dict(dirs)
         # Nothing is kept for a path that is gone.
-        self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
+        self.backoff.keep_only(lambda p: index.get(p) is not None)
         self._check_watch_soon()
         self.log.info(
             "scan_completed",
@@ -527,15 +526,15 @@ class Daemon:
     def _not_backing_off(self, deletions: Iterable[Decision]) -> tuple[Decision, ...]:
         """Drops deletions of unchanged files whose next attempt is still ahead (a full pass
         plans them again: it must not undo their backoff), and keeps their revisit."""
-        if not self.backoff:
+        if not len(self.backoff):
             return tuple(deletions)
         now = self.clock.time()
         kept = []
         for d in deletions:
             e = d.entry
-            state = self.backoff.get(e.path)
-            if state is not None and state[1] == (e.ino, e.size, e.mtime) and state[2] > now:
-                self.scheduler.revisit(e.path, state[2])
+            until = self.backoff.waiting_until(e.path, (e.ino, e.size, e.mtime), now)
+            if until is not None:
+                self.scheduler.revisit(e.path, until)
                 continue
             kept.append(d)
         return tuple(kept)
@@ -564,14 +563,16 @@ class Daemon:
                 self._not_done(Outcome(d, Status.SKIPPED, "engine_busy"))
             self.restart_at = None
             return
+        left = {d.entry.path for d in due}
         try:
             for o in apply(
                 the_plan, self.config.model_dir, stop=self._should_stop, in_use=self._in_use()
             ):
                 e = o.decision.entry
+                left.discard(e.path)
                 if o.status is Status.DELETED:
                     self.index.pop(e.path)
-                    self.backoff.pop(e.path, None)
+                    self.backoff.forget(e.path)
                     self.totals.deleted(o.freed, o.decision.rule)
                     self.log.info(
                         "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
@@ -579,6 +580,9 @@ class Daemon:
                 else:
                     self._not_done(o)
         finally:
+            # Not reached (a stop or a reload came first): looked at again, under whatever
+            # rules are in force by then, at the next step.
+            self.pending |= left
             # The engine stays freed while deletions keep coming; it starts again after a
             # quiet engine.restart_after (a free with nothing left to wait for restarts now).
             self.restart_at = self.clock.monotonic() + self.config.engine.restart_after
@@ -597,7 +601,7 @@ class Daemon:
             self.totals.skipped(o.detail)
         if o.detail == "vanished":
             self.index.pop(e.path)
-            self.backoff.pop(e.path, None)
+            self.backoff.forget(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
         if o.detail == "changed":
@@ -606,12 +610,9 @@ class Daemon:
             self.scheduler.revisit(e.path, self.clock.time() + CHANGED_RECHECK_S)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
-        version = (e.ino, e.size, e.mtime)
-        attempts, was, _ = self.backoff.get(e.path, (0, version, 0.0))
-        attempts = attempts + 1 if was == version else 1
-        delay = min(RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S)
-        self.backoff[e.path] = (attempts, version, self.clock.time() + delay)
-        self.scheduler.revisit(e.path, self.clock.time() + delay)
+        now = self.clock.time()
+        attempts, delay = self.backoff.failed(e.path, (e.ino, e.size, e.mtime), now)
+        self.scheduler.revisit(e.path, now + delay)
         if o.status is Status.FAILED:
             self.log.error(
                 "deletion_failed", path=path, error=o.detail, attempt=attempts, retry_in_s=delay
@@ -652,6 +653,14 @@ class Daemon:
             self._publish()
             self.notifier.ready(self._status())
             return
+        held = self._widening(new)
+        if held is not None:
+            self.log.error("reload_held", config=str(new.path), **held)
+            why = f"it would delete {held['would_delete']} of {held['of_files']} models more"
+            self.totals.rejected([why], self.clock.time(), str(new.path), held=True)
+            self._publish()
+            self.notifier.ready(self._status())
+            return
         log.configure(new.log.level, new.log.format)
         self.log = log.get()
         old = self.config
@@ -686,12 +695,49 @@ class Daemon:
         if self.restart_at is None:
             self.supervisor.start()
         self.reported.clear()
-        self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        self.log.info(
+            "config_reloaded",
+            config=str(new.path),
+            changed=_diff(old, new),
+            values=_values(old, new),
+        )
         log_warnings(new)
         self.totals.reloaded()
         self._full_pass("reload")
         self._publish()
         self.notifier.ready(self._status())
+
+    def _widening(self, new: Config) -> dict[str, Any] | None:
+        """Why a reload must wait for the operator, or None: its rules would delete, beyond what
+        the rules in force delete, more than retention.reload_guard of the models by count or
+        by bytes (at least two files: one file is no mass deletion). A typo such as
+        max_age = "1s" deletes everything within a second; this gives it a second look."""
+        guard = new.retention.reload_guard
+        if guard >= 1 or new.retention.dry_run or not self.index.files:
+            return None
+        now = self.clock.time()
+        entries = list(self.index.entries())
+        before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
+        if self.config.retention.dry_run:
+            before = set()
+        rules = Rules.from_config(new.retention, new.watch.settle)
+        extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
+        files, size = self.index.files, self.index.bytes
+        extra_bytes = sum(d.entry.size for d in extra)
+        if len(extra) < 2 or (len(extra) <= guard * files and extra_bytes <= guard * size):
+            return None
+        return {
+            "would_delete": len(extra),
+            "would_free": extra_bytes,
+            "of_files": files,
+            "of_bytes": size,
+            "guard": f"{guard:.0%}",
+            "changed": _diff(self.config, new),
+            "values": _values(self.config, new),
+            "sample": [display(d.entry.path) for d in extra[:5]],
+            "action": "the rules in force stay; to apply the new ones, run 'ocrd clean -c "
+            f"{new.path}' yourself (then reload), or raise retention.reload_guard",
+        }
 
     # -- status ----------------------------------------------------------------------------
 
@@ -736,6 +782,20 @@ def _read_int(path: str) -> int | None:
 def _diff(old: Config, new: Config) -> list[str]:
     a, b = old.model_dump(), new.model_dump()
     return sorted(_changed_keys(a, b, ""))
+
+
+def _values(old: Config, new: Config) -> dict[str, list[Any]]:
+    """Each changed key with its old and new value, as JSON can carry them."""
+    a = json.loads(old.model_dump_json())
+    b = json.loads(new.model_dump_json())
+    out = {}
+    for key in _diff(old, new):
+        va, vb = a, b
+        for part in key.split("."):
+            va = va.get(part) if isinstance(va, dict) else None
+            vb = vb.get(part) if isinstance(vb, dict) else None
+        out[key] = [va, vb]
+    return out
 
 
 def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:

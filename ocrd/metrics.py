@@ -69,7 +69,7 @@ class TotalsCollector(Collector):
         )
         yield GaugeMetricFamily(
             "ocrd_config_rejected",
-            "1 while the last reload was rejected (the old rules are in force), else 0.",
+            "1 while the last reload was rejected or held (the old rules are in force), else 0.",
             value=0 if t.rejected_at is None else 1,
         )
         if t.census.last is not None:

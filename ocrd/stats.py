@@ -96,6 +96,7 @@ class Totals:
         self.rejected_at: float | None = None
         self.rejected_errors: list[str] = []
         self.rejected_config = ""
+        self.rejected_held = False
         self.census = Census()
         self.generation = 0  # changes whenever anything above does
 
@@ -141,8 +142,12 @@ class Totals:
             self.engine_downtime_s = downtime_s
             self.generation += 1
 
-    def rejected(self, errors: Iterable[str], at: float, config: str = "") -> None:
-        """A reload found ``config`` invalid; its problems lose the file name STATUS= gives."""
+    def rejected(
+        self, errors: Iterable[str], at: float, config: str = "", *, held: bool = False
+    ) -> None:
+        """A reload found ``config`` invalid (or ``held`` it: valid, but it would delete too
+        much); its problems lose the file name STATUS= gives."""
+        self.rejected_held = held
         self.rejected_errors = [e.removeprefix(f"{config}: ") for e in errors]
         self.rejected_config = os.path.basename(config)
         self.rejected_at = at
@@ -174,7 +179,8 @@ class Totals:
                 first = first[: PROBLEM_CHARS - 1] + "…"
             more = len(self.rejected_errors) - 1
             parts.append(
-                f"reload REJECTED at {_clock(self.rejected_at)}, old rules in force: "
+                f"reload {'HELD' if self.rejected_held else 'REJECTED'} at "
+                f"{_clock(self.rejected_at)}, old rules in force: "
                 f"{self.rejected_config or 'config'}: {first}"
                 + (f" (+{more} more)" if more > 0 else "")
             )

@@ -136,3 +136,14 @@ def test_deletions_waiting_for_the_batch_window_are_told_as_due() -> None:
         "3 files (3 bytes) in model_dir; last pass 03:04:05Z: nothing done yet; "
         "2 deletions due (engine.batch); since start: deleted 0 files (0 bytes)"
     )
+
+
+def test_a_held_reload_is_told_as_held() -> None:
+    t = Totals()
+    t.rejected(["it would delete 40 of 50 models more"], AT, "/etc/ocrd/config.toml", held=True)
+    assert t.status(50, 50).startswith(
+        "reload HELD at 03:04:05Z, old rules in force: config.toml: it would delete 40 of 50 "
+        "models more; 50 files"
+    )
+    t.reloaded()
+    assert "HELD" not in t.status(50, 50)
