@@ -3,7 +3,6 @@ retention passes (scan → plan → apply) while the supervisor keeps the engine
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import signal
@@ -38,6 +37,7 @@ from ocrd.inventory import (
 from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.stats import Totals
 from ocrd.waker import Waker
@@ -47,76 +47,6 @@ COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories befo
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
-
-
-class Scheduler:
-    """When work is due: the periodic rescan, watchdog pings and per-file revisits (a settling
-    file stops settling, a kept file ages past max_age, a skipped deletion is retried).
-    Pure arithmetic over the injected clock; the loop asks it how long it may sleep."""
-
-    def __init__(self, clock: Clock, rescan: float, ping: float | None) -> None:
-        self.clock = clock
-        self.rescan = rescan
-        self.ping = ping
-        now = clock.monotonic()
-        self.next_rescan = now + rescan
-        self.next_ping = now if ping else float("inf")
-        self._revisits: list[tuple[float, bytes]] = []  # (wall time, path), a heap
-        # Kept files crossing max_age: one per indexed file, so they go in buckets of
-        # ``coarse_s`` seconds (a list slot per file, not a heap entry of ~100 bytes each).
-        self.coarse_s = 1.0
-        self._buckets: dict[int, list[bytes]] = {}
-        self._bucket_heap: list[int] = []
-
-    def revisit(self, path: bytes, at_wall: float, *, coarse: bool = False) -> None:
-        """Look at ``path`` again at ``at_wall``; ``coarse`` allows up to coarse_s later."""
-        if not coarse:
-            heapq.heappush(self._revisits, (at_wall, path))
-            return
-        bucket = -int(-at_wall // self.coarse_s)  # rounded up: never early
-        paths = self._buckets.get(bucket)
-        if paths is None:
-            paths = self._buckets[bucket] = []
-            heapq.heappush(self._bucket_heap, bucket)
-        paths.append(path)
-
-    def clear_revisits(self) -> None:
-        self._revisits.clear()
-        self._buckets.clear()
-        self._bucket_heap.clear()
-
-    def due_revisits(self) -> set[bytes]:
-        now = self.clock.time()
-        due: set[bytes] = set()
-        while self._revisits and self._revisits[0][0] <= now:
-            due.add(heapq.heappop(self._revisits)[1])
-        while self._bucket_heap and self._bucket_heap[0] * self.coarse_s <= now:
-            due.update(self._buckets.pop(heapq.heappop(self._bucket_heap)))
-        return due
-
-    def rescan_due(self) -> bool:
-        return self.clock.monotonic() >= self.next_rescan
-
-    def rescanned(self) -> None:
-        self.next_rescan = self.clock.monotonic() + self.rescan
-
-    def ping_due(self) -> bool:
-        if self.clock.monotonic() < self.next_ping:
-            return False
-        assert self.ping is not None
-        self.next_ping = self.clock.monotonic() + self.ping
-        return True
-
-    def timeout(self, cap: float | None = None) -> float:
-        mono = self.clock.monotonic()
-        waits = [self.next_rescan - mono, self.next_ping - mono]
-        if self._revisits:
-            waits.append(self._revisits[0][0] - self.clock.time())
-        if self._bucket_heap:
-            waits.append(self._bucket_heap[0] * self.coarse_s - self.clock.time())
-        if cap is not None:
-            waits.append(cap)
-        return max(0.0, min(waits))
 
 
 class Daemon:
@@ -382,9 +312,10 @@ class Daemon:
 
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
-        self.index.forget_under(prefix)
-        for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
-            del self.dirs[stale]
+        self.index.forget_under(prefix)  # costs what the subtree holds (ocrd/index.py)
+        if rel in self.dirs:  # a directory just made is not: mkdir storms cost nothing here
+            for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
+                del self.dirs[stale]
 
     def _check_watch_soon(self) -> None:
         if self.watcher is not None and self.watcher.used == "inotify":

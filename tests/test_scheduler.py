@@ -6,9 +6,9 @@ import pytest
 
 from ocrd.clock import FakeClock
 from ocrd.config import Retention
-from ocrd.daemon import Scheduler
 from ocrd.inventory import FileEntry
 from ocrd.retention import Rules, Verdict, plan, revisit_at
+from ocrd.scheduler import Scheduler
 
 
 def test_rescan_comes_due_after_its_period() -> None:
