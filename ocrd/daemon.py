@@ -81,7 +81,8 @@ class Daemon:
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
         self.restart_at: float | None = None  # monotonic: when a freed engine starts again
         self.backoff = Backoff()  # when files skipped or failed are tried again
-        self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        # Dry-run decisions already logged: path → the (inode, mtime) they were about.
+        self.reported: dict[bytes, tuple[int, float]] = {}
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
@@ -178,6 +179,7 @@ class Daemon:
         except ModelDirMissing:
             self._root_state()  # it went away under our feet: say so, stop, wait for it
         self._restart_engine_when_quiet()
+        self._compact()
         self._send_status()
 
     def _restart_engine_when_quiet(self) -> None:
@@ -288,7 +290,7 @@ class Daemon:
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
                     self._forget_tree(rel)  # a directory we knew is gone or became a file
                 if st is None:
-                    self.index.pop(rel)
+                    self._gone(rel)
                 elif is_dir:
                     self.index.pop(rel)
                     self._forget_tree(rel)
@@ -312,10 +314,26 @@ class Daemon:
 
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
-        self.index.forget_under(prefix)  # costs what the subtree holds (ocrd/index.py)
+        self.scheduler.gone(self.index.forget_under(prefix))  # costs what the subtree holds
         if rel in self.dirs:  # a directory just made is not: mkdir storms cost nothing here
             for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
                 del self.dirs[stale]
+
+    def _gone(self, path: bytes) -> None:
+        """``path`` is no model any more (deleted, vanished): nothing is kept for it."""
+        self.index.pop(path)
+        self.backoff.forget(path)
+        self.reported.pop(path, None)
+        self.scheduler.gone()
+
+    def _compact(self) -> None:
+        """Revisits and dry-run notes held for paths since gone are dropped in bulk, once they
+        are a quarter of all entries: memory follows the files, not the churn."""
+        if self.scheduler.compact_due():
+            present = self.index.__contains__
+            self.scheduler.compact(present)
+            self.reported = {p: v for p, v in self.reported.items() if present(p)}
+            self.backoff.keep_only(present)
 
     def _check_watch_soon(self) -> None:
         if self.watcher is not None and self.watcher.used == "inotify":
@@ -410,7 +428,8 @@ class Daemon:
         if self.config.retention.dry_run:
             # What a full pass no longer plans to delete (gone, renamed, rules changed) is
             # forgotten, so the set stays as large as the would-be deletions, not the churn.
-            self.reported &= {_version(d.entry) for d in deletions}
+            planned = {d.entry.path: (d.entry.ino, d.entry.mtime) for d in deletions}
+            self.reported = {p: v for p, v in self.reported.items() if planned.get(p) == v}
         self._apply(Plan(tuple(deletions), now), at_once=True)
         self.totals.full_pass(trigger, now, time.perf_counter() - started)
 
@@ -502,8 +521,7 @@ class Daemon:
                 e = o.decision.entry
                 left.discard(e.path)
                 if o.status is Status.DELETED:
-                    self.index.pop(e.path)
-                    self.backoff.forget(e.path)
+                    self._gone(e.path)
                     self.totals.deleted(o.freed, o.decision.rule)
                     self.log.info(
                         "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
@@ -531,8 +549,7 @@ class Daemon:
         else:
             self.totals.skipped(o.detail)
         if o.detail == "vanished":
-            self.index.pop(e.path)
-            self.backoff.forget(e.path)
+            self._gone(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
         if o.detail == "changed":
@@ -561,14 +578,17 @@ class Daemon:
         limited_check(self.log, view, self.config.retention.unknown_holders)
 
     def _report_dry_run(self, the_plan: Plan) -> None:
-        if any(_version(d.entry) not in self.reported for d in the_plan.deletions):
+        if any(
+            self.reported.get(d.entry.path) != (d.entry.ino, d.entry.mtime)
+            for d in the_plan.deletions
+        ):
             self.totals.begin_pass(self.clock.time())
         for d in the_plan.deletions:
             e = d.entry
-            key = _version(e)
-            if key in self.reported:
+            version = (e.ino, e.mtime)
+            if self.reported.get(e.path) == version:
                 continue  # said once per file version; every rescan would repeat it otherwise
-            self.reported.add(key)
+            self.reported[e.path] = version
             self.totals.would_delete(e.size)
             self.log.info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
 
@@ -688,11 +708,6 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
-
-
-def _version(entry: FileEntry) -> tuple[bytes, int, float]:
-    """What makes a would-be deletion worth logging again: another file, or the file changed."""
-    return (entry.path, entry.ino, entry.mtime)
 
 
 def _coarse_resolution(rules: Rules) -> float:

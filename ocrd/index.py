@@ -87,10 +87,11 @@ class Index:
         if not names:
             self._prune(key)
 
-    def forget_under(self, prefix: bytes) -> None:
-        """Drop every path below directory ``prefix`` (which ends with "/")."""
+    def forget_under(self, prefix: bytes) -> int:
+        """Drop every path below directory ``prefix`` (which ends with "/"); how many."""
         if prefix not in self._dirs and prefix not in self._subdirs:
-            return
+            return 0
+        before = self._count
         stack = [prefix]
         while stack:
             key = stack.pop()
@@ -108,6 +109,7 @@ class Index:
                 siblings.discard(prefix)
                 if not siblings and not self._dirs.get(parent):
                     self._prune(parent)
+        return before - self._count
 
     def clear(self) -> None:
         self._dirs.clear()

@@ -29,7 +29,7 @@ class Scheduler:
         self._buckets: dict[int, list[bytes]] = {}
         self._bucket_heap: list[int] = []
         # Entries held for paths since gone (deleted, renamed away) are dropped in bulk, once
-        # they are as many as the rest: memory follows the live files, not the churn.
+        # they are a quarter of all entries: memory follows the live files, not the churn.
         self._entries = 0
         self._gone = 0
 
@@ -57,7 +57,7 @@ class Scheduler:
         self._gone += count
 
     def compact_due(self) -> bool:
-        return self._gone >= max(COMPACT_MIN, self._entries // 2)
+        return self._gone >= max(COMPACT_MIN, self._entries // 4)
 
     def compact(self, present: Callable[[bytes], bool]) -> None:
         """Keep one revisit per path still ``present``, the earliest of each kind; drop the
