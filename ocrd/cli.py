@@ -13,8 +13,9 @@ from ocrd import __version__, log
 from ocrd.apply import Status, apply
 from ocrd.config import Config, approx_duration, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
-from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
+from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
+from ocrd.rootdir import Place, pin, raise_fd_limit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,11 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(config.summary())
         return 0
+    before, after = raise_fd_limit()
+    log.get().debug("fd_limit", soft_before=before, soft=after)
+    place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            _print_list(_plan(config), args.json, config.retention.age_by)
+            the_plan, mounts = _plan(config, place)
+            _print_list(the_plan, args.json, config.retention.age_by, mounts)
             return 0
-        return _clean(config, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json)
+        return _clean(
+            config, place, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
+        )
     except ModelDirMissing as exc:
         print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -71,12 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(config: Config) -> Plan:
-    inventory = scan(config.model_dir)
+def _plan(config: Config, place: Place) -> tuple[Plan, Inventory]:
+    """The plan, and the inventory it came from (for its mount points)."""
+    inventory = scan(place)
     _warn_unreadable(inventory.unreadable)
+    for rel, device in inventory.mounts:
+        log.get().warning(
+            "mount_skipped",
+            path=display(rel),
+            device=device,
+            detail="another filesystem than model_dir's: not entered, nothing deleted there",
+        )
     rules = Rules.from_config(config.retention, config.watch.settle)
     with collecting_paused():  # a Decision per file, and no cycle among them
-        return plan(inventory, rules, time.time())
+        return plan(inventory, rules, time.time()), inventory
 
 
 def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
@@ -84,8 +99,11 @@ def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
         log.get().warning("scan_unreadable", path=display(rel), error=why)
 
 
-def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
+def _print_list(
+    the_plan: Plan, as_json: bool, age_by: str = "mtime", inventory: Inventory | None = None
+) -> None:
     now = the_plan.now
+    mounts = inventory.mounts if inventory is not None else ()
 
     def age(d: Decision) -> float:
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
@@ -105,6 +123,21 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
             }
             for d in the_plan.decisions
         ]
+        rows += [
+            {
+                "path": display(rel),
+                "size": 0,
+                "mtime": None,
+                "atime": None,
+                "age_s": None,
+                "verdict": "skipped",
+                "rule": None,
+                "reason": f"mount point: another filesystem (device {device}), not entered",
+                "symlink": False,
+                "device": device,
+            }
+            for rel, device in mounts
+        ]
         json.dump(rows, sys.stdout, indent=None)
         sys.stdout.write("\n")
         return
@@ -123,16 +156,21 @@ def _print_list(the_plan: Plan, as_json: bool, age_by: str = "mtime") -> None:
     total = sum(c[0] for c in counts.values())
     parts = [f"{v} {c[0]} ({_size(c[1])})" for v, c in sorted(counts.items())]
     out.append(f"{total} file(s): " + (", ".join(parts) if parts else "nothing under model_dir"))
+    out += [
+        f"not entered: {display(rel)}  (mount point: another filesystem, device {device})"
+        for rel, device in mounts
+    ]
     print("\n".join(out))
 
 
-def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
+def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
     logger = log.get()
     deleted: list[str] = []
     skipped: list[dict[str, str | None]] = []
     failed: list[dict[str, str | None]] = []
     freed = 0
-    for o in apply(_plan(config), config.model_dir, dry_run=dry_run):
+    the_plan, inventory = _plan(config, place)
+    for o in apply(the_plan, str(place), dry_run=dry_run):
         path = display(o.decision.entry.path)
         if o.status in (Status.DELETED, Status.WOULD_DELETE):
             deleted.append(path)
@@ -151,6 +189,9 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
                 "dry_run": dry_run,
                 "skipped": skipped,
                 "failed": failed,
+                "mounts_skipped": [
+                    {"path": display(rel), "device": device} for rel, device in inventory.mounts
+                ],
             },
             sys.stdout,
         )
