@@ -200,7 +200,8 @@ class Daemon:
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
-            self.notifier.ready(self._status())
+            if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
+                self.notifier.ready(self._status())
             while self.stop_signal is None:
                 if self.reload_requested:
                     self.reload_requested = False

@@ -388,11 +388,16 @@ class _PollingEmitter(PollingEmitter):
     ) -> None:
         super().__init__(event_queue, watch, timeout=timeout, event_filter=event_filter)
         self._on_error = on_error
+        self._place, self._tick = place, tick
         self._take_snapshot = lambda: _snapshot(place, str(watch.path))
 
     def on_thread_start(self) -> None:
+        # The first snapshot is taken in the main thread, while arming: it pings the watchdog
+        # between directories and gives way to SIGTERM, as the scan does.
         try:
-            super().on_thread_start()
+            self._snapshot = _snapshot(self._place, str(self.watch.path), self._tick)
+        except Stopped:
+            return
         except Exception as exc:  # noqa: BLE001 — polled again at the next interval
             self._on_error("polling", exc)
 
@@ -404,7 +409,7 @@ class _PollingEmitter(PollingEmitter):
             self.stop()
 
 
-def _snapshot(place: Place, top: str) -> DirectorySnapshot:
+def _snapshot(place: Place, top: str, tick: Callable[[], bool] | None = None) -> DirectorySnapshot:
     """A DirectorySnapshot of model_dir's filesystem, by rootdir.walk_dirs, links not followed."""
     snap = DirectorySnapshot.__new__(DirectorySnapshot)  # not its __init__: that walks itself
     snap.recursive, snap.stat, snap.listdir = True, os.stat, os.scandir
@@ -417,7 +422,7 @@ def _snapshot(place: Place, top: str) -> DirectorySnapshot:
         raise FileNotFoundError(str(exc)) from exc
     st = os.fstat(fd)
     info[top], inodes[(st.st_ino, st.st_dev)] = st, top
-    for here in walk_dirs(fd):
+    for here in walk_dirs(fd, tick=tick):
         base = f"{top}/{os.fsdecode(here.path)}" if here.path else top
         try:
             with os.scandir(here.fd) as it:
