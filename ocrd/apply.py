@@ -10,6 +10,7 @@ mtime that were planned, and not held open or mapped by any process.
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import queue
 import stat
@@ -95,7 +96,7 @@ def apply(
             if outcome.status is Status.DELETED:
                 emptied.add(_parent(outcome.decision))
             yield outcome
-        _remove_emptied(dirs, emptied)
+        _remove_emptied(dirs, emptied, stop)
     finally:
         dirs.close()
 
@@ -261,13 +262,24 @@ def _delete_one(
     return Outcome(d, Status.DELETED)
 
 
-def _remove_emptied(dirs: DirFds, emptied: set[bytes]) -> None:
+def _remove_emptied(
+    dirs: DirFds, emptied: set[bytes], stop: Callable[[], bool] = lambda: False
+) -> None:
     """rmdir each directory we deleted from, then its parents, deepest first; a directory that
-    is not empty (or was replaced) stays. rmdir is atomic, so a file that just arrived is safe."""
-    pending = {rel for rel in emptied if rel}
-    while pending:
-        rel = max(pending, key=lambda r: r.count(b"/"))
-        pending.discard(rel)
+    is not empty (or was replaced) stays. rmdir is atomic, so a file that just arrived is safe.
+
+    A heap orders them (a scan for the deepest per rmdir was quadratic in their number). After
+    each rmdir its parent is tried at once, reached through ``..`` of the directory in hand and
+    checked against the identity seen from the root (DirFds.parent): a chain emptied from the
+    bottom is climbed a step at a time, not re-walked from the root per level (quadratic in the
+    depth). A parent that still holds a sibling waiting in the heap is tried again when that
+    sibling goes. ``stop`` is asked between directories."""
+    heap = [(-rel.count(b"/"), rel) for rel in emptied if rel]
+    heapq.heapify(heap)
+    while heap:
+        if stop():
+            return
+        _, rel = heapq.heappop(heap)
         parent_rel, _, name = rel.rpartition(b"/")
         try:
             parent = dirs.open(parent_rel)
@@ -275,5 +287,13 @@ def _remove_emptied(dirs: DirFds, emptied: set[bytes]) -> None:
             os.rmdir(name, dir_fd=parent)
         except OSError:
             continue
-        if parent_rel:
-            pending.add(parent_rel)
+        while parent_rel and not stop():
+            rel = parent_rel
+            parent_rel, _, name = rel.rpartition(b"/")
+            try:
+                up = dirs.parent(rel, parent)
+                dirs.forget(rel)
+                os.rmdir(name, dir_fd=up)
+            except OSError:
+                break
+            parent = up

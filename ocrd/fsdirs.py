@@ -83,6 +83,28 @@ class DirFds:
             parent = fd
         return parent
 
+    def parent(self, rel: bytes, fd: int) -> int:
+        """The fd of ``rel``'s parent, reached as ``..`` of ``fd`` (an fd this object gave for
+        ``rel``) and checked to be the directory seen at that path from the root; else from
+        the root, as open() does. One step up instead of a walk down, for climbing a chain."""
+        parent_rel = rel.rpartition(b"/")[0]
+        if not parent_rel:
+            return self.root_fd
+        was = self.ids.get(parent_rel)
+        up = os.open("..", DIR_FLAGS, dir_fd=fd)
+        ident = identify(up)
+        if was is None or was != ident[:2] or ident.crosses(self.boundary):
+            os.close(up)
+            return self.open(parent_rel)
+        old = self.fds.pop(parent_rel, None)
+        if old is not None:
+            os.close(old)
+        self.fds[parent_rel] = up
+        if len(self.fds) > self.max_fds:
+            _, evicted = self.fds.popitem(last=False)
+            os.close(evicted)
+        return up
+
     def forget(self, rel: bytes) -> None:
         """Drop ``rel`` and whatever open fds lie below it (identities below it stay: a new
         directory at such a path is refused until the next pass, which is the safe side)."""

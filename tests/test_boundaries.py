@@ -334,6 +334,7 @@ def test_clean_under_ulimit_256_deletes_every_eligible_file(tmp_path: Path, mode
         make_file(models, b"d%04d/old_%04d.bin" % (i, i))
         make_file(models, b"d%04d/keep.bin" % i)
     deep_tree(models / "deep", 5000, [b"old_bottom.bin", b"keep.bin"])
+    deep_tree(models / "chain", 5000, [b"old_only.bin"])  # emptied: removed to the top
     out = subprocess.run(
         [*ocrd_argv(), "clean", "-c", str(config(tmp_path)), "--json"],
         capture_output=True,
@@ -346,7 +347,8 @@ def test_clean_under_ulimit_256_deletes_every_eligible_file(tmp_path: Path, mode
     result = json.loads(out.stdout)
     assert result["failed"] == [], result
     assert result["skipped"] == [], result
-    assert len(result["deleted"]) == 3001
+    assert len(result["deleted"]) == 3002
+    assert not (models / "chain").exists()
     assert "deep/" + deep_name(5000, "old_bottom.bin") in result["deleted"]
     assert not [p for p in models.glob("d*/old_*")]
 
