@@ -279,7 +279,7 @@ class Daemon:
         if ident is None:
             if not self.missing:
                 self.missing = True
-                self.log.warning("model_dir_missing", model_dir=str(root))
+                self.log.warning("model_dir_missing", **self._where())
                 self.last_action = "model_dir missing"
                 self._send_status()
                 if self.watcher is not None:
@@ -293,12 +293,19 @@ class Daemon:
             self.missing = False
             self._arm()
             if was_missing:
-                self.log.info("model_dir_returned", model_dir=str(root))
+                self.log.info("model_dir_returned", **self._where())
                 self.supervisor.start()
             else:
-                self.log.warning("watch_rearmed", model_dir=str(root))
+                self.log.warning("watch_rearmed", **self._where())
             return "rearmed"
         return "ok"
+
+    def _where(self) -> dict[str, str]:
+        """model_dir as configured, and the directory it was resolved to where that differs."""
+        where = {"model_dir": str(self.config.model_dir)}
+        if os.fsencode(self.config.model_dir) != self.place.real:
+            where["resolved"] = str(self.place)
+        return where
 
     def _arm(self) -> None:
         c = self.config
@@ -310,7 +317,7 @@ class Daemon:
             fd = open_root(self.place)
         except (ModelDirMissing, OSError):
             self.missing = True
-            self.log.warning("model_dir_missing", model_dir=str(self.place))
+            self.log.warning("model_dir_missing", **self._where())
             return
         try:
             self.root_id = identify(fd)[:2]
