@@ -1,5 +1,6 @@
-"""What the in-use check costs: one /proc snapshot (ocrd.holders.Holders.refresh) with P extra
-processes each holding a few files, against `lsof -t` and `fuser` on one file as the peers.
+"""What the in-use checks cost, with P extra processes each holding the file: the kernel's answer
+(one write lease attempt, ocrd.apply's first check) and the /proc fallback's view
+(ocrd.holders.take), against `lsof -t` and `fuser` on one file as the peers.
 
     python -m bench.holders [--procs 0,500,2000]
 """
@@ -7,6 +8,9 @@ processes each holding a few files, against `lsof -t` and `fuser` on one file as
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
+import os
 import shutil
 import statistics
 import subprocess
@@ -14,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ocrd.holders import Holders
+from ocrd.holders import Answer, file_id, take
 
 
 def _time(fn: object, repeat: int = 5) -> list[float]:
@@ -34,9 +38,26 @@ def measure(extra: int, workdir: Path) -> dict[str, float]:
         for _ in range(extra)
     ]
     try:
-        h = Holders()
-        ours = _time(h.refresh)
-        row = {"processes": float(h.processes), "ocrd_ms": statistics.median(ours) * 1000}
+        views = []
+        ours = _time(lambda: views.append(take()))
+        row = {"processes": float(views[-1].processes), "ocrd_ms": statistics.median(ours) * 1000}
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            refused = []
+
+            def lease() -> None:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                except OSError as exc:
+                    refused.append(exc.errno == errno.EAGAIN)
+
+            row["lease_us"] = statistics.median(_time(lease, repeat=101)) * 1e6
+            assert len(refused) == (101 if extra else 0)
+            assert all(refused)
+            fid = file_id(fd)
+        finally:
+            os.close(fd)
         if shutil.which("fuser"):
             row["fuser_ms"] = (
                 statistics.median(
@@ -61,8 +82,8 @@ def measure(extra: int, workdir: Path) -> dict[str, float]:
                 )
                 * 1000
             )
-        st = target.stat()
-        assert (st.st_dev, st.st_ino) in h.held or extra == 0
+        assert fid is not None
+        assert (views[-1].answer(fid) is Answer.HELD) is bool(extra)
         return row
     finally:
         for p in procs:
@@ -79,13 +100,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ocrd-holders-") as tmp:
         print(
-            f"{'extra procs':>11} {'total':>6} {'ocrd snapshot':>14} {'fuser 1 file':>13} "
-            f"{'lsof 1 file':>12}"
+            f"{'extra procs':>11} {'total':>6} {'lease 1 file':>13} {'/proc view':>11} "
+            f"{'fuser 1 file':>13} {'lsof 1 file':>12}"
         )
         for n in (int(x) for x in args.procs.split(",")):
             r = measure(n, Path(tmp))
             print(
-                f"{n:>11} {int(r['processes']):>6} {r['ocrd_ms']:>11.1f} ms "
+                f"{n:>11} {int(r['processes']):>6} {r['lease_us']:>10.1f} us "
+                f"{r['ocrd_ms']:>8.1f} ms "
                 f"{r.get('fuser_ms', float('nan')):>10.1f} ms "
                 f"{r.get('lsof_ms', float('nan')):>9.1f} ms"
             )

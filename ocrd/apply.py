@@ -4,25 +4,39 @@ Every path is walked from a directory file descriptor opened with O_NOFOLLOW, on
 a time, so a symbolic link at any depth — even a directory swapped for a link while we work —
 cannot lead outside model_dir (the tmpreaper CVE-2019-3461 and systemd-tmpfiles CVE-2018-6954
 class). Each file is re-checked just before its unlink: still the same device, inode, size and
-mtime that were planned, and not held open or mapped by any process.
+mtime that were planned, and held open or mapped by no process at all.
+
+"No process holds it" is asked of the kernel, per file: a write lease (F_SETLEASE, F_WRLCK) is
+granted only while no other open file description of the file exists, in any process, user or
+PID namespace, and whether the holder has it open or only mapped. The lease is held across the
+identity check and the unlink, so a process that opens the file meanwhile waits for us, and
+one that already had it makes the lease fail. Only where a lease cannot be taken (a
+filesystem without leases; another user's file without CAP_LEASE) is /proc asked instead
+(``ocrd.holders``), and where /proc cannot tell either, the file is kept (``in_use_unknown``)
+unless the operator chose otherwise (``retention.unknown_holders = "delete"``).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import heapq
+import itertools
 import os
 import queue
+import signal
 import stat
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from ocrd.fsdirs import DirFds
-from ocrd.holders import Holders
+from ocrd.holders import Answer, Holders, Mounts, View, file_id, take_own
 from ocrd.retention import Decision, Plan
 
 
@@ -37,6 +51,85 @@ class Outcome(NamedTuple):
     decision: Decision
     status: Status
     detail: str | None = None  # the skip reason, or the OS error
+    freed: int = 0  # bytes given back: the size, if the unlink removed the file's last link
+
+
+# Opening a file to lease it must not block: O_NONBLOCK makes a FIFO swapped in, or a file
+# under someone else's lease, answer at once instead of waiting.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+@dataclass
+class InUse:
+    """How "no process holds this file" is established, shared by every deleting thread.
+
+    ``on_limited`` is called with the fallback's View the first time a file's fate depends on
+    an incomplete one, before that file's outcome: the caller's warning always comes before
+    anything that warning is about.
+    """
+
+    holders: Holders = field(default_factory=Holders)
+    unknown: Literal["keep", "delete"] = "keep"
+    on_limited: Callable[[View], None] = lambda view: None
+    mounts: Mounts = field(default_factory=Mounts)
+    _warned: View | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def check(self, fd: int | None, parent: int, ino: int) -> Answer:
+        """Whether any process holds the file we have open as ``fd`` (None: we may not even
+        open it) with inode ``ino`` in directory ``parent``. LEASED means free, and held free
+        by our lease until ``fd`` is closed."""
+        if fd is not None:
+            leased = _lease(fd)
+            if leased is None:
+                return Answer.HELD
+            if leased:
+                return Answer.LEASED
+        return self.by_proc(fd, parent, ino)
+
+    def by_proc(self, fd: int | None, parent: int, ino: int) -> Answer:
+        """The fallback: /proc, for a file we hold as ``fd`` or, when it could not even be
+        opened, known as inode ``ino`` in directory ``parent`` (a file is on its directory's
+        filesystem)."""
+        fid = file_id(fd, self.mounts) if fd is not None else None
+        if fid is None:
+            where = file_id(parent, self.mounts)
+            fid = None if where is None else (where[0], ino)
+        view = self.holders.view()
+        if fid is None:
+            view = View(limits=("/proc/self/fdinfo does not name the file's mount",))
+        answer = view.answer(fid) if fid is not None else Answer.UNKNOWN
+        if answer is Answer.UNKNOWN:
+            with self._lock:
+                if self._warned is not view:
+                    self._warned = view
+                    self.on_limited(view)
+        return answer
+
+
+def limited_check(logger: Any, view: View, unknown: str) -> None:
+    """The warning that comes before any file is kept (or, if the operator chose so, deleted)
+    because no one could tell whether a process holds it."""
+    logger.warning(
+        "in_use_check_limited",
+        why=list(view.limits),
+        processes=view.processes,
+        action="keeping files whose holders are unknown (deletion_skipped in_use_unknown)"
+        if unknown == "keep"
+        else 'deleting them anyway: retention.unknown_holders = "delete"',
+        fix="grant CAP_LEASE (the shipped unit does) so the kernel answers for every file",
+    )
+
+
+def ignore_lease_breaks() -> None:
+    """A lease we hold is broken by the kernel with SIGIO, whose default action kills the
+    process (measured: exit -29 when another process opened a file we had leased). We hold a
+    lease for microseconds and never need the notice: ignored, the opener simply waits until
+    we let go. Must run in the main thread before the first lease."""
+    if signal.getsignal(signal.SIGIO) is not signal.SIG_IGN:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("SIGIO must be ignored (from the main thread) before leasing")
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
 
 
 THREADS = 4
@@ -67,7 +160,7 @@ def apply(
     *,
     dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
-    holders: Holders | None = None,
+    in_use: InUse | None = None,
     threads: int = THREADS,
 ) -> Iterator[Outcome]:
     """Delete what ``plan`` says, yielding one Outcome per planned deletion as it happens.
@@ -87,8 +180,8 @@ def apply(
         for d in deletions:
             yield Outcome(d, Status.WOULD_DELETE)
         return
-    holders = holders if holders is not None else Holders()
-    holders.refresh()  # a fresh look per batch: a file released since the last one is free now
+    ignore_lease_breaks()
+    holders = in_use if in_use is not None else InUse()
     dirs = DirFds(os.fsencode(model_dir))
     emptied: set[bytes] = set()
     try:
@@ -121,7 +214,7 @@ def _by_directory(deletions: Iterable[Decision]) -> deque[list[Decision]]:
 def _delete(
     dirs: DirFds,
     groups: deque[list[Decision]],
-    holders: Holders,
+    holders: InUse,
     stop: Callable[[], bool],
     threads: int,
 ) -> Iterator[Outcome]:
@@ -154,7 +247,7 @@ def _delete(
 def _parallel(
     root_fd: int,
     groups: deque[list[Decision]],
-    holders: Holders,
+    holders: InUse,
     stop: Callable[[], bool],
     threads: int,
 ) -> Iterator[Outcome]:
@@ -224,20 +317,76 @@ def _parallel(
         raise errors[0]
 
 
+def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Iterator[Outcome]:
+    """Every check a deletion makes, and no deletion: WOULD_DELETE for a file that would go
+    now, else the skip it would meet (``ocrd list`` shows files in use with their own verdict).
+    A lease taken to ask is let go at once."""
+    if not plan.deletions:
+        return
+    ignore_lease_breaks()
+    with DirFds(os.fsencode(model_dir)) as dirs:
+        for d in plan.deletions:
+            yield _delete_one(dirs, d, in_use, probe=True)
+
+
 def _delete_one(
-    dirs: DirFds, d: Decision, holders: Holders, unlinking: list[float] | None = None
+    dirs: DirFds,
+    d: Decision,
+    holders: InUse,
+    unlinking: list[float] | None = None,
+    *,
+    probe: bool = False,
 ) -> Outcome:
     """Re-check and unlink one file; adds the time unlink() took to ``unlinking[0]``."""
     entry = d.entry
     parent_rel, _, name = entry.path.rpartition(b"/")
     try:
         parent = dirs.open(parent_rel)
-        now = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return Outcome(d, Status.SKIPPED, "vanished")
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ESTALE):
             return Outcome(d, Status.SKIPPED, "changed")
+        return Outcome(d, Status.FAILED, exc.strerror or str(exc))
+    try:
+        fd: int | None = os.open(name, FILE_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return Outcome(d, Status.SKIPPED, "vanished")
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+            return Outcome(d, Status.SKIPPED, "changed")  # now a link, or a socket
+        if exc.errno == errno.EWOULDBLOCK:
+            return Outcome(d, Status.SKIPPED, "in_use")  # another process holds a lease on it
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            return Outcome(d, Status.FAILED, exc.strerror or str(exc))
+        fd = None  # not ours to read: no lease, so /proc must answer (below)
+    try:
+        return _delete_checked(
+            d, parent, name, fd, holders=holders, unlinking=unlinking, probe=probe
+        )
+    finally:
+        if fd is not None:
+            os.close(fd)  # lets go of the lease, if we still hold it
+
+
+def _delete_checked(
+    d: Decision,
+    parent: int,
+    name: bytes,
+    fd: int | None,
+    *,
+    holders: InUse,
+    unlinking: list[float] | None,
+    probe: bool,
+) -> Outcome:
+    entry = d.entry
+    try:
+        now = (
+            os.fstat(fd) if fd is not None else os.stat(name, dir_fd=parent, follow_symlinks=False)
+        )
+    except FileNotFoundError:
+        return Outcome(d, Status.SKIPPED, "vanished")
+    except OSError as exc:
         return Outcome(d, Status.FAILED, exc.strerror or str(exc))
     if (
         not stat.S_ISREG(now.st_mode)
@@ -246,20 +395,137 @@ def _delete_one(
         or now.st_mtime != entry.mtime
     ):
         return Outcome(d, Status.SKIPPED, "changed")
-    if holders.holds((now.st_dev, now.st_ino)):
+    if probe and (cannot := _cannot_unlink(fd, parent)) is not None:
+        return Outcome(d, Status.FAILED, cannot)
+    answer = holders.check(fd, parent, now.st_ino)
+    if answer is Answer.HELD and probe and fd is not None and held_by_us(fd):
+        # Held by ocrd's own process, i.e. its engine: the very thing a free is for.
+        return Outcome(d, Status.WOULD_DELETE, "held_by_engine")
+    if answer is Answer.HELD:
         return Outcome(d, Status.SKIPPED, "in_use")
+    if answer is Answer.UNKNOWN and holders.unknown == "keep":
+        return Outcome(d, Status.SKIPPED, "in_use_unknown")
+    if (
+        answer is Answer.LEASED
+        and fd is not None
+        and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
+    ):
+        return Outcome(d, Status.SKIPPED, "in_use")  # someone is opening it right now
+    if probe:
+        return Outcome(d, Status.WOULD_DELETE)
     try:
         if unlinking is None:
-            os.unlink(name, dir_fd=parent)
+            why = _unlink_exactly(parent, name, (now.st_dev, now.st_ino))
         else:
             began = time.perf_counter()
-            os.unlink(name, dir_fd=parent)
+            why = _unlink_exactly(parent, name, (now.st_dev, now.st_ino))
             unlinking[0] += time.perf_counter() - began
     except FileNotFoundError:
         return Outcome(d, Status.SKIPPED, "vanished")
     except OSError as exc:
         return Outcome(d, Status.FAILED, exc.strerror or str(exc))
-    return Outcome(d, Status.DELETED)
+    if why is not None:
+        return Outcome(d, Status.SKIPPED, why)
+    # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
+    return Outcome(d, Status.DELETED, None, entry.size if now.st_nlink <= 1 else 0)
+
+
+_PRIVATE = itertools.count()
+
+
+def _unlink_exactly(parent: int, name: bytes, checked: tuple[int, int]) -> str | None:
+    """Unlink the file we checked, and only it. unlink() takes a name, and another file can be
+    renamed over that name between our check and the unlink. So the name is first renamed to
+    one only we know, in the same directory (atomic, and no other file can take it), the
+    inode found there is compared with the checked one, and only then is that private name
+    unlinked. If another file had taken the name, it is put back, not deleted: "changed"."""
+    private = b".ocrd-deleting-%d-%d" % (os.getpid(), next(_PRIVATE))
+    os.rename(name, private, src_dir_fd=parent, dst_dir_fd=parent)
+    try:
+        there = os.stat(private, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return "vanished"  # someone removed it in the meantime
+    if (there.st_dev, there.st_ino) != checked:
+        _put_back(parent, private, name)
+        return "changed"
+    os.unlink(private, dir_fd=parent)
+    return None
+
+
+def _put_back(parent: int, private: bytes, name: bytes) -> None:
+    """Give a file we moved by mistake its name back, without replacing whatever may have
+    taken the name since (link() fails rather than replace; rename() would not)."""
+    try:
+        os.link(private, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:  # the name was taken yet again: keep both, say where
+            raise OSError(
+                errno.EEXIST, f"a file renamed over it meanwhile was kept as {private!r}"
+            ) from exc
+        if exc.errno not in (errno.EPERM, errno.EISDIR):
+            raise
+        # A directory (which cannot be linked): renamed back if the name is still free.
+        if not _exists(parent, name):
+            os.rename(private, name, src_dir_fd=parent, dst_dir_fd=parent)
+        return
+    os.unlink(private, dir_fd=parent)
+
+
+def _exists(parent: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as _IOR('f', 1, long) on 64-bit
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+
+
+def _cannot_unlink(fd: int | None, parent: int) -> str | None:
+    """Why an unlink is bound to fail whatever the engine does, or None: a directory we may not
+    write, or an immutable or append-only file or directory (chattr +i / +a)."""
+    if not os.access(".", os.W_OK, dir_fd=parent, effective_ids=True):
+        return "Permission denied: the directory is not writable"
+    for what, target in (("file", fd), ("directory", parent)):
+        if target is None:
+            continue
+        try:
+            buf = fcntl.ioctl(target, FS_IOC_GETFLAGS, b"\0" * 8)
+        except OSError:
+            continue  # a filesystem without inode flags: nothing to fear from them
+        flags = int.from_bytes(buf[:4], sys.byteorder)
+        if flags & FS_IMMUTABLE_FL:
+            return f"Operation not permitted: the {what} is immutable (chattr +i)"
+        if flags & FS_APPEND_FL and what == "directory":
+            return "Operation not permitted: the directory is append-only (chattr +a)"
+        if flags & FS_APPEND_FL:
+            return "Operation not permitted: the file is append-only (chattr +a)"
+    return None
+
+
+def held_by_us(fd: int) -> bool:
+    """Whether this process has the file of ``fd`` mapped or open on another fd."""
+    me = file_id(fd)
+    if me is None:
+        return False
+    own = take_own(skip_fd=fd)
+    return me in own
+
+
+def _lease(fd: int) -> bool | None:
+    """True: we hold a write lease, so no other open file description of the file exists.
+    None: one does (EAGAIN): the file is in use. False: no lease can be had here (EINVAL: the
+    filesystem has none, e.g. NFS; EACCES: another user's file and no CAP_LEASE; leases
+    disabled by fs.leases-enable)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return None
+        return False
+    return True
 
 
 def _remove_emptied(

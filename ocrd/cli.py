@@ -10,9 +10,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ocrd import __version__, log
-from ocrd.apply import Status, apply
+from ocrd.apply import InUse, Status, apply, limited_check, probe
 from ocrd.config import Config, approx_duration, default_path, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.holders import lease_report
 from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
 from ocrd.rootdir import Place, pin, raise_fd_limit
@@ -39,14 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "check":
         print(config.summary())
+        # stdout keeps the contract's one-line summary; how "in use" will be judged is advice.
+        print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
         return 0
     before, after = raise_fd_limit()
     log.get().debug("fd_limit", soft_before=before, soft=after)
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            the_plan, mounts = _plan(config, place)
-            _print_list(the_plan, args.json, config.retention.age_by, mounts)
+            the_plan, inventory = _plan(config, place)
+            blocked = _blocked(config, the_plan, place)
+            _print_list(the_plan, args.json, config.retention.age_by, blocked, inventory)
             return 0
         return _clean(
             config, place, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
@@ -99,11 +103,44 @@ def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
         log.get().warning("scan_unreadable", path=display(rel), error=why)
 
 
+_BLOCKED = {
+    "in_use": "a process holds it open or mapped",
+    "in_use_unknown": "no lease, and /proc cannot tell who holds it: kept "
+    "(retention.unknown_holders)",
+}
+
+
+def _blocked(config: Config, the_plan: Plan, place: Place) -> dict[bytes, str]:
+    """Files the plan would delete that the deleter would skip right now as in use (or of
+    unknown holders): ``list`` shows them with that verdict instead of "delete"."""
+    if config.retention.dry_run:
+        return {}
+    unknown = config.retention.unknown_holders
+    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
+    return {
+        o.decision.entry.path: o.detail
+        for o in probe(the_plan, str(place), in_use)
+        if o.detail in _BLOCKED
+    }
+
+
 def _print_list(
-    the_plan: Plan, as_json: bool, age_by: str = "mtime", inventory: Inventory | None = None
+    the_plan: Plan,
+    as_json: bool,
+    age_by: str = "mtime",
+    blocked: dict[bytes, str] | None = None,
+    inventory: Inventory | None = None,
 ) -> None:
     now = the_plan.now
+    blocked = blocked or {}
     mounts = inventory.mounts if inventory is not None else ()
+
+    def verdict(d: Decision) -> str:
+        return blocked.get(d.entry.path, d.verdict)
+
+    def reason(d: Decision) -> str:
+        why = blocked.get(d.entry.path)
+        return f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason
 
     def age(d: Decision) -> float:
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
@@ -116,9 +153,9 @@ def _print_list(
                 "mtime": d.entry.mtime,
                 "atime": d.entry.atime,
                 "age_s": round(age(d), 3),
-                "verdict": str(d.verdict),
+                "verdict": str(verdict(d)),
                 "rule": d.rule,
-                "reason": d.reason,
+                "reason": reason(d),
                 "symlink": d.entry.is_link,
             }
             for d in the_plan.decisions
@@ -144,13 +181,13 @@ def _print_list(
     out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  PATH  (REASON)"]
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         out.append(
-            f"{d.verdict.upper():<10} {_size(d.entry.size):>9} "
+            f"{verdict(d).upper():<10} {_size(d.entry.size):>9} "
             f"{approx_duration(age(d)):>6}  {d.rule or '-':<9}  "
-            f"{display(d.entry.path)}  ({d.reason})"
+            f"{display(d.entry.path)}  ({reason(d)})"
         )
     counts: dict[str, list[int]] = {}
     for d in the_plan.decisions:
-        c = counts.setdefault(d.verdict, [0, 0])
+        c = counts.setdefault(verdict(d), [0, 0])
         c[0] += 1
         c[1] += d.entry.size
     total = sum(c[0] for c in counts.values())
@@ -169,10 +206,15 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
     skipped: list[dict[str, str | None]] = []
     failed: list[dict[str, str | None]] = []
     freed = 0
+    unknown = config.retention.unknown_holders
+    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
     the_plan, inventory = _plan(config, place)
-    for o in apply(the_plan, str(place), dry_run=dry_run):
+    for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
         path = display(o.decision.entry.path)
-        if o.status in (Status.DELETED, Status.WOULD_DELETE):
+        if o.status is Status.DELETED:
+            deleted.append(path)
+            freed += o.freed
+        elif o.status is Status.WOULD_DELETE:
             deleted.append(path)
             freed += o.decision.entry.size
         elif o.status is Status.SKIPPED:

@@ -102,6 +102,9 @@ class Retention(_Section):
     age_by: Literal["mtime", "atime"] = "mtime"
     whitelist: tuple[Glob, ...] = Field(default=(), strict=False)
     dry_run: bool = False
+    # When neither a lease nor /proc can tell whether a process holds a file: keep it (fail
+    # closed), or, for a store whose other clients ocrd cannot see anyway, delete it.
+    unknown_holders: Literal["keep", "delete"] = "keep"
 
 
 class Watch(_Section):
@@ -114,6 +117,11 @@ class Engine(_Section):
     enabled: bool = True
     gpu_layers: int = Field(default=0, ge=0)
     context_size: int | None = Field(default=None, gt=0)
+    # Each free/start cycle costs the host a model reload. A deletion that becomes due while
+    # the engine runs waits up to ``batch`` for others to share its cycle; once freed, the
+    # engine starts again only after ``restart_after`` without deletions.
+    batch: Duration = Field(default=2.0, ge=0)
+    restart_after: Duration = Field(default=10.0, ge=0)
 
 
 class Log(_Section):

@@ -11,19 +11,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from ocrd import __version__, log
-from ocrd.apply import Status, apply
+from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, OtherFilesystem, entry_from_stat
-from ocrd.holders import Holders
+from ocrd.holders import Holders, View
 from ocrd.index import Index
 from ocrd.inventory import (
     FileEntry,
@@ -41,7 +40,9 @@ from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
-RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is tried again this much later
+RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is first tried again this much later
+MAX_RETRY_S = 3600.0  # ... and the wait doubles with each further skip, up to this
+CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
 
@@ -143,7 +144,14 @@ class Daemon:
         self.missing = False
         self.root_id: tuple[int, int] | None = None
         self.holders = Holders()
-        self.blind_reported = False
+        # Deletions that passed every check that does not depend on the engine, waiting for
+        # the batch window to close (engine.batch) so that they share one free/start cycle.
+        self.due: dict[bytes, Decision] = {}
+        self.flush_at: float | None = None  # monotonic: when the due deletions are done
+        self.restart_at: float | None = None  # monotonic: when a freed engine starts again
+        # Files skipped or failed: (attempts, the file version they were about); the next
+        # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
+        self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
@@ -216,21 +224,33 @@ class Daemon:
             if self.watcher is not None:
                 self.watcher.stop()
         name = signal.Signals(self.stop_signal).name if self.stop_signal else None
-        self.log.info("daemon_stopped", signal=name)
+        self.log.info("daemon_stopped", signal=name, engine_cycles=self.supervisor.cycles)
         return 0
 
     def _wait_cap(self) -> float:
         caps = [MISSING_POLL_S if self.missing else HEALTH_S]
-        if self.coverage_due is not None:
-            caps.append(self.coverage_due - self.clock.monotonic())
+        mono = self.clock.monotonic()
+        for at in (self.coverage_due, self.flush_at, self.restart_at):
+            if at is not None:
+                caps.append(at - mono)
         return min(caps)
 
     def _step(self) -> None:
         try:
             self._reconcile()
+            if self.flush_at is not None and self.clock.monotonic() >= self.flush_at:
+                self._flush()
         except ModelDirMissing:
             self._root_state()  # it went away under our feet: say so, stop, wait for it
+        self._restart_engine_when_quiet()
         self._send_status()
+
+    def _restart_engine_when_quiet(self) -> None:
+        if self.restart_at is None or self.due or self.missing:
+            return
+        if self.clock.monotonic() >= self.restart_at:
+            self.restart_at = None
+            self.supervisor.start()
 
     def _reconcile(self) -> None:
         root_state = self._root_state()
@@ -464,6 +484,8 @@ class Daemon:
             return  # SIGTERM mid-scan: the loop exits at once, nothing half-planned is applied
         self.index = index
         self.dirs = dict(dirs)
+        # Nothing is kept for a path that is gone.
+        self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
         self._check_watch_soon()
         self.log.info(
             "scan_completed",
@@ -481,7 +503,7 @@ class Daemon:
             # What a full pass no longer plans to delete (gone, renamed, rules changed) is
             # forgotten, so the set stays as large as the would-be deletions, not the churn.
             self.reported &= {_version(d.entry) for d in deletions}
-        self._apply(Plan(tuple(deletions), now))
+        self._apply(Plan(tuple(deletions), now), at_once=True)
 
     def _report_mounts(self, found: list[tuple[bytes, str]], *, full: bool) -> None:
         """``mount_skipped`` once per mount point (and device) found inside model_dir: ocrd
@@ -512,58 +534,134 @@ class Daemon:
                 self.scheduler.revisit(d.entry.path, at, coarse=d.verdict is Verdict.KEEP)
         return deletions
 
-    def _apply(self, the_plan: Plan) -> None:
+    def _apply(self, the_plan: Plan, *, at_once: bool = False) -> None:
+        """Deletions become due. Each is first checked for everything that does not depend on
+        the engine (identity, other holders, a writable directory, no immutable flag), so that
+        the engine is freed only for deletions that will happen; those wait up to
+        engine.batch for others (unless ``at_once``: a full pass is a batch already)."""
         deletions = the_plan.deletions
         if not deletions:
             return
         if self.config.retention.dry_run:
             self._report_dry_run(the_plan)
             return
-        retry_at = self.clock.time() + RETRY_S
+        deletions = self._not_backing_off(deletions)
+        ready = deletions
+        if ready and self.supervisor.running:
+            ready = tuple(self._precheck(the_plan))
+        for d in ready:
+            self.due[d.entry.path] = d
+        if not self.due:
+            return
+        if at_once or not self.supervisor.running or self.config.engine.batch <= 0:
+            self._flush()
+        elif self.flush_at is None:
+            self.flush_at = self.clock.monotonic() + self.config.engine.batch
+
+    def _not_backing_off(self, deletions: Iterable[Decision]) -> tuple[Decision, ...]:
+        """Drops deletions of unchanged files whose next attempt is still ahead (a full pass
+        plans them again: it must not undo their backoff), and keeps their revisit."""
+        if not self.backoff:
+            return tuple(deletions)
+        now = self.clock.time()
+        kept = []
+        for d in deletions:
+            e = d.entry
+            state = self.backoff.get(e.path)
+            if state is not None and state[1] == (e.ino, e.size, e.mtime) and state[2] > now:
+                self.scheduler.revisit(e.path, state[2])
+                continue
+            kept.append(d)
+        return tuple(kept)
+
+    def _precheck(self, the_plan: Plan) -> Iterable[Decision]:
+        """The deletions that would go now if the engine held nothing; the others are logged
+        and retried later, without an engine cycle."""
+        for o in probe(the_plan, str(self.place), self._in_use()):
+            if o.status is Status.WOULD_DELETE:
+                yield o.decision
+            else:
+                self._not_done(o)
+
+    def _flush(self) -> None:
+        """Free the engine once for every due deletion, and do them."""
+        due = tuple(self.due.values())
+        self.due.clear()
+        self.flush_at = None
+        if not due:
+            return
+        the_plan = Plan(due, self.clock.time())
         try:
-            with self.supervisor.released("deletion"):
-                deleted = freed = 0
-                for o in apply(
-                    the_plan, str(self.place), stop=self._should_stop, holders=self.holders
-                ):
-                    e = o.decision.entry
-                    path = display(e.path)
-                    if o.status is Status.DELETED:
-                        self.index.pop(e.path)
-                        deleted += 1
-                        freed += e.size
-                        self.log.info("model_deleted", path=path, size=e.size, rule=o.decision.rule)
-                    elif o.status is Status.SKIPPED:
-                        self.log.info("deletion_skipped", path=path, reason=o.detail)
-                        if o.detail == "vanished":
-                            self.index.pop(e.path)
-                        elif o.detail == "changed":
-                            self.pending.add(e.path)
-                        else:
-                            self.scheduler.revisit(e.path, retry_at)
-                    else:
-                        self.log.error("deletion_failed", path=path, error=o.detail)
-                        self.scheduler.revisit(e.path, retry_at)
-                if deleted:
-                    self.last_action = f"deleted {deleted} file(s), {freed} bytes"
+            self.supervisor.free("deletion", deletions=len(due))
         except EngineBusy:
-            for d in deletions:
-                self.log.warning(
-                    "deletion_skipped", path=display(d.entry.path), reason="engine_busy"
-                )
-                self.scheduler.revisit(d.entry.path, retry_at)
+            for d in due:
+                self._not_done(Outcome(d, Status.SKIPPED, "engine_busy"))
             self.last_action = "engine busy: nothing deleted"
-        if self.holders.blind and not self.blind_reported:
-            self.blind_reported = True
-            self.log.warning(
-                "in_use_check_limited",
-                processes=self.holders.processes,
-                unreadable=self.holders.blind,
-                detail="files held by these processes cannot be seen; run as root or grant "
-                "CAP_SYS_PTRACE to see them",
-            )
+            self.restart_at = None
+            return
+        deleted = freed = 0
+        try:
+            for o in apply(
+                the_plan, str(self.place), stop=self._should_stop, in_use=self._in_use()
+            ):
+                e = o.decision.entry
+                if o.status is Status.DELETED:
+                    self.index.pop(e.path)
+                    self.backoff.pop(e.path, None)
+                    deleted += 1
+                    freed += o.freed
+                    self.log.info(
+                        "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
+                    )
+                else:
+                    self._not_done(o)
+        finally:
+            if deleted:
+                self.last_action = f"deleted {deleted} file(s), {freed} bytes"
+            # The engine stays freed while deletions keep coming; it starts again after a
+            # quiet engine.restart_after (a free with nothing left to wait for restarts now).
+            self.restart_at = self.clock.monotonic() + self.config.engine.restart_after
+            if self.config.engine.restart_after <= 0:
+                self._restart_engine_when_quiet()
         if self.pending:
             self.waker.wake()
+
+    def _not_done(self, o: Outcome) -> None:
+        """Log a deletion that was not done, and when it will be tried again."""
+        e = o.decision.entry
+        path = display(e.path)
+        if o.detail == "vanished":
+            self.index.pop(e.path)
+            self.backoff.pop(e.path, None)
+            self.log.info("deletion_skipped", path=path, reason=o.detail)
+            return
+        if o.detail == "changed":
+            # Looked at again soon, never in a busy loop: a file that keeps changing is seen
+            # at most once per CHANGED_RECHECK_S (and settle keeps it from being planned).
+            self.scheduler.revisit(e.path, self.clock.time() + CHANGED_RECHECK_S)
+            self.log.info("deletion_skipped", path=path, reason=o.detail)
+            return
+        version = (e.ino, e.size, e.mtime)
+        attempts, was, _ = self.backoff.get(e.path, (0, version, 0.0))
+        attempts = attempts + 1 if was == version else 1
+        delay = min(RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S)
+        self.backoff[e.path] = (attempts, version, self.clock.time() + delay)
+        self.scheduler.revisit(e.path, self.clock.time() + delay)
+        if o.status is Status.FAILED:
+            self.log.error(
+                "deletion_failed", path=path, error=o.detail, attempt=attempts, retry_in_s=delay
+            )
+        else:
+            level = self.log.warning if o.detail == "engine_busy" else self.log.info
+            level(
+                "deletion_skipped", path=path, reason=o.detail, attempt=attempts, retry_in_s=delay
+            )
+
+    def _in_use(self) -> InUse:
+        return InUse(self.holders, self.config.retention.unknown_holders, on_limited=self._limited)
+
+    def _limited(self, view: View) -> None:
+        limited_check(self.log, view, self.config.retention.unknown_holders)
 
     def _report_dry_run(self, the_plan: Plan) -> None:
         for d in the_plan.deletions:
@@ -587,21 +685,37 @@ class Daemon:
             return
         log.configure(new.log.level, new.log.format)
         self.log = log.get()
-        # EngineBusy is logged by free(); the new instance below replaces the old one regardless.
-        with suppress(EngineBusy):
-            self.supervisor.free("reload")
         old = self.config
         old_place, self.place = self.place, pin(new.model_dir)
+        # Deletions waiting for their batch were planned under the old rules: the reload's
+        # full pass plans them again under the new ones.
+        self.due.clear()
+        self.flush_at = None
+        self.backoff.clear()  # the operator acted: every skipped file gets a fresh try
+        # A model reload costs the host; only a new model_dir or new engine settings need one.
+        timing = {"batch", "restart_after"}
+        if old.model_dir != new.model_dir or old.engine.model_dump(
+            exclude=timing
+        ) != new.engine.model_dump(exclude=timing):
+            try:
+                self.supervisor.free("reload")
+                self.supervisor.reconfigure(new.engine, new.model_dir)
+            except EngineBusy:
+                # Logged by free(). The instance that refused stays the one we own (and must
+                # free before any deletion); it is not replaced behind its back.
+                pass
+        else:
+            self.supervisor.settings = new.engine
         self.config = new
         self.rules = Rules.from_config(new.retention, new.watch.settle)
         self.scheduler.rescan = new.watch.rescan
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
-        self.supervisor.reconfigure(new.engine, new.model_dir)
         if (old.model_dir, old.watch, old_place) != (new.model_dir, new.watch, self.place):
             self.missing = False
             self.force_polling = False
             self._arm()
-        self.supervisor.start()
+        if self.restart_at is None:
+            self.supervisor.start()
         self.reported.clear()
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
         self.last_action = "config reloaded"
@@ -614,7 +728,8 @@ class Daemon:
         if self.missing:
             return f"model_dir {self.config.model_dir} is missing; waiting for it"
         files, size = self.index.files, self.index.bytes
-        return f"{files} files, {size} bytes; {self.last_action}"
+        cycles = f"; engine cycles {self.supervisor.cycles}" if self.supervisor.cycles else ""
+        return f"{files} files, {size} bytes; {self.last_action}{cycles}"
 
     def _send_status(self) -> None:
         status = self._status()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -60,6 +61,8 @@ class Supervisor:
         self._after_native_call = after_native_call
         self._ai: Any = None
         self._load_warned = False
+        self._freed_at: float | None = None  # monotonic time of the last free, for downtime
+        self.cycles = 0  # frees for deletions since the process started
 
     def reconfigure(self, settings: Engine, model_dir: Path) -> None:
         """New settings for the next start(). An instance that refused to be freed is dropped:
@@ -105,10 +108,17 @@ class Supervisor:
             level = logger.debug if self._load_warned else logger.warning
             level("engine_model_not_loaded", error=error)
             self._load_warned = True
-        logger.info("engine_started", model_dir=str(self.model_dir), loaded=error is None)
+        downtime: dict[str, float] = {}
+        if self._freed_at is not None:
+            downtime["downtime_ms"] = round((time.monotonic() - self._freed_at) * 1000, 1)
+            self._freed_at = None
+        logger.info(
+            "engine_started", model_dir=str(self.model_dir), loaded=error is None, **downtime
+        )
 
-    def free(self, reason: str) -> None:
-        """free_resources() and drop the instance; EngineBusy if the engine refuses."""
+    def free(self, reason: str, deletions: int | None = None) -> None:
+        """free_resources() and drop the instance; EngineBusy if the engine refuses.
+        ``deletions``: how many deletions this free is for (logged: the cost made visible)."""
         if self._ai is None:
             return
         try:
@@ -117,7 +127,11 @@ class Supervisor:
             log.get().error("engine_free_failed", reason=reason, error=str(exc)[:300])
             raise EngineBusy(f"freeing the AsposeAI engine failed: {exc}") from exc
         self._ai = None
-        log.get().info("engine_freed", reason=reason)
+        self._freed_at = time.monotonic()
+        extra = {} if deletions is None else {"deletions": deletions}
+        if reason == "deletion":
+            self.cycles += 1
+        log.get().info("engine_freed", reason=reason, **extra)
 
     @contextmanager
     def released(self, reason: str = "deletion") -> Iterator[None]:

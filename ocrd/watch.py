@@ -14,6 +14,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileMovedEvent,
@@ -32,12 +33,15 @@ from ocrd import log
 from ocrd.fsdirs import DirFds
 from ocrd.rootdir import ModelDirMissing, Place, Stopped, open_root, walk_dirs
 
-# Only what changes the set of files: creations, removals, renames. Each write to a file is not
-# needed (settling is judged from mtime/ctime when the file is looked at again), and leaving
-# IN_MODIFY out of the kernel mask cuts handler calls ~5x and makes queue overflow much rarer
-# (WATCH_NOTES: a 50k burst lost events in 2 of 4 runs with the default mask).
+# Only what changes the set of files: creations, removals, renames, and a writer letting go of a
+# file (IN_CLOSE_WRITE): a file still open for writing is in use and skipped, and its close is
+# the moment to look again. Each write is not needed (settling is judged from mtime/ctime when
+# the file is looked at again), and leaving IN_MODIFY out of the kernel mask cuts handler calls
+# ~5x and makes queue overflow much rarer (WATCH_NOTES: a 50k burst lost events in 2 of 4 runs
+# with the default mask).
 _EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
+    FileClosedEvent,
     FileDeletedEvent,
     FileMovedEvent,
     DirCreatedEvent,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from ocrd import apply as apply_module
-from ocrd.apply import Outcome, Status, apply
-from ocrd.holders import Holders
+from ocrd.apply import InUse, Outcome, Status, apply
+from ocrd.holders import Answer
 from ocrd.inventory import scan
 from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
-from tests.conftest import make_file, snapshot
+from tests.conftest import make_file, ocrd_argv, snapshot
 
 
 def plan_old(model_dir: Path) -> Plan:
@@ -277,7 +279,7 @@ def test_a_file_in_use_is_skipped_and_deleted_on_a_later_pass(model_dir: Path, h
         }
         assert (model_dir / "old_model.gguf").exists()
     later = plan_old(model_dir)
-    assert results(apply(later, model_dir, holders=Holders())) == {
+    assert results(apply(later, model_dir, in_use=InUse())) == {
         b"old_model.gguf": (Status.DELETED, None)
     }
 
@@ -323,16 +325,16 @@ def waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(apply_module, "UNLINK_SHARE", 0.0)
 
 
-class Witness(Holders):
+class Witness(InUse):
     """A real holder check that also notes which threads did deletions."""
 
     def __init__(self) -> None:
         super().__init__()
         self.threads: set[str] = set()
 
-    def holds(self, file_id: tuple[int, int]) -> bool:
+    def check(self, fd: int | None, parent: int, ino: int) -> Answer:
         self.threads.add(threading.current_thread().name)
-        return super().holds(file_id)
+        return super().check(fd, parent, ino)
 
 
 @pytest.mark.parametrize("slow", [True, False], ids=["waiting", "working"])
@@ -343,7 +345,7 @@ def test_threads_are_used_only_when_deletions_wait(
     monkeypatch.setattr(apply_module, "SAMPLE", 2)
     monkeypatch.setattr(apply_module, "UNLINK_SHARE", 0.0 if slow else 1.01)
     witness = Witness()
-    outcomes = list(apply(plan_old(model_dir), model_dir, holders=witness))
+    outcomes = list(apply(plan_old(model_dir), model_dir, in_use=witness))
     workers = {name for name in witness.threads if name.startswith("ocrd-delete-")}
     assert bool(workers) is slow  # how many of the 4 got a directory is up to the scheduler
     assert threading.current_thread().name in witness.threads  # the first SAMPLE, timed
@@ -357,9 +359,7 @@ def test_threads_are_used_only_when_deletions_wait(
 def test_one_directory_left_is_not_handed_to_a_thread(model_dir: Path, waiting: None) -> None:
     made = old_files(model_dir, dirs=1, per_dir=30)
     witness = Witness()
-    deleted = {
-        o.decision.entry.path for o in apply(plan_old(model_dir), model_dir, holders=witness)
-    }
+    deleted = {o.decision.entry.path for o in apply(plan_old(model_dir), model_dir, in_use=witness)}
     assert deleted == made
     assert witness.threads == {threading.current_thread().name}
 
@@ -373,7 +373,7 @@ def test_a_directory_is_emptied_in_inode_order(model_dir: Path) -> None:
     assert done == sorted(planned)
 
 
-class Gate(Holders):
+class Gate(InUse):
     """A holder check that lets one deletion through per permit: the test decides how far the
     deleting threads get (after the identity check, before the unlink)."""
 
@@ -381,9 +381,9 @@ class Gate(Holders):
         super().__init__()
         self.permits = threading.Semaphore(0)
 
-    def holds(self, file_id: tuple[int, int]) -> bool:
+    def check(self, fd: int | None, parent: int, ino: int) -> Answer:
         assert self.permits.acquire(timeout=30), "the test never let this deletion through"
-        return False
+        return super().check(fd, parent, ino)
 
 
 def test_stop_while_threads_delete_finishes_files_in_hand_and_reports_each(
@@ -403,7 +403,7 @@ def test_stop_while_threads_delete_finishes_files_in_hand_and_reports_each(
         gate.permits.release()
         return False
 
-    outcomes = list(apply(plan_old(model_dir), model_dir, stop=stop, holders=gate))
+    outcomes = list(apply(plan_old(model_dir), model_dir, stop=stop, in_use=gate))
     deleted = {o.decision.entry.path for o in outcomes if o.status is Status.DELETED}
     on_disk = {f.path for f in scan(model_dir).files}
     assert deleted == made - on_disk  # every deletion that happened was reported
@@ -439,7 +439,7 @@ def test_directories_swapped_for_links_while_threads_delete(
             gate.permits.release()
         return False
 
-    outcomes = list(apply(p, model_dir, stop=stop, holders=gate))
+    outcomes = list(apply(p, model_dir, stop=stop, in_use=gate))
     assert len(outcomes) == 20
     deleted = [o for o in outcomes if o.status is Status.DELETED]
     assert len(deleted) <= 3 + 2  # before the swap, and one in hand per thread
@@ -456,19 +456,79 @@ def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
 ) -> None:
     made = old_files(model_dir, dirs=4, per_dir=20)
 
-    class Broken(Holders):
+    class Broken(InUse):
         calls = 0
 
-        def holds(self, file_id: tuple[int, int]) -> bool:
+        def check(self, fd: int | None, parent: int, ino: int) -> Answer:
             Broken.calls += 1
             if Broken.calls == 30:
                 raise RuntimeError("injected")
-            return False
+            return super().check(fd, parent, ino)
 
     outcomes: list[Outcome] = []
     with pytest.raises(RuntimeError, match="injected"):
-        outcomes.extend(apply(plan_old(model_dir), model_dir, holders=Broken()))
+        outcomes.extend(apply(plan_old(model_dir), model_dir, in_use=Broken()))
     on_disk = {f.path for f in scan(model_dir).files}
     assert {o.decision.entry.path for o in outcomes} == made - on_disk
     assert len(outcomes) < len(made)
     assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt-get install strace)")
+def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """unlink() takes a name: a file renamed over the checked one between the check and the
+    unlink would be deleted in its place. strace holds ocrd's rename for 3 s right after the
+    check (while its lease is visible in /proc/locks); the test renames another file over
+    the planned one then. That file must survive, under its name, and nothing is deleted."""
+    planned = model_dir / "old_x.bin"
+    planned.write_bytes(b"planned")
+    intruder = model_dir / "intruder.bin"
+    intruder.write_bytes(b"precious")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n[watch]\nsettle = "0s"\n'
+    )
+    ino = planned.stat().st_ino
+    calls = "renameat,renameat2,rename"
+    proc = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            f"-etrace={calls}",
+            f"-einject={calls}:delay_enter=3000000:when=1",
+            *ocrd_argv(),
+            "clean",
+            "--json",
+            "-c",
+            str(config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(
+            "LEASE" in line and f":{ino} " in line
+            for line in Path("/proc/locks").read_text().splitlines()
+        ):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "ocrd never took its lease"
+            time.sleep(0.02)
+        os.rename(intruder, planned)  # while ocrd's rename waits, after its check
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["deleted"] == []
+    assert report["skipped"] == [{"path": "old_x.bin", "reason": "changed"}]
+    assert planned.read_bytes() == b"precious"
+    assert os.listdir(model_dir) == ["old_x.bin"]  # no private name left behind

@@ -1,0 +1,225 @@
+"""Engine cycles: what each retention scenario costs the AsposeAI engine under ``ocrd run``.
+
+Each scenario runs twice in the same invocation, against the real engine: with the shipped
+coalescing (engine.batch = "2s", engine.restart_after = "10s") and with both set to "0s", which
+frees and restarts the engine for every deletion pass as ocrd did before (the baseline; the
+pre-check that keeps files that cannot go from costing a cycle applies to both). Printed per
+scenario: engine cycles (engine_freed for deletions), total engine downtime, ocrd's CPU, and the
+latency from a file's creation to its model_deleted line (p50/p99).
+
+    python -m bench.engine_cycles [--scenarios trickle,burst,held,immutable]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+SHIPPED = ("2s", "10s")
+WINDOW_S = 10.0  # held/immutable: CPU is measured over this long, reloads included
+BASELINE = ("0s", "0s")
+
+
+class Run:
+    """``ocrd run`` on a fresh model_dir, with our own NOTIFY_SOCKET; collects its JSON log."""
+
+    def __init__(
+        self,
+        scratch: Path,
+        settle: str,
+        batch: str,
+        restart_after: str,
+        prepare: Callable[[Path], None] = lambda models: None,
+    ) -> None:
+        self.models = scratch / "models"
+        self.models.mkdir()
+        prepare(self.models)
+        config = scratch / "config.toml"
+        config.write_text(
+            'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n'
+            f'[watch]\nsettle = "{settle}"\n'
+            f'[engine]\nbatch = "{batch}"\nrestart_after = "{restart_after}"\n'
+            '[log]\nformat = "json"\n'
+        )
+        self.sock_path = str(scratch / "n.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.sock_path)
+        self.sock.settimeout(30)
+        env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "WATCHDOG_USEC")}
+        env["NOTIFY_SOCKET"] = self.sock_path
+        script = shutil.which("ocrd", path=os.path.dirname(sys.executable))
+        argv = [script] if script else [sys.executable, "-m", "ocrd"]
+        self.proc = subprocess.Popen(
+            [*argv, "run", "-c", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        while b"READY=1" not in self.sock.recv(4096):
+            pass
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.cond:
+                self.events.append(json.loads(line))
+                self.cond.notify_all()
+
+    def wait(self, what: Callable[[list[dict[str, Any]]], bool], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not what(self.events):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("ocrd run did not get there in time")
+                self.cond.wait(left)
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+        self.reader.join(timeout=5)
+        self.sock.close()
+
+
+def _count(events: list[dict[str, Any]], name: str, **keys: Any) -> int:
+    return sum(
+        1 for e in events if e["event"] == name and all(e.get(k) == v for k, v in keys.items())
+    )
+
+
+def _reloads(n: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda events: _count(events, "config_reloaded") >= n
+
+
+def _stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def scenario(name: str, batch: str, restart_after: str) -> dict[str, float]:
+    created: dict[str, float] = {}
+    stuck: list[Path] = []
+    holder: list[subprocess.Popen[bytes]] = []
+
+    def prepare(models: Path) -> None:
+        if name not in ("held", "immutable"):
+            return
+        target = models / "old_stuck.gguf"
+        target.write_bytes(b"GGUF" + b"\0" * 4096)
+        stuck.append(target)
+        if name == "immutable":
+            subprocess.run(["chattr", "+i", str(target)], check=True)
+        else:
+            holder.append(subprocess.Popen(["sh", "-c", f'exec 3<"{target}"; exec sleep 600']))
+
+    with tempfile.TemporaryDirectory(prefix="ocrd-cycles-") as tmp:
+        run = Run(Path(tmp), "1s" if name == "trickle" else "0s", batch, restart_after, prepare)
+        try:
+            cpu0, began = run.cpu(), time.monotonic()
+            if name == "trickle":
+                for i in range(20):
+                    path = run.models / f"old_{i:02d}.bin"
+                    path.write_bytes(b"x" * 100)
+                    created[path.name] = time.time()
+                    time.sleep(0.3)  # the trickle: one file every 0.3 s
+                run.wait(lambda ev: _count(ev, "model_deleted") >= 20)
+            elif name == "burst":
+                staging = Path(tmp) / "staging"
+                staging.mkdir()
+                for i in range(1000):
+                    (staging / f"old_{i:04d}.bin").write_bytes(b"x")
+                for entry in sorted(os.listdir(staging)):
+                    os.rename(staging / entry, run.models / entry)
+                    created[entry] = time.time()
+                run.wait(lambda ev: _count(ev, "model_deleted") >= 1000)
+            else:
+                # Three more attempts: each reload retries at once instead of after minutes.
+                for n in range(1, 4):
+                    run.proc.send_signal(signal.SIGHUP)
+                    run.wait(_reloads(n))
+                time.sleep(max(0.0, WINDOW_S - (time.monotonic() - began)))  # CPU over a window
+            if _count(run.events, "engine_freed", reason="deletion"):
+                # Let the freed engine start again, so that its downtime is counted whole.
+                run.wait(lambda ev: ev[-1]["event"] == "engine_started", timeout=60)
+            cpu, wall = run.cpu() - cpu0, time.monotonic() - began
+            events = list(run.events)
+        finally:
+            run.stop()
+            for p in holder:
+                p.kill()
+                p.wait()
+            for path in stuck:
+                subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+    deleted_at = {e["path"]: _stamp(e) for e in events if e["event"] == "model_deleted"}
+    latencies = sorted(deleted_at[p] - t for p, t in created.items() if p in deleted_at)
+    return {
+        "cycles": _count(events, "engine_freed", reason="deletion"),
+        "downtime_s": sum(e.get("downtime_ms", 0) for e in events if e["event"] == "engine_started")
+        / 1000,
+        "cpu_pct": 100 * cpu / wall,
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies
+        else float("nan"),
+    }
+
+
+def _secs(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}s"  # NaN: no file was deleted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_cycles")
+    parser.add_argument("--scenarios", default="trickle,burst,held,immutable")
+    args = parser.parse_args()
+    print(
+        f"{'scenario':<10} {'config':<28} {'cycles':>6} {'downtime':>9} {'CPU':>6} "
+        f"{'p50':>7} {'p99':>7}"
+    )
+    for name in args.scenarios.split(","):
+        if name == "immutable" and shutil.which("chattr") is None:
+            print(f"{name:<10} skipped: no chattr")
+            continue
+        rows = {}
+        for label, (batch, restart) in (
+            (f"batch {SHIPPED[0]}, restart {SHIPPED[1]}", SHIPPED),
+            ("baseline: cycle per pass", BASELINE),
+        ):
+            r = rows[label] = scenario(name, batch, restart)
+            print(
+                f"{name:<10} {label:<28} {r['cycles']:>6.0f} {r['downtime_s']:>8.1f}s "
+                f"{r['cpu_pct']:>5.1f}% {_secs(r['p50_s']):>7} {_secs(r['p99_s']):>7}",
+                flush=True,
+            )
+        shipped, base = rows.values()
+        if base["cycles"]:
+            print(f"{'':<10} cycles: {shipped['cycles'] / base['cycles']:.2f}x the baseline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""A model some process holds is never deleted: provoked for real with ``ocrd clean``, in the
+worlds where the /proc check used to be blind — holders of another user, ocrd unprivileged with
+and without CAP_LEASE (as the shipped unit runs it), PID namespaces on either side, a writer,
+a mapping whose fd is closed, btrfs, an fd limit, and a hung FUSE mount."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocrd.holders import Answer, file_id, take
+from tests.conftest import ocrd_argv
+
+OCRD_UID = 4242  # the daemon's user, as the unit's User=ocrd
+APP_UID = 4343  # the OCR application's user
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switches users and mounts: needs root")
+
+_HOLD = r"""
+import mmap, os, sys, time
+path, how = sys.argv[1], sys.argv[2]
+if how == "write":
+    f = open(path, "ab")
+    f.write(b"more")
+    f.flush()
+else:
+    f = open(path, "rb")
+    if how == "mmap":
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        f.close()  # only the mapping holds it now, as llama.cpp does
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@dataclass
+class World:
+    """A world-readable scratch area other users can reach, and how to run Python there."""
+
+    base: Path
+    python: list[str]  # argv prefix for an interpreter that imports this checkout's ocrd
+    env: dict[str, str]
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models"
+
+    def config(self, extra: str = "", model_dir: str = "models") -> Path:
+        path = self.base / "config.toml"
+        path.write_text(
+            f'model_dir = "{model_dir}"\n[retention]\nprefixes = ["old_"]\n{extra}\n'
+            '[watch]\nsettle = "0s"\n[engine]\nenabled = false\n'
+        )
+        path.chmod(0o644)
+        return path
+
+    def model(self, name: str, owner: int = 0, data: bytes = b"GGUF" + b"\0" * 8192) -> Path:
+        path = self.models / name
+        path.write_bytes(data)
+        os.chown(path, owner, owner)
+        path.chmod(0o644)
+        return path
+
+
+def _as(uid: int | None, *, lease_cap: bool = False, pid_ns: bool = False) -> list[str]:
+    argv: list[str] = []
+    if pid_ns:
+        argv += ["unshare", "--pid", "--fork", "--mount-proc"]
+    if uid is not None:
+        argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        if lease_cap:
+            argv += ["--inh-caps=+lease", "--ambient-caps=+lease"]
+    return argv
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    base = Path(tempfile.mkdtemp(prefix="ocrd-inuse-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "models").mkdir()
+    os.chown(base / "models", OCRD_UID, OCRD_UID)
+    (base / "models").chmod(0o777)  # the app's user may write models too
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "OCRD_CONFIG"}
+    python = [sys.executable]
+    mounted: Path | None = None
+    probe = [*_as(OCRD_UID), sys.executable, "-c", "import ocrd"]
+    if subprocess.run(probe, capture_output=True, check=False, env=env).returncode != 0:
+        # The checkout sits below a directory other users cannot enter (a 0700 mktemp -d):
+        # show it to them through a bind mount in the world-readable scratch area.
+        mounted = base / "repo"
+        mounted.mkdir()
+        subprocess.run(["mount", "--bind", str(repo), str(mounted)], check=True)
+        python = [str(mounted / Path(sys.executable).relative_to(repo))]
+        env["PYTHONPATH"] = str(mounted)
+    try:
+        yield World(base, python, env)
+    finally:
+        if mounted is not None:
+            subprocess.run(["umount", "-l", str(mounted)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def held(world: World, path: Path, how: str, *, uid: int | None = None, pid_ns: bool = False):  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen(
+        [*_as(uid, pid_ns=pid_ns), *world.python, "-c", _HOLD, str(path), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=world.env,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def clean(
+    world: World,
+    *,
+    uid: int | None = None,
+    lease_cap: bool = False,
+    pid_ns: bool = False,
+    extra: str = "",
+    timeout: float = 60,
+    model_dir: str = "models",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``ocrd clean --json`` in the given world; its report and its log lines (stderr)."""
+    config = world.config(extra, model_dir)
+    argv = [*_as(uid, lease_cap=lease_cap, pid_ns=pid_ns), *world.python, "-m", "ocrd"]
+    if world.python == [sys.executable]:
+        argv = [*_as(uid, lease_cap=lease_cap, pid_ns=pid_ns), *ocrd_argv()]
+    result = subprocess.run(
+        [*argv, "clean", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=world.env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    logs = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    return json.loads(result.stdout), logs
+
+
+def skipped(report: dict[str, Any]) -> dict[str, str]:
+    return {s["path"]: s["reason"] for s in report["skipped"]}
+
+
+# -- ocrd as root (CAP_LEASE): the kernel answers for every holder ------------------------------
+
+
+@root_only
+@pytest.mark.parametrize("how", ["open", "mmap", "write"])
+def test_holders_of_another_user_are_seen(world: World, how: str) -> None:
+    held_model = world.model("old_held.gguf", owner=APP_UID)
+    world.model("old_free.gguf", owner=APP_UID)
+    with held(world, held_model, how, uid=APP_UID):
+        report, _ = clean(world)
+    assert report["deleted"] == ["old_free.gguf"]
+    assert skipped(report) == {"old_held.gguf": "in_use"}
+    assert held_model.exists()
+
+
+@root_only
+def test_a_holder_in_another_pid_namespace_is_seen(world: World) -> None:
+    held_model = world.model("old_held.gguf", owner=APP_UID)
+    with held(world, held_model, "mmap", uid=APP_UID, pid_ns=True):
+        report, _ = clean(world)
+    assert skipped(report) == {"old_held.gguf": "in_use"}
+    assert held_model.exists()
+
+
+@root_only
+def test_ocrd_in_a_pid_namespace_still_sees_holders_outside_it(world: World) -> None:
+    held_model = world.model("old_held.gguf", owner=APP_UID)
+    world.model("old_free.gguf", owner=APP_UID)
+    with held(world, held_model, "mmap", uid=APP_UID):
+        report, _ = clean(world, pid_ns=True)
+    assert report["deleted"] == ["old_free.gguf"]
+    assert skipped(report) == {"old_held.gguf": "in_use"}
+
+
+# -- ocrd unprivileged, as the unit runs it ---------------------------------------------------
+
+
+@root_only
+def test_unprivileged_with_cap_lease_sees_every_users_holders(world: World) -> None:
+    app_model = world.model("old_app.gguf", owner=APP_UID)
+    own_model = world.model("old_own.gguf", owner=OCRD_UID)
+    world.model("old_free.gguf", owner=APP_UID)
+    with (
+        held(world, app_model, "mmap", uid=APP_UID),
+        held(world, own_model, "open", uid=OCRD_UID),
+    ):
+        report, logs = clean(world, uid=OCRD_UID, lease_cap=True)
+    assert report["deleted"] == ["old_free.gguf"]
+    assert skipped(report) == {"old_app.gguf": "in_use", "old_own.gguf": "in_use"}
+    assert not [e for e in logs if e["event"] == "in_use_check_limited"]
+
+
+@root_only
+def test_unprivileged_without_cap_lease_keeps_what_it_cannot_judge_and_says_so_first(
+    world: World,
+) -> None:
+    """Another user's file cannot be leased without CAP_LEASE, held or not, and that user's
+    /proc entries cannot be read: whether it is held is unknown, so it is kept, with a warning
+    that names why and the fix. Its own files are still leased and deleted."""
+    app_model = world.model("old_app.gguf", owner=APP_UID)
+    world.model("old_app_free.gguf", owner=APP_UID)
+    world.model("old_own.gguf", owner=OCRD_UID)
+    with held(world, app_model, "mmap", uid=APP_UID):
+        report, logs = clean(world, uid=OCRD_UID)
+    assert report["deleted"] == ["old_own.gguf"]
+    assert skipped(report) == {
+        "old_app.gguf": "in_use_unknown",
+        "old_app_free.gguf": "in_use_unknown",
+    }
+    warning = next(e for e in logs if e["event"] == "in_use_check_limited")
+    assert warning["why"]
+    assert "CAP_LEASE" in warning["fix"]
+
+
+@root_only
+def test_unknown_holders_delete_is_an_explicit_opt_in(world: World) -> None:
+    world.model("old_app_free.gguf", owner=APP_UID)
+    report, logs = clean(world, uid=OCRD_UID, extra='unknown_holders = "delete"')
+    assert report["deleted"] == ["old_app_free.gguf"]
+    assert "deleting them anyway" in next(
+        e["action"] for e in logs if e["event"] == "in_use_check_limited"
+    )
+
+
+# -- filesystems and limits ---------------------------------------------------------------------
+
+
+@contextmanager
+def loop_mount(base: Path, fstype: str) -> Iterator[Path]:
+    mkfs = shutil.which(f"mkfs.{fstype}")
+    if mkfs is None:
+        pytest.skip(f"mkfs.{fstype} is not installed")
+    image, mnt = base / f"{fstype}.img", base / "models"
+    with open(image, "wb") as fh:
+        fh.truncate(160 * 1024 * 1024)
+    subprocess.run([mkfs, "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        mnt.chmod(0o777)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        image.unlink()
+
+
+@root_only
+def test_a_mapped_model_on_btrfs_is_in_use(world: World) -> None:
+    with loop_mount(world.base, "btrfs"):
+        subprocess.run(
+            ["btrfs", "subvolume", "create", str(world.models / "snap")],
+            check=True,
+            capture_output=True,
+        )
+        held_model = world.model("snap/old_held.gguf", owner=APP_UID)
+        world.model("snap/old_free.gguf", owner=APP_UID)
+        with held(world, held_model, "mmap", uid=APP_UID):
+            # model_dir is the subvolume: one below it would be another filesystem (its own
+            # st_dev), which ocrd does not enter (tests/test_boundaries.py).
+            report, _ = clean(world, model_dir="models/snap")
+            fd = os.open(held_model, os.O_RDONLY)
+            try:
+                fid = file_id(fd)
+            finally:
+                os.close(fd)
+            assert fid is not None
+            assert fid[0] != held_model.stat().st_dev  # btrfs: the subvolume's device, not maps'
+            assert take().answer(fid) is Answer.HELD  # the fallback sees the mapping too
+        assert report["deleted"] == ["old_free.gguf"]
+        assert skipped(report) == {"old_held.gguf": "in_use"}
+        assert held_model.exists()
+
+
+@root_only
+def test_at_the_fd_limit_a_held_model_is_never_deleted(world: World) -> None:
+    """Under an fd limit too low for the pass, files the pass cannot open fail (and stay);
+    none is deleted without its lease."""
+    for i in range(40):
+        (world.models / f"d{i:02d}").mkdir()
+        world.model(f"d{i:02d}/old_{i:02d}.gguf")
+    held_model = world.model("d07/old_held.gguf")
+    config = world.config()
+    with held(world, held_model, "mmap"):
+        script = (
+            "import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))\n"
+            "from ocrd.cli import main\n"
+            "sys.exit(main(['clean', '--json', '-c', sys.argv[1]]))\n"
+        )
+        result = subprocess.run(
+            [*world.python, "-c", script, str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=world.env,
+            check=False,
+        )
+    assert held_model.exists(), result.stdout + result.stderr
+    if result.returncode == 0:
+        report = json.loads(result.stdout)
+        assert "d07/old_held.gguf" not in report["deleted"]
+
+
+# -- a hung FUSE mount that some unrelated process holds a file on ------------------------------
+
+
+@contextmanager
+def hung_fuse(base: Path) -> Iterator[Path]:
+    bindfs = shutil.which("bindfs")
+    if bindfs is None:
+        pytest.skip("bindfs is not installed (apt-get install bindfs)")
+    source, mnt = base / "fuse-src", base / "fuse"
+    source.mkdir()
+    mnt.mkdir()
+    (source / "data.bin").write_bytes(b"x" * 4096)
+    subprocess.run([bindfs, str(source), str(mnt)], check=True)
+    server = int(
+        subprocess.run(
+            ["pgrep", "-n", "-f", f"bindfs {source}"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    holder = subprocess.Popen(
+        ["sh", "-c", f'exec 3<"{mnt}/data.bin"; echo ready; exec sleep 600'],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "ready\n"
+        os.kill(server, signal.SIGSTOP)  # from now on every request to the mount hangs
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        os.kill(server, signal.SIGCONT)
+        os.kill(server, signal.SIGTERM)
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+@root_only
+def test_a_hung_fuse_mount_neither_freezes_the_pass_nor_the_fallback(world: World) -> None:
+    world.model("old_a.gguf", owner=APP_UID)
+    world.model("old_b.gguf", owner=APP_UID)
+    with hung_fuse(world.base):
+        began = time.monotonic()
+        view = take()  # reads fdinfo, never stat() through the hung mount
+        assert time.monotonic() - began < 5
+        assert view.processes > 0
+        report, _ = clean(world, timeout=30)
+        assert sorted(report["deleted"]) == ["old_a.gguf", "old_b.gguf"]
+        world.model("old_c.gguf", owner=APP_UID)  # not ocrd's: only /proc can judge it
+        report, _ = clean(world, uid=OCRD_UID, timeout=30)
+        assert skipped(report) == {"old_c.gguf": "in_use_unknown"}
+
+
+@root_only
+def test_list_shows_held_and_unjudgeable_files_with_their_own_verdict(world: World) -> None:
+    app_held = world.model("old_held.gguf", owner=APP_UID)
+    world.model("old_free.gguf", owner=OCRD_UID)
+    config = world.config()
+    argv = [*_as(OCRD_UID), *world.python, "-m", "ocrd", "list", "--json", "-c", str(config)]
+    with held(world, app_held, "mmap", uid=APP_UID):
+        as_root = subprocess.run(
+            [*world.python, "-m", "ocrd", "list", "--json", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            env=world.env,
+            check=True,
+            timeout=60,
+        )
+        unprivileged = subprocess.run(
+            argv, capture_output=True, text=True, env=world.env, check=True, timeout=60
+        )
+    verdicts = {r["path"]: r["verdict"] for r in json.loads(as_root.stdout)}
+    assert verdicts == {"old_held.gguf": "in_use", "old_free.gguf": "delete"}
+    verdicts = {r["path"]: r["verdict"] for r in json.loads(unprivileged.stdout)}
+    assert verdicts == {"old_held.gguf": "in_use_unknown", "old_free.gguf": "delete"}
+    assert os.path.exists(app_held)
