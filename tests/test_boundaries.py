@@ -353,6 +353,25 @@ def test_clean_under_ulimit_256_deletes_every_eligible_file(tmp_path: Path, mode
     assert not [p for p in models.glob("d*/old_*")]
 
 
+def test_the_daemon_under_ulimit_256_deletes_every_eligible_file(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    # The real engine (the .NET runtime holds fds of its own), the watcher, apply's threads.
+    for i in range(3000):
+        make_file(models, b"d%04d/old_%04d.bin" % (i, i))
+        make_file(models, b"d%04d/keep.bin" % i)
+    body = CONFIG.format(model_dir="models", settle="0s", observer="auto")
+    cfg = write_config(tmp_path, body.replace("enabled = false", "enabled = true"))
+    d = Daemon(cfg, prefix=["prlimit", "--nofile=256:256", "--"])
+    daemons.append(d)
+    d.note("READY=1", timeout=120)
+    assert d.stop()[0] == 0
+    names = d.names()
+    assert names.count("model_deleted") == 3000, [n for n in names if n != "model_deleted"]
+    assert not {"deletion_failed", "scan_unreadable", "daemon_failed"} & set(names)
+    assert not list(models.glob("d*/old_*"))
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
