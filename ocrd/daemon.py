@@ -363,6 +363,8 @@ class Daemon:
             for rel in changes.dirs | changes.files:
                 if not rel:
                     continue  # model_dir itself: _root_state's business
+                if _below_any(rel, changes.dirs):
+                    continue  # that directory is forgotten and walked whole below
                 st = dirs.stat(rel)
                 is_dir = st is not None and stat.S_ISDIR(st.st_mode)
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
@@ -736,6 +738,17 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
+
+
+def _below_any(rel: bytes, dirs: set[bytes]) -> bool:
+    """Whether a directory above ``rel`` is in ``dirs``. Polling reports every directory of a
+    tree moved in, each of which was walked whole: quadratic in its depth."""
+    while True:
+        rel = rel.rpartition(b"/")[0]
+        if not rel:
+            return False
+        if rel in dirs:
+            return True
 
 
 def _version(entry: FileEntry) -> tuple[bytes, int, float]:
