@@ -1,5 +1,12 @@
 """``python -m ocrd``: the same command line as the ``ocrd`` console script."""
 
+import sys
+
+if sys.argv[1:2] == ["run"]:
+    from ocrd import signals
+
+    signals.hold()  # before the imports below: see ocrd/signals.py
+
 from ocrd.cli import main
 
 raise SystemExit(main())

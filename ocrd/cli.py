@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ocrd import __version__, log
 from ocrd.apply import InUse, Status, apply, limited_check, probe
-from ocrd.config import Config, approx_duration, default_path, load
+from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.holders import lease_report
 from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
@@ -38,11 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.log.format,
         stream=sys.stderr,
     )
+    warnings = lint(config)
     if args.command == "check":
+        # Warnings never change the answer: the config is valid, only perhaps not as meant.
+        for warning in warnings:
+            print(warning.line(config.path), file=sys.stderr)
         print(config.summary())
         # stdout keeps the contract's one-line summary; how "in use" will be judged is advice.
         print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
         return 0
+    log_warnings(config, warnings)
     before, after = raise_fd_limit()
     log.get().debug("fd_limit", soft_before=before, soft=after)
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
@@ -69,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     config_help = "config file (default: $OCRD_CONFIG, else ./config.toml)"
     for name, text in (
         ("run", "the daemon, in the foreground"),
-        ("check", "validate the config and print a one-line summary"),
+        (
+            "check",
+            "validate the config, print a one-line summary; warn (stderr) about rules that "
+            "cannot mean what they say",
+        ),
         ("list", "the audit: every model file with its verdict and the rule behind it"),
         ("clean", "one retention pass, then exit"),
     ):
@@ -143,6 +152,7 @@ def _print_list(
         return f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason
 
     def age(d: Decision) -> float:
+        # Negative for a timestamp in the future: the text says "future", JSON says 0.
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
 
     if as_json:
@@ -152,7 +162,7 @@ def _print_list(
                 "size": d.entry.size,
                 "mtime": d.entry.mtime,
                 "atime": d.entry.atime,
-                "age_s": round(age(d), 3),
+                "age_s": max(0.0, round(age(d), 3)),
                 "verdict": str(verdict(d)),
                 "rule": d.rule,
                 "reason": reason(d),

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
+import stat
 import tomllib
+from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from ocrd import log
 from ocrd.errors import ConfigError
 
 DEFAULT_CONFIG = "config.toml"
+MAX_BYTES = 1 << 20  # a real config is a few hundred bytes; this bounds what a wrong -c reads
+MAX_DEPTH = 16  # tables and arrays inside each other; the schema itself needs 3
+INT32_MAX = 2**31 - 1  # the engine's integers are .NET Int32: larger ones raise OverflowError
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -24,7 +32,7 @@ _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 def parse_duration(text: object) -> float:
     """``"90s"``, ``"15m"``, ``"1h30m"`` → seconds. Bare numbers are refused: units matter."""
     if not isinstance(text, str):
-        raise ValueError(f'{text!r} is not a duration: write a string with a unit, e.g. "30d"')
+        raise ValueError(f'{_show(text)} is not a duration: write a string with a unit, e.g. "30d"')
     compact = text.strip()
     if not _DURATION.fullmatch(compact):
         raise ValueError(
@@ -57,9 +65,9 @@ def approx_duration(seconds: float) -> str:
 
 def _check_glob(pattern: object) -> str:
     if not isinstance(pattern, str):
-        raise ValueError(f"{pattern!r} is not a glob pattern: write a string")
+        raise ValueError(f"{_show(pattern)} is not a glob pattern: write a string")
     if not pattern or "\0" in pattern:
-        raise ValueError(f"{pattern!r} is not a glob pattern: it is empty or holds a NUL byte")
+        raise ValueError(f"{quote(pattern)} is not a glob pattern: it is empty or holds a NUL byte")
     if pattern.startswith("/"):
         raise ValueError(f"{quote(pattern)} is not a glob: patterns are relative to model_dir")
     i = 0
@@ -76,7 +84,7 @@ def _check_glob(pattern: object) -> str:
 
 def _check_prefix(prefix: object) -> str:
     if not isinstance(prefix, str):
-        raise ValueError(f"{prefix!r} is not a prefix: write a string")
+        raise ValueError(f"{_show(prefix)} is not a prefix: write a string")
     if not prefix:
         raise ValueError('"" is not a prefix: it would match every file')
     if "/" in prefix or "\0" in prefix:
@@ -115,8 +123,8 @@ class Watch(_Section):
 
 class Engine(_Section):
     enabled: bool = True
-    gpu_layers: int = Field(default=0, ge=0)
-    context_size: int | None = Field(default=None, gt=0)
+    gpu_layers: int = Field(default=0, ge=0, le=INT32_MAX)
+    context_size: int | None = Field(default=None, gt=0, le=INT32_MAX)
     # Each free/start cycle costs the host a model reload. A deletion that becomes due while
     # the engine runs waits up to ``batch`` for others to share its cycle; once freed, the
     # engine starts again only after ``restart_after`` without deletions.
@@ -141,13 +149,16 @@ class Config(_Section):
 
     def summary(self) -> str:
         r = self.retention
-        rules = [f"prefixes={list(r.prefixes)}"]
+        rules = [f"prefixes=[{', '.join(quote(p) for p in r.prefixes)}]"]
         if r.max_age is not None:
             rules.append(f"max_age={format_duration(r.max_age)} by {r.age_by}")
         rules.append(f"whitelist={len(r.whitelist)} pattern(s)")
         mode = "dry run" if r.dry_run else "deleting"
         engine = "engine on" if self.engine.enabled else "engine off"
-        return f"{self.path}: ok: model_dir={self.model_dir}, {', '.join(rules)}, {mode}, {engine}"
+        return (
+            f"{plain(self.path)}: ok: model_dir={plain(self.model_dir)}, {', '.join(rules)}, "
+            f"{mode}, {engine}"
+        )
 
 
 def default_path() -> Path:
@@ -156,23 +167,102 @@ def default_path() -> Path:
 
 
 def load(path: Path) -> Config:
-    """Read and validate ``path``; a ConfigError names the file and every key path at fault."""
-    name = str(path)
+    """Read and validate ``path``; a ConfigError names the file and every key path at fault.
+    Nothing else escapes: any file, however hostile, is one ConfigError."""
+    name = plain(path)
+    data = _read(path, name)
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from exc
+        raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         problem = f"{name}: not UTF-8 text (byte {exc.start}): TOML must be UTF-8"
         raise ConfigError([problem]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{name}: not valid TOML: {exc}"]) from exc
+    except ValueError as exc:  # an integer of more than 4300 digits (int()'s own limit)
+        what = str(exc).partition(";")[0]
+        raise ConfigError([f"{name}: not valid TOML: {what}"]) from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([_too_deep(name)]) from exc
+    if _depth(raw) > MAX_DEPTH:
+        raise ConfigError([_too_deep(name)])
     return validate(raw, path)
+
+
+def _read(path: Path, name: str) -> bytes:
+    """The file's bytes, if it is a regular file (a symlink to one is fine) of at most MAX_BYTES.
+
+    A FIFO would block the reader (and a daemon reloading it would stop answering signals), a
+    device may never end (/dev/zero) or act on being opened: they are refused by stat() before
+    any open(), and the opened file is checked again, so a swap in between is refused too.
+    O_NONBLOCK makes even that racing open of a FIFO return at once."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([_not_regular(name, st.st_mode)])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError([_not_regular(name, st.st_mode)])
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from exc
+    if size > MAX_BYTES:
+        limit = MAX_BYTES >> 20
+        raise ConfigError([f"{name}: larger than {limit} MiB: this is not an ocrd config file"])
+    return b"".join(chunks)
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _not_regular(name: str, mode: int) -> str:
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+    return f"{name}: is {kind}, not a regular file: point -c or $OCRD_CONFIG at the config file"
+
+
+def _too_deep(name: str) -> str:
+    return (
+        f"{name}: arrays or tables nested more than {MAX_DEPTH} levels deep: "
+        "an ocrd config needs 3 at most"
+    )
+
+
+def _depth(value: object) -> int:
+    """How many tables and arrays sit inside each other in ``value``; iterative, so any depth
+    is measured without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterator[object] = iter(item.values())
+        elif isinstance(item, list):
+            children = iter(item)
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def validate(raw: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document as if it were read from ``path``."""
-    name = str(path)
+    name = plain(path)
     problems: list[str] = []
     if "path" in raw:
         problems.append(f"{name}: at 'path': unknown key")
@@ -208,6 +298,11 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
     resolved = _resolve(base, value)
     if resolved == Path("/") or os.path.realpath(resolved) == "/":
         return [f"{where}: {quote(value)} is the root directory; ocrd will not manage /"]
+    if (system := _system_directory(resolved)) is not None:
+        return [
+            f"{where}: {quote(value)} is {system}, not a model directory; ocrd will not "
+            "manage it: point model_dir at a directory that holds only models"
+        ]
     # The resolved path is shown whole (PATH_MAX bounds it): its last components are the very
     # thing the operator has to fix, and shortening would cut exactly those off.
     shown = quote(resolved, limit=4096)
@@ -218,9 +313,48 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
     return []
 
 
+_SYSTEM_DIRS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var",
+)
+
+
+def _system_directory(model_dir: Path) -> str | None:
+    """What makes ``model_dir`` a directory ocrd must not manage, or None. Compared after
+    realpath on both sides: "/bin" is "/usr/bin" on a merged-/usr system, a link is its target.
+    A retention rule there (``max_age``, a prefix) would delete the system or a user's files."""
+    candidates: list[tuple[str, str]] = [(d, f"the system directory {d}") for d in _SYSTEM_DIRS]
+    with suppress(OSError):  # an unreadable / leaves the fixed list above
+        lib = [d for d in os.listdir("/") if d.startswith("lib")]  # /lib*: lib32, libexec, ...
+        candidates += [(f"/{d}", f"the system directory /{d}") for d in lib]
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        candidates.append((home, "$HOME"))
+    with suppress(KeyError):  # a uid with no passwd entry (containers) has no home to protect
+        candidates.append((pwd.getpwuid(os.getuid()).pw_dir, "the home of the running user"))
+    real = os.path.realpath(model_dir)
+    for path, what in candidates:
+        if real in (os.path.normpath(path), os.path.realpath(path)):
+            return what
+    return None
+
+
 def _describe(name: str, err: Any) -> str:
-    loc = err["loc"]
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    key = key_path(err["loc"])
     kind = err["type"]
     value = err.get("input")
     if kind == "missing":
@@ -245,9 +379,39 @@ def _describe(name: str, err: Any) -> str:
 
 
 def quote(value: object, limit: int = 60) -> str:
-    """A value as it would be written in TOML, on one line, shortened if long."""
+    """A value as it would be written in TOML, on one line, shortened if long. Every character
+    that is not printable (controls, ESC, DEL, line and paragraph separators, bidi and other
+    format characters, stray surrogates) is a TOML escape, so what is shown is what is there."""
     text = json.dumps(str(value), ensure_ascii=False)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
     return text if len(text) <= limit else text[: limit - 2] + '…"'
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_path(loc: tuple[str | int, ...]) -> str:
+    """A key path as TOML writes it: ``retention.whitelist[0]``, with any key that is not a
+    bare key quoted and escaped as values are (``bogus."a\\nb"``)."""
+    text = ""
+    for p in loc:
+        if isinstance(p, int):
+            text += f"[{p}]"
+        else:
+            text += ("." if text else "") + (p if _BARE_KEY.fullmatch(p) else quote(p))
+    return text
+
+
+def plain(value: object) -> str:
+    """A path or name as it is, unless it holds anything unprintable: then quoted and escaped."""
+    text = str(value)
+    return text if text.isprintable() else quote(text, limit=4096)
 
 
 def _show(value: object) -> str:
@@ -258,3 +422,81 @@ def _show(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return repr(value)
+
+
+# --- lint: valid rules that cannot mean what they say -----------------------------------------
+
+SHORT_AGE = 60.0  # a max_age under a minute deletes models as they arrive: a slip of a unit
+
+
+class Lint(NamedTuple):
+    """A warning about a valid config: reported by ``check``, at start-up and on reload."""
+
+    key: str
+    message: str
+
+    def line(self, path: Path) -> str:
+        return f"{plain(path)}: warning: at '{self.key}': {self.message}"
+
+
+def lint(config: Config) -> list[Lint]:
+    """Every rule in ``config`` that is valid but cannot do what it says, one Lint each."""
+    found = [
+        Lint(f"retention.whitelist[{i}]", why)
+        for i, pattern in enumerate(config.retention.whitelist)
+        if (why := _never_matches(pattern, config.model_dir)) is not None
+    ]
+    max_age, settle = config.retention.max_age, config.watch.settle
+    if max_age is not None and settle > 0 and max_age <= settle:
+        found.append(
+            Lint(
+                "retention.max_age",
+                f"{format_duration(max_age)} is not longer than watch.settle "
+                f"({format_duration(settle)}): every model is deleted as soon as it settles",
+            )
+        )
+    elif max_age is not None and max_age < SHORT_AGE:
+        found.append(
+            Lint(
+                "retention.max_age",
+                f"{format_duration(max_age)} deletes every model under a minute after it last "
+                'changed: check the unit ("1ms" is a millisecond, "1m" a minute, "1d" a day)',
+            )
+        )
+    return found
+
+
+def log_warnings(config: Config, warnings: list[Lint] | None = None) -> None:
+    """One ``config_warning`` event per lint of ``config``."""
+    for w in lint(config) if warnings is None else warnings:
+        log.get().warning("config_warning", config=str(config.path), key=w.key, warning=w.message)
+
+
+def _never_matches(pattern: str, model_dir: Path) -> str | None:
+    """Why a whitelist pattern can match no file under model_dir, or None. Only patterns with
+    "/" can fail this way: they match the path relative to model_dir, which never starts with
+    "./" or the directory's own name, never ends in "/" and holds no "." or ".." component."""
+    if "/" not in pattern:
+        return None
+    parts = pattern.split("/")
+    shown = quote(pattern)
+    if parts[0] == "." and len(parts) > 1:
+        rest = quote("/".join(parts[1:]).lstrip("/"))
+        return f'{shown} never matches: paths are relative to model_dir, without "./"; write {rest}'
+    if parts[-1] == "":
+        return (
+            f"{shown} never matches: the whitelist matches files, not directories; "
+            f"write {quote(pattern.rstrip('/') + '/*')} to protect everything under it"
+        )
+    if any(p in (".", "..") for p in parts):
+        return f'{shown} never matches: paths under model_dir hold no "." or ".." component'
+    if "" in parts:
+        return f'{shown} never matches: paths under model_dir hold no empty component ("//")'
+    own = {model_dir.name, os.path.basename(os.path.realpath(model_dir))}
+    if parts[0] in own and not (model_dir / parts[0]).is_dir():
+        rest = quote("/".join(parts[1:]))
+        return (
+            f"{shown} never matches: paths are relative to model_dir, so they do not start "
+            f"with its own name {quote(parts[0])}; write {rest}"
+        )
+    return None

@@ -15,10 +15,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ocrd import __version__, log
+from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.clock import Clock, SystemClock
-from ocrd.config import Config, load
+from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.fsdirs import DirFds, OtherFilesystem, entry_from_stat
@@ -36,6 +36,7 @@ from ocrd.inventory import (
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
+from ocrd.skew import FutureMtimes
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -153,6 +154,7 @@ class Daemon:
         # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
         self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.mounts: set[tuple[bytes, str]] = set()  # (path, device) not entered, as logged
@@ -169,8 +171,10 @@ class Daemon:
         and at the first set_post_processor, ASPOSE_NOTES 2), or SIGTERM kills us with 143."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (*signals.STOP, *signals.RELOAD):
             signal.signal(sig, self._on_signal)
+        for sig in signals.IGNORED:
+            signal.signal(sig, signal.SIG_IGN)
         self.waker.wake_on_signals()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -185,9 +189,11 @@ class Daemon:
         self.waker.wake()
 
     def _should_stop(self) -> bool:
-        """Asked between files of a batch: also where the watchdog is fed during long passes."""
+        """Asked between files of a batch: also where the watchdog is fed during long passes.
+        A reload stops the batch too: the rules may now keep what is left of it, so nothing
+        more is deleted until the reload has planned again."""
         self._ping()
-        return self.stop_signal is not None
+        return self.stop_signal is not None or self.reload_requested
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -205,6 +211,7 @@ class Daemon:
             pid=os.getpid(),
             dry_run=c.retention.dry_run,
         )
+        log_warnings(c)
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
@@ -271,6 +278,11 @@ class Daemon:
             # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
             # entry the file has since outgrown (writes raise no event we listen to). All of
             # them are looked at again on disk before planning: the disk is the truth.
+            # An event on a file that is backing off (a writer closed it, it was renamed in)
+            # makes it worth a look now: the next attempt is not held to its backoff.
+            for p in changes.files & self.backoff.keys():
+                attempts, version, _ = self.backoff[p]
+                self.backoff[p] = (attempts, version, 0.0)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
@@ -485,6 +497,7 @@ class Daemon:
         except Stopped:
             return  # SIGTERM mid-scan: the loop exits at once, nothing half-planned is applied
         self.index = index
+        self.future.keep_only(index)
         self.dirs = dict(dirs)
         # Nothing is kept for a path that is gone.
         self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
@@ -528,11 +541,12 @@ class Daemon:
 
     def _note_revisits(self, the_plan: Plan) -> list[Decision]:
         """Schedule a second look where time alone may change a verdict; the deletions."""
+        self.future.check(the_plan.decisions, the_plan.now)
         deletions = []
         for d in the_plan.decisions:
             if d.verdict is Verdict.DELETE:
                 deletions.append(d)
-            elif (at := revisit_at(d, self.rules)) is not None:
+            elif (at := revisit_at(d, self.rules, the_plan.now)) is not None:
                 self.scheduler.revisit(d.entry.path, at, coarse=d.verdict is Verdict.KEEP)
         return deletions
 
@@ -602,11 +616,13 @@ class Daemon:
             self.restart_at = None
             return
         deleted = freed = 0
+        left = {d.entry.path for d in due}
         try:
             for o in apply(
                 the_plan, str(self.place), stop=self._should_stop, in_use=self._in_use()
             ):
                 e = o.decision.entry
+                left.discard(e.path)
                 if o.status is Status.DELETED:
                     self.index.pop(e.path)
                     self.backoff.pop(e.path, None)
@@ -618,6 +634,9 @@ class Daemon:
                 else:
                     self._not_done(o)
         finally:
+            # Not reached (a stop or a reload came first): looked at again, under whatever
+            # rules are in force by then, at the next step.
+            self.pending |= left
             if deleted:
                 self.last_action = f"deleted {deleted} file(s), {freed} bytes"
             # The engine stays freed while deletions keep coming; it starts again after a
@@ -720,6 +739,7 @@ class Daemon:
             self.supervisor.start()
         self.reported.clear()
         self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        log_warnings(new)
         self.last_action = "config reloaded"
         self._full_pass("reload")
         self.notifier.ready(self._status())
@@ -799,6 +819,7 @@ def run(config_path: Path) -> int:
     runtime = load_runtime() if config.engine.enabled else None
     daemon = Daemon(config, runtime=runtime)
     daemon.install_signals()
+    signals.release()  # every handler is in place: what arrived meanwhile is delivered now
     try:
         return daemon.serve()
     except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us

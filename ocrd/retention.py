@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
@@ -45,12 +47,18 @@ class PrefixRule:
     name: str = "prefix"
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
-        encoded = tuple(p.encode("utf-8", "surrogateescape") for p in self.prefixes)
+        # Names and prefixes are compared in NFC: "é" typed on one system and stored decomposed
+        # by another (macOS, some archivers) is the same name to whoever wrote the rule.
+        encoded = tuple(nfc(p).encode("utf-8", "surrogateescape") for p in self.prefixes)
         reasons = {
             p: f"name starts with {q!r}" for p, q in zip(encoded, self.prefixes, strict=True)
         }
         for f in files:
             name = f.path.rpartition(b"/")[2]
+            if not name.isascii():  # ASCII is its own NFC: the common case stays a bytes compare
+                name = nfc(name.decode("utf-8", "surrogateescape")).encode(
+                    "utf-8", "surrogateescape"
+                )
             if name.startswith(encoded):
                 yield f, reasons[next(p for p in encoded if name.startswith(p))]
 
@@ -79,6 +87,24 @@ class MaxAgeRule:
                 yield f, text
 
 
+INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
+
+
+@dataclass(frozen=True)
+class InterruptedRule:
+    """A file ocrd had checked and was deleting when it was killed. To delete exactly the
+    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first and unlinks that name
+    (ocrd.apply); a SIGKILL between the two leaves the private name behind. Such a file had
+    passed every check already; it is planned again, and checked again, under this rule."""
+
+    name: str = "interrupted"
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        for f in files:
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]):
+                yield f, "ocrd was stopped while deleting it"
+
+
 @dataclass(frozen=True)
 class Rules:
     """Everything the planner needs, built once from config."""
@@ -86,17 +112,23 @@ class Rules:
     selectors: tuple[Selector, ...]
     whitelist: tuple[str, ...] = ()
     settle: float = 0.0
+    _patterns: tuple[tuple[str, str, bool], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # (as written, in NFC, holds "/"): normalised once, not per file.
+        patterns = tuple((p, nfc(p), "/" in p) for p in self.whitelist)
+        object.__setattr__(self, "_patterns", patterns)
 
     @property
     def per_file(self) -> bool:
         """True when every rule judges each file alone, so planning a subset of the inventory
         gives the same verdicts as planning all of it (the daemon relies on this to plan only
         what changed; a whole-inventory rule makes it plan everything)."""
-        return all(isinstance(s, PrefixRule | MaxAgeRule) for s in self.selectors)
+        return all(isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors)
 
     @classmethod
     def from_config(cls, retention: Retention, settle: float) -> Rules:
-        selectors: list[Selector] = []
+        selectors: list[Selector] = [InterruptedRule()]
         if retention.prefixes:
             selectors.append(PrefixRule(retention.prefixes))
         if retention.max_age is not None:
@@ -106,10 +138,14 @@ class Rules:
     def whitelisted(self, entry: FileEntry) -> str | None:
         """The first whitelist pattern matching ``entry``: by name, or by relative path if the
         pattern holds "/". fnmatch's ``*`` also crosses "/": on a whitelist, matching more is
-        the safe side."""
-        for pattern in self.whitelist:
-            subject = entry.text if "/" in pattern else entry.text.rpartition("/")[2]
-            if fnmatch.fnmatchcase(subject, pattern):
+        the safe side. Both sides are compared in NFC, so a pattern protects its name however
+        the name's accents were stored (composed or decomposed)."""
+        path = entry.text
+        if not path.isascii():
+            path = nfc(path)
+        name = path.rpartition("/")[2]
+        for pattern, normal, by_path in self._patterns:
+            if fnmatch.fnmatchcase(path if by_path else name, normal):
                 return pattern
         return None
 
@@ -137,11 +173,9 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             decided[i] = Decision(f, Verdict.KEEP, None, "symbolic link: never followed or deleted")
         elif rules.whitelist and (pattern := whitelisted(f)) is not None:
             decided[i] = Decision(f, Verdict.PROTECTED, "whitelist", f"matches {pattern!r}")
-        elif settle > 0 and (changed := now - max(f.mtime, f.ctime)) < settle:
-            # ctime too: a file copied with its old mtime kept (cp -p, rsync -t) is still new here.
+        elif settle > 0 and (changed := now - changed_at(f, now)) < settle:
             # With settle = 0 nothing settles, not even a file whose clock runs ahead of ours.
-            why = f"changed {changed:.1f}s ago, settle is {settle:g}s"
-            decided[i] = Decision(f, Verdict.SETTLING, None, why)
+            decided[i] = Decision(f, Verdict.SETTLING, None, _settling(f, changed, settle, now))
         else:
             undecided.append(i)
     # A selected entry is found again by identity, not by value: hashing a whole FileEntry
@@ -159,18 +193,44 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     return Plan(cast(tuple[Decision, ...], tuple(decided)), now)
 
 
-def revisit_at(decision: Decision, rules: Rules) -> float | None:
-    """The wall-clock time at which this decision could turn out differently with no change to
-    the file: a settling file stops settling, a kept file crosses ``max_age``. None if never."""
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def changed_at(f: FileEntry, now: float) -> float:
+    """When the file last changed, as far as settling goes: the later of mtime and ctime (ctime
+    too: a file copied with its old mtime kept, by cp -p or rsync -t, is still new here). An
+    mtime in the future was set, not written (touch -d, an archive, a skewed clock), and would
+    keep the file settling until then: it is ignored for ctime, which only the kernel sets."""
+    return f.ctime if f.mtime > now else max(f.mtime, f.ctime)
+
+
+def _settling(f: FileEntry, changed: float, settle: float, now: float) -> str:
+    if changed < 0:
+        return f"changed {-changed:.1f}s in the future by our clock, settle is {settle:g}s"
+    if f.mtime > now:
+        return f"mtime in the future; status changed {changed:.1f}s ago, settle is {settle:g}s"
+    return f"changed {changed:.1f}s ago, settle is {settle:g}s"
+
+
+def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
+    """The wall-clock time at which this decision, made at ``now``, could turn out differently
+    with no change to the file: a settling file stops settling, a kept file crosses ``max_age``
+    or the clock reaches its future mtime (which then counts as a change). None if never."""
     entry = decision.entry
     if decision.verdict is Verdict.SETTLING:
+        if entry.mtime > now and (end := entry.ctime + rules.settle) < entry.mtime:
+            return end
+        # Still settling when the clock reaches a future mtime: from then on it is the change.
         return max(entry.mtime, entry.ctime) + rules.settle
     if decision.verdict is Verdict.KEEP and not entry.is_link:
         times = [
-            (entry.mtime if s.age_by == "mtime" else entry.atime) + s.max_age
+            # max_age deletes what is strictly older: look again just after the boundary.
+            (entry.mtime if s.age_by == "mtime" else entry.atime) + s.max_age + 0.001
             for s in rules.selectors
             if isinstance(s, MaxAgeRule)
         ]
-        # max_age deletes what is strictly older: look again just after the boundary.
-        return min(times) + 0.001 if times else None
+        if rules.settle > 0 and entry.mtime > now:
+            times.append(entry.mtime)
+        return min(times) if times else None
     return None

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from ocrd.config import Config, default_path, format_duration, load, parse_duration
+from ocrd.config import (
+    INT32_MAX,
+    MAX_BYTES,
+    MAX_DEPTH,
+    Config,
+    default_path,
+    format_duration,
+    load,
+    parse_duration,
+)
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import OcrdRunner, write_config
+from tests.daemon_harness import Daemon
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -432,3 +445,247 @@ def test_check_defaults_to_config_toml_in_cwd(tmp_path: Path, run_ocrd: OcrdRunn
     result = run_ocrd("check", cwd=tmp_path)  # no config.toml here
     assert result.returncode == 78
     assert result.stderr.startswith("config.toml: cannot read")
+
+
+# --- hostile files: not regular, too large, too deep, too big a number ------------------------
+
+
+def _one_line_each(problems: tuple[str, ...] | list[str]) -> None:
+    for problem in problems:
+        assert problem.isprintable(), problem  # escaped: no newline, ESC, separator or bidi mark
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (os.mkfifo, "a FIFO (named pipe)"),
+        (lambda p: p.mkdir(), "a directory"),
+        (lambda p: p.symlink_to("/dev/zero"), "a character device"),
+        (lambda p: p.symlink_to("/dev/null"), "a character device"),
+    ],
+)
+def test_a_config_that_is_not_a_regular_file_is_one_clear_line_and_never_blocks(
+    conf_dir: Path, run_ocrd: OcrdRunner, make: Callable[[Path], None], kind: str
+) -> None:
+    path = conf_dir / "config.toml"
+    make(path)
+    # A subprocess with a timeout: opening a FIFO for reading used to block check forever.
+    result = run_ocrd("check", "-c", path)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert result.stderr == (
+        f"{path}: is {kind}, not a regular file: point -c or $OCRD_CONFIG at the config file\n"
+    )
+
+
+def test_a_socket_as_config_is_refused(conf_dir: Path) -> None:
+    path = conf_dir / "config.toml"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        assert problems_of(path) == (
+            f"{path}: is a socket, not a regular file: point -c or $OCRD_CONFIG at the config file",
+        )
+
+
+def test_a_symlinked_config_is_followed(conf_dir: Path) -> None:
+    real = write_config(conf_dir, 'model_dir = "models"\n', name="real.toml")
+    (conf_dir / "config.toml").symlink_to(real)
+    assert load(conf_dir / "config.toml").model_dir == conf_dir / "models"
+
+
+def test_size_is_capped_at_one_mib(conf_dir: Path) -> None:
+    body = 'model_dir = "models"\n'
+    padding = "#" * 99 + "\n"
+    exactly = body + padding * ((MAX_BYTES - len(body)) // len(padding))
+    exactly += "#" * (MAX_BYTES - len(exactly) - 1) + "\n"
+    path = write_config(conf_dir, exactly)
+    assert path.stat().st_size == MAX_BYTES
+    assert load(path).model_dir == conf_dir / "models"
+    path.write_text(exactly + "\n")
+    assert problems_of(path) == (f"{path}: larger than 1 MiB: this is not an ocrd config file",)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[" * 600 + "]" * 600,  # tomllib recursed into RecursionError here
+        "{a = " * 600 + "1" + "}" * 600,
+        "[{a = [" * 200 + "]}]" * 200,
+        "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+    ],
+)
+@pytest.mark.parametrize("key", ["bogus", "engine.gpu_layers", "retention.whitelist"])
+def test_any_nesting_depth_is_one_line(conf_dir: Path, value: str, key: str) -> None:
+    section, _, name = key.rpartition(".")
+    table = f"[{section}]\n" if section else ""
+    path = write_config(conf_dir, f'model_dir = "models"\n{table}{name} = {value}\n')
+    assert problems_of(path) == (
+        f"{path}: arrays or tables nested more than {MAX_DEPTH} levels deep: "
+        "an ocrd config needs 3 at most",
+    )
+
+
+def test_nesting_within_the_limit_is_an_ordinary_error(conf_dir: Path) -> None:
+    depth = MAX_DEPTH - 2  # the document table and [engine] are two levels
+    body = "[engine]\ngpu_layers = " + "[" * depth + "]" * depth + "\n"
+    assert only_problem(conf_dir, body).endswith(
+        "at 'engine.gpu_layers': an array: input should be a valid integer"
+    )
+
+
+@pytest.mark.parametrize("key", ["gpu_layers", "context_size"])
+def test_engine_integers_are_bounded_by_the_engines_int32(conf_dir: Path, key: str) -> None:
+    ok = load(write_config(conf_dir, f'model_dir = "models"\n[engine]\n{key} = {INT32_MAX}\n'))
+    assert getattr(ok.engine, key) == 2**31 - 1
+    for value in (2**31, 99999999999999, 2**63 - 1):
+        problem = only_problem(conf_dir, f"[engine]\n{key} = {value}\n")
+        assert problem.endswith(
+            f"at 'engine.{key}': {value}: input should be less than or equal to 2147483647"
+        )
+
+
+def test_an_integer_of_5000_digits_is_one_line(conf_dir: Path) -> None:
+    path = write_config(conf_dir, 'model_dir = "models"\nbogus = ' + "9" * 5000 + "\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}: not valid TOML: Exceeds the limit (4300 digits)")
+    _one_line_each([problem])
+
+
+@pytest.mark.parametrize(
+    ("toml_key", "shown"),
+    [
+        ('"a\\nb"', '"a\\nb"'),
+        ('"esc\\u001b[31mred"', '"esc\\u001b[31mred"'),
+        ('"line\\u2028sep"', '"line\\u2028sep"'),
+        ('"bidi\\u202eevil"', '"bidi\\u202eevil"'),
+        ('"del\\u007f"', '"del\\u007f"'),
+        ('"quote\\"and\\\\"', '"quote\\"and\\\\"'),
+        ('"dotted.key"', '"dotted.key"'),
+        ("plain-key_1", "plain-key_1"),
+    ],
+)
+@pytest.mark.parametrize("section", ["", "retention", "engine"])
+def test_keys_are_shown_escaped_like_values(
+    conf_dir: Path, toml_key: str, shown: str, section: str
+) -> None:
+    table = f"[{section}]\n" if section else ""
+    problem = only_problem(conf_dir, f"{table}{toml_key} = 1\n")
+    where = f"{section}.{shown}" if section else shown
+    assert problem == f"{conf_dir / 'config.toml'}: at '{where}': unknown key"
+    _one_line_each([problem])
+
+
+def test_values_are_shown_escaped(conf_dir: Path) -> None:
+    body = '[retention]\nmax_age = "1\\u001b[2J\\u2028d"\nprefixes = ["a/\\u0085"]\n'
+    path = write_config(conf_dir, 'model_dir = "models"\n' + body)
+    problems = problems_of(path)
+    assert sorted(problems) == sorted(
+        [
+            f"{path}: at 'retention.max_age': \"1\\u001b[2J\\u2028d\" is not a duration: "
+            "use a number and one of ms, s, m, h, d, w",
+            f"{path}: at 'retention.prefixes[0]': \"a/\\u0085\" is not a prefix: "
+            'a file-name prefix cannot hold "/" or NUL',
+        ]
+    )
+    _one_line_each(problems)
+
+
+def test_a_nested_value_in_an_error_is_named_not_printed(conf_dir: Path) -> None:
+    problem = only_problem(conf_dir, '[retention]\nwhitelist = [["x", ["y"]]]\n')
+    assert problem.endswith(
+        "at 'retention.whitelist[0]': an array is not a glob pattern: write a string"
+    )
+
+
+# --- through the real `ocrd run`: hostile files at start and on reload --------------------------
+
+RUN_CONFIG = """\
+model_dir = "models"
+[retention]
+prefixes = ["old_"]
+[watch]
+settle = "0s"
+[engine]
+enabled = {engine}
+{engine_keys}
+[log]
+format = "json"
+"""
+
+
+def test_run_with_the_largest_engine_integers_starts_the_real_engine(
+    conf_dir: Path, daemons: list[Daemon]
+) -> None:
+    """Past Int32 the engine raised OverflowError and run died; at the bound it starts."""
+    keys = f"gpu_layers = {INT32_MAX}\ncontext_size = {INT32_MAX}"
+    path = write_config(conf_dir, RUN_CONFIG.format(engine="true", engine_keys=keys))
+    d = Daemon(path)
+    daemons.append(d)
+    d.note("READY=1")
+    assert d.event("engine_started")["model_dir"] == str(conf_dir / "models")
+    assert d.stop()[0] == 0
+    assert "daemon_failed" not in d.names()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 600 + "]" * 600,
+        "{a = " * 600 + "1" + "}" * 600,
+    ],
+)
+def test_run_refuses_any_nesting_depth_with_78_and_one_line(
+    conf_dir: Path, daemons: list[Daemon], body: str
+) -> None:
+    path = write_config(conf_dir, f'model_dir = "models"\nbogus = {body}\n')
+    d = Daemon(path)
+    daemons.append(d)
+    assert d.wait() == EXIT_CONFIG
+    assert len(d.stderr.splitlines()) == 1, d.stderr
+    assert "nested more than" in d.stderr
+
+
+def test_reload_of_hostile_files_is_config_rejected_and_the_daemon_stays_up(
+    conf_dir: Path, daemons: list[Daemon]
+) -> None:
+    """Each of these killed the daemon or hung its reload (and then SIGTERM) before."""
+    path = write_config(conf_dir, RUN_CONFIG.format(engine="false", engine_keys=""))
+    good = path.read_text()
+    d = Daemon(path)
+    daemons.append(d)
+    d.note("READY=1")
+
+    def replace(make: Callable[[Path], object]) -> None:
+        new = conf_dir / "new"
+        make(new)
+        os.replace(new, path)
+
+    hostile: list[tuple[Callable[[Path], object], str]] = [
+        (os.mkfifo, "is a FIFO (named pipe), not a regular file"),
+        (lambda p: p.symlink_to("/dev/zero"), "is a character device, not a regular file"),
+        (lambda p: p.write_text(good + "bogus = " + "[" * 600 + "]" * 600 + "\n"), "nested"),
+        (
+            lambda p: p.write_text(good.replace("enabled = false", "gpu_layers = 99999999999999")),
+            "at 'engine.gpu_layers': 99999999999999: input should be less than or equal to",
+        ),
+        (lambda p: p.write_text(good + '"a\\nb" = 1\n'), "at 'log.\"a\\nb\"': unknown key"),
+    ]
+    for n, (make, text) in enumerate(hostile, start=1):
+        replace(make)
+        d.send(signal.SIGHUP)
+
+        def rejected_n(n: int = n) -> bool:
+            return d.names().count("config_rejected") == n
+
+        d.wait_for(f"config_rejected #{n}", rejected_n)
+        rejected = [e for e in d.events if e.get("event") == "config_rejected"][-1]
+        (error,) = rejected["errors"]
+        assert text in error, error
+        assert error.isprintable()
+        d.note("READY=1", count=n + 1)
+    # Still at work under the old rules, and stops as promised.
+    (conf_dir / "models" / "old_after.bin").write_bytes(b"x")
+    d.event("model_deleted", path="old_after.bin")
+    assert "config_reloaded" not in d.names()
+    code, took = d.stop()
+    assert (code, d.events[-1]["event"]) == (0, "daemon_stopped")
+    assert took < 5.0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocrd.config import Config, load
+from ocrd.config import INT32_MAX, MAX_BYTES, MAX_DEPTH, Config, load
 from ocrd.errors import ConfigError
 from tests.daemon_harness import ocrd_argv
 
@@ -24,9 +27,21 @@ KEYS: dict[str, list[str]] = {
     "log": ["level", "format"],
 }
 
+# Keys as hostile as values: newlines, ESC, DEL, separators, bidi marks, dots, quotes.
+hostile_keys = st.text(
+    st.one_of(
+        st.characters(codec="utf-8"),
+        st.sampled_from(["\n", "\x1b", "\x7f", "\x85", "\u2028", "\u202e", ".", '"', "\\"]),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
 scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(10**300), max_value=10**300),  # past Int64: tomllib reads any size
+    st.sampled_from([INT32_MAX, INT32_MAX + 1, 2**63 - 1, -(2**31) - 1]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
     st.sampled_from(
@@ -58,11 +73,11 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3), max_le
 @st.composite
 def documents(draw: st.DrawFn) -> dict[str, Any]:
     doc: dict[str, Any] = {}
-    for key in draw(st.lists(st.sampled_from(KEYS[""]), unique=True)):
+    top = st.one_of(st.sampled_from(KEYS[""]), hostile_keys)
+    for key in draw(st.lists(top, unique=True, max_size=6)):
         if key in KEYS and draw(st.booleans()):
-            doc[key] = {
-                k: draw(values) for k in draw(st.lists(st.sampled_from(KEYS[key]), unique=True))
-            }
+            inner = st.one_of(st.sampled_from(KEYS[key]), hostile_keys)
+            doc[key] = {k: draw(values) for k in draw(st.lists(inner, unique=True, max_size=6))}
         elif key == "model_dir":
             doc[key] = draw(st.one_of(st.sampled_from(["models", ".", "/", "nope", ""]), values))
         else:
@@ -89,12 +104,100 @@ def test_structured_documents_load_or_fail_with_key_paths(
     path.write_text(tomli_w.dumps(doc))
     answer = _answer(path)
     if isinstance(answer, ConfigError):
-        assert answer.problems
-        for problem in answer.problems:
-            assert problem.startswith(f"{path}: "), problem
-            assert "\n" not in problem
+        _one_printable_line_each(answer, path)
     else:
         assert answer.model_dir.is_dir()
+
+
+def _one_printable_line_each(error: ConfigError, path: Path) -> None:
+    assert error.problems
+    for problem in error.problems:
+        assert problem.startswith(f"{path}: "), problem
+        # Printable: no newline, ESC, DEL, line separator or bidi mark got through unescaped.
+        assert problem.isprintable(), problem
+
+
+_OPEN = {"[": "]", "{a = ": "}"}
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    brackets=st.lists(st.sampled_from(sorted(_OPEN)), min_size=1, max_size=3000),
+    key=st.sampled_from(["bogus", "model_dir", "retention.whitelist", "engine.gpu_layers"]),
+)
+def test_any_nesting_depth_is_one_error_line(tmp_path: Path, brackets: list[str], key: str) -> None:
+    """Arrays and inline tables inside each other, as deep as 3000: one line, never a
+    RecursionError (tomllib recurses once per level)."""
+    (tmp_path / "models").mkdir(exist_ok=True)
+    section, _, name = key.rpartition(".")
+    inner = "1" if brackets[-1] != "[" else ""
+    value = "".join(brackets) + inner + "".join(_OPEN[b] for b in reversed(brackets))
+    head = 'model_dir = "models"\n' if key != "model_dir" else ""
+    path = tmp_path / "config.toml"
+    path.write_text(head + (f"[{section}]\n" if section else "") + f"{name} = {value}\n")
+    answer = _answer(path)
+    if len(brackets) + 1 + bool(section) > MAX_DEPTH:
+        assert isinstance(answer, ConfigError)
+        assert len(answer.problems) == 1, answer.problems
+        assert "nested more than" in answer.problems[0]
+    if isinstance(answer, ConfigError):
+        _one_printable_line_each(answer, path)
+    else:
+        assert answer.retention.whitelist == ()  # "whitelist = []" is the one valid shape
+
+
+_names = (f"c{n}" for n in itertools.count())
+
+
+def _make_fifo(p: Path) -> None:
+    os.mkfifo(p)
+
+
+def _make_dir(p: Path) -> None:
+    p.mkdir()
+
+
+def _make_socket(p: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(p))
+
+
+def _make_big(p: Path) -> None:
+    p.write_bytes(b'model_dir = "models"\n' + b"#" * MAX_BYTES)
+
+
+def _make_link_to_fifo(p: Path) -> None:
+    _make_fifo(p.with_suffix(".fifo"))
+    p.symlink_to(p.name + ".fifo")
+
+
+NOT_CONFIGS: dict[str, Callable[[Path], object]] = {
+    "fifo": _make_fifo,
+    "directory": _make_dir,
+    "socket": _make_socket,
+    "too large": _make_big,
+    "/dev/zero": lambda p: p.symlink_to("/dev/zero"),
+    "/dev/null": lambda p: p.symlink_to("/dev/null"),
+    "/dev/tty": lambda p: p.symlink_to("/dev/tty"),
+    "dangling": lambda p: p.symlink_to(p.with_name("nowhere")),
+    "link loop": lambda p: p.symlink_to(p),
+    "link to fifo": _make_link_to_fifo,
+}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kind=st.sampled_from(sorted(NOT_CONFIGS)))
+def test_what_is_not_a_config_file_is_one_line_and_never_blocks(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / next(_names)
+    NOT_CONFIGS[kind](path)
+    answer = _answer(path)  # a FIFO or a tty that blocked would hang the test here
+    assert isinstance(answer, ConfigError)
+    assert len(answer.problems) == 1
+    _one_printable_line_each(answer, path)
 
 
 @settings(
@@ -106,6 +209,8 @@ def test_arbitrary_bytes_never_raise_anything_but_config_error(tmp_path: Path, r
     path.write_bytes(raw)
     answer = _answer(path)
     assert isinstance(answer, Config | ConfigError)
+    if isinstance(answer, ConfigError):
+        _one_printable_line_each(answer, path)
 
 
 @settings(
@@ -128,6 +233,6 @@ def test_ocrd_check_answers_0_or_78_never_a_traceback(tmp_path: Path, doc: dict[
     assert result.returncode in (0, 78), result.stderr
     assert "Traceback" not in result.stderr
     if result.returncode == 78:
-        assert f"{path}: " in result.stderr
+        assert all(line.startswith(f"{path}: ") for line in result.stderr.splitlines())
     else:
         assert "ok" in result.stdout

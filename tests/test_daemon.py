@@ -319,3 +319,45 @@ def test_a_notify_socket_nobody_reads_never_wedges_the_daemon(
     assert code == 0
     assert took < 5.0
     assert d.names()[-1] == "daemon_stopped"
+
+
+def test_signals_that_mean_nothing_to_ocrd_are_ignored(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    d = start(daemons, write_config(tmp_path))
+    d.note("READY=1")
+    for _ in range(3):
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGPWR, signal.SIGTTIN):
+            d.send(sig)
+    (models / "old_after.bin").write_bytes(b"x")  # still at work
+    d.event("model_deleted", path="old_after.bin")
+    assert d.proc.poll() is None
+    code, _ = d.stop()
+    assert code == 0
+    assert d.names()[-1] == "daemon_stopped"
+
+
+def _blocked(pid: int, sig: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            mask = next(line for line in fh if line.startswith("SigBlk:")).split()[1]
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def test_a_sighup_during_start_up_is_a_reload_after_it_not_death(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    """Signals are held back from ocrd's first line of Python on; one that arrives before the
+    handlers exist (here: while the .NET runtime is still being imported) waits for them."""
+    d = start(daemons, write_config(tmp_path))
+    deadline = time.monotonic() + 10
+    while not _blocked(d.proc.pid, signal.SIGHUP):  # polled: the harness waits on log lines
+        assert time.monotonic() < deadline, "SIGHUP was never held back"
+        time.sleep(0.001)
+    assert "READY=1" not in [n for _, n in d.notes]
+    d.send(signal.SIGHUP)
+    d.event("config_reloaded")
+    assert d.proc.poll() is None
+    assert d.stop()[0] == 0

@@ -5,16 +5,26 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import unicodedata
 from collections.abc import Sequence
 from typing import Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ocrd.config import Retention
 from ocrd.inventory import FileEntry, Inventory
-from ocrd.retention import MaxAgeRule, Plan, PrefixRule, Rules, Verdict, plan, revisit_at
+from ocrd.retention import (
+    InterruptedRule,
+    MaxAgeRule,
+    Plan,
+    PrefixRule,
+    Rules,
+    Verdict,
+    plan,
+    revisit_at,
+)
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -147,7 +157,9 @@ def test_symlinks_are_kept_with_no_rule() -> None:
         (2.0, 2.0, Verdict.SETTLING),  # just written
         (400 * DAY, 2.0, Verdict.SETTLING),  # copied keeping its old mtime (cp -p, rsync -t)
         (5.0, 5.0, Verdict.DELETE),  # unchanged for exactly settle: rules apply
-        (-60.0, -60.0, Verdict.SETTLING),  # mtime in the future
+        (-60.0, -60.0, Verdict.SETTLING),  # mtime and ctime in the future: our clock is behind
+        (-100 * 365 * DAY, 2.0, Verdict.SETTLING),  # mtime set to 2100 just now (touch -d)
+        (-100 * 365 * DAY, 5.0, Verdict.DELETE),  # ... and left alone for settle: ctime counts
     ],
 )
 def test_settling(mtime_age: float, ctime_age: float, verdict: Verdict) -> None:
@@ -162,6 +174,67 @@ def test_settle_zero_never_settles_even_a_file_from_the_future() -> None:
     f = entry(b"old_x.bin", age=-60.0, ctime_age=-60.0)
     (d,) = plan([f], rules(prefixes=["old_"], settle=0.0), NOW).decisions
     assert (d.verdict, d.rule) == (Verdict.DELETE, "prefix")
+
+
+def test_a_future_mtime_settles_from_ctime_says_so_and_is_revisited_then() -> None:
+    year_2100 = 4_102_444_800.0
+    f = entry(b"old_x.bin", age=NOW - year_2100, ctime_age=2.0)
+    r = rules(prefixes=["old_"], settle=5.0)
+    (d,) = plan([f], r, NOW).decisions
+    assert d.verdict is Verdict.SETTLING
+    assert d.reason == "mtime in the future; status changed 2.0s ago, settle is 5s"
+    assert revisit_at(d, r, NOW) == NOW + 3.0
+    (later,) = plan([f], r, NOW + 3.0).decisions
+    assert (later.verdict, later.rule) == (Verdict.DELETE, "prefix")
+
+
+def test_a_kept_file_with_a_future_mtime_is_revisited_when_the_clock_gets_there() -> None:
+    f = entry(b"model.bin", age=-DAY, ctime_age=DAY)
+    r = rules(max_age=30 * DAY, settle=5.0)
+    (d,) = plan([f], r, NOW).decisions
+    assert d.verdict is Verdict.KEEP  # age -1d is not over 30d: a future age never counts
+    assert revisit_at(d, r, NOW) == f.mtime
+    (then,) = plan([f], r, f.mtime).decisions
+    assert then.verdict is Verdict.SETTLING  # reaching the mtime is the change it announced
+
+
+def test_timestamps_all_in_the_future_settle_until_our_clock_catches_up() -> None:
+    f = entry(b"old_x.bin", age=-60.0, ctime_age=-60.0)
+    (d,) = plan([f], rules(prefixes=["old_"], settle=5.0), NOW).decisions
+    assert d.reason == "changed 60.0s in the future by our clock, settle is 5s"
+    assert revisit_at(d, rules(settle=5.0), NOW) == NOW + 65.0
+
+
+NFC_NAME = "caf\u00e9.bin"  # é as one code point
+NFD_NAME = "cafe\u0301.bin"  # e and a combining acute accent, as macOS and some archives store it
+
+
+@pytest.mark.parametrize("pattern_form", ["NFC", "NFD"])
+@pytest.mark.parametrize("name_form", ["NFC", "NFD"])
+@pytest.mark.parametrize("template", ["{}", "sub/{}", "*{}", "caf?.bin"])
+def test_whitelist_matches_a_name_in_either_normal_form(
+    pattern_form: Literal["NFC", "NFD"], name_form: Literal["NFC", "NFD"], template: str
+) -> None:
+    name = unicodedata.normalize(name_form, NFC_NAME)
+    pattern = unicodedata.normalize(pattern_form, template.format(NFC_NAME))
+    f = entry(("sub/" + name).encode() if "/" in template else name.encode())
+    (d,) = plan([f], rules(max_age=DAY, whitelist=[pattern]), NOW).decisions
+    assert (d.verdict, d.reason) == (Verdict.PROTECTED, f"matches {pattern!r}")
+
+
+@pytest.mark.parametrize("prefix", ["old_caf\u00e9", "old_cafe\u0301"])
+def test_prefix_matches_a_name_in_either_normal_form(prefix: str) -> None:
+    files = [entry(b"old_" + NFC_NAME.encode()), entry(b"old_" + NFD_NAME.encode())]
+    files.append(entry(b"old_cafe.bin"))  # not the same name in any form
+    got = verdicts(plan(files, rules(prefixes=[prefix]), NOW))
+    assert list(got.values()) == [(Verdict.DELETE, "prefix")] * 2 + [(Verdict.KEEP, None)]
+
+
+def test_prefix_and_whitelist_compare_characters_not_bytes() -> None:
+    """ "cafe" is a byte prefix of the decomposed "café", but not the same letters: kept."""
+    f = entry(b"sub/" + NFD_NAME.encode())
+    (d,) = plan([f], rules(prefixes=["cafe"], whitelist=["sub/cafe*"]), NOW).decisions
+    assert (d.verdict, d.rule) == (Verdict.KEEP, None)
 
 
 def test_prefix_is_named_before_max_age_when_both_apply() -> None:
@@ -184,9 +257,27 @@ def test_rules_from_config() -> None:
         {"prefixes": ["old_"], "max_age": "30d", "age_by": "atime", "whitelist": ["*.keep"]}
     )
     r = Rules.from_config(retention, settle=5.0)
-    assert r.selectors == (PrefixRule(("old_",)), MaxAgeRule(30 * DAY, "atime"))
+    assert r.selectors == (
+        InterruptedRule(),
+        PrefixRule(("old_",)),
+        MaxAgeRule(30 * DAY, "atime"),
+    )
     assert (r.whitelist, r.settle) == (("*.keep",), 5.0)
-    assert Rules.from_config(Retention(), settle=0.0).selectors == ()
+    assert Rules.from_config(Retention(), settle=0.0).selectors == (InterruptedRule(),)
+
+
+def test_a_deletion_interrupted_between_rename_and_unlink_is_finished_later() -> None:
+    files = [
+        entry(b".ocrd-deleting-123-4"),
+        entry(b"sub/.ocrd-deleting-9-0"),
+        entry(b".ocrd-deleting-x"),
+        entry(b"a.ocrd-deleting-1-2"),
+    ]
+    p = plan(files, Rules.from_config(Retention(), settle=0.0), NOW)
+    assert {d.entry.path: d.rule for d in p.deletions} == {
+        b".ocrd-deleting-123-4": "interrupted",
+        b"sub/.ocrd-deleting-9-0": "interrupted",
+    }
 
 
 def test_plan_deletions_lists_only_deletes() -> None:
@@ -197,11 +288,14 @@ def test_plan_deletions_lists_only_deletes() -> None:
 
 # --- properties over generated inventories ---------------------------------------------------
 
-PREFIXES = ["old_", "a", "x\n"]
-PATTERNS = ["*.keep", "a*", "sub/*", "d/*.bin", "x?", "[ab]*.bin"]
+# Accents in both normal forms: "\u00e9" (é composed) and "e\u0301" (e, combining acute).
+PREFIXES = ["old_", "a", "x\n", "\u00e9", "e\u0301x"]
+PATTERNS = ["*.keep", "a*", "sub/*", "d/*.bin", "x?", "[ab]*.bin", "*\u00e9", "e\u0301*", "?x*"]
+_PIECES = [b"old_", b"a", b"b", b"x", b".keep", b".bin", b"\xff", b"\n", b"*", b"?"]
+_ACCENTS = [b"e", "\u00e9".encode(), "\u0301".encode()]
 
 _name = st.lists(
-    st.sampled_from([b"old_", b"a", b"b", b"x", b".keep", b".bin", b"\xff", b"\n", b"*", b"?"]),
+    st.sampled_from(_PIECES + _ACCENTS),
     min_size=1,
     max_size=4,
 ).map(b"".join)
@@ -247,20 +341,33 @@ def rule_sets(draw: st.DrawFn) -> Rules:
 _nows = st.floats(min_value=NOW - DAY, max_value=NOW + 30 * DAY, allow_nan=False)
 
 
+def composed(text: str | bytes) -> str:
+    """Text as the rules compare it: decoded as the OS does, accents composed (NFC)."""
+    return unicodedata.normalize("NFC", os.fsdecode(text))
+
+
 def whitelisted(f: FileEntry, patterns: Sequence[str]) -> bool:
-    """The contract, written out independently: "/" in the pattern → relative path, else name."""
+    """The contract, written out independently: "/" in the pattern → relative path, else name;
+    names and patterns alike in NFC."""
     name = f.path.split(b"/")[-1]
-    return any(fnmatch.fnmatchcase(os.fsdecode(f.path if "/" in p else name), p) for p in patterns)
+    return any(
+        fnmatch.fnmatchcase(composed(f.path if "/" in p else name), composed(p)) for p in patterns
+    )
 
 
 def settling(f: FileEntry, r: Rules, now: float) -> bool:
-    return r.settle > 0 and now - max(f.mtime, f.ctime) < r.settle
+    """Settle counts from the last change: ctime, or mtime if later, but only an mtime that has
+    already happened (one in the future was set, not written)."""
+    happened = [f.ctime] + ([f.mtime] if f.mtime <= now else [])
+    return r.settle > 0 and now - max(happened) < r.settle
 
 
 def rule_applies(f: FileEntry, r: Rules, now: float) -> str | None:
     name = f.path.split(b"/")[-1]
     for s in r.selectors:
-        if isinstance(s, PrefixRule) and any(name.startswith(p.encode()) for p in s.prefixes):
+        if isinstance(s, PrefixRule) and any(
+            composed(name).startswith(composed(p)) for p in s.prefixes
+        ):
             return "prefix"
         if isinstance(s, MaxAgeRule) and now - getattr(f, s.age_by) > s.max_age:
             return "max_age"
@@ -329,34 +436,60 @@ def test_escaped_names_on_the_whitelist_protect_exactly_those_files(
     files: list[FileEntry], chosen: list[int], now: float
 ) -> None:
     """Names full of glob characters, escaped with glob.escape, protect just their own file."""
-    names = {f.path.split(b"/")[-1] for i, f in enumerate(files) if i in chosen}
-    patterns = [glob.escape(os.fsdecode(n)) for n in names]
+    names = {composed(f.path.split(b"/")[-1]) for i, f in enumerate(files) if i in chosen}
+    patterns = [glob.escape(n) for n in names]
     r = rules(
         prefixes=["old_", "a", "b", "x", "\n", "*", "?", "."], max_age=60.0, whitelist=patterns
     )
     for d in plan(files, r, now).decisions:
         if d.entry.is_link:
             continue
-        if d.entry.path.split(b"/")[-1] in names:
+        if composed(d.entry.path.split(b"/")[-1]) in names:
             assert d.verdict is Verdict.PROTECTED
         else:
             assert d.verdict is not Verdict.PROTECTED
 
 
+@given(inventories(), rule_sets(), _nows, st.data())
+def test_verdicts_do_not_depend_on_how_accents_are_stored(
+    files: list[FileEntry], r: Rules, now: float, data: st.DataObject
+) -> None:
+    """Each name stored composed or decomposed, at random: every verdict stays the same."""
+
+    forms: list[Literal["NFC", "NFD"]] = ["NFC", "NFD"]
+
+    def stored(path: bytes) -> bytes:
+        form = data.draw(st.sampled_from(forms))
+        return os.fsencode(unicodedata.normalize(form, os.fsdecode(path)))
+
+    restored = [f._replace(path=stored(f.path)) for f in files]
+    before = [(d.verdict, d.rule) for d in plan(files, r, now).decisions]
+    assert [(d.verdict, d.rule) for d in plan(restored, r, now).decisions] == before
+
+
 @given(inventories(), rule_sets(), _nows, st.floats(0.0, 1.0))
+@example(  # kept exactly at max_age: revisited 1 ms later, when it is strictly older
+    [FileEntry(b"m", 0, NOW, NOW - DAY, NOW, 2049, 0, False)],
+    rules(max_age=DAY, age_by="atime"),
+    NOW,
+    1.0,
+)
 def test_revisit_at_is_when_a_verdict_can_first_change(
     files: list[FileEntry], r: Rules, now: float, fraction: float
 ) -> None:
     """Until revisit_at the verdict holds with the file untouched; just after, it has changed.
     None means it holds for good."""
     for d in plan(files, r, now).decisions:
-        at = revisit_at(d, r)
+        at = revisit_at(d, r, now)
         if at is None:
             (later,) = plan([d.entry], r, now + 10_000 * DAY).decisions
             assert later.verdict is d.verdict
             continue
         assert at >= now
-        (before,) = plan([d.entry], r, now + (at - now) * fraction * 0.999).decisions
+        # A kept file is looked at again 1 ms after it crosses max_age (strictly older): the
+        # verdict holds up to the boundary itself (less a float's rounding), not across it.
+        boundary = max(now, at - 0.0011)
+        (before,) = plan([d.entry], r, now + (boundary - now) * fraction).decisions
         assert before.verdict is d.verdict
         (after,) = plan([d.entry], r, at + 1.0).decisions
         assert after.verdict is not d.verdict

@@ -59,7 +59,7 @@ def test_settling_file_is_revisited_when_settle_ends_then_deleted() -> None:
     entry = _entry(b"old_x", clock.time() - 1)
     (d,) = plan([entry], rules, clock.time()).decisions
     assert d.verdict is Verdict.SETTLING
-    at = revisit_at(d, rules)
+    at = revisit_at(d, rules, clock.time())
     assert at == entry.ctime + 5
     clock.advance(at - clock.time())
     (d,) = plan([entry], rules, clock.time()).decisions
@@ -72,7 +72,7 @@ def test_kept_file_is_revisited_when_it_crosses_max_age() -> None:
     entry = _entry(b"model.bin", clock.time() - 600)
     (d,) = plan([entry], rules, clock.time()).decisions
     assert d.verdict is Verdict.KEEP
-    at = revisit_at(d, rules)
+    at = revisit_at(d, rules, clock.time())
     assert at is not None
     assert at == pytest.approx(entry.mtime + 3600, abs=0.01)
     clock.advance(at - clock.time() - 0.01)
