@@ -3,7 +3,7 @@ retention passes (scan → plan → apply) while the supervisor keeps the engine
 
 from __future__ import annotations
 
-import heapq
+import json
 import os
 import signal
 import stat
@@ -17,6 +17,7 @@ from typing import Any
 
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
+from ocrd.backoff import Backoff
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
@@ -36,86 +37,15 @@ from ocrd.inventory import (
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
+from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
-RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is first tried again this much later
-MAX_RETRY_S = 3600.0  # ... and the wait doubles with each further skip, up to this
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
-
-
-class Scheduler:
-    """When work is due: the periodic rescan, watchdog pings and per-file revisits (a settling
-    file stops settling, a kept file ages past max_age, a skipped deletion is retried).
-    Pure arithmetic over the injected clock; the loop asks it how long it may sleep."""
-
-    def __init__(self, clock: Clock, rescan: float, ping: float | None) -> None:
-        self.clock = clock
-        self.rescan = rescan
-        self.ping = ping
-        now = clock.monotonic()
-        self.next_rescan = now + rescan
-        self.next_ping = now if ping else float("inf")
-        self._revisits: list[tuple[float, bytes]] = []  # (wall time, path), a heap
-        # Kept files crossing max_age: one per indexed file, so they go in buckets of
-        # ``coarse_s`` seconds (a list slot per file, not a heap entry of ~100 bytes each).
-        self.coarse_s = 1.0
-        self._buckets: dict[int, list[bytes]] = {}
-        self._bucket_heap: list[int] = []
-
-    def revisit(self, path: bytes, at_wall: float, *, coarse: bool = False) -> None:
-        """Look at ``path`` again at ``at_wall``; ``coarse`` allows up to coarse_s later."""
-        if not coarse:
-            heapq.heappush(self._revisits, (at_wall, path))
-            return
-        bucket = -int(-at_wall // self.coarse_s)  # rounded up: never early
-        paths = self._buckets.get(bucket)
-        if paths is None:
-            paths = self._buckets[bucket] = []
-            heapq.heappush(self._bucket_heap, bucket)
-        paths.append(path)
-
-    def clear_revisits(self) -> None:
-        self._revisits.clear()
-        self._buckets.clear()
-        self._bucket_heap.clear()
-
-    def due_revisits(self) -> set[bytes]:
-        now = self.clock.time()
-        due: set[bytes] = set()
-        while self._revisits and self._revisits[0][0] <= now:
-            due.add(heapq.heappop(self._revisits)[1])
-        while self._bucket_heap and self._bucket_heap[0] * self.coarse_s <= now:
-            due.update(self._buckets.pop(heapq.heappop(self._bucket_heap)))
-        return due
-
-    def rescan_due(self) -> bool:
-        return self.clock.monotonic() >= self.next_rescan
-
-    def rescanned(self) -> None:
-        self.next_rescan = self.clock.monotonic() + self.rescan
-
-    def ping_due(self) -> bool:
-        if self.clock.monotonic() < self.next_ping:
-            return False
-        assert self.ping is not None
-        self.next_ping = self.clock.monotonic() + self.ping
-        return True
-
-    def timeout(self, cap: float | None = None) -> float:
-        mono = self.clock.monotonic()
-        waits = [self.next_rescan - mono, self.next_ping - mono]
-        if self._revisits:
-            waits.append(self._revisits[0][0] - self.clock.time())
-        if self._bucket_heap:
-            waits.append(self._bucket_heap[0] * self.coarse_s - self.clock.time())
-        if cap is not None:
-            waits.append(cap)
-        return max(0.0, min(waits))
 
 
 class Daemon:
@@ -150,10 +80,9 @@ class Daemon:
         self.due: dict[bytes, Decision] = {}
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
         self.restart_at: float | None = None  # monotonic: when a freed engine starts again
-        # Files skipped or failed: (attempts, the file version they were about); the next
-        # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
-        self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
-        self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        self.backoff = Backoff()  # when files skipped or failed are tried again
+        # Dry-run decisions already logged: path → the (inode, mtime) they were about.
+        self.reported: dict[bytes, tuple[int, float]] = {}
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
@@ -250,6 +179,7 @@ class Daemon:
         except ModelDirMissing:
             self._root_state()  # it went away under our feet: say so, stop, wait for it
         self._restart_engine_when_quiet()
+        self._compact()
         self._send_status()
 
     def _restart_engine_when_quiet(self) -> None:
@@ -280,9 +210,8 @@ class Daemon:
             # them are looked at again on disk before planning: the disk is the truth.
             # An event on a file that is backing off (a writer closed it, it was renamed in)
             # makes it worth a look now: the next attempt is not held to its backoff.
-            for p in changes.files & self.backoff.keys():
-                attempts, version, _ = self.backoff[p]
-                self.backoff[p] = (attempts, version, 0.0)
+            for p in changes.files:
+                self.backoff.lift(p)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
@@ -382,7 +311,7 @@ class Daemon:
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
                     self._forget_tree(rel)  # a directory we knew is gone or became a file
                 if st is None:
-                    self.index.pop(rel)
+                    self._gone(rel)
                 elif is_dir:
                     self.index.pop(rel)
                     self._forget_tree(rel)
@@ -414,9 +343,26 @@ class Daemon:
 
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
-        self.index.forget_under(prefix)
-        for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
-            del self.dirs[stale]
+        self.scheduler.gone(self.index.forget_under(prefix))  # costs what the subtree holds
+        if rel in self.dirs:  # a directory just made is not: mkdir storms cost nothing here
+            for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
+                del self.dirs[stale]
+
+    def _gone(self, path: bytes) -> None:
+        """``path`` is no model any more (deleted, vanished): nothing is kept for it."""
+        self.index.pop(path)
+        self.backoff.forget(path)
+        self.reported.pop(path, None)
+        self.scheduler.gone()
+
+    def _compact(self) -> None:
+        """Revisits and dry-run notes held for paths since gone are dropped in bulk, once they
+        are a quarter of all entries: memory follows the files, not the churn."""
+        if self.scheduler.compact_due():
+            present = self.index.__contains__
+            self.scheduler.compact(present)
+            self.reported = {p: v for p, v in self.reported.items() if present(p)}
+            self.backoff.keep_only(present)
 
     def _check_watch_soon(self) -> None:
         if self.watcher is not None and self.watcher.used == "inotify":
@@ -500,7 +446,7 @@ class Daemon:
         self.future.keep_only(index)
         self.dirs = dict(dirs)
         # Nothing is kept for a path that is gone.
-        self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
+        self.backoff.keep_only(lambda p: index.get(p) is not None)
         self._check_watch_soon()
         self.log.info(
             "scan_completed",
@@ -517,7 +463,8 @@ class Daemon:
         if self.config.retention.dry_run:
             # What a full pass no longer plans to delete (gone, renamed, rules changed) is
             # forgotten, so the set stays as large as the would-be deletions, not the churn.
-            self.reported &= {_version(d.entry) for d in deletions}
+            planned = {d.entry.path: (d.entry.ino, d.entry.mtime) for d in deletions}
+            self.reported = {p: v for p, v in self.reported.items() if planned.get(p) == v}
         self._apply(Plan(tuple(deletions), now), at_once=True)
 
     def _report_mounts(self, found: list[tuple[bytes, str]], *, full: bool) -> None:
@@ -577,15 +524,15 @@ class Daemon:
     def _not_backing_off(self, deletions: Iterable[Decision]) -> tuple[Decision, ...]:
         """Drops deletions of unchanged files whose next attempt is still ahead (a full pass
         plans them again: it must not undo their backoff), and keeps their revisit."""
-        if not self.backoff:
+        if not len(self.backoff):
             return tuple(deletions)
         now = self.clock.time()
         kept = []
         for d in deletions:
             e = d.entry
-            state = self.backoff.get(e.path)
-            if state is not None and state[1] == (e.ino, e.size, e.mtime) and state[2] > now:
-                self.scheduler.revisit(e.path, state[2])
+            until = self.backoff.waiting_until(e.path, (e.ino, e.size, e.mtime), now)
+            if until is not None:
+                self.scheduler.revisit(e.path, until)
                 continue
             kept.append(d)
         return tuple(kept)
@@ -624,8 +571,7 @@ class Daemon:
                 e = o.decision.entry
                 left.discard(e.path)
                 if o.status is Status.DELETED:
-                    self.index.pop(e.path)
-                    self.backoff.pop(e.path, None)
+                    self._gone(e.path)
                     deleted += 1
                     freed += o.freed
                     self.log.info(
@@ -652,8 +598,7 @@ class Daemon:
         e = o.decision.entry
         path = display(e.path)
         if o.detail == "vanished":
-            self.index.pop(e.path)
-            self.backoff.pop(e.path, None)
+            self._gone(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
         if o.detail == "changed":
@@ -662,12 +607,9 @@ class Daemon:
             self.scheduler.revisit(e.path, self.clock.time() + CHANGED_RECHECK_S)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
-        version = (e.ino, e.size, e.mtime)
-        attempts, was, _ = self.backoff.get(e.path, (0, version, 0.0))
-        attempts = attempts + 1 if was == version else 1
-        delay = min(RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S)
-        self.backoff[e.path] = (attempts, version, self.clock.time() + delay)
-        self.scheduler.revisit(e.path, self.clock.time() + delay)
+        now = self.clock.time()
+        attempts, delay = self.backoff.failed(e.path, (e.ino, e.size, e.mtime), now)
+        self.scheduler.revisit(e.path, now + delay)
         if o.status is Status.FAILED:
             self.log.error(
                 "deletion_failed", path=path, error=o.detail, attempt=attempts, retry_in_s=delay
@@ -687,10 +629,10 @@ class Daemon:
     def _report_dry_run(self, the_plan: Plan) -> None:
         for d in the_plan.deletions:
             e = d.entry
-            key = _version(e)
-            if key in self.reported:
+            version = (e.ino, e.mtime)
+            if self.reported.get(e.path) == version:
                 continue  # said once per file version; every rescan would repeat it otherwise
-            self.reported.add(key)
+            self.reported[e.path] = version
             self.log.info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
             self.last_action = "dry run: would delete"
 
@@ -702,6 +644,12 @@ class Daemon:
             self.log.error(
                 "config_rejected", config=str(self.config.path), errors=list(exc.problems)
             )
+            self.notifier.ready(self._status())
+            return
+        held = self._widening(new)
+        if held is not None:
+            self.log.error("reload_held", config=str(new.path), **held)
+            self.last_action = "reload held: it would delete too much; see the log"
             self.notifier.ready(self._status())
             return
         log.configure(new.log.level, new.log.format)
@@ -738,11 +686,48 @@ class Daemon:
         if self.restart_at is None:
             self.supervisor.start()
         self.reported.clear()
-        self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        self.log.info(
+            "config_reloaded",
+            config=str(new.path),
+            changed=_diff(old, new),
+            values=_values(old, new),
+        )
         log_warnings(new)
         self.last_action = "config reloaded"
         self._full_pass("reload")
         self.notifier.ready(self._status())
+
+    def _widening(self, new: Config) -> dict[str, Any] | None:
+        """Why a reload must wait for the operator, or None: its rules would delete, beyond what
+        the rules in force delete, more than retention.reload_guard of the models by count or
+        by bytes (at least two files: one file is no mass deletion). A typo such as
+        max_age = "1s" deletes everything within a second; this gives it a second look."""
+        guard = new.retention.reload_guard
+        if guard >= 1 or new.retention.dry_run or not self.index.files:
+            return None
+        now = self.clock.time()
+        entries = list(self.index.entries())
+        before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
+        if self.config.retention.dry_run:
+            before = set()
+        rules = Rules.from_config(new.retention, new.watch.settle)
+        extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
+        files, size = self.index.files, self.index.bytes
+        extra_bytes = sum(d.entry.size for d in extra)
+        if len(extra) < 2 or (len(extra) <= guard * files and extra_bytes <= guard * size):
+            return None
+        return {
+            "would_delete": len(extra),
+            "would_free": extra_bytes,
+            "of_files": files,
+            "of_bytes": size,
+            "guard": f"{guard:.0%}",
+            "changed": _diff(self.config, new),
+            "values": _values(self.config, new),
+            "sample": [display(d.entry.path) for d in extra[:5]],
+            "action": "the rules in force stay; to apply the new ones, run 'ocrd clean -c "
+            f"{new.path}' yourself (then reload), or raise retention.reload_guard",
+        }
 
     # -- status ----------------------------------------------------------------------------
 
@@ -771,11 +756,6 @@ def _below_any(rel: bytes, dirs: set[bytes]) -> bool:
             return True
 
 
-def _version(entry: FileEntry) -> tuple[bytes, int, float]:
-    """What makes a would-be deletion worth logging again: another file, or the file changed."""
-    return (entry.path, entry.ino, entry.mtime)
-
-
 def _coarse_resolution(rules: Rules) -> float:
     """How late a kept file may be looked at after crossing max_age: 1/10000 of max_age,
     between 1 s and 5 min (30d → ~4 min), so the buckets stay few however many files age."""
@@ -794,6 +774,20 @@ def _read_int(path: str) -> int | None:
 def _diff(old: Config, new: Config) -> list[str]:
     a, b = old.model_dump(), new.model_dump()
     return sorted(_changed_keys(a, b, ""))
+
+
+def _values(old: Config, new: Config) -> dict[str, list[Any]]:
+    """Each changed key with its old and new value, as JSON can carry them."""
+    a = json.loads(old.model_dump_json())
+    b = json.loads(new.model_dump_json())
+    out = {}
+    for key in _diff(old, new):
+        va, vb = a, b
+        for part in key.split("."):
+            va = va.get(part) if isinstance(va, dict) else None
+            vb = vb.get(part) if isinstance(vb, dict) else None
+        out[key] = [va, vb]
+    return out
 
 
 def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:
