@@ -38,6 +38,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     parser = argparse.ArgumentParser(prog="python -m bench.churn")
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--rate", type=float, default=2000)
@@ -93,10 +94,8 @@ def main() -> int:
                     samples.append((now - began, rss))
                     share = 100 * (cpu - cpu_last) / (now - last)
                     rate = (made - made_last) / (now - last)
-                    print(
-                        f"{now - began:>6.0f} {rss:>8.1f} {share:>6.1f} {rate:>8.0f} {len(alive):>6}",
-                        flush=True,
-                    )
+                    t = now - began
+                    print(f"{t:>6.0f} {rss:>8.1f} {share:>6.1f} {rate:>8.0f} {len(alive):>6}")
                     last, cpu_last, made_last = now, cpu, made
                 time.sleep(0.005)
             after_warmup = [rss for t, rss in samples if t >= 60] or [r for _, r in samples]
