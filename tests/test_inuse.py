@@ -11,11 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,7 @@ import pytest
 
 from ocrd.holders import Answer, file_id, take
 from tests.conftest import ocrd_argv
-
-OCRD_UID = 4242  # the daemon's user, as the unit's User=ocrd
-APP_UID = 4343  # the OCR application's user
-
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="switches users and mounts: needs root")
+from tests.worlds import APP_UID, OCRD_UID, World, as_user, make_world, root_only
 
 _HOLD = r"""
 import mmap, os, sys, time
@@ -46,78 +40,16 @@ sys.stdin.read()
 """
 
 
-@dataclass
-class World:
-    """A world-readable scratch area other users can reach, and how to run Python there."""
-
-    base: Path
-    python: list[str]  # argv prefix for an interpreter that imports this checkout's ocrd
-    env: dict[str, str]
-
-    @property
-    def models(self) -> Path:
-        return self.base / "models"
-
-    def config(self, extra: str = "", model_dir: str = "models") -> Path:
-        path = self.base / "config.toml"
-        path.write_text(
-            f'model_dir = "{model_dir}"\n[retention]\nprefixes = ["old_"]\n{extra}\n'
-            '[watch]\nsettle = "0s"\n[engine]\nenabled = false\n'
-        )
-        path.chmod(0o644)
-        return path
-
-    def model(self, name: str, owner: int = 0, data: bytes = b"GGUF" + b"\0" * 8192) -> Path:
-        path = self.models / name
-        path.write_bytes(data)
-        os.chown(path, owner, owner)
-        path.chmod(0o644)
-        return path
-
-
-def _as(uid: int | None, *, lease_cap: bool = False, pid_ns: bool = False) -> list[str]:
-    argv: list[str] = []
-    if pid_ns:
-        argv += ["unshare", "--pid", "--fork", "--mount-proc"]
-    if uid is not None:
-        argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-        if lease_cap:
-            argv += ["--inh-caps=+lease", "--ambient-caps=+lease"]
-    return argv
-
-
 @pytest.fixture
 def world() -> Iterator[World]:
-    base = Path(tempfile.mkdtemp(prefix="ocrd-inuse-", dir="/tmp"))
-    base.chmod(0o755)
-    (base / "models").mkdir()
-    os.chown(base / "models", OCRD_UID, OCRD_UID)
-    (base / "models").chmod(0o777)  # the app's user may write models too
-    repo = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k != "OCRD_CONFIG"}
-    python = [sys.executable]
-    mounted: Path | None = None
-    probe = [*_as(OCRD_UID), sys.executable, "-c", "import ocrd"]
-    if subprocess.run(probe, capture_output=True, check=False, env=env).returncode != 0:
-        # The checkout sits below a directory other users cannot enter (a 0700 mktemp -d):
-        # show it to them through a bind mount in the world-readable scratch area.
-        mounted = base / "repo"
-        mounted.mkdir()
-        subprocess.run(["mount", "--bind", str(repo), str(mounted)], check=True)
-        python = [str(mounted / Path(sys.executable).relative_to(repo))]
-        env["PYTHONPATH"] = str(mounted)
-    try:
-        yield World(base, python, env)
-    finally:
-        if mounted is not None:
-            subprocess.run(["umount", "-l", str(mounted)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    with make_world() as w:
+        yield w
 
 
 @contextmanager
 def held(world: World, path: Path, how: str, *, uid: int | None = None, pid_ns: bool = False):  # type: ignore[no-untyped-def]
     proc = subprocess.Popen(
-        [*_as(uid, pid_ns=pid_ns), *world.python, "-c", _HOLD, str(path), how],
+        [*as_user(uid, pid_ns=pid_ns), *world.python, "-c", _HOLD, str(path), how],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -150,9 +82,9 @@ def clean(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``ocrd clean --json`` in the given world; its report and its log lines (stderr)."""
     config = world.config(extra, model_dir)
-    argv = [*_as(uid, lease_cap=lease_cap, pid_ns=pid_ns), *world.python, "-m", "ocrd"]
+    argv = [*as_user(uid, lease_cap=lease_cap, pid_ns=pid_ns), *world.python, "-m", "ocrd"]
     if world.python == [sys.executable]:
-        argv = [*_as(uid, lease_cap=lease_cap, pid_ns=pid_ns), *ocrd_argv()]
+        argv = [*as_user(uid, lease_cap=lease_cap, pid_ns=pid_ns), *ocrd_argv()]
     result = subprocess.run(
         [*argv, "clean", "--json", "-c", str(config)],
         capture_output=True,
@@ -391,7 +323,7 @@ def test_list_shows_held_and_unjudgeable_files_with_their_own_verdict(world: Wor
     app_held = world.model("old_held.gguf", owner=APP_UID)
     world.model("old_free.gguf", owner=OCRD_UID)
     config = world.config()
-    argv = [*_as(OCRD_UID), *world.python, "-m", "ocrd", "list", "--json", "-c", str(config)]
+    argv = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "list", "--json", "-c", str(config)]
     with held(world, app_held, "mmap", uid=APP_UID):
         as_root = subprocess.run(
             [*world.python, "-m", "ocrd", "list", "--json", "-c", str(config)],

@@ -526,6 +526,58 @@ def test_log_recipes_work_verbatim(box: Container) -> None:
     assert "model_deleted" not in err, err  # info lines are below -p warning
 
 
+def _skipped_in_use(box: Container, name: str) -> Callable[[], bool]:
+    return lambda: _has_event(box, "deletion_skipped", path=name, reason="in_use")
+
+
+def test_models_held_by_any_user_are_in_use_under_the_shipped_unit(box: Container) -> None:
+    """The unit grants CAP_LEASE (and no private user namespace), so the kernel answers for
+    every holder: a model mapped by a process of user ocrd, and one held open by another user
+    (the OCR application's, here "app", in group ocrd to reach the directory), are both
+    skipped as in_use — not in_use_unknown — and a free one is deleted."""
+    made = box.run(["useradd", "--system", "--no-create-home", "--groups", "ocrd", "app"])
+    assert made.returncode == 0 or "already exists" in made.stderr, made.stderr
+    box.add_model("mapped.bin", "m" * 4096)
+    made = box.sh(
+        f"cd {MODELS} && printf x > app.bin && chown app:ocrd app.bin && chmod 0640 app.bin"
+    )
+    assert made.returncode == 0, made.stderr
+    mapper = box.background(
+        [
+            "python3",
+            "-c",
+            "import mmap, sys\n"
+            "f = open(sys.argv[1], 'rb')\n"
+            "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+            "f.close()  # only the mapping holds it, as llama.cpp does\n"
+            "print('mapped', flush=True)\n"
+            "import time; time.sleep(600)\n",
+            f"{MODELS}/mapped.bin",
+        ],
+        user="ocrd",
+    )
+    reader = box.background(
+        ["sh", "-c", f'exec 3<"{MODELS}/app.bin" && echo open && exec sleep 600'], user="app"
+    )
+    try:
+        _wait("the mapping", lambda: "mapped" in mapper.output(), box)
+        _wait("the app's open file", lambda: "open" in reader.output(), box)
+        for name in ("mapped.bin", "app.bin"):  # renamed into a name the rules select
+            _ok(box.run(["mv", f"{MODELS}/{name}", f"{MODELS}/old_{name}"]), name, box)
+        box.add_model("old_free.bin", "f")
+        _wait("old_free.bin deleted", lambda: not box.exists(f"{MODELS}/old_free.bin"), box)
+        for name in ("old_mapped.bin", "old_app.bin"):
+            _wait(f"{name} skipped as in use", _skipped_in_use(box, name), box)
+            assert box.exists(f"{MODELS}/{name}")
+        assert not _has_event(box, "deletion_skipped", reason="in_use_unknown")
+        assert not _has_event(box, "in_use_check_limited")
+    finally:
+        mapper.stop()
+        reader.stop()
+    for name in ("old_mapped.bin", "old_app.bin"):
+        box.run(["rm", "-f", f"{MODELS}/{name}"])  # the later tests count from a clean directory
+
+
 def test_metrics_opt_in(box: Container) -> None:
     directory = "/var/lib/prometheus/node-exporter"
     # What the prometheus-node-exporter package would have made.
