@@ -46,6 +46,7 @@ from ocrd.watch import Changes, Watcher, watched_inodes
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
+LOG_PUMP_S = 1.0  # how soon held log lines and summaries are written
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
 
 
@@ -71,6 +72,7 @@ class Daemon:
         self.waker = Waker()
         self.stop_signal: int | None = None
         self.reload_requested = False
+        self.log_closed = False  # stdout's reader went away: stop, and say so on stderr
         self.index = Index()
         self.watcher: Watcher | None = None
         self.missing = False
@@ -124,7 +126,9 @@ class Daemon:
         A reload stops the batch too: the rules may now keep what is left of it, so nothing
         more is deleted until the reload has planned again."""
         self._ping()
-        return self.stop_signal is not None or self.reload_requested
+        if log.busy():
+            log.pump()
+        return self.stop_signal is not None or self.reload_requested or self.log_closed
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -149,25 +153,41 @@ class Daemon:
             self._publish()
             if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
                 self.notifier.ready(self._status())
-            while self.stop_signal is None:
+            while self.stop_signal is None and not self.log_closed:
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload()
                     continue
                 self.waker.wait(self.scheduler.timeout(self._wait_cap()))
                 self._ping()
-                if self.stop_signal is not None or self.reload_requested:
+                if self.stop_signal is not None or self.reload_requested or self.log_closed:
                     continue
                 self._step()
             self.notifier.stopping()
             if self.watcher is not None:
                 self.watcher.stop()
         name = signal.Signals(self.stop_signal).name if self.stop_signal else None
+        log.pump(force=True)
+        if self.log_closed:
+            self.log.error(
+                "daemon_stopped",
+                signal=name,
+                reason="stdout_closed",
+                engine_cycles=self.supervisor.cycles,
+            )
+            return 1  # an error: under systemd, a restart reconnects the journal
         self.log.info("daemon_stopped", signal=name, engine_cycles=self.supervisor.cycles)
         return 0
 
+    def log_went_away(self) -> None:
+        """stdout's reader closed it (EPIPE): stop cleanly; the log goes on on stderr."""
+        self.log_closed = True
+        self.waker.wake()
+
     def _wait_cap(self) -> float:
         caps = [MISSING_POLL_S if self.missing else HEALTH_S]
+        if log.busy():
+            caps.append(LOG_PUMP_S)
         mono = self.clock.monotonic()
         for at in (self.coverage_due, self.flush_at, self.restart_at):
             if at is not None:
@@ -184,6 +204,7 @@ class Daemon:
         self._restart_engine_when_quiet()
         self._compact()
         self._send_status()
+        log.pump()
 
     def _restart_engine_when_quiet(self) -> None:
         if self.restart_at is None or self.due or self.missing:
@@ -308,7 +329,14 @@ class Daemon:
                     continue  # model_dir itself: _root_state's business
                 if _below_any(rel, changes.dirs):
                     continue  # that directory is forgotten and walked whole below
-                st = dirs.stat(rel)
+                try:
+                    st = dirs.stat(rel)
+                except OSError as exc:
+                    # Any directory may become unreadable at any time (another user's
+                    # chmod 700): what is in it stays as last seen, and nothing there is
+                    # deleted, since deleting goes through the same directories.
+                    self._unreadable(rel, exc)
+                    continue
                 is_dir = st is not None and stat.S_ISDIR(st.st_mode)
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
                     self._forget_tree(rel)  # a directory we knew is gone or became a file
@@ -324,11 +352,14 @@ class Daemon:
                     except OtherFilesystem as exc:
                         self._report_mounts([(rel, exc.device)], full=False)
                         continue
-                    except OSError:
+                    except OSError as exc:
+                        self._unreadable(rel, exc)
                         continue
                     except Stopped:
                         break  # SIGTERM: the loop exits; the index no longer matters
                     prefix = rel + b"/"
+                    for where, why in sub.unreadable:
+                        self.log.warning("scan_unreadable", path=display(prefix + where), error=why)
                     self._report_mounts([(prefix + p, dev) for p, dev in sub.mounts], full=False)
                     self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
                     self._check_watch_soon()
@@ -349,6 +380,9 @@ class Daemon:
         if rel in self.dirs:  # a directory just made is not: mkdir storms cost nothing here
             for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
                 del self.dirs[stale]
+
+    def _unreadable(self, rel: bytes, exc: OSError) -> None:
+        self.log.warning("scan_unreadable", path=display(rel), error=exc.strerror or str(exc))
 
     def _gone(self, path: bytes) -> None:
         """``path`` is no model any more (deleted, vanished): nothing is kept for it."""
@@ -667,7 +701,7 @@ class Daemon:
             self._publish()
             self.notifier.ready(self._status())
             return
-        log.configure(new.log.level, new.log.format)
+        log.configure(new.log.level, new.log.format, daemon=True, on_closed=self.log_went_away)
         self.log = log.get()
         old = self.config
         old_place, self.place = self.place, pin(new.model_dir)
@@ -829,7 +863,13 @@ def run(config_path: Path) -> int:
         log.configure()  # the config's own [log] is unknown: the defaults
         log.get().error("config_invalid", config=str(config_path), errors=list(exc.problems))
         return EXIT_CONFIG
-    log.configure(config.log.level, config.log.format)
+    daemons: list[Daemon] = []
+
+    def went_away() -> None:
+        for d in daemons:
+            d.log_went_away()
+
+    log.configure(config.log.level, config.log.format, daemon=True, on_closed=went_away)
     threading.excepthook = _thread_failed
     before, after = raise_fd_limit()
     log.get().debug("fd_limit", soft_before=before, soft=after)
@@ -837,6 +877,7 @@ def run(config_path: Path) -> int:
         # The runtime is imported before any signal handler is installed: see install_signals.
         runtime = load_runtime() if config.engine.enabled else None
         daemon = Daemon(config, runtime=runtime)
+        daemons.append(daemon)
         daemon.install_signals()
         signals.release()  # every handler is in place: what arrived meanwhile is delivered now
         return daemon.serve()

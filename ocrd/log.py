@@ -9,13 +9,15 @@ terminal, a test harness) the lines stay plain JSON.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import json
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -81,12 +83,200 @@ class _Rendered:
         return f"<{PRIORITY.get(str(event_dict.get('level')), 6)}>{line}"
 
 
+# Per-file events: one line per file, so as many lines as anyone can make files. Beyond a
+# budget they are summed up instead (log_summary), so that a storm of hostile names can neither
+# flood the journal nor push real deletion records past journald's rate limit (by default
+# 10000 lines per 30 s per service): 200 lines/s with bursts of 2000 stays well inside it.
+PER_FILE = frozenset(
+    {
+        "model_deleted",
+        "model_would_be_deleted",
+        "deletion_skipped",
+        "deletion_failed",
+        "future_timestamp",
+        "scan_unreadable",
+    }
+)
+RATE = 200.0
+BURST = 2000.0
+SAMPLE = 5
+SUMMARY_S = 1.0  # per-file lines held back are summed up at most this often
+PENDING_MAX = 256 * 1024  # bytes held for a stalled reader before lines are dropped
+
+
+class Budget:
+    """A token bucket over the per-file events, and what it held back, per event."""
+
+    def __init__(self, rate: float = RATE, burst: float = BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.at = time.monotonic()
+        self.held: dict[str, dict[str, Any]] = {}
+        self.summed_at = float("-inf")
+
+    def __call__(
+        self, _: Any, __: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event = event_dict.get("event")
+        if event not in PER_FILE:
+            return event_dict
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return event_dict
+        held = self.held.setdefault(str(event), {"count": 0, "bytes": 0, "sample": []})
+        held["count"] += 1
+        size = event_dict.get("size")
+        if isinstance(size, int):
+            held["bytes"] += size
+        if len(held["sample"]) < SAMPLE:
+            held["sample"].append(event_dict.get("path"))
+        reason = event_dict.get("reason")
+        if reason is not None:
+            reasons = held.setdefault("reasons", {})
+            reasons[reason] = reasons.get(reason, 0) + 1
+        raise structlog.DropEvent
+
+    def summary_due(self) -> bool:
+        """At most one summary per event and per SUMMARY_S: summing up is what saves lines."""
+        return time.monotonic() - self.summed_at >= SUMMARY_S
+
+    def summaries(self) -> list[dict[str, Any]]:
+        self.summed_at = time.monotonic()
+        held, self.held = self.held, {}
+        return [{"of": event, **counts} for event, counts in held.items()]
+
+
+class LineWriter:
+    """structlog's final logger for ``ocrd run``: one line per call, written straight to the
+    file descriptor, which is made non-blocking, so that a log reader that stalls (a full pipe
+    to journald) costs lines, never a missed watchdog ping or an ignored SIGTERM.
+
+    Lines are written whole, one write() each: a pipe takes a write of up to PIPE_BUF (4096)
+    bytes entirely or not at all, so a reader never sees half a line, even when ocrd exits
+    with lines still held. What does not fit is held (up to PENDING_MAX bytes) and written by
+    pump(); beyond that, lines are dropped and counted, and the count is logged
+    (log_lines_dropped) once writing works again. A reader that went away (EPIPE) is reported
+    to ``on_closed`` and the rest goes to stderr."""
+
+    def __init__(self, fd: int, on_closed: Callable[[], None] = lambda: None) -> None:
+        self.fd = fd
+        self.on_closed = on_closed
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.held = 0  # bytes in pending
+        self.dropped = 0
+        self.closed = False
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, False)
+
+    def msg(self, message: str) -> None:
+        self.write(message.encode("utf-8", "backslashreplace") + b"\n")
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+    def write(self, line: bytes) -> None:
+        if self.pending:
+            self.pump()
+        if self.pending:
+            self._hold(line)
+        else:
+            self._send(line)
+
+    def pump(self) -> None:
+        """Write what is held, as far as the reader takes it; then say what was dropped."""
+        while self.pending:
+            line = self.pending.popleft()
+            self.held -= len(line)
+            if not self._send(line, front=True):
+                return
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self._send(_line("warning", "log_lines_dropped", count=dropped))
+
+    def _send(self, line: bytes, *, front: bool = False) -> bool:
+        """Write ``line``; True if it went out whole, else it is held (or dropped)."""
+        try:
+            written = os.write(self.fd, line)
+        except BlockingIOError:
+            written = 0
+        except BrokenPipeError:
+            self._close()
+            return False
+        except OSError:
+            self.dropped += 1
+            return False
+        if written == len(line):
+            return True
+        rest = line[written:]  # a line longer than PIPE_BUF, half written: finished first
+        if front or written:
+            self.pending.appendleft(rest)
+            self.held += len(rest)
+        else:
+            self._hold(rest)
+        return False
+
+    def _hold(self, line: bytes) -> None:
+        if self.held + len(line) <= PENDING_MAX:
+            self.pending.append(line)
+            self.held += len(line)
+        else:
+            self.dropped += 1
+
+    def _close(self) -> None:
+        """The reader is gone: the rest of the lines go to stderr, beginning with a word."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pending.clear()
+        self.held = 0
+        self.fd = 2
+        _emergency["fd"] = 2
+        with contextlib.suppress(OSError):
+            os.set_blocking(2, False)
+        self._send(_line("error", "log_closed", detail="stdout was closed by its reader"))
+        self.on_closed()
+
+
+def _line(level: str, event: str, **keys: Any) -> bytes:
+    return line_now(level, event, **keys)
+
+
+_budget: Budget | None = None
+_writer: LineWriter | None = None
+
+
+def pump(*, force: bool = False) -> None:
+    """For the daemon's loop: write what a stalled reader left held, and the summaries of
+    per-file lines held back by the budget."""
+    if _budget is not None and _budget.held and (force or _budget.summary_due()):
+        logger = get()
+        for summary in _budget.summaries():
+            logger.warning("log_summary", **summary)
+    if _writer is not None:
+        _writer.pump()
+
+
+def busy() -> bool:
+    """Whether pump() has something to do."""
+    return bool(
+        (_budget is not None and _budget.held)
+        or (_writer is not None and (_writer.pending or _writer.dropped))
+    )
+
+
 def configure(
     level: str = "info",
     fmt: Literal["json", "console", "auto"] = "auto",
     stream: TextIO | None = None,
+    *,
+    daemon: bool = False,
+    on_closed: Callable[[], None] = lambda: None,
 ) -> None:
-    """(Re)configure the process's loggers. Safe to call again on reload."""
+    """(Re)configure the process's loggers. Safe to call again on reload. ``daemon``: the
+    lines of ``ocrd run``, written without ever blocking and within a budget per file."""
+    global _budget, _writer  # noqa: PLW0603 — one logging setup per process
     out = stream if stream is not None else sys.stdout
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     journal = not console and to_journal(out)
@@ -97,21 +287,35 @@ def configure(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    budget: list[Any] = []
+    factory: Any = structlog.PrintLoggerFactory(out)
+    if daemon:
+        if _budget is None:
+            _budget = Budget()
+        budget = [_budget]
+        if _writer is None or _writer.fd != out.fileno():
+            _writer = LineWriter(out.fileno(), on_closed)
+        _writer.on_closed = on_closed
+        writer = _writer
+        factory = lambda *args: writer  # noqa: E731 — structlog wants a factory
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *budget,
             *shared,
             structlog.processors.format_exc_info,
             _first_keys,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library (watchdog does): the same stream, the same
     # line format, warnings and up; Python's last-resort handler would write bare text instead.
-    handler = logging.StreamHandler(out)
+    handler: logging.Handler = (
+        _WriterHandler(_writer) if daemon and _writer is not None else logging.StreamHandler(out)
+    )
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, _library_record],
@@ -135,6 +339,20 @@ def configure(
     except (OSError, ValueError, AttributeError):
         _emergency["fd"] = 1
     _emergency["journal"] = journal
+
+
+class _WriterHandler(logging.Handler):
+    """Library records, through the same non-blocking writer as ocrd's own lines."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.msg(self.format(record))
+        except Exception:  # noqa: BLE001 — a logging handler must not raise
+            self.handleError(record)
 
 
 def line_now(level: str, event: str, **keys: Any) -> bytes:

@@ -151,6 +151,19 @@ class Daemon:
         found: list[float] = self.wait_for(f"notify {text} x{count}", check, timeout)
         return found
 
+    def deletions(self) -> int:
+        """Files deleted so far: a model_deleted line each, or counted in a log_summary (per-file
+        lines beyond ocrd's budget are summed up, see ocrd/log.py)."""
+        with self._cond:
+            return sum(
+                1
+                if e.get("event") == "model_deleted"
+                else int(e.get("count", 0))
+                if e.get("event") == "log_summary" and e.get("of") == "model_deleted"
+                else 0
+                for e in self.events
+            )
+
     def names(self) -> list[str]:
         with self._cond:
             return [str(e.get("event")) for e in self.events]

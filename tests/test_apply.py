@@ -532,3 +532,12 @@ def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
     assert report["skipped"] == [{"path": "old_x.bin", "reason": "changed"}]
     assert planned.read_bytes() == b"precious"
     assert os.listdir(model_dir) == ["old_x.bin"]  # no private name left behind
+
+
+def test_freed_bytes_count_only_files_whose_last_link_went(model_dir: Path, outside: Path) -> None:
+    make_file(model_dir, b"old_single.bin", b"a" * 100)
+    make_file(model_dir, b"old_linked.bin", b"b" * 1000)
+    os.link(model_dir / "old_linked.bin", outside / "kept-elsewhere.bin")
+    freed = {o.decision.entry.path: o.freed for o in apply(plan_old(model_dir), model_dir)}
+    assert freed == {b"old_single.bin": 100, b"old_linked.bin": 0}
+    assert (outside / "kept-elsewhere.bin").read_bytes() == b"b" * 1000

@@ -21,6 +21,7 @@ import pytest
 
 from ocrd.holders import Answer, file_id, take
 from tests.conftest import ocrd_argv
+from tests.daemon_harness import Daemon
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, make_world, root_only
 
 _HOLD = r"""
@@ -316,6 +317,22 @@ def test_a_hung_fuse_mount_neither_freezes_the_pass_nor_the_fallback(world: Worl
         world.model("old_c.gguf", owner=APP_UID)  # not ocrd's: only /proc can judge it
         report, _ = clean(world, uid=OCRD_UID, timeout=30)
         assert skipped(report) == {"old_c.gguf": "in_use_unknown"}
+
+
+@root_only
+def test_with_a_hung_fuse_mount_the_daemon_deletes_and_stops_within_5s(
+    world: World, daemons: list[Daemon]
+) -> None:
+    with hung_fuse(world.base):
+        world.model("old_a.gguf", owner=APP_UID)
+        d = Daemon(world.config(), env=world.env)
+        daemons.append(d)
+        d.note("READY=1")
+        d.event("model_deleted", path="old_a.gguf")
+        world.model("old_b.gguf", owner=APP_UID)
+        d.event("model_deleted", path="old_b.gguf")
+        code, took = d.stop(signal.SIGTERM)
+        assert (code, took < 5.0) == (0, True), took
 
 
 @root_only

@@ -207,3 +207,44 @@ def test_a_thread_that_dies_is_a_json_line(
     assert record["thread"] == "observer"
     assert record["error"] == "RuntimeError('observer died')"
     assert "Traceback" in str(record["exception"])
+
+
+def test_a_stalled_reader_costs_lines_counted_never_half_a_line() -> None:
+    """A pipe nobody reads: writes never block, what does not fit is held up to a bound and
+    then dropped and counted; once the reader is back, the held lines come out whole, then
+    log_lines_dropped with the count."""
+    from ocrd.log import PENDING_MAX, LineWriter
+
+    read_end, write_end = os.pipe()
+    try:
+        writer = LineWriter(write_end)
+        line = b'{"event": "model_deleted", "path": "' + b"x" * 900 + b'"}\n'
+        total = 1000  # ~0.9 MB: far more than the pipe (64 KiB) and the bound take
+        began = time.monotonic()
+        for _ in range(total):
+            writer.write(line)
+        assert time.monotonic() - began < 2  # never waited for the reader
+        assert writer.held <= PENDING_MAX
+        assert writer.dropped > 0
+        dropped = writer.dropped
+        received = b""
+        os.set_blocking(read_end, False)
+        for _ in range(1000):
+            try:
+                received += os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                writer.pump()
+                if not writer.pending and not writer.dropped:
+                    try:
+                        received += os.read(read_end, 1 << 20)
+                    except BlockingIOError:
+                        break
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    lines = received.splitlines()
+    assert all(json.loads(x) for x in lines)  # whole lines, every one
+    tail = json.loads(lines[-1])
+    assert tail["event"] == "log_lines_dropped"
+    assert tail["count"] == dropped
+    assert len(lines) - 1 + dropped == total

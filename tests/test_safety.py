@@ -51,7 +51,7 @@ def create(directory: Path, names: list[str]) -> None:
 
 
 def deleted_count(d: Daemon) -> int:
-    return sum(1 for e in d.events if e.get("event") == "model_deleted")
+    return d.deletions()
 
 
 @pytest.mark.slow
