@@ -17,6 +17,7 @@ from typing import Any
 
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
+from ocrd.arrival import Arrivals
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
@@ -37,6 +38,7 @@ from ocrd.inventory import (
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.skew import FutureMtimes
+from ocrd.timejump import ClockGuard
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -131,6 +133,8 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self.rules = Rules.from_config(config.retention, config.watch.settle)
+        self.clock_guard = ClockGuard(self.clock)  # wall-clock jumps suspend max_age
+        self.arrivals = Arrivals(config.model_dir)  # directories moved in: their files arrived
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
         self.supervisor = Supervisor(
@@ -189,7 +193,7 @@ class Daemon:
     def _should_stop(self) -> bool:
         """Asked between files of a batch: also where the watchdog is fed during long passes."""
         self._ping()
-        return self.stop_signal is not None
+        return self.stop_signal is not None or self.clock_guard.jumped()
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -239,6 +243,8 @@ class Daemon:
 
     def _step(self) -> None:
         try:
+            if self.clock_guard.jumped() or self.clock_guard.pending:
+                self._after_clock_jump()
             self._reconcile()
             if self.flush_at is not None and self.clock.monotonic() >= self.flush_at:
                 self._flush()
@@ -246,6 +252,15 @@ class Daemon:
             self._root_state()  # it went away under our feet: say so, stop, wait for it
         self._restart_engine_when_quiet()
         self._send_status()
+
+    def _after_clock_jump(self) -> None:
+        """Nothing planned under the old clock is deleted; a fresh scan under the new one
+        plans again, with no file ageing from before the jump (ocrd.timejump)."""
+        self.clock_guard.pending = False
+        self.rules = self.rules.not_before(self.clock_guard.not_before)
+        self.due.clear()
+        self.flush_at = None
+        self._full_pass("clock_jumped")
 
     def _restart_engine_when_quiet(self) -> None:
         if self.restart_at is None or self.due or self.missing:
@@ -281,7 +296,9 @@ class Daemon:
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
-            entries = [e for p in touched if (e := self.index.get(p)) is not None]
+            entries = self.arrivals.apply(
+                e for p in touched if (e := self.index.get(p)) is not None
+            )
             if entries:
                 if self.rules.per_file:
                     self._pass(plan(entries, self.rules, self.clock.time()))
@@ -365,6 +382,7 @@ class Daemon:
                         sub = walk(os.dup(dirs.open(rel)))
                     except OSError:
                         continue
+                    self.arrivals.saw(rel, self.clock.time())
                     prefix = rel + b"/"
                     self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
                     self._check_watch_soon()
@@ -381,6 +399,7 @@ class Daemon:
 
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
+        self.arrivals.forget(rel)
         self.index.forget_under(prefix)
         for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
             del self.dirs[stale]
@@ -443,11 +462,13 @@ class Daemon:
         index = Index()
         deletions: list[Decision] = []
         whole: list[FileEntry] = []
+        arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival
         try:
             with collecting_paused():
-                for batch in walk_batches(open_root(self.config.model_dir), unreadable, dirs):
-                    for e in batch:
+                for found in walk_batches(open_root(self.config.model_dir), unreadable, dirs):
+                    for e in found:
                         index.put(e)
+                    batch = self.arrivals.apply(found, arrived)
                     if self.rules.per_file:
                         deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
                     else:
@@ -459,6 +480,7 @@ class Daemon:
         self.index = index
         self.future.keep_only(index)
         self.dirs = dict(dirs)
+        self.arrivals.keep_only(self.dirs)
         # Nothing is kept for a path that is gone.
         self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
         self._check_watch_soon()
@@ -548,6 +570,9 @@ class Daemon:
         self.due.clear()
         self.flush_at = None
         if not due:
+            return
+        if self.clock_guard.jumped():
+            self.waker.wake()  # the next step plans them again under the new clock
             return
         the_plan = Plan(due, self.clock.time())
         try:
@@ -665,7 +690,11 @@ class Daemon:
         else:
             self.supervisor.settings = new.engine
         self.config = new
-        self.rules = Rules.from_config(new.retention, new.watch.settle)
+        self.rules = Rules.from_config(new.retention, new.watch.settle).not_before(
+            self.clock_guard.not_before
+        )
+        if old.model_dir != new.model_dir:
+            self.arrivals = Arrivals(new.model_dir)
         self.scheduler.rescan = new.watch.rescan
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
         if (old.model_dir, old.watch) != (new.model_dir, new.watch):
