@@ -415,7 +415,7 @@ def aged_since(f: FileEntry, s: MaxAgeRule) -> float:
     """Where a file's age counts from: its age_by timestamp, or its arrival (ctime: the kernel's
     record of the rename, link or create that put it here) if that is later and age_from says
     so; never from before a clock jump (not_before)."""
-    stamps = [getattr(f, s.age_by), s.not_before]
+    stamps: list[float] = [f.mtime if s.age_by == "mtime" else f.atime, s.not_before]
     if s.age_from == "arrival":
         stamps.append(f.ctime)
     return max(stamps)
