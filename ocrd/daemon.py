@@ -133,7 +133,6 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self.rules = Rules.from_config(config.retention, config.watch.settle)
-        self.clock_guard = ClockGuard(self.clock)  # wall-clock jumps suspend max_age
         self.arrivals = Arrivals(config.model_dir)  # directories moved in: their files arrived
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
@@ -141,6 +140,7 @@ class Daemon:
             config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
         )
         self.waker = Waker()
+        self.clock_guard = ClockGuard(self.clock, on_jump=self.waker.wake)  # suspends max_age
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.index = Index()
@@ -572,8 +572,7 @@ class Daemon:
         if not due:
             return
         if self.clock_guard.jumped():
-            self.waker.wake()  # the next step plans them again under the new clock
-            return
+            return  # the next step plans them again under the new clock
         the_plan = Plan(due, self.clock.time())
         try:
             self.supervisor.free("deletion", deletions=len(due))

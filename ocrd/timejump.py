@@ -23,8 +23,11 @@ JUMP_S = 60.0  # a step of the wall clock larger than this is a jump
 
 
 class ClockGuard:
-    def __init__(self, clock: Clock, threshold: float = JUMP_S) -> None:
+    def __init__(
+        self, clock: Clock, threshold: float = JUMP_S, on_jump: Callable[[], None] | None = None
+    ) -> None:
         self.clock = clock
+        self.on_jump = on_jump  # e.g. wake the main loop: its next step scans again
         self.threshold = threshold
         self._steady: Callable[[], float] = getattr(clock, "boottime", clock.monotonic)
         self.offset = clock.time() - self._steady()
@@ -52,4 +55,6 @@ class ClockGuard:
                 "after it, files present now age from now, not from their timestamps"
             ),
         )
+        if self.on_jump is not None:
+            self.on_jump()
         return True
