@@ -487,6 +487,11 @@ def _cannot_unlink(fd: int | None, parent: int) -> str | None:
     write, or an immutable or append-only file or directory (chattr +i / +a)."""
     if not os.access(".", os.W_OK, dir_fd=parent, effective_ids=True):
         return "Permission denied: the directory is not writable"
+    me = os.geteuid()
+    if me != 0 and fd is not None:
+        ds, fs = os.fstat(parent), os.fstat(fd)
+        if ds.st_mode & stat.S_ISVTX and me not in (ds.st_uid, fs.st_uid):
+            return "Operation not permitted: a sticky directory, and the file is another user's"
     for what, target in (("file", fd), ("directory", parent)):
         if target is None:
             continue

@@ -98,6 +98,19 @@ def _check_prefix(prefix: object) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_share(text: object) -> float:
+    """``"50%"`` → 0.5; ``"100%"`` turns the guard off."""
+    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d+)?%", text.strip()):
+        raise ValueError(f'{_show(text)} is not a share: write a percentage, e.g. "50%"')
+    share = float(text.strip()[:-1]) / 100
+    if not 0 < share <= 1:
+        raise ValueError(f"{_show(text)} is not a share: between 0% and 100%, 0% excluded")
+    return share
+
+
+Share = Annotated[float, BeforeValidator(parse_share)]
 Glob = Annotated[str, BeforeValidator(_check_glob)]
 Prefix = Annotated[str, BeforeValidator(_check_prefix)]
 
@@ -120,6 +133,9 @@ class Retention(_Section):
     # When neither a lease nor /proc can tell whether a process holds a file: keep it (fail
     # closed), or, for a store whose other clients ocrd cannot see anyway, delete it.
     unknown_holders: Literal["keep", "delete"] = "keep"
+    # A reload whose new rules would delete more than this share of the models (by count or
+    # by bytes) beyond what the old rules delete is held until the operator confirms it.
+    reload_guard: Share = 0.5
 
 
 class Watch(_Section):
@@ -211,6 +227,9 @@ def _read(path: Path, name: str) -> bytes:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError([_not_regular(name, st.st_mode)])
+            untrusted = _untrusted(path, name, st)
+            if untrusted:
+                raise ConfigError(untrusted)
             chunks: list[bytes] = []
             size = 0
             while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
@@ -224,6 +243,52 @@ def _read(path: Path, name: str) -> bytes:
         limit = MAX_BYTES >> 20
         raise ConfigError([f"{name}: larger than {limit} MiB: this is not an ocrd config file"])
     return b"".join(chunks)
+
+
+def _untrusted(path: Path, name: str, st: os.stat_result) -> list[str]:
+    """Why someone other than root and the user ocrd runs as could decide what it deletes
+    (as sshd's StrictModes and logrotate refuse such files): the file is theirs, or they may
+    write it, or they may replace it — a directory above it (as written, and as it resolves)
+    that is theirs, or writable by group or others without the sticky bit (/tmp itself is fine
+    for a file you own: the sticky bit keeps others from replacing it)."""
+    me = os.geteuid()
+    trusted = (0, me)
+    problems = []
+    if st.st_uid not in trusted:
+        problems.append(
+            f"{name}: owned by uid {st.st_uid}, neither root nor the user ocrd runs as "
+            f"(uid {me}): its owner could make ocrd delete anything ocrd may; chown it"
+        )
+    if st.st_mode & 0o022:
+        problems.append(
+            f"{name}: writable by {_who(st.st_mode)} (mode {stat.S_IMODE(st.st_mode):04o}): "
+            "anyone who may write it decides what ocrd deletes; chmod go-w it"
+        )
+    absolute = path.absolute()
+    dirs = {*absolute.parents, *Path(os.path.realpath(absolute)).parents}
+    for directory in sorted(dirs, key=lambda p: len(p.parts)):
+        try:
+            ds = os.stat(directory)
+        except OSError:
+            continue  # it resolved a moment ago; the open that follows will say what is wrong
+        sticky = bool(ds.st_mode & stat.S_ISVTX)
+        if ds.st_uid not in trusted:
+            problems.append(
+                f"{name}: the directory {plain(directory)} is owned by uid {ds.st_uid}, who "
+                "could replace the file; move the config or chown the directory"
+            )
+        elif ds.st_mode & 0o022 and not sticky:
+            problems.append(
+                f"{name}: the directory {plain(directory)} is writable by "
+                f"{_who(ds.st_mode)} without the sticky bit (mode "
+                f"{stat.S_IMODE(ds.st_mode):04o}), so the file could be replaced; "
+                "chmod go-w it or move the config"
+            )
+    return problems
+
+
+def _who(mode: int) -> str:
+    return " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
 
 
 _KINDS = {

@@ -4,6 +4,7 @@ retention passes (scan → plan → apply) while the supervisor keeps the engine
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import signal
 import stat
@@ -18,6 +19,7 @@ from typing import Any
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.arrival import Arrivals
+from ocrd.backoff import Backoff
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
@@ -43,8 +45,6 @@ from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
-RETRY_S = 60.0  # a skipped deletion (in use, engine busy) is first tried again this much later
-MAX_RETRY_S = 3600.0  # ... and the wait doubles with each further skip, up to this
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
@@ -153,9 +153,7 @@ class Daemon:
         self.due: dict[bytes, Decision] = {}
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
         self.restart_at: float | None = None  # monotonic: when a freed engine starts again
-        # Files skipped or failed: (attempts, the file version they were about); the next
-        # attempt waits RETRY_S * 2**(attempts-1), and a changed file starts again at one.
-        self.backoff: dict[bytes, tuple[int, tuple[int, int, float], float]] = {}
+        self.backoff = Backoff()  # when files skipped or failed are tried again
         self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
@@ -191,9 +189,11 @@ class Daemon:
         self.waker.wake()
 
     def _should_stop(self) -> bool:
-        """Asked between files of a batch: also where the watchdog is fed during long passes."""
+        """Asked between files of a batch: also where the watchdog is fed during long passes.
+        A reload stops the batch too: the rules may now keep what is left of it, so nothing
+        more is deleted until the reload has planned again."""
         self._ping()
-        return self.stop_signal is not None or self.clock_guard.jumped()
+        return self.stop_signal is not None or self.reload_requested or self.clock_guard.jumped()
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -290,9 +290,8 @@ class Daemon:
             # them are looked at again on disk before planning: the disk is the truth.
             # An event on a file that is backing off (a writer closed it, it was renamed in)
             # makes it worth a look now: the next attempt is not held to its backoff.
-            for p in changes.files & self.backoff.keys():
-                attempts, version, _ = self.backoff[p]
-                self.backoff[p] = (attempts, version, 0.0)
+            for p in changes.files:
+                self.backoff.lift(p)
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
@@ -303,7 +302,8 @@ class Daemon:
                 if self.rules.per_file:
                     self._pass(plan(entries, self.rules, self.clock.time()))
                 else:
-                    self._pass(plan(self.index.entries(), self.rules, self.clock.time()))
+                    everything = self.arrivals.apply(self.index.entries())
+                    self._pass(plan(everything, self.rules, self.clock.time()))
 
     def _root_state(self) -> str:
         """Returns "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
@@ -482,7 +482,7 @@ class Daemon:
         self.dirs = dict(dirs)
         self.arrivals.keep_only(self.dirs)
         # Nothing is kept for a path that is gone.
-        self.backoff = {p: s for p, s in self.backoff.items() if index.get(p) is not None}
+        self.backoff.keep_only(lambda p: index.get(p) is not None)
         self._check_watch_soon()
         self.log.info(
             "scan_completed",
@@ -542,15 +542,15 @@ class Daemon:
     def _not_backing_off(self, deletions: Iterable[Decision]) -> tuple[Decision, ...]:
         """Drops deletions of unchanged files whose next attempt is still ahead (a full pass
         plans them again: it must not undo their backoff), and keeps their revisit."""
-        if not self.backoff:
+        if not len(self.backoff):
             return tuple(deletions)
         now = self.clock.time()
         kept = []
         for d in deletions:
             e = d.entry
-            state = self.backoff.get(e.path)
-            if state is not None and state[1] == (e.ino, e.size, e.mtime) and state[2] > now:
-                self.scheduler.revisit(e.path, state[2])
+            until = self.backoff.waiting_until(e.path, (e.ino, e.size, e.mtime), now)
+            if until is not None:
+                self.scheduler.revisit(e.path, until)
                 continue
             kept.append(d)
         return tuple(kept)
@@ -583,14 +583,16 @@ class Daemon:
             self.restart_at = None
             return
         deleted = freed = 0
+        left = {d.entry.path for d in due}
         try:
             for o in apply(
                 the_plan, self.config.model_dir, stop=self._should_stop, in_use=self._in_use()
             ):
                 e = o.decision.entry
+                left.discard(e.path)
                 if o.status is Status.DELETED:
                     self.index.pop(e.path)
-                    self.backoff.pop(e.path, None)
+                    self.backoff.forget(e.path)
                     deleted += 1
                     freed += o.freed
                     self.log.info(
@@ -599,6 +601,9 @@ class Daemon:
                 else:
                     self._not_done(o)
         finally:
+            # Not reached (a stop or a reload came first): looked at again, under whatever
+            # rules are in force by then, at the next step.
+            self.pending |= left
             if deleted:
                 self.last_action = f"deleted {deleted} file(s), {freed} bytes"
             # The engine stays freed while deletions keep coming; it starts again after a
@@ -615,7 +620,7 @@ class Daemon:
         path = display(e.path)
         if o.detail == "vanished":
             self.index.pop(e.path)
-            self.backoff.pop(e.path, None)
+            self.backoff.forget(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
         if o.detail == "changed":
@@ -624,12 +629,9 @@ class Daemon:
             self.scheduler.revisit(e.path, self.clock.time() + CHANGED_RECHECK_S)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
-        version = (e.ino, e.size, e.mtime)
-        attempts, was, _ = self.backoff.get(e.path, (0, version, 0.0))
-        attempts = attempts + 1 if was == version else 1
-        delay = min(RETRY_S * 2 ** (attempts - 1), MAX_RETRY_S)
-        self.backoff[e.path] = (attempts, version, self.clock.time() + delay)
-        self.scheduler.revisit(e.path, self.clock.time() + delay)
+        now = self.clock.time()
+        attempts, delay = self.backoff.failed(e.path, (e.ino, e.size, e.mtime), now)
+        self.scheduler.revisit(e.path, now + delay)
         if o.status is Status.FAILED:
             self.log.error(
                 "deletion_failed", path=path, error=o.detail, attempt=attempts, retry_in_s=delay
@@ -664,6 +666,12 @@ class Daemon:
             self.log.error(
                 "config_rejected", config=str(self.config.path), errors=list(exc.problems)
             )
+            self.notifier.ready(self._status())
+            return
+        held = self._widening(new)
+        if held is not None:
+            self.log.error("reload_held", config=str(new.path), **held)
+            self.last_action = "reload held: it would delete too much; see the log"
             self.notifier.ready(self._status())
             return
         log.configure(new.log.level, new.log.format)
@@ -703,11 +711,50 @@ class Daemon:
         if self.restart_at is None:
             self.supervisor.start()
         self.reported.clear()
-        self.log.info("config_reloaded", config=str(new.path), changed=_diff(old, new))
+        self.log.info(
+            "config_reloaded",
+            config=str(new.path),
+            changed=_diff(old, new),
+            values=_values(old, new),
+        )
         log_warnings(new)
         self.last_action = "config reloaded"
         self._full_pass("reload")
         self.notifier.ready(self._status())
+
+    def _widening(self, new: Config) -> dict[str, Any] | None:
+        """Why a reload must wait for the operator, or None: its rules would delete, beyond what
+        the rules in force delete, more than retention.reload_guard of the models by count or
+        by bytes (at least two files: one file is no mass deletion). A typo such as
+        max_age = "1s" deletes everything within a second; this gives it a second look."""
+        guard = new.retention.reload_guard
+        if guard >= 1 or new.retention.dry_run or not self.index.files:
+            return None
+        now = self.clock.time()
+        entries = self.arrivals.apply(self.index.entries())
+        before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
+        if self.config.retention.dry_run:
+            before = set()
+        rules = Rules.from_config(new.retention, new.watch.settle).not_before(
+            self.clock_guard.not_before
+        )
+        extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
+        files, size = self.index.files, self.index.bytes
+        extra_bytes = sum(d.entry.size for d in extra)
+        if len(extra) < 2 or (len(extra) <= guard * files and extra_bytes <= guard * size):
+            return None
+        return {
+            "would_delete": len(extra),
+            "would_free": extra_bytes,
+            "of_files": files,
+            "of_bytes": size,
+            "guard": f"{guard:.0%}",
+            "changed": _diff(self.config, new),
+            "values": _values(self.config, new),
+            "sample": [display(d.entry.path) for d in extra[:5]],
+            "action": "the rules in force stay; to apply the new ones, run 'ocrd clean -c "
+            f"{new.path}' yourself (then reload), or raise retention.reload_guard",
+        }
 
     # -- status ----------------------------------------------------------------------------
 
@@ -748,6 +795,20 @@ def _read_int(path: str) -> int | None:
 def _diff(old: Config, new: Config) -> list[str]:
     a, b = old.model_dump(), new.model_dump()
     return sorted(_changed_keys(a, b, ""))
+
+
+def _values(old: Config, new: Config) -> dict[str, list[Any]]:
+    """Each changed key with its old and new value, as JSON can carry them."""
+    a = json.loads(old.model_dump_json())
+    b = json.loads(new.model_dump_json())
+    out = {}
+    for key in _diff(old, new):
+        va, vb = a, b
+        for part in key.split("."):
+            va = va.get(part) if isinstance(va, dict) else None
+            vb = vb.get(part) if isinstance(vb, dict) else None
+        out[key] = [va, vb]
+    return out
 
 
 def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:

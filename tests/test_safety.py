@@ -278,3 +278,30 @@ def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
     # Each directory emptied by deleting is removed too, once its batch is done.
     d.wait_for("emptied directories removed", lambda: os.listdir(models) == [])
     assert d.stop()[0] == 0
+
+
+@pytest.mark.slow
+def test_a_reload_to_dry_run_stops_a_pass_between_two_files(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    """Nothing the new rules keep is deleted after config_reloaded: the batch in progress is
+    stopped between two files by the SIGHUP, and the reload plans anew."""
+    n = 30_000
+    for i in range(100):
+        (models / f"d{i:02d}").mkdir()
+    create(models, [f"d{i % 100:02d}/old_{i:05d}.bin" for i in range(n)])
+    d = start(daemons, tmp_path)
+    d.wait_for("a batch under way", lambda: deleted_count(d) >= 1, timeout=120)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        config.read_text().replace('prefixes = ["old_"]', 'prefixes = ["old_"]\ndry_run = true')
+    )
+    d.send(signal.SIGHUP)
+    d.event("config_reloaded", timeout=60)
+    d.event("scan_completed", trigger="reload", timeout=60)
+    names = d.names()
+    assert "model_deleted" not in names[names.index("config_reloaded") :]
+    left = sum(len(files) for _, _, files in os.walk(models))
+    assert left > 0
+    assert left + deleted_count(d) == n
+    assert d.stop()[0] == 0
