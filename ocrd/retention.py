@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
@@ -92,13 +92,16 @@ class MaxAgeRule:
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         limit = format_duration(self.max_age)
-        max_age, since = self.max_age, self.since
-        # From two days on, the age reads in whole days: one text per day, made once.
+        max_age, not_before = self.max_age, self.not_before
+        by_mtime, arrival = self.age_by == "mtime", self.age_from == "arrival"
+        # From two days on, a timestamp's age reads in whole days: one text per day, made once.
         by_day: dict[int, str] = {}
-        for f in files:
-            age = now - since(f)
+        for f in files:  # since(), inlined: this runs once per file of every scan
+            stamp = f.mtime if by_mtime else f.atime
+            since = f.ctime if arrival and f.ctime > stamp else stamp
+            age = now - (since if since > not_before else not_before)
             if age > max_age:
-                if age < 2 * DAY or self._held_by(f) is not None:
+                if since != stamp or not_before > stamp or age < 2 * DAY:
                     yield f, self._why(f, age, now) + f" > {limit}"
                     continue
                 text = by_day.get(days := int(age // DAY))
@@ -106,16 +109,19 @@ class MaxAgeRule:
                     text = by_day[days] = self._why(f, age, now) + f" > {limit}"
                 yield f, text
 
-    def held(self, f: FileEntry, now: float) -> str | None:
-        """Why a file whose timestamp alone is past max_age is kept: it has not been in
-        model_dir that long, or the clock jumped. None if its timestamp does not reach max_age."""
-        stamp = f.mtime if self.age_by == "mtime" else f.atime
-        if now - stamp <= self.max_age or f.is_link:
-            return None
-        age = now - self.since(f)
-        if age > self.max_age:
-            return None
-        return self._why(f, age, now) + f" <= {format_duration(self.max_age)}"
+    def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        """The files this rule keeps although their timestamp alone is past max_age (they have
+        not been in model_dir that long, or the clock jumped), each with why."""
+        if self.age_from == "timestamp" and self.not_before == float("-inf"):
+            return
+        oldest = now - self.max_age  # a timestamp before this is past max_age
+        limit = format_duration(self.max_age)
+        by_mtime = self.age_by == "mtime"
+        for f in files:
+            if (f.mtime if by_mtime else f.atime) < oldest and not f.is_link:
+                age = now - self.since(f)
+                if age <= self.max_age:
+                    yield f, self._why(f, age, now) + f" <= {limit}"
 
     def _held_by(self, f: FileEntry) -> str | None:
         """What holds a file's age below its timestamp's: "arrival", "clock" or None."""
@@ -144,7 +150,7 @@ class MaxAgeRule:
 
 def _utc(t: float) -> str:
     try:
-        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
     except (OverflowError, OSError, ValueError):
         return f"{t:.0f}"
 
@@ -258,11 +264,15 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             chosen = True
         if chosen:
             undecided = [i for i in undecided if decided[i] is None]
-    ages = [s for s in rules.selectors if isinstance(s, MaxAgeRule)]
+    # A file kept only because it arrived late (or the clock jumped) says so.
+    held: dict[int, str] = {}
+    for s in rules.selectors:
+        if isinstance(s, MaxAgeRule):
+            for f, why in s.held([files[i] for i in undecided], now):
+                held.setdefault(id(f), why)
     for i in undecided:
         f = files[i]
-        why = next((w for s in ages if (w := s.held(f, now)) is not None), "no rule applies")
-        decided[i] = Decision(f, Verdict.KEEP, None, why)
+        decided[i] = Decision(f, Verdict.KEEP, None, held.get(id(f), "no rule applies"))
     return Plan(cast(tuple[Decision, ...], tuple(decided)), now)
 
 

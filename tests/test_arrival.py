@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -300,6 +301,15 @@ def test_atime_ageing_is_refused_on_a_noatime_mount(
         # By mtime the same mount is fine.
         cfg.write_text(ATIME.format(models=models, max_age="30d", age_by="mtime"))
         assert run_ocrd("check", "-c", cfg).returncode == 0
+        # A daemon running by mtime keeps its rules when a reload asks for atime there.
+        d = Daemon(cfg)
+        daemons.append(d)
+        d.note("READY=1")
+        cfg.write_text(ATIME.format(models=models, max_age="30d", age_by="atime"))
+        d.send(signal.SIGHUP)
+        rejected = d.event("config_rejected")
+        assert any("noatime" in e for e in rejected["errors"]), rejected
+        assert d.stop()[0] == 0
 
 
 @root_only

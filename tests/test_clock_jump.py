@@ -133,3 +133,16 @@ def test_deletions_planned_before_a_jump_are_dropped_and_planned_again(world: Wo
     assert world.present
     assert [e["trigger"] for e in world.events("scan_completed")][-1] == "clock_jumped"
     assert world.events("model_deleted") == []
+
+
+def test_a_jump_stops_a_batch_between_two_files(world: World) -> None:
+    """The deleter asks _should_stop between files: a jump noticed there ends the batch, and
+    the next step scans under the new clock."""
+    d = world.daemon
+    assert not d._should_stop()
+    world.clock.jump(-DAY)
+    assert d._should_stop()
+    assert d.clock_guard.pending
+    d._step()
+    assert not d.clock_guard.pending
+    assert [e["trigger"] for e in world.events("scan_completed")] == ["startup", "clock_jumped"]
