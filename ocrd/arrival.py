@@ -76,7 +76,9 @@ class Arrivals:
         try:
             st = os.stat(self.root + b"/" + rel_dir, follow_symlinks=False)
         except OSError:
-            return own  # gone or unreadable: the file's own ctime is what is left
+            # Gone, unreadable, or deeper than PATH_MAX: what the daemon saw, and the file's
+            # own ctime, are what is left.
+            return own
         if stat.S_ISDIR(st.st_mode) and st.st_ctime > st.st_mtime:
             return max(own, st.st_ctime)
         return own

@@ -174,7 +174,8 @@ class Config(_Section):
         r = self.retention
         rules = [f"prefixes=[{', '.join(quote(p) for p in r.prefixes)}]"]
         if r.max_age is not None:
-            rules.append(f"max_age={format_duration(r.max_age)} by {r.age_by}")
+            since = "in model_dir" if r.age_from == "arrival" else "alone"
+            rules.append(f"max_age={format_duration(r.max_age)} by {r.age_by} ({since})")
         rules.append(f"whitelist={len(r.whitelist)} pattern(s)")
         mode = "dry run" if r.dry_run else "deleting"
         engine = "engine on" if self.engine.enabled else "engine off"

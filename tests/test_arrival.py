@@ -330,3 +330,68 @@ def test_atime_ageing_under_a_day_is_warned_about_on_relatime(
         assert result.returncode == 0, result
         out = result.stdout + result.stderr
         assert ("mounted relatime" in out) is warned, out
+
+
+# -- directory evidence, without mounts -----------------------------------------------------------
+
+
+def _scan(models: Path) -> dict[bytes, Any]:
+    from ocrd.arrival import Arrivals
+    from ocrd.inventory import scan
+
+    return {e.path: e for e in Arrivals(models).apply(scan(models).files)}
+
+
+def test_a_directory_whose_status_changed_after_its_contents_dates_the_files_in_it(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    (models / "pkg" / "sub").mkdir(parents=True)
+    (models / "pkg" / "sub" / "f.bin").write_bytes(b"f")
+    (models / "top.bin").write_bytes(b"t")
+    before = {p: os.stat(models / os.fsdecode(p)).st_ctime for p in (b"pkg/sub/f.bin", b"top.bin")}
+    # Contents changed last: mtime == ctime on every directory, no evidence; own ctimes stand.
+    assert {p: e.ctime for p, e in _scan(models).items()} == before
+    # A status change after the contents' last change (here utime, which sets ctime to now
+    # and mtime to what it is told; a rename or chmod does the same to ctime): the files
+    # below count as arrived then, at any depth. model_dir's own ctime is never evidence.
+    os.utime(models / "pkg", (OLD, OLD))
+    os.utime(models, (OLD, OLD))
+    pkg = os.stat(models / "pkg")
+    assert pkg.st_ctime > pkg.st_mtime
+    found = _scan(models)
+    assert found[b"pkg/sub/f.bin"].ctime == max(pkg.st_ctime, before[b"pkg/sub/f.bin"])
+    assert found[b"top.bin"].ctime == before[b"top.bin"]
+
+
+def test_directory_evidence_is_found_at_any_depth(tmp_path: Path) -> None:
+    """Deeper than Python's recursion limit: the lookup is iterative."""
+    models = tmp_path / "models"
+    models.mkdir()
+    fd = os.open(models, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1100):
+        os.mkdir("d", dir_fd=fd)
+        sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    os.close(os.open("f.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    os.close(fd)
+    os.utime(models / "d", (OLD, OLD))
+    (entry,) = _scan(models).values()
+    assert entry.ctime == os.stat(models / "d").st_ctime
+
+
+@root_only
+def test_mount_options_are_read_for_a_mount_point_with_a_space(tmp_path: Path) -> None:
+    from ocrd.watch import mount_of
+
+    mnt = tmp_path / "with space"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,noatime", "x", str(mnt)], check=True)
+    try:
+        (mnt / "models").mkdir()
+        found = mount_of(os.fsencode(mnt / "models"))
+        assert found is not None
+        assert (found.point, found.fstype, found.atime) == (os.fsencode(mnt), "tmpfs", "noatime")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
