@@ -102,11 +102,11 @@ class MaxAgeRule:
             age = now - (since if since > not_before else not_before)
             if age > max_age:
                 if since != stamp or not_before > stamp or age < 2 * DAY:
-                    yield f, self._why(f, age, now) + f" > {limit}"
+                    yield f, self._why(f, age, now, f"> {limit}")
                     continue
                 text = by_day.get(days := int(age // DAY))
                 if text is None:
-                    text = by_day[days] = self._why(f, age, now) + f" > {limit}"
+                    text = by_day[days] = self._why(f, age, now, f"> {limit}")
                 yield f, text
 
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
@@ -121,7 +121,7 @@ class MaxAgeRule:
             if (f.mtime if by_mtime else f.atime) < oldest and not f.is_link:
                 age = now - self.since(f)
                 if age <= self.max_age:
-                    yield f, self._why(f, age, now) + f" <= {limit}"
+                    yield f, self._why(f, age, now, f"<= {limit}")
 
     def _held_by(self, f: FileEntry) -> str | None:
         """What holds a file's age below its timestamp's: "arrival", "clock" or None."""
@@ -131,19 +131,19 @@ class MaxAgeRule:
             return None
         return "clock" if since == self.not_before else "arrival"
 
-    def _why(self, f: FileEntry, age: float, now: float) -> str:
+    def _why(self, f: FileEntry, age: float, now: float, versus: str) -> str:
+        """The reason text; ``versus`` ("> 30d", "<= 30d") follows the age that decided."""
         stamp_age = now - (f.mtime if self.age_by == "mtime" else f.atime)
         held = self._held_by(f)
         if held is None:
-            return f"{self.age_by} age {approx_duration(age)}"
+            return f"{self.age_by} age {approx_duration(age)} {versus}"
         when = _utc(self.since(f))
         if held == "clock":
-            return (
-                f"in model_dir {approx_duration(age)} by our clock (counted from its jump at "
-                f"{when}), {self.age_by} age {approx_duration(stamp_age)}"
-            )
+            since = f"by our clock, counted from its jump at {when}"
+        else:
+            since = f"arrived {when}"
         return (
-            f"in model_dir {approx_duration(age)} (arrived {when}), "
+            f"in model_dir {approx_duration(age)} ({since}) {versus}, "
             f"{self.age_by} age {approx_duration(stamp_age)}"
         )
 
