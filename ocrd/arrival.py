@@ -11,9 +11,10 @@ only, not of the files in it. So each directory strictly below model_dir adds it
   happened to the directory after its last change of contents: it was renamed (moved in),
   chmod-ed, chown-ed or had an extended attribute written. Each of these counts as an arrival
   of everything under it (the safe side: such files wait longer).
-- the moment this process saw it arrive (a directory created or moved in while ``ocrd run``
-  watched), kept in memory: a later change of its contents (a file added, or deleted by ocrd)
-  makes mtime equal ctime again and hides the rename from the first rule.
+- the moment this process saw it arrive (a directory moved in while ``ocrd run`` watched,
+  recognised by the same ctime-after-mtime sign at that moment), kept in memory: a later
+  change of its contents (a file added, or deleted by ocrd) makes mtime equal ctime again and
+  hides the rename from the first rule.
 
 A file's arrival is the latest of its own ctime and the evidence of every directory above it;
 ``entry.ctime`` is raised to it, so settle and ``age_from = "arrival"`` both count from it.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from ocrd.inventory import FileEntry
 
@@ -37,22 +38,28 @@ class Arrivals:
         self.root = os.fsencode(model_dir)
         self.seen: dict[bytes, float] = {}
 
-    def saw(self, rel_dir: bytes, at: float) -> None:
-        """This process saw the directory ``rel_dir`` arrive at wall time ``at``."""
-        if rel_dir:
+    def saw(self, rel_dir: bytes, st: os.stat_result, at: float) -> None:
+        """The directory ``rel_dir`` (its stat ``st``) appeared under model_dir at wall time
+        ``at``. Remembered only if it shows a status change after its contents' last change
+        (moved in, as opposed to made here by mkdir, whose files are new anyway): a storm of
+        mkdirs costs no memory here."""
+        if rel_dir and st.st_ctime > st.st_mtime:
             self.seen[rel_dir] = max(at, self.seen.get(rel_dir, at))
 
     def forget(self, rel_dir: bytes) -> None:
-        """``rel_dir`` and everything under it is gone."""
-        if self.seen:
+        """``rel_dir`` and everything under it is gone. Costs nothing for a directory not seen
+        arriving; sightings below one that was are dropped with it (others at the next scan)."""
+        if rel_dir in self.seen:
             prefix = rel_dir + b"/"
             for p in [p for p in self.seen if p == rel_dir or p.startswith(prefix)]:
                 del self.seen[p]
 
-    def keep_only(self, dirs: Iterable[bytes]) -> None:
+    def keep_only(self, dirs: Container[bytes], before: float) -> None:
+        """After a full scan: forget sightings of directories not in ``dirs``, and those from
+        before ``before`` (now less the longest max_age and settle), which no rule can be held
+        back by any more."""
         if self.seen:
-            present = set(dirs)
-            self.seen = {p: t for p, t in self.seen.items() if p in present}
+            self.seen = {p: t for p, t in self.seen.items() if p in dirs and t >= before}
 
     def floor(self, rel_dir: bytes, cache: dict[bytes, float]) -> float:
         """The latest directory evidence for files directly in ``rel_dir`` (b"" = model_dir)."""

@@ -3,7 +3,6 @@ retention passes (scan → plan → apply) while the supervisor keeps the engine
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import signal
@@ -39,6 +38,7 @@ from ocrd.inventory import (
 )
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.timejump import ClockGuard
 from ocrd.waker import Waker
@@ -48,76 +48,6 @@ COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories befo
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
-
-
-class Scheduler:
-    """When work is due: the periodic rescan, watchdog pings and per-file revisits (a settling
-    file stops settling, a kept file ages past max_age, a skipped deletion is retried).
-    Pure arithmetic over the injected clock; the loop asks it how long it may sleep."""
-
-    def __init__(self, clock: Clock, rescan: float, ping: float | None) -> None:
-        self.clock = clock
-        self.rescan = rescan
-        self.ping = ping
-        now = clock.monotonic()
-        self.next_rescan = now + rescan
-        self.next_ping = now if ping else float("inf")
-        self._revisits: list[tuple[float, bytes]] = []  # (wall time, path), a heap
-        # Kept files crossing max_age: one per indexed file, so they go in buckets of
-        # ``coarse_s`` seconds (a list slot per file, not a heap entry of ~100 bytes each).
-        self.coarse_s = 1.0
-        self._buckets: dict[int, list[bytes]] = {}
-        self._bucket_heap: list[int] = []
-
-    def revisit(self, path: bytes, at_wall: float, *, coarse: bool = False) -> None:
-        """Look at ``path`` again at ``at_wall``; ``coarse`` allows up to coarse_s later."""
-        if not coarse:
-            heapq.heappush(self._revisits, (at_wall, path))
-            return
-        bucket = -int(-at_wall // self.coarse_s)  # rounded up: never early
-        paths = self._buckets.get(bucket)
-        if paths is None:
-            paths = self._buckets[bucket] = []
-            heapq.heappush(self._bucket_heap, bucket)
-        paths.append(path)
-
-    def clear_revisits(self) -> None:
-        self._revisits.clear()
-        self._buckets.clear()
-        self._bucket_heap.clear()
-
-    def due_revisits(self) -> set[bytes]:
-        now = self.clock.time()
-        due: set[bytes] = set()
-        while self._revisits and self._revisits[0][0] <= now:
-            due.add(heapq.heappop(self._revisits)[1])
-        while self._bucket_heap and self._bucket_heap[0] * self.coarse_s <= now:
-            due.update(self._buckets.pop(heapq.heappop(self._bucket_heap)))
-        return due
-
-    def rescan_due(self) -> bool:
-        return self.clock.monotonic() >= self.next_rescan
-
-    def rescanned(self) -> None:
-        self.next_rescan = self.clock.monotonic() + self.rescan
-
-    def ping_due(self) -> bool:
-        if self.clock.monotonic() < self.next_ping:
-            return False
-        assert self.ping is not None
-        self.next_ping = self.clock.monotonic() + self.ping
-        return True
-
-    def timeout(self, cap: float | None = None) -> float:
-        mono = self.clock.monotonic()
-        waits = [self.next_rescan - mono, self.next_ping - mono]
-        if self._revisits:
-            waits.append(self._revisits[0][0] - self.clock.time())
-        if self._bucket_heap:
-            waits.append(self._bucket_heap[0] * self.coarse_s - self.clock.time())
-        if cap is not None:
-            waits.append(cap)
-        return max(0.0, min(waits))
 
 
 class Daemon:
@@ -154,7 +84,8 @@ class Daemon:
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
         self.restart_at: float | None = None  # monotonic: when a freed engine starts again
         self.backoff = Backoff()  # when files skipped or failed are tried again
-        self.reported: set[tuple[bytes, int, float]] = set()  # dry-run decisions already logged
+        # Dry-run decisions already logged: path → the (inode, mtime) they were about.
+        self.reported: dict[bytes, tuple[int, float]] = {}
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
@@ -251,6 +182,7 @@ class Daemon:
         except ModelDirMissing:
             self._root_state()  # it went away under our feet: say so, stop, wait for it
         self._restart_engine_when_quiet()
+        self._compact()
         self._send_status()
 
     def _after_clock_jump(self) -> None:
@@ -374,7 +306,7 @@ class Daemon:
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
                     self._forget_tree(rel)  # a directory we knew is gone or became a file
                 if st is None:
-                    self.index.pop(rel)
+                    self._gone(rel)
                 elif is_dir:
                     self.index.pop(rel)
                     self._forget_tree(rel)
@@ -382,7 +314,7 @@ class Daemon:
                         sub = walk(os.dup(dirs.open(rel)))
                     except OSError:
                         continue
-                    self.arrivals.saw(rel, self.clock.time())
+                    self.arrivals.saw(rel, st, self.clock.time())
                     prefix = rel + b"/"
                     self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
                     self._check_watch_soon()
@@ -400,9 +332,26 @@ class Daemon:
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
         self.arrivals.forget(rel)
-        self.index.forget_under(prefix)
-        for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
-            del self.dirs[stale]
+        self.scheduler.gone(self.index.forget_under(prefix))  # costs what the subtree holds
+        if rel in self.dirs:  # a directory just made is not: mkdir storms cost nothing here
+            for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
+                del self.dirs[stale]
+
+    def _gone(self, path: bytes) -> None:
+        """``path`` is no model any more (deleted, vanished): nothing is kept for it."""
+        self.index.pop(path)
+        self.backoff.forget(path)
+        self.reported.pop(path, None)
+        self.scheduler.gone()
+
+    def _compact(self) -> None:
+        """Revisits and dry-run notes held for paths since gone are dropped in bulk, once they
+        are a quarter of all entries: memory follows the files, not the churn."""
+        if self.scheduler.compact_due():
+            present = self.index.__contains__
+            self.scheduler.compact(present)
+            self.reported = {p: v for p, v in self.reported.items() if present(p)}
+            self.backoff.keep_only(present)
 
     def _check_watch_soon(self) -> None:
         if self.watcher is not None and self.watcher.used == "inotify":
@@ -480,7 +429,7 @@ class Daemon:
         self.index = index
         self.future.keep_only(index)
         self.dirs = dict(dirs)
-        self.arrivals.keep_only(self.dirs)
+        self.arrivals.keep_only(self.dirs, now - self.rules.horizon)
         # Nothing is kept for a path that is gone.
         self.backoff.keep_only(lambda p: index.get(p) is not None)
         self._check_watch_soon()
@@ -498,7 +447,8 @@ class Daemon:
         if self.config.retention.dry_run:
             # What a full pass no longer plans to delete (gone, renamed, rules changed) is
             # forgotten, so the set stays as large as the would-be deletions, not the churn.
-            self.reported &= {_version(d.entry) for d in deletions}
+            planned = {d.entry.path: (d.entry.ino, d.entry.mtime) for d in deletions}
+            self.reported = {p: v for p, v in self.reported.items() if planned.get(p) == v}
         self._apply(Plan(tuple(deletions), now), at_once=True)
 
     def _pass(self, the_plan: Plan) -> None:
@@ -591,8 +541,7 @@ class Daemon:
                 e = o.decision.entry
                 left.discard(e.path)
                 if o.status is Status.DELETED:
-                    self.index.pop(e.path)
-                    self.backoff.forget(e.path)
+                    self._gone(e.path)
                     deleted += 1
                     freed += o.freed
                     self.log.info(
@@ -619,8 +568,7 @@ class Daemon:
         e = o.decision.entry
         path = display(e.path)
         if o.detail == "vanished":
-            self.index.pop(e.path)
-            self.backoff.forget(e.path)
+            self._gone(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
             return
         if o.detail == "changed":
@@ -651,10 +599,10 @@ class Daemon:
     def _report_dry_run(self, the_plan: Plan) -> None:
         for d in the_plan.deletions:
             e = d.entry
-            key = _version(e)
-            if key in self.reported:
+            version = (e.ino, e.mtime)
+            if self.reported.get(e.path) == version:
                 continue  # said once per file version; every rescan would repeat it otherwise
-            self.reported.add(key)
+            self.reported[e.path] = version
             self.log.info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
             self.last_action = "dry run: would delete"
 
@@ -770,11 +718,6 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
-
-
-def _version(entry: FileEntry) -> tuple[bytes, int, float]:
-    """What makes a would-be deletion worth logging again: another file, or the file changed."""
-    return (entry.path, entry.ino, entry.mtime)
 
 
 def _coarse_resolution(rules: Rules) -> float:

@@ -1,4 +1,5 @@
-"""The daemon's index of model_dir: one packed record per file, with running totals."""
+"""The daemon's index of model_dir: one packed record per file, grouped by directory, with
+running totals."""
 
 from __future__ import annotations
 
@@ -13,51 +14,139 @@ from ocrd.inventory import FileEntry
 _RECORD = struct.Struct("=qdddQQ?")
 
 
+def _split(path: bytes) -> tuple[bytes, bytes]:
+    """(directory key, name): the key is everything up to and including the last "/" (b"" at
+    the top), so that key + name is the path again, whatever bytes it holds."""
+    cut = path.rfind(b"/") + 1
+    return path[:cut], path[cut:]
+
+
+def _parent(key: bytes) -> bytes:
+    return _split(key[:-1])[0]
+
+
 class Index:
     """path → record, plus the file count and byte total that STATUS reports, kept up to date
-    on every change instead of summed on every status line."""
+    on every change instead of summed on every status line.
+
+    Records are kept per directory, and each directory knows its subdirectories, so dropping
+    a directory's subtree costs what the subtree holds, not what the whole index holds: a
+    storm of directory events on a million-file tree stays cheap per event."""
 
     def __init__(self, entries: Iterable[FileEntry] = ()) -> None:
-        self._records: dict[bytes, bytes] = {}
+        self._dirs: dict[bytes, dict[bytes, bytes]] = {}  # directory key → name → record
+        self._subdirs: dict[bytes, set[bytes]] = {}  # directory key → child directory keys
+        self._count = 0
         self.files = 0  # regular files (symlinks are indexed but not counted)
         self.bytes = 0
         for e in entries:
             self.put(e)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     def __contains__(self, path: object) -> bool:
-        return path in self._records
+        if not isinstance(path, bytes):
+            return False
+        key, name = _split(path)
+        names = self._dirs.get(key)
+        return names is not None and name in names
 
     def put(self, entry: FileEntry) -> None:
         self.pop(entry.path)
-        self._records[entry.path] = _RECORD.pack(*entry[1:])
+        key, name = _split(entry.path)
+        names = self._dirs.get(key)
+        if names is None:
+            names = self._dirs[key] = {}
+            self._link(key)
+        names[name] = _RECORD.pack(*entry[1:])
+        self._count += 1
         if not entry.is_link:
             self.files += 1
             self.bytes += entry.size
 
     def get(self, path: bytes) -> FileEntry | None:
-        record = self._records.get(path)
+        key, name = _split(path)
+        names = self._dirs.get(key)
+        record = None if names is None else names.get(name)
         return None if record is None else FileEntry(path, *_RECORD.unpack(record))
 
     def pop(self, path: bytes) -> None:
-        record = self._records.pop(path, None)
-        if record is not None:
-            size, *_, is_link = _RECORD.unpack(record)
-            if not is_link:
-                self.files -= 1
-                self.bytes -= size
+        key, name = _split(path)
+        names = self._dirs.get(key)
+        if names is None:
+            return
+        record = names.pop(name, None)
+        if record is None:
+            return
+        self._count -= 1
+        size, *_, is_link = _RECORD.unpack(record)
+        if not is_link:
+            self.files -= 1
+            self.bytes -= size
+        if not names:
+            self._prune(key)
 
-    def forget_under(self, prefix: bytes) -> None:
-        """Drop every path below directory ``prefix`` (which ends with "/")."""
-        for path in [p for p in self._records if p.startswith(prefix)]:
-            self.pop(path)
+    def forget_under(self, prefix: bytes) -> int:
+        """Drop every path below directory ``prefix`` (which ends with "/"); how many."""
+        if prefix not in self._dirs and prefix not in self._subdirs:
+            return 0
+        before = self._count
+        stack = [prefix]
+        while stack:
+            key = stack.pop()
+            stack.extend(self._subdirs.pop(key, ()))
+            for record in self._dirs.pop(key, {}).values():
+                self._count -= 1
+                size, *_, is_link = _RECORD.unpack(record)
+                if not is_link:
+                    self.files -= 1
+                    self.bytes -= size
+        if prefix:
+            parent = _parent(prefix)
+            siblings = self._subdirs.get(parent)
+            if siblings is not None:
+                siblings.discard(prefix)
+                if not siblings and not self._dirs.get(parent):
+                    self._prune(parent)
+        return before - self._count
 
     def clear(self) -> None:
-        self._records.clear()
-        self.files = self.bytes = 0
+        self._dirs.clear()
+        self._subdirs.clear()
+        self._count = self.files = self.bytes = 0
 
     def entries(self) -> Iterator[FileEntry]:
-        for path, record in self._records.items():
-            yield FileEntry(path, *_RECORD.unpack(record))
+        for key, names in self._dirs.items():
+            for name, record in names.items():
+                yield FileEntry(key + name, *_RECORD.unpack(record))
+
+    def _link(self, key: bytes) -> None:
+        """Record ``key`` under its parent, and the parent under its own, up to the first
+        directory already known (the top, b"", needs no parent)."""
+        while key:
+            parent = _parent(key)
+            children = self._subdirs.get(parent)
+            if children is None:
+                self._subdirs[parent] = {key}
+            elif key in children:
+                return
+            else:
+                children.add(key)
+                return
+            key = parent
+
+    def _prune(self, key: bytes) -> None:
+        """Forget directory ``key`` once it holds nothing, and parents left empty by that: a
+        churn of directories leaves nothing behind."""
+        while key and not self._dirs.get(key) and not self._subdirs.get(key):
+            self._dirs.pop(key, None)
+            self._subdirs.pop(key, None)
+            parent = _parent(key)
+            children = self._subdirs.get(parent)
+            if children is not None:
+                children.discard(key)
+            key = parent
+        if not key and not self._dirs.get(b"") and not self._subdirs.get(b""):
+            self._dirs.pop(b"", None)
+            self._subdirs.pop(b"", None)

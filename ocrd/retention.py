@@ -194,6 +194,13 @@ class Rules:
         what changed; a whole-inventory rule makes it plan everything)."""
         return all(isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors)
 
+    @property
+    def horizon(self) -> float:
+        """How long after its arrival a file's verdict can still depend on when it arrived:
+        the longest max_age, or settle if longer."""
+        ages = [s.max_age for s in self.selectors if isinstance(s, MaxAgeRule)]
+        return max([self.settle, *ages])
+
     def not_before(self, at: float) -> Rules:
         """These rules with no file ageing from before ``at`` (a clock jump, ocrd.timejump)."""
         selectors = tuple(

@@ -45,3 +45,47 @@ def test_forget_under_drops_a_subtree_only() -> None:
     index.forget_under(b"a/")
     assert sorted(x.path for x in index.entries()) == [b"a", b"ab/z"]
     assert index.files == 2
+
+
+paths = st.lists(st.sampled_from([b"a", b"b", b"/", b"c/"]), min_size=1, max_size=5).map(b"".join)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["put", "pop", "forget"]), paths, st.booleans()), max_size=60
+    )
+)
+def test_any_sequence_matches_a_plain_dict_and_leaves_nothing_behind(
+    ops: list[tuple[str, bytes, bool]],
+) -> None:
+    """Against an independent model (a dict scanned by prefix), with paths made to share
+    directories; once everything is gone, no directory is kept for it either."""
+    index = Index()
+    model: dict[bytes, FileEntry] = {}
+    for op, path, link in ops:
+        if op == "put":
+            e = FileEntry(path, len(path), 0.0, 0.0, 0.0, 1, 1, link)
+            index.put(e)
+            model[path] = e
+        elif op == "pop":
+            index.pop(path)
+            model.pop(path, None)
+        else:
+            prefix = path if path.endswith(b"/") else path + b"/"
+            index.forget_under(prefix)
+            model = {p: e for p, e in model.items() if not p.startswith(prefix)}
+    assert sorted(index.entries()) == sorted(model.values())
+    assert len(index) == len(model)
+    assert all(p in index for p in model)
+    kept = [e for e in model.values() if not e.is_link]
+    assert (index.files, index.bytes) == (len(kept), sum(e.size for e in kept))
+    for path in list(model):
+        index.pop(path)
+    assert index._dirs == {}
+    assert index._subdirs == {}
+
+
+def test_forgetting_an_unknown_directory_touches_nothing() -> None:
+    index = Index([FileEntry(b"d%d/f" % i, 1, 0.0, 0.0, 0.0, 1, i, False) for i in range(100)])
+    index.forget_under(b"new/")
+    assert len(index) == 100

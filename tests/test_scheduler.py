@@ -6,9 +6,9 @@ import pytest
 
 from ocrd.clock import FakeClock
 from ocrd.config import Retention
-from ocrd.daemon import Scheduler
 from ocrd.inventory import FileEntry
 from ocrd.retention import Rules, Verdict, plan, revisit_at
+from ocrd.scheduler import Scheduler
 
 
 def test_rescan_comes_due_after_its_period() -> None:
@@ -101,3 +101,27 @@ def test_coarse_revisits_are_never_early_and_at_most_a_bucket_late() -> None:
     clock.advance(0.1)
     assert s.due_revisits() == {b"b", b"c"}
     assert s.timeout() == 520.0
+
+
+def test_revisits_of_paths_that_are_gone_are_compacted_away() -> None:
+    clock = FakeClock()
+    s = Scheduler(clock, rescan=600, ping=None)
+    now = clock.time()
+    for i in range(9000):
+        s.revisit(b"f%d" % i, now + 86400, coarse=True)  # kept files crossing max_age later
+        s.revisit(b"f%d" % i, now + 5)  # and a settle revisit each
+    s.revisit(b"f1", now + 3)  # a second, earlier one for the same path
+    alive = {b"f%d" % i for i in range(0, 9000, 3)}
+    assert not s.compact_due()
+    s.gone(6000)  # two in three went, as a churn leaves them
+    assert s.compact_due()
+    s.compact(alive.__contains__)
+    assert not s.compact_due()
+    clock.advance(3)
+    assert s.due_revisits() == set()  # f1 was gone: its early revisit went with it
+    clock.advance(2)
+    assert s.due_revisits() == alive
+    clock.advance(86400)
+    assert s.due_revisits() == alive
+    s.rescanned()
+    assert s.timeout() == 600  # nothing left to revisit
