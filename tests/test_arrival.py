@@ -376,9 +376,13 @@ def test_directory_evidence_is_found_at_any_depth(tmp_path: Path) -> None:
         fd = sub
     os.close(os.open("f.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
     os.close(fd)
-    os.utime(models / "d", (OLD, OLD))
-    (entry,) = _scan(models).values()
-    assert entry.ctime == os.stat(models / "d").st_ctime
+    try:
+        os.utime(models / "d", (OLD, OLD))
+        (entry,) = _scan(models).values()
+        assert entry.ctime == os.stat(models / "d").st_ctime
+    finally:
+        # pytest's own clean-up of old tmp_paths recurses, and cannot remove this tree.
+        subprocess.run(["rm", "-rf", "--", str(models / "d")], check=True)
 
 
 @root_only
