@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.tree import DAY, PREFIX, Tree, count_files, generate
+from bench.tree import DAY, PREFIX, SUBDIRS, Tree, count_files, generate
 from ocrd import apply as apply_module
 from ocrd.watch import filesystem_type
 
 TOOL_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 120.0
 MAX_AGE = "30d"
+FD_LIMIT = 256  # the soft and hard RLIMIT_NOFILE of the fd-bound pass
 MAX_AGE_S = 30 * DAY
 FIND_AGE = "+43200"  # minutes: strictly more than 30 days, like the others (-mtime +30 is ≥31 d)
 WATCHDOG_USEC = 10_000_000
@@ -69,6 +70,9 @@ class Mode:
     drain_timeout_s: float
     pause_s: float  # quiet time after sync(), before each timed deletion
     tmpfs_dir: str | None  # also a pass (ocrd and find) on this tmpfs, where unlink never waits
+    # Also a pass over this many directories under ulimit -n 256, this many times (mkdir is
+    # slow here: 10k directories take ~10 s to make).
+    fd_dirs: tuple[tuple[int, int], ...]
 
 
 QUICK = Mode(
@@ -88,6 +92,7 @@ QUICK = Mode(
     drain_timeout_s=20.0,
     pause_s=0.2,
     tmpfs_dir=None,
+    fd_dirs=((10_000, 1),),
 )
 FULL = Mode(
     name="full",
@@ -106,6 +111,7 @@ FULL = Mode(
     drain_timeout_s=90.0,
     pause_s=1.0,
     tmpfs_dir="/dev/shm",
+    fd_dirs=((10_000, 5), (100_000, 1)),
 )
 
 
@@ -613,6 +619,22 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
     if mode.age_only:
         variants.append((False, f"pass {_count(n)}: age {MAX_AGE} only"))
     passes(mode, ws, res, variants, tools, missing=missing)
+    for dirs, reps in mode.fd_dirs:
+        # systemd's default soft limit is 1024; 256 is tighter still. A pass that kept an fd
+        # per directory failed past ~240 of them; ocrd's are bounded (rootdir.fd_budget).
+        measure = f"pass {_count(2 * dirs)} in {_count(dirs)} directories, ulimit -n {FD_LIMIT}"
+        passes(
+            mode,
+            ws,
+            res,
+            [(True, measure)],
+            ["ocrd", "find"],
+            missing={},
+            n=2 * dirs,
+            subdirs=dirs,
+            reps=reps,
+            wrap=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--"],
+        )
     tmpfs = mode.tmpfs_dir
     if tmpfs is None:
         return
@@ -636,21 +658,29 @@ def passes(
     tools: Sequence[str],
     *,
     missing: dict[str, str],
+    n: int | None = None,
+    subdirs: int = SUBDIRS,
+    reps: int | None = None,
+    wrap: Sequence[str] = (),
 ) -> None:
-    """Each tool's pass on its own fresh tree, ``mode.reps`` times per variant; one row each."""
-    n = mode.retention_n
+    """Each tool's pass on its own fresh tree, ``mode.reps`` times per variant; one row each.
+    ``n`` files (default: mode.retention_n) in ``subdirs`` directories; each command is run
+    under ``wrap`` (e.g. prlimit)."""
+    n = mode.retention_n if n is None else n
+    reps = mode.reps if reps is None else reps
     wall: dict[tuple[bool, str], list[float]] = collections.defaultdict(list)
     cpu: dict[tuple[bool, str], list[float]] = collections.defaultdict(list)
     wrong: dict[tuple[bool, str], list[str]] = collections.defaultdict(list)
     due: dict[bool, int] = {}
-    for rep in range(mode.reps):
+    for rep in range(reps):
         for prefix, measure in variants:
             for tool in rotated(tools, rep):
                 scratch = ws.fresh(f"{tool}")
-                tree = generate(scratch / "tree", n)
+                tree = generate(scratch / "tree", n, subdirs=subdirs)
                 argvs = retention_commands(tool, tree, scratch, prefix)
                 for argv in argvs:
                     assert_targets(argv, scratch, tree)
+                argvs = [[*wrap, *argv] for argv in argvs]
                 quiet(mode.pause_s)
                 t = timed(argvs)
                 left = count_files(tree.root)

@@ -77,31 +77,35 @@ def generate(
     span = days * DAY
     files: list[str] = []
     ages: list[float] = []
+    names: list[str] = []
+    for i in range(n):  # drawn in file order, whatever the order of creation below
+        age = rng.uniform(0.0, span)
+        if abs(age - max_age_s) < guard_s:  # keep clear of the limit: see module doc
+            age = max_age_s + guard_s if age >= max_age_s else max_age_s - guard_s
+        names.append(f"{PREFIX if i in old else 'm_'}{i:07d}.bin")
+        ages.append(age)
+        files.append(f"d{i % subdirs:02d}/{names[i]}")
     now_ns = time.time_ns()
-    dir_fds = [os.open(root, _DIR_FLAGS)]  # [root, d00, d01, …]
+    top = os.open(root, _DIR_FLAGS)
     try:
+        # One directory at a time, so a tree of 100k directories needs two fds, not 100k.
         for d in range(subdirs):
             name = f"d{d:02d}"
-            os.mkdir(name, dir_fd=dir_fds[0])
-            dir_fds.append(os.open(name, _DIR_FLAGS, dir_fd=dir_fds[0]))
-        for i in range(n):
-            age = rng.uniform(0.0, span)
-            if abs(age - max_age_s) < guard_s:  # keep clear of the limit: see module doc
-                age = max_age_s + guard_s if age >= max_age_s else max_age_s - guard_s
-            name = f"{PREFIX if i in old else 'm_'}{i:07d}.bin"
-            d = i % subdirs
-            fd = os.open(name, _FLAGS, 0o644, dir_fd=dir_fds[d + 1])
+            os.mkdir(name, dir_fd=top)
+            sub = os.open(name, _DIR_FLAGS, dir_fd=top)
             try:
-                os.write(fd, b"model %d\n" % i)
-                stamp = now_ns - int(age * 1e9)
-                os.utime(fd, ns=(stamp, stamp))  # atime = mtime
+                for i in range(d, n, subdirs):
+                    fd = os.open(names[i], _FLAGS, 0o644, dir_fd=sub)
+                    try:
+                        os.write(fd, b"model %d\n" % i)
+                        stamp = now_ns - int(ages[i] * 1e9)
+                        os.utime(fd, ns=(stamp, stamp))  # atime = mtime
+                    finally:
+                        os.close(fd)
             finally:
-                os.close(fd)
-            files.append(f"d{d:02d}/{name}")
-            ages.append(age)
+                os.close(sub)
     finally:
-        for fd in dir_fds:
-            os.close(fd)
+        os.close(top)
     return Tree(root, tuple(files), tuple(ages), now_ns / 1e9, max_age_s)
 
 

@@ -15,8 +15,9 @@ from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.holders import lease_report
-from ocrd.inventory import ModelDirMissing, collecting_paused, display, scan
+from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
+from ocrd.rootdir import Place, pin, raise_fd_limit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,13 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
         return 0
     log_warnings(config, warnings)
+    before, after = raise_fd_limit()
+    log.get().debug("fd_limit", soft_before=before, soft=after)
+    place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            the_plan = _plan(config)
-            blocked = _blocked(config, the_plan)
-            _print_list(the_plan, args.json, config.retention.age_by, blocked)
+            the_plan, inventory = _plan(config, place)
+            blocked = _blocked(config, the_plan, place)
+            _print_list(the_plan, args.json, config.retention.age_by, blocked, inventory)
             return 0
-        return _clean(config, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json)
+        return _clean(
+            config, place, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
+        )
     except ModelDirMissing as exc:
         print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -86,14 +92,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(config: Config) -> Plan:
-    inventory = scan(config.model_dir)
+def _plan(config: Config, place: Place) -> tuple[Plan, Inventory]:
+    """The plan, and the inventory it came from (for its mount points)."""
+    inventory = scan(place)
     _warn_unreadable(inventory.unreadable)
+    for rel, device in inventory.mounts:
+        log.get().warning(
+            "mount_skipped",
+            path=display(rel),
+            device=device,
+            detail="another filesystem than model_dir's: not entered, nothing deleted there",
+        )
     rules = Rules.from_config(config.retention, config.watch.settle)
     with collecting_paused():  # a Decision per file, and no cycle among them
         # Files of a directory that was moved in arrived with it (ocrd.arrival).
-        files = Arrivals(config.model_dir).apply(inventory.files)
-        return plan(files, rules, time.time())
+        files = Arrivals(place.real).apply(inventory.files)
+        return plan(files, rules, time.time()), inventory
 
 
 def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
@@ -108,7 +122,7 @@ _BLOCKED = {
 }
 
 
-def _blocked(config: Config, the_plan: Plan) -> dict[bytes, str]:
+def _blocked(config: Config, the_plan: Plan, place: Place) -> dict[bytes, str]:
     """Files the plan would delete that the deleter would skip right now as in use (or of
     unknown holders): ``list`` shows them with that verdict instead of "delete"."""
     if config.retention.dry_run:
@@ -117,16 +131,21 @@ def _blocked(config: Config, the_plan: Plan) -> dict[bytes, str]:
     in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
     return {
         o.decision.entry.path: o.detail
-        for o in probe(the_plan, config.model_dir, in_use)
+        for o in probe(the_plan, str(place), in_use)
         if o.detail in _BLOCKED
     }
 
 
 def _print_list(
-    the_plan: Plan, as_json: bool, age_by: str = "mtime", blocked: dict[bytes, str] | None = None
+    the_plan: Plan,
+    as_json: bool,
+    age_by: str = "mtime",
+    blocked: dict[bytes, str] | None = None,
+    inventory: Inventory | None = None,
 ) -> None:
     now = the_plan.now
     blocked = blocked or {}
+    mounts = inventory.mounts if inventory is not None else ()
 
     def verdict(d: Decision) -> str:
         return blocked.get(d.entry.path, d.verdict)
@@ -157,6 +176,21 @@ def _print_list(
             }
             for d in the_plan.decisions
         ]
+        rows += [
+            {
+                "path": display(rel),
+                "size": 0,
+                "mtime": None,
+                "atime": None,
+                "age_s": None,
+                "verdict": "skipped",
+                "rule": None,
+                "reason": f"mount point: another filesystem (device {device}), not entered",
+                "symlink": False,
+                "device": device,
+            }
+            for rel, device in mounts
+        ]
         json.dump(rows, sys.stdout, indent=None)
         sys.stdout.write("\n")
         return
@@ -175,10 +209,14 @@ def _print_list(
     total = sum(c[0] for c in counts.values())
     parts = [f"{v} {c[0]} ({_size(c[1])})" for v, c in sorted(counts.items())]
     out.append(f"{total} file(s): " + (", ".join(parts) if parts else "nothing under model_dir"))
+    out += [
+        f"not entered: {display(rel)}  (mount point: another filesystem, device {device})"
+        for rel, device in mounts
+    ]
     print("\n".join(out))
 
 
-def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
+def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
     logger = log.get()
     deleted: list[str] = []
     skipped: list[dict[str, str | None]] = []
@@ -186,7 +224,8 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
     freed = 0
     unknown = config.retention.unknown_holders
     in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
-    for o in apply(_plan(config), config.model_dir, dry_run=dry_run, in_use=in_use):
+    the_plan, inventory = _plan(config, place)
+    for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
         path = display(o.decision.entry.path)
         if o.status is Status.DELETED:
             deleted.append(path)
@@ -208,6 +247,9 @@ def _clean(config: Config, *, dry_run: bool, as_json: bool) -> int:
                 "dry_run": dry_run,
                 "skipped": skipped,
                 "failed": failed,
+                "mounts_skipped": [
+                    {"path": display(rel), "device": device} for rel, device in inventory.mounts
+                ],
             },
             sys.stdout,
         )

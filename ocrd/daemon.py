@@ -23,7 +23,7 @@ from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
 from ocrd.engine import EngineBusy, Supervisor, load_runtime
 from ocrd.errors import EXIT_CONFIG, ConfigError
-from ocrd.fsdirs import DirFds, entry_from_stat
+from ocrd.fsdirs import DirFds, OtherFilesystem, entry_from_stat
 from ocrd.holders import Holders, View
 from ocrd.index import Index
 from ocrd.inventory import (
@@ -31,13 +31,13 @@ from ocrd.inventory import (
     ModelDirMissing,
     collecting_paused,
     display,
-    open_root,
     still_there,
     walk,
     walk_batches,
 )
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
 from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.timejump import ClockGuard
@@ -60,10 +60,11 @@ class Daemon:
         runtime: Any = None,
     ) -> None:
         self.config = config
+        self.place = pin(config.model_dir)  # resolved once; a reload resolves anew
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self.rules = Rules.from_config(config.retention, config.watch.settle)
-        self.arrivals = Arrivals(config.model_dir)  # directories moved in: their files arrived
+        self.arrivals = Arrivals(self.place.real)  # directories moved in: their files arrived
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
         self.supervisor = Supervisor(
@@ -89,6 +90,7 @@ class Daemon:
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
+        self.mounts: set[tuple[bytes, str]] = set()  # (path, device) not entered, as logged
         self.coverage_due: float | None = None  # when to check every directory is watched
         self.force_polling = False  # set once inotify could not cover the tree (auto only)
         self.last_action = "started"
@@ -146,7 +148,8 @@ class Daemon:
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
-            self.notifier.ready(self._status())
+            if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
+                self.notifier.ready(self._status())
             while self.stop_signal is None:
                 if self.reload_requested:
                     self.reload_requested = False
@@ -239,17 +242,23 @@ class Daemon:
 
     def _root_state(self) -> str:
         """Returns "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
-        replaced (a new inode needs a new watch), and a watch that died."""
-        root = self.config.model_dir
+        replaced (a new inode needs a new watch), and a watch that died. model_dir is looked
+        for at its pinned path without following a symlink anywhere: a link put in its place
+        is "missing", whatever it points to."""
+        root = self.place
         try:
-            st = os.stat(root)
-            ok = os.path.isdir(root)
-        except OSError:
-            ok = False
-        if not ok:
+            fd = open_root(root)
+        except (ModelDirMissing, OSError):
+            ident = None
+        else:
+            try:
+                ident = identify(fd)
+            finally:
+                os.close(fd)
+        if ident is None:
             if not self.missing:
                 self.missing = True
-                self.log.warning("model_dir_missing", model_dir=str(root))
+                self.log.warning("model_dir_missing", **self._where())
                 self.last_action = "model_dir missing"
                 self._send_status()
                 if self.watcher is not None:
@@ -258,49 +267,63 @@ class Daemon:
                 self.pending.clear()
                 self.scheduler.clear_revisits()
             return "missing"
-        if (
-            self.missing
-            or (st.st_dev, st.st_ino) != self.root_id
-            or not (self.watcher and self.watcher.alive)
-        ):
+        if self.missing or ident[:2] != self.root_id or not (self.watcher and self.watcher.alive):
             was_missing = self.missing
             self.missing = False
             self._arm()
             if was_missing:
-                self.log.info("model_dir_returned", model_dir=str(root))
+                self.log.info("model_dir_returned", **self._where())
                 self.supervisor.start()
             else:
-                self.log.warning("watch_rearmed", model_dir=str(root))
+                self.log.warning("watch_rearmed", **self._where())
             return "rearmed"
         return "ok"
+
+    def _where(self) -> dict[str, str]:
+        """model_dir as configured, and the directory it was resolved to where that differs."""
+        where = {"model_dir": str(self.config.model_dir)}
+        if os.fsencode(self.config.model_dir) != self.place.real:
+            where["resolved"] = str(self.place)
+        return where
 
     def _arm(self) -> None:
         c = self.config
         if self.watcher is not None:
+            if self.watcher.failed and c.watch.observer == "auto":
+                self.force_polling = True  # inotify broke down once: polling, until a reload
             self.watcher.stop()
         try:
-            st = os.stat(c.model_dir)
-        except OSError:
+            fd = open_root(self.place)
+        except (ModelDirMissing, OSError):
             self.missing = True
-            self.log.warning("model_dir_missing", model_dir=str(c.model_dir))
+            self.log.warning("model_dir_missing", **self._where())
             return
-        self.root_id = (st.st_dev, st.st_ino)
+        try:
+            self.root_id = identify(fd)[:2]
+        finally:
+            os.close(fd)
         kind = "polling" if self.force_polling else c.watch.observer
         self.watcher = Watcher(
-            c.model_dir, kind, self.waker.wake, poll_interval=max(1.0, c.watch.settle)
+            self.place,
+            kind,
+            self.waker.wake,
+            poll_interval=max(1.0, c.watch.settle),
+            tick=self._should_stop,
         )
         used = self.watcher.start()
-        self.log.debug("watch_armed", model_dir=str(c.model_dir), observer=used)
+        self.log.debug("watch_armed", model_dir=str(self.place), observer=used)
 
     def _refresh(self, changes: Changes) -> set[bytes]:
         """Bring the index up to date for every path the watcher marked; returns the files
         touched. An event's word on what a path is (file or directory) is not trusted — polling
         reports a reused inode as a move, directory to file — each path is looked at on disk."""
         touched: set[bytes] = set()
-        with DirFds(os.fsencode(self.config.model_dir)) as dirs:
+        with DirFds(self.place) as dirs:
             for rel in changes.dirs | changes.files:
                 if not rel:
                     continue  # model_dir itself: _root_state's business
+                if _below_any(rel, changes.dirs):
+                    continue  # that directory is forgotten and walked whole below
                 st = dirs.stat(rel)
                 is_dir = st is not None and stat.S_ISDIR(st.st_mode)
                 if not is_dir and (rel in changes.dirs or rel in self.dirs):
@@ -311,11 +334,19 @@ class Daemon:
                     self.index.pop(rel)
                     self._forget_tree(rel)
                     try:
-                        sub = walk(os.dup(dirs.open(rel)))
+                        sub = walk(
+                            os.dup(dirs.open(rel)), boundary=dirs.boundary, tick=self._should_stop
+                        )
+                    except OtherFilesystem as exc:
+                        self._report_mounts([(rel, exc.device)], full=False)
+                        continue
                     except OSError:
                         continue
+                    except Stopped:
+                        break  # SIGTERM: the loop exits; the index no longer matters
                     self.arrivals.saw(rel, st, self.clock.time())
                     prefix = rel + b"/"
+                    self._report_mounts([(prefix + p, dev) for p, dev in sub.mounts], full=False)
                     self.dirs.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
                     self._check_watch_soon()
                     for e in sub.files:
@@ -364,7 +395,7 @@ class Daemon:
         if watched is None or self.watcher is None or self.watcher.used != "inotify":
             return False
         unwatched = []
-        with DirFds(os.fsencode(self.config.model_dir)) as dirs:
+        with DirFds(self.place) as dirs:
             for rel, ino in list(self.dirs.items()):
                 if ino in watched:
                     continue
@@ -408,13 +439,18 @@ class Daemon:
         now = self.clock.time()
         unreadable: list[tuple[bytes, str]] = []
         dirs: list[tuple[bytes, int]] = []
+        mounts: list[tuple[bytes, str]] = []
         index = Index()
         deletions: list[Decision] = []
         whole: list[FileEntry] = []
         arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival
         try:
+            fd = open_root(self.place)
+            root = identify(fd)
             with collecting_paused():
-                for found in walk_batches(open_root(self.config.model_dir), unreadable, dirs):
+                for found in walk_batches(
+                    fd, unreadable, dirs, mounts=mounts, tick=self._should_stop
+                ):
                     for e in found:
                         index.put(e)
                     batch = self.arrivals.apply(found, arrived)
@@ -422,10 +458,12 @@ class Daemon:
                         deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
                     else:
                         whole.extend(batch)
-            still_there(self.config.model_dir)
-        except ModelDirMissing:
+            still_there(self.place, root)
+        except (ModelDirMissing, OSError):
             self._root_state()
             return
+        except Stopped:
+            return  # SIGTERM mid-scan: the loop exits at once, nothing half-planned is applied
         self.index = index
         self.future.keep_only(index)
         self.dirs = dict(dirs)
@@ -442,6 +480,7 @@ class Daemon:
         )
         for rel, why in unreadable:
             self.log.warning("scan_unreadable", path=display(rel), error=why)
+        self._report_mounts(mounts, full=True)
         if not self.rules.per_file:
             deletions = self._note_revisits(plan(whole, self.rules, now))
         if self.config.retention.dry_run:
@@ -450,6 +489,22 @@ class Daemon:
             planned = {d.entry.path: (d.entry.ino, d.entry.mtime) for d in deletions}
             self.reported = {p: v for p, v in self.reported.items() if planned.get(p) == v}
         self._apply(Plan(tuple(deletions), now), at_once=True)
+
+    def _report_mounts(self, found: list[tuple[bytes, str]], *, full: bool) -> None:
+        """``mount_skipped`` once per mount point (and device) found inside model_dir: ocrd
+        neither enters, watches nor deletes anything there. A full pass also forgets the ones
+        gone, so a mount that comes back is said again."""
+        now = set(found)
+        for rel, device in found:
+            if (rel, device) not in self.mounts:
+                self.log.warning(
+                    "mount_skipped",
+                    path=display(rel),
+                    device=device,
+                    detail="another filesystem than model_dir's: not entered, not watched, "
+                    "nothing deleted there",
+                )
+        self.mounts = now if full else self.mounts | now
 
     def _pass(self, the_plan: Plan) -> None:
         self._apply(Plan(tuple(self._note_revisits(the_plan)), the_plan.now))
@@ -508,7 +563,7 @@ class Daemon:
     def _precheck(self, the_plan: Plan) -> Iterable[Decision]:
         """The deletions that would go now if the engine held nothing; the others are logged
         and retried later, without an engine cycle."""
-        for o in probe(the_plan, self.config.model_dir, self._in_use()):
+        for o in probe(the_plan, str(self.place), self._in_use()):
             if o.status is Status.WOULD_DELETE:
                 yield o.decision
             else:
@@ -536,7 +591,7 @@ class Daemon:
         left = {d.entry.path for d in due}
         try:
             for o in apply(
-                the_plan, self.config.model_dir, stop=self._should_stop, in_use=self._in_use()
+                the_plan, str(self.place), stop=self._should_stop, in_use=self._in_use()
             ):
                 e = o.decision.entry
                 left.discard(e.path)
@@ -625,6 +680,7 @@ class Daemon:
         log.configure(new.log.level, new.log.format)
         self.log = log.get()
         old = self.config
+        old_place, self.place = self.place, pin(new.model_dir)
         # Deletions waiting for their batch were planned under the old rules: the reload's
         # full pass plans them again under the new ones.
         self.due.clear()
@@ -648,11 +704,11 @@ class Daemon:
         self.rules = Rules.from_config(new.retention, new.watch.settle).not_before(
             self.clock_guard.not_before
         )
-        if old.model_dir != new.model_dir:
-            self.arrivals = Arrivals(new.model_dir)
+        if old_place != self.place:
+            self.arrivals = Arrivals(self.place.real)
         self.scheduler.rescan = new.watch.rescan
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
-        if (old.model_dir, old.watch) != (new.model_dir, new.watch):
+        if (old.model_dir, old.watch, old_place) != (new.model_dir, new.watch, self.place):
             self.missing = False
             self.force_polling = False
             self._arm()
@@ -720,6 +776,17 @@ class Daemon:
             self.notifier.status(status)
 
 
+def _below_any(rel: bytes, dirs: set[bytes]) -> bool:
+    """Whether a directory above ``rel`` is in ``dirs``. Polling reports every directory of a
+    tree moved in, each of which was walked whole: quadratic in its depth."""
+    while True:
+        rel = rel.rpartition(b"/")[0]
+        if not rel:
+            return False
+        if rel in dirs:
+            return True
+
+
 def _coarse_resolution(rules: Rules) -> float:
     """How late a kept file may be looked at after crossing max_age: 1/10000 of max_age,
     between 1 s and 5 min (30d → ~4 min), so the buckets stay few however many files age."""
@@ -771,6 +838,8 @@ def run(config_path: Path) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
     log.configure(config.log.level, config.log.format)
+    before, after = raise_fd_limit()
+    log.get().debug("fd_limit", soft_before=before, soft=after)
     # The runtime is imported before any signal handler is installed: see install_signals.
     runtime = load_runtime() if config.engine.enabled else None
     daemon = Daemon(config, runtime=runtime)

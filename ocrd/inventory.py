@@ -6,16 +6,23 @@ import gc
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ocrd.errors import OcrdError
+from ocrd.rootdir import (
+    DIR_FLAGS,
+    Identity,
+    ModelDirMissing,
+    Place,
+    identify,
+    open_root,
+    pin,
+    walk_dirs,
+)
 
-
-class ModelDirMissing(OcrdError):
-    """model_dir is gone (unmounted, removed); nothing may be deleted until it returns."""
+__all__ = ["DIR_FLAGS", "FileEntry", "Inventory", "ModelDirMissing", "open_root", "scan", "walk"]
 
 
 class FileEntry(NamedTuple):
@@ -52,6 +59,8 @@ class Inventory:
     unreadable: tuple[tuple[bytes, str], ...] = field(default=())
     # Every directory walked (model_dir itself as b""), with its inode: what a watch must cover.
     dirs: tuple[tuple[bytes, int], ...] = field(default=())
+    # Directories not entered because they are on another filesystem: (path, device).
+    mounts: tuple[tuple[bytes, str], ...] = field(default=())
 
     @property
     def total_bytes(self) -> int:
@@ -62,48 +71,58 @@ class Inventory:
         return sum(1 for f in self.files if not f.is_link)
 
 
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # below model_dir
-
-
-def open_root(model_dir: os.PathLike[str] | str | bytes) -> int:
-    """An fd on model_dir (which may itself be a symlink: the operator's choice)."""
-    root = os.fsencode(model_dir)
-    try:
-        return os.open(root, DIR_FLAGS & ~os.O_NOFOLLOW)
-    except FileNotFoundError as exc:
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir does not exist") from exc
-    except NotADirectoryError as exc:  # it, or a directory above it, is now something else
-        raise ModelDirMissing(f"{os.fsdecode(root)}: model_dir is not a directory") from exc
-
-
-def scan(model_dir: os.PathLike[str] | str | bytes) -> Inventory:
+def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
     """Walk ``model_dir`` recursively; symlinks are recorded, never followed.
 
     The walk goes from directory file descriptors, each subdirectory opened with O_NOFOLLOW
     relative to its parent, so a directory swapped for a symlink mid-walk is not entered (it
-    ends up unread, not listed from outside). It holds one fd per level of depth, not per
-    directory, and stats each entry relative to its directory's fd.
+    ends up unread, not listed from outside), and a directory on another filesystem is not
+    entered at all (it is listed in ``mounts``). A path is pinned (resolved) here, once.
     """
-    inventory = walk(open_root(model_dir))
-    still_there(model_dir)
+    place = model_dir if isinstance(model_dir, Place) else pin(model_dir)
+    fd = open_root(place)
+    root = identify(fd)
+    inventory = walk(fd)
+    still_there(place, root)
     return inventory
 
 
-def still_there(model_dir: os.PathLike[str] | str | bytes) -> None:
+def still_there(place: Place, root: Identity) -> None:
     """After a walk from model_dir's fd: the fd kept working even if the directory was
-    removed or unmounted meanwhile, so ask its path once more."""
-    if not os.path.isdir(model_dir):
-        raise ModelDirMissing(f"{os.fsdecode(model_dir)}: model_dir vanished during the scan")
+    removed, unmounted or swapped for a link meanwhile, so open its pinned path once more."""
+    try:
+        fd = open_root(place)
+    except ModelDirMissing as exc:
+        raise ModelDirMissing(f"{place}: model_dir vanished during the scan") from exc
+    try:
+        now = identify(fd)
+    finally:
+        os.close(fd)
+    if now[:2] != root[:2]:
+        raise ModelDirMissing(f"{place}: model_dir was replaced during the scan")
 
 
-def walk(root_fd: int) -> Inventory:
+def walk(
+    root_fd: int,
+    *,
+    boundary: Identity | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Inventory:
     """The walk behind scan(), from an open directory fd, which it closes. Paths are relative
-    to that directory; the daemon uses it for a subtree reached through verified fds."""
+    to that directory; the daemon uses it for a subtree reached through verified fds, with
+    model_dir's ``boundary``."""
     unreadable: list[tuple[bytes, str]] = []
     dirs: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
     with collecting_paused():
-        files = [f for batch in walk_batches(root_fd, unreadable, dirs) for f in batch]
-    return Inventory(tuple(files), tuple(unreadable), tuple(dirs))
+        files = [
+            f
+            for batch in walk_batches(
+                root_fd, unreadable, dirs, boundary=boundary, mounts=mounts, tick=tick
+            )
+            for f in batch
+        ]
+    return Inventory(tuple(files), tuple(unreadable), tuple(dirs), tuple(mounts))
 
 
 @contextmanager
@@ -121,11 +140,19 @@ def collecting_paused() -> Iterator[None]:
 
 
 def walk_batches(
-    root_fd: int, unreadable: list[tuple[bytes, str]], dirs: list[tuple[bytes, int]]
+    root_fd: int,
+    unreadable: list[tuple[bytes, str]],
+    dirs: list[tuple[bytes, int]],
+    *,
+    boundary: Identity | None = None,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
 ) -> Iterator[list[FileEntry]]:
     """The walk, one directory's files at a time, so a caller can plan and drop them as it
     goes instead of holding a record per file of the whole tree (the daemon's full pass).
-    Closes ``root_fd``; appends to ``unreadable`` and ``dirs`` as it goes."""
+    Closes ``root_fd``; appends to ``unreadable``, ``dirs`` and ``mounts`` as it goes; calls
+    ``tick`` between directories (rootdir.walk_dirs: no recursion, fds bounded, one filesystem).
+    """
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     fsencode = os.fsencode
     # This runs once per file of every scan, so the record is built the quickest way Python
@@ -133,76 +160,49 @@ def walk_batches(
     # FileEntry's keyword-parsing __new__. bench/RESULTS.md §1 measures what that buys.
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     record = tuple.__new__
-    # Each frame: (fd, relative path with trailing "/", names of subdirectories still to visit).
-    stack: list[tuple[int, bytes, list[str]]] = []
-    fd, prefix = root_fd, b""
-    try:
-        while True:
-            subdirs: list[str] = []
-            files: list[FileEntry] = []
-            append = files.append
-            try:
-                dirs.append((prefix.rstrip(b"/"), os.fstat(fd).st_ino))
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                subdirs.append(entry.name)
-                                continue
-                            s = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue  # gone between readdir and stat: not ours to judge now
-                        except OSError as exc:
-                            rel = prefix + fsencode(entry.name)
-                            unreadable.append((rel, exc.strerror or str(exc)))
+    for here in walk_dirs(
+        root_fd, boundary=boundary, unreadable=unreadable, mounts=mounts, tick=tick
+    ):
+        dirs.append((here.path, here.ino))
+        prefix = here.path + b"/" if here.path else b""
+        subdirs = here.subdirs
+        files: list[FileEntry] = []
+        append = files.append
+        try:
+            with os.scandir(here.fd) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
                             continue
-                        mode = s.st_mode
-                        if is_reg(mode) or is_lnk(mode):
-                            append(
-                                record(
-                                    FileEntry,
-                                    (
-                                        prefix + entry.name.encode(encoding, errors),
-                                        s.st_size,
-                                        s.st_mtime,
-                                        s.st_atime,
-                                        s.st_ctime,
-                                        s.st_dev,
-                                        s.st_ino,
-                                        is_lnk(mode),
-                                    ),
-                                )
+                        s = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone between readdir and stat: not ours to judge now
+                    except OSError as exc:
+                        rel = prefix + fsencode(entry.name)
+                        unreadable.append((rel, exc.strerror or str(exc)))
+                        continue
+                    mode = s.st_mode
+                    if is_reg(mode) or is_lnk(mode):
+                        append(
+                            record(
+                                FileEntry,
+                                (
+                                    prefix + entry.name.encode(encoding, errors),
+                                    s.st_size,
+                                    s.st_mtime,
+                                    s.st_atime,
+                                    s.st_ctime,
+                                    s.st_dev,
+                                    s.st_ino,
+                                    is_lnk(mode),
+                                ),
                             )
-            except OSError as exc:
-                unreadable.append((prefix.rstrip(b"/"), exc.strerror or str(exc)))
-            if files:
-                yield files
-            stack.append((fd, prefix, subdirs))
-            fd = -1
-            while stack and fd < 0:
-                parent, parent_prefix, pending = stack[-1]
-                if not pending:
-                    stack.pop()
-                    if parent != root_fd:
-                        os.close(parent)
-                    continue
-                name = pending.pop()
-                prefix = parent_prefix + fsencode(name) + b"/"
-                try:
-                    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue  # removed, or swapped for a non-directory, since readdir
-                except OSError as exc:  # ELOOP: swapped for a link — never followed
-                    unreadable.append((prefix.rstrip(b"/"), exc.strerror or str(exc)))
-            if fd < 0:
-                break
-    finally:
-        for frame_fd, _, _ in stack:
-            if frame_fd != root_fd:
-                os.close(frame_fd)
-        if fd >= 0 and fd != root_fd:  # the directory in hand (on the stack only once read)
-            os.close(fd)
-        os.close(root_fd)
+                        )
+        except OSError as exc:
+            unreadable.append((here.path, exc.strerror or str(exc)))
+        if files:
+            yield files
 
 
 def display(path: bytes) -> str:

@@ -28,7 +28,10 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
         if usec and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            self.watchdog_interval = int(usec) / 2_000_000
+            # Pinged every quarter of WATCHDOG_USEC: a ping is only sent where the loop or a
+            # walk checks between directories or files, so the gap between two is the period
+            # plus up to one such step; a quarter keeps it under half of WATCHDOG_USEC.
+            self.watchdog_interval = int(usec) / 4_000_000
         if self.enabled:
             try:
                 self._sd = sdnotify.SystemdNotifier(debug=True)

@@ -392,6 +392,15 @@ def test_hardened_unit_runs_under_systemd(container: Container) -> None:
         timeout=20,
     )
 
+    # The engine starts again once deletions have been quiet for engine.restart_after; the
+    # stop below must find it running to show it freed at shutdown.
+    def engine_back() -> bool:
+        cycle = ("engine_started", "engine_freed")
+        names = [e["event"] for e in _events(box) if e["event"] in cycle]
+        return bool(names) and names[-1] == "engine_started"
+
+    _wait("the engine to start again after the deletions", engine_back, box)
+
     # systemctl stop: SIGTERM, STOPPING=1, engine freed, exit 0.
     stop = box.run(["systemctl", "stop", "ocrd.service"], timeout=60)
     assert stop.returncode == 0, stop.stderr

@@ -1,0 +1,314 @@
+"""Where model_dir is and what counts as inside it: its pinned path, its filesystem, a bounded
+walk that stays on that filesystem, and the fd budget every walk shares."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ocrd.errors import OcrdError
+
+
+class ModelDirMissing(OcrdError):
+    """model_dir is gone (unmounted, removed, replaced by a symlink); nothing may be deleted
+    until a real directory is back at the pinned path."""
+
+
+class Stopped(OcrdError):
+    """A walk was asked to stop (SIGTERM) between two directories."""
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # below model_dir
+# Components above model_dir are only passed through: O_PATH needs search permission, not read,
+# as a path lookup does.
+_PASS_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# -- the fd budget ------------------------------------------------------------------------------
+
+RESERVED_FDS = 64
+"""fds left for everything that is not a directory of a walk: stdio, the inotify instance and
+its pipes, the notify socket, the .NET runtime's own, the in-use check's /proc reads."""
+DIR_FD_HOLDERS = 6
+"""Holders of directory fds at one time: the daemon's walk or DirFds, apply's 4 deleting
+threads (ocrd.apply.THREADS) each with its own DirFds, and the watcher's walk in its thread."""
+MAX_DIR_FDS = 256  # more buys nothing: a walk needs one per level of depth it keeps open
+
+
+def fd_budget() -> int:
+    """How many directory fds one walk or one DirFds may keep open: the soft RLIMIT_NOFILE,
+    less what the rest of the process needs, shared by every holder that can run at once.
+    Under ``ulimit -n 256`` that is 32 each; under systemd's 1024, 160."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DIR_FDS
+    return max(4, min(MAX_DIR_FDS, (soft - RESERVED_FDS) // DIR_FD_HOLDERS))
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (systemd's default soft limit is 1024,
+    its hard limit far higher); returns (before, after). Unchanged if the kernel refuses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+    return soft, hard
+
+
+# -- where model_dir is -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Place:
+    """model_dir as configured, and as resolved once (at load or reload): every later open
+    goes to ``real`` without following a symlink at any component."""
+
+    configured: bytes
+    real: bytes
+
+    def __str__(self) -> str:
+        return os.fsdecode(self.real)
+
+
+def pin(model_dir: os.PathLike[str] | str | bytes) -> Place:
+    configured = os.path.abspath(os.fsencode(model_dir))
+    return Place(configured, os.path.realpath(configured))
+
+
+def open_root(model_dir: Place | os.PathLike[str] | str | bytes) -> int:
+    """An fd on model_dir, reached from ``/`` one component at a time with O_NOFOLLOW, so a
+    symlink put anywhere on the way (model_dir itself swapped for a link included) is refused
+    as ModelDirMissing instead of followed. Pass a pinned Place (or a resolved path)."""
+    path = model_dir.real if isinstance(model_dir, Place) else os.fsencode(model_dir)
+    path = os.path.abspath(path)
+    shown = os.fsdecode(path)
+    parts = [p for p in path.split(b"/") if p]
+    fd = os.open(b"/", _PASS_FLAGS if parts else DIR_FLAGS)
+    try:
+        for i, part in enumerate(parts):
+            flags = DIR_FLAGS if i == len(parts) - 1 else _PASS_FLAGS
+            try:
+                next_fd = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError as exc:
+                raise ModelDirMissing(f"{shown}: model_dir does not exist") from exc
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise ModelDirMissing(
+                        f"{shown}: model_dir is not a directory reached without a symlink "
+                        f"(at {os.fsdecode(part)!r}); ocrd acts only on the directory resolved "
+                        "at load: a reload resolves it anew"
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- what is on model_dir's filesystem ----------------------------------------------------------
+
+
+class Identity(NamedTuple):
+    """A directory's device and inode, and the id of the mount it is reached through (None
+    where the kernel cannot say: then only the device is compared)."""
+
+    dev: int
+    ino: int
+    mnt: int | None
+
+    def crosses(self, boundary: Identity) -> bool:
+        """On another filesystem than ``boundary``: another device (a btrfs subvolume too, as
+        ``find -xdev`` sees it), or another mount of the same device (a bind mount)."""
+        return self.dev != boundary.dev or (
+            self.mnt is not None and boundary.mnt is not None and self.mnt != boundary.mnt
+        )
+
+    @property
+    def device(self) -> str:
+        return f"{os.major(self.dev)}:{os.minor(self.dev)}"
+
+
+_AT_EMPTY_PATH = 0x1000
+_STATX_INO = 0x100
+_STATX_MNT_ID = 0x1000
+
+
+def _load_statx() -> Callable[..., int] | None:
+    try:
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+_statx = _load_statx()
+
+
+def identify(fd: int) -> Identity:
+    """The Identity of an open fd. The mount id comes from statx(2) (Linux 5.8+): st_dev
+    alone cannot tell a bind mount of a directory on the same filesystem from the rest."""
+    if _statx is not None:
+        buf = (ctypes.c_char * 256)()
+        if _statx(fd, b"", _AT_EMPTY_PATH, _STATX_INO | _STATX_MNT_ID, buf) == 0:
+            raw = bytes(buf)
+            mask = int.from_bytes(raw[0:4], "little")
+            ino = int.from_bytes(raw[32:40], "little")
+            dev = os.makedev(
+                int.from_bytes(raw[136:140], "little"), int.from_bytes(raw[140:144], "little")
+            )
+            mnt = int.from_bytes(raw[144:152], "little") if mask & _STATX_MNT_ID else None
+            return Identity(dev, ino, mnt)
+    st = os.fstat(fd)
+    return Identity(st.st_dev, st.st_ino, None)
+
+
+# -- the walk -----------------------------------------------------------------------------------
+
+
+class Dir:
+    """One directory of a walk: ``fd`` is open while the caller holds it; the caller puts the
+    names of the subdirectories to visit in ``subdirs``."""
+
+    __slots__ = ("fd", "ino", "path", "subdirs")
+
+    def __init__(self, fd: int, path: bytes, ino: int) -> None:
+        self.fd = fd
+        self.path = path  # relative to the walk's root, b"" for the root itself
+        self.ino = ino
+        self.subdirs: list[str] = []
+
+
+class _Frame:
+    __slots__ = ("fd", "ident", "name", "path", "pending")
+
+    def __init__(self, fd: int, path: bytes, name: str, ident: Identity, pending: list[str]):
+        self.fd = fd
+        self.path = path
+        self.name = name
+        self.ident = ident
+        self.pending = pending
+
+
+def walk_dirs(
+    root_fd: int,
+    *,
+    boundary: Identity | None = None,
+    unreadable: list[tuple[bytes, str]] | None = None,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
+    max_fds: int | None = None,
+) -> Iterator[Dir]:
+    """Depth first from ``root_fd`` (which it closes), without recursion and without following
+    a symlink: each subdirectory is opened O_NOFOLLOW relative to its parent's fd.
+
+    - A directory on another filesystem than ``boundary`` (default: the root's) is not entered:
+      it goes to ``mounts`` as (path, device).
+    - At most ``max_fds`` directory fds are open (default: fd_budget()); deeper levels close
+      their ancestors' fds, and an ancestor is reopened through ``..`` of its child, checked to
+      be the very directory (device and inode) it was, or else from the root, component by
+      component, each checked alike. One that changed meanwhile is left unread.
+    - ``tick`` is called between directories; when it returns True the walk raises Stopped.
+    """
+    unreadable = unreadable if unreadable is not None else []
+    mounts = mounts if mounts is not None else []
+    limit = max(2, max_fds or fd_budget())
+    stack: list[_Frame] = []
+    low = 1  # stack[low:] have open fds; stack[1:low] were closed to keep within the limit
+    fd = root_fd
+    try:
+        ident = identify(fd)
+        boundary = boundary or ident
+        path, name = b"", ""
+        while True:
+            here = Dir(fd, path, ident.ino)
+            yield here
+            stack.append(_Frame(fd, path, name, ident, here.subdirs))
+            fd = -1
+            if len(stack) - low + 1 > limit:
+                stack[low].fd, old = -1, stack[low].fd
+                os.close(old)
+                low += 1
+            if tick is not None and tick():
+                raise Stopped("stopped between directories")
+            while stack:
+                top = stack[-1]
+                if not top.pending:
+                    stack.pop()
+                    low = min(low, len(stack))
+                    if stack and stack[-1].fd < 0:
+                        _reopen(stack, top.fd, unreadable)
+                        low = len(stack) - 1
+                    if top.fd != root_fd:
+                        os.close(top.fd)
+                    continue
+                name = top.pending.pop()
+                path = top.path + b"/" + os.fsencode(name) if top.path else os.fsencode(name)
+                try:
+                    fd = os.open(name, DIR_FLAGS, dir_fd=top.fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed, or swapped for a non-directory, since readdir
+                except OSError as exc:  # ELOOP: swapped for a link, never followed
+                    unreadable.append((path, exc.strerror or str(exc)))
+                    continue
+                ident = identify(fd)
+                if ident.crosses(boundary):
+                    os.close(fd)
+                    fd = -1
+                    mounts.append((path, ident.device))
+                    continue
+                break
+            if fd < 0:
+                break
+    finally:
+        for frame in stack:
+            if frame.fd >= 0 and frame.fd != root_fd:
+                os.close(frame.fd)
+        if fd >= 0 and fd != root_fd:
+            os.close(fd)
+        os.close(root_fd)
+
+
+def _reopen(stack: list[_Frame], child_fd: int, unreadable: list[tuple[bytes, str]]) -> None:
+    """Give the top frame, whose fd was closed, an fd on the very directory it was."""
+    top = stack[-1]
+    try:
+        fd = os.open("..", DIR_FLAGS, dir_fd=child_fd)
+    except OSError:
+        fd = -1
+    if fd >= 0 and identify(fd)[:2] != top.ident[:2]:
+        os.close(fd)  # the child was moved elsewhere: its ".." is not our directory
+        fd = -1
+    if fd < 0:
+        fd = _reopen_from_root(stack)
+    if fd < 0:
+        unreadable.append((top.path, "directory was replaced during the walk"))
+        top.pending.clear()
+        fd = os.dup(stack[0].fd)  # a placeholder closed with the frame; nothing is read
+    top.fd = fd
+
+
+def _reopen_from_root(stack: list[_Frame]) -> int:
+    parent = stack[0].fd
+    opened = -1
+    for frame in stack[1:]:
+        try:
+            fd = os.open(frame.name, DIR_FLAGS, dir_fd=parent)
+        except OSError:
+            fd = -1
+        if opened >= 0:
+            os.close(opened)
+        if fd < 0:
+            return -1
+        if identify(fd)[:2] != frame.ident[:2]:
+            os.close(fd)
+            return -1
+        opened = parent = fd
+    return opened
