@@ -15,6 +15,7 @@ from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.holders import lease_report
+from ocrd.human import size
 from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
 from ocrd.retention import Decision, Plan, Rules, plan
 from ocrd.rootdir import Place, pin, raise_fd_limit
@@ -269,8 +270,4 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    return size(n, short=True)

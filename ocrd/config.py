@@ -160,6 +160,11 @@ class Log(_Section):
     format: Literal["json", "console", "auto"] = "auto"
 
 
+class Metrics(_Section):
+    # Absolute after validate(); None: no metrics file.
+    textfile: Path | None = None
+
+
 class Config(_Section):
     """The whole configuration. ``model_dir`` is absolute; ``path`` is the file it came from."""
 
@@ -169,6 +174,7 @@ class Config(_Section):
     watch: Watch = Watch()
     engine: Engine = Engine()
     log: Log = Log()
+    metrics: Metrics = Metrics()
 
     def summary(self) -> str:
         r = self.retention
@@ -348,6 +354,18 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
     elif "model_dir" in raw:
         problems.append(f"{name}: at 'model_dir': {_show(model_dir)} is not a path: write a string")
         raw = {**raw, "model_dir": Path("/")}  # placeholder so the schema reports the rest only
+    metrics = raw.get("metrics")
+    if isinstance(metrics, dict) and "textfile" in metrics:
+        textfile = metrics["textfile"]
+        if isinstance(textfile, str):
+            problems.extend(_textfile_problems(name, textfile, base))
+            metrics = {**metrics, "textfile": _resolve(base, textfile)}
+        else:
+            problems.append(
+                f"{name}: at 'metrics.textfile': {_show(textfile)} is not a path: write a string"
+            )
+            metrics = {k: v for k, v in metrics.items() if k != "textfile"}
+        raw = {**raw, "metrics": metrics}
     try:
         config = Config.model_validate({**raw, "path": path})
     except ValidationError as exc:
@@ -407,6 +425,23 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
         return [f"{where}: {shown} does not exist; create it or fix the path"]
     if not resolved.is_dir():
         return [f"{where}: {shown} is not a directory"]
+    return []
+
+
+def _textfile_problems(name: str, value: str, base: Path) -> list[str]:
+    """The metrics file: node_exporter's textfile collector reads only ``*.prom`` files, and
+    the file is renamed into place, so its directory must already exist."""
+    where = f"{name}: at 'metrics.textfile'"
+    if not value or "\0" in value:
+        return [f"{where}: {value!r} is not a path"]
+    resolved = _resolve(base, value)
+    shown = quote(resolved, limit=4096)
+    if not resolved.name.endswith(".prom") or resolved.name == ".prom":
+        return [f"{where}: {shown} does not end in .prom: node_exporter reads only *.prom files"]
+    if not resolved.parent.is_dir():
+        return [f"{where}: directory {quote(resolved.parent, limit=4096)} does not exist"]
+    if resolved.is_dir():
+        return [f"{where}: {shown} is a directory; name the file, e.g. ocrd.prom"]
     return []
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import stat
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -35,11 +34,13 @@ from ocrd.inventory import (
     walk,
     walk_batches,
 )
+from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
 from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
+from ocrd.stats import Totals
 from ocrd.timejump import ClockGuard
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
@@ -93,7 +94,8 @@ class Daemon:
         self.mounts: set[tuple[bytes, str]] = set()  # (path, device) not entered, as logged
         self.coverage_due: float | None = None  # when to check every directory is watched
         self.force_polling = False  # set once inotify could not cover the tree (auto only)
-        self.last_action = "started"
+        self.totals = Totals()  # STATUS= and the metrics file read it
+        self.metrics = Metrics(self.totals, config.metrics.textfile)
         self.status_sent = ""
         self.log = log.get()
 
@@ -115,7 +117,7 @@ class Daemon:
         if signum == signal.SIGHUP:
             self.reload_requested = True
         elif self.stop_signal is not None and signum == signal.SIGINT:
-            os.write(2, b"ocrd: second SIGINT, exiting at once\n")
+            log.emergency("warning", "daemon_killed", signal="SIGINT", detail="second SIGINT")
             os._exit(130)
         else:
             self.stop_signal = signum
@@ -148,6 +150,7 @@ class Daemon:
         with self.supervisor:
             self._arm()
             self._full_pass("startup")
+            self._publish()
             if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
                 self.notifier.ready(self._status())
             while self.stop_signal is None:
@@ -259,7 +262,6 @@ class Daemon:
             if not self.missing:
                 self.missing = True
                 self.log.warning("model_dir_missing", **self._where())
-                self.last_action = "model_dir missing"
                 self._send_status()
                 if self.watcher is not None:
                     self.watcher.stop()
@@ -437,6 +439,7 @@ class Daemon:
         self.pending.clear()
         started = time.perf_counter()
         now = self.clock.time()
+        self.totals.census.begin()
         unreadable: list[tuple[bytes, str]] = []
         dirs: list[tuple[bytes, int]] = []
         mounts: list[tuple[bytes, str]] = []
@@ -455,7 +458,8 @@ class Daemon:
                         index.put(e)
                     batch = self.arrivals.apply(found, arrived)
                     if self.rules.per_file:
-                        deletions.extend(self._note_revisits(plan(batch, self.rules, now)))
+                        batch_plan = self.totals.census.add(plan(batch, self.rules, now))
+                        deletions.extend(self._note_revisits(batch_plan))
                     else:
                         whole.extend(batch)
             still_there(self.place, root)
@@ -482,13 +486,14 @@ class Daemon:
             self.log.warning("scan_unreadable", path=display(rel), error=why)
         self._report_mounts(mounts, full=True)
         if not self.rules.per_file:
-            deletions = self._note_revisits(plan(whole, self.rules, now))
+            deletions = self._note_revisits(self.totals.census.add(plan(whole, self.rules, now)))
         if self.config.retention.dry_run:
             # What a full pass no longer plans to delete (gone, renamed, rules changed) is
             # forgotten, so the set stays as large as the would-be deletions, not the churn.
             planned = {d.entry.path: (d.entry.ino, d.entry.mtime) for d in deletions}
             self.reported = {p: v for p, v in self.reported.items() if planned.get(p) == v}
         self._apply(Plan(tuple(deletions), now), at_once=True)
+        self.totals.full_pass(trigger, now, time.perf_counter() - started)
 
     def _report_mounts(self, found: list[tuple[bytes, str]], *, full: bool) -> None:
         """``mount_skipped`` once per mount point (and device) found inside model_dir: ocrd
@@ -532,6 +537,8 @@ class Daemon:
             self._report_dry_run(the_plan)
             return
         deletions = self._not_backing_off(deletions)
+        if deletions:
+            self.totals.begin_pass(self.clock.time())
         ready = deletions
         if ready and self.supervisor.running:
             ready = tuple(self._precheck(the_plan))
@@ -584,10 +591,8 @@ class Daemon:
         except EngineBusy:
             for d in due:
                 self._not_done(Outcome(d, Status.SKIPPED, "engine_busy"))
-            self.last_action = "engine busy: nothing deleted"
             self.restart_at = None
             return
-        deleted = freed = 0
         left = {d.entry.path for d in due}
         try:
             for o in apply(
@@ -597,8 +602,7 @@ class Daemon:
                 left.discard(e.path)
                 if o.status is Status.DELETED:
                     self._gone(e.path)
-                    deleted += 1
-                    freed += o.freed
+                    self.totals.deleted(o.freed, o.decision.rule)
                     self.log.info(
                         "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
                     )
@@ -608,8 +612,6 @@ class Daemon:
             # Not reached (a stop or a reload came first): looked at again, under whatever
             # rules are in force by then, at the next step.
             self.pending |= left
-            if deleted:
-                self.last_action = f"deleted {deleted} file(s), {freed} bytes"
             # The engine stays freed while deletions keep coming; it starts again after a
             # quiet engine.restart_after (a free with nothing left to wait for restarts now).
             self.restart_at = self.clock.monotonic() + self.config.engine.restart_after
@@ -622,6 +624,10 @@ class Daemon:
         """Log a deletion that was not done, and when it will be tried again."""
         e = o.decision.entry
         path = display(e.path)
+        if o.status is Status.FAILED:
+            self.totals.failed()
+        else:
+            self.totals.skipped(o.detail)
         if o.detail == "vanished":
             self._gone(e.path)
             self.log.info("deletion_skipped", path=path, reason=o.detail)
@@ -652,14 +658,19 @@ class Daemon:
         limited_check(self.log, view, self.config.retention.unknown_holders)
 
     def _report_dry_run(self, the_plan: Plan) -> None:
+        if any(
+            self.reported.get(d.entry.path) != (d.entry.ino, d.entry.mtime)
+            for d in the_plan.deletions
+        ):
+            self.totals.begin_pass(self.clock.time())
         for d in the_plan.deletions:
             e = d.entry
             version = (e.ino, e.mtime)
             if self.reported.get(e.path) == version:
                 continue  # said once per file version; every rescan would repeat it otherwise
             self.reported[e.path] = version
+            self.totals.would_delete(e.size)
             self.log.info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
-            self.last_action = "dry run: would delete"
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -669,12 +680,16 @@ class Daemon:
             self.log.error(
                 "config_rejected", config=str(self.config.path), errors=list(exc.problems)
             )
+            self.totals.rejected(exc.problems, self.clock.time(), str(self.config.path))
+            self._publish()
             self.notifier.ready(self._status())
             return
         held = self._widening(new)
         if held is not None:
             self.log.error("reload_held", config=str(new.path), **held)
-            self.last_action = "reload held: it would delete too much; see the log"
+            why = f"it would delete {held['would_delete']} of {held['of_files']} models more"
+            self.totals.rejected([why], self.clock.time(), str(new.path), held=True)
+            self._publish()
             self.notifier.ready(self._status())
             return
         log.configure(new.log.level, new.log.format)
@@ -701,6 +716,7 @@ class Daemon:
         else:
             self.supervisor.settings = new.engine
         self.config = new
+        self.metrics.reconfigure(new.metrics.textfile)
         self.rules = Rules.from_config(new.retention, new.watch.settle).not_before(
             self.clock_guard.not_before
         )
@@ -722,8 +738,9 @@ class Daemon:
             values=_values(old, new),
         )
         log_warnings(new)
-        self.last_action = "config reloaded"
+        self.totals.reloaded()
         self._full_pass("reload")
+        self._publish()
         self.notifier.ready(self._status())
 
     def _widening(self, new: Config) -> dict[str, Any] | None:
@@ -763,13 +780,17 @@ class Daemon:
     # -- status ----------------------------------------------------------------------------
 
     def _status(self) -> str:
-        if self.missing:
-            return f"model_dir {self.config.model_dir} is missing; waiting for it"
-        files, size = self.index.files, self.index.bytes
-        cycles = f"; engine cycles {self.supervisor.cycles}" if self.supervisor.cycles else ""
-        return f"{files} files, {size} bytes; {self.last_action}{cycles}"
+        missing = str(self.config.model_dir) if self.missing else None
+        return self.totals.status(self.index.files, self.index.bytes, missing, len(self.due))
+
+    def _publish(self) -> None:
+        """The engine's own counts into the totals; the metrics file if anything moved."""
+        self.totals.engine(self.supervisor.cycles, self.supervisor.downtime_s)
+        self.metrics.publish()
 
     def _send_status(self) -> None:
+        """STATUS= when its text changed, and the metrics file when the totals did."""
+        self._publish()
         status = self._status()
         if status != self.status_sent:
             self.status_sent = status
@@ -831,22 +852,37 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable
 
 
 def run(config_path: Path) -> int:
-    """``ocrd run``: 0 after SIGTERM/SIGINT, 78 for an invalid config at start, 1 otherwise."""
+    """``ocrd run``: 0 after SIGTERM/SIGINT, 78 for an invalid config at start, 1 otherwise.
+    Every outcome is a log line (JSON off a TTY), start-up config errors and crashes included."""
     try:
         config = load(config_path)
     except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
+        log.configure()  # the config's own [log] is unknown: the defaults
+        log.get().error("config_invalid", config=str(config_path), errors=list(exc.problems))
         return EXIT_CONFIG
     log.configure(config.log.level, config.log.format)
+    threading.excepthook = _thread_failed
     before, after = raise_fd_limit()
     log.get().debug("fd_limit", soft_before=before, soft=after)
-    # The runtime is imported before any signal handler is installed: see install_signals.
-    runtime = load_runtime() if config.engine.enabled else None
-    daemon = Daemon(config, runtime=runtime)
-    daemon.install_signals()
-    signals.release()  # every handler is in place: what arrived meanwhile is delivered now
     try:
+        # The runtime is imported before any signal handler is installed: see install_signals.
+        runtime = load_runtime() if config.engine.enabled else None
+        daemon = Daemon(config, runtime=runtime)
+        daemon.install_signals()
+        signals.release()  # every handler is in place: what arrived meanwhile is delivered now
         return daemon.serve()
     except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us
         log.get().exception("daemon_failed", error=repr(exc))
         return 1
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception (the observer's, a library's) as a log line, not a bare
+    traceback on stderr; the main loop notices a dead watch by itself."""
+    thread = args.thread.name if args.thread is not None else None
+    log.get().error(
+        "thread_failed",
+        thread=thread,
+        error=repr(args.exc_value),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

@@ -63,6 +63,7 @@ class Supervisor:
         self._load_warned = False
         self._freed_at: float | None = None  # monotonic time of the last free, for downtime
         self.cycles = 0  # frees for deletions since the process started
+        self.downtime_s = 0.0  # time between each free and the next start, summed
 
     def reconfigure(self, settings: Engine, model_dir: Path) -> None:
         """New settings for the next start(). An instance that refused to be freed is dropped:
@@ -98,7 +99,7 @@ class Supervisor:
             # the instance is bound and owned all the same; we say so once, then only at debug.
             instance.set_post_processor(ai.SpellCheckAIProcessor(), model)
         except RuntimeError as exc:
-            error = str(exc).splitlines()[0][:300]
+            error = _cause(str(exc))
         finally:
             # ASPOSE_NOTES 2: the first set_post_processor call re-takes SIGINT/SIGQUIT/SIGCHLD.
             self._after_native_call()
@@ -106,11 +107,17 @@ class Supervisor:
         logger = log.get()
         if error is not None:
             level = logger.debug if self._load_warned else logger.warning
-            level("engine_model_not_loaded", error=error)
+            level(
+                "engine_model_not_loaded",
+                error=error,
+                effect="no model loaded, AI post-processing off",
+            )
             self._load_warned = True
         downtime: dict[str, float] = {}
         if self._freed_at is not None:
-            downtime["downtime_ms"] = round((time.monotonic() - self._freed_at) * 1000, 1)
+            elapsed = time.monotonic() - self._freed_at
+            downtime["downtime_ms"] = round(elapsed * 1000, 1)
+            self.downtime_s += elapsed
             self._freed_at = None
         logger.info(
             "engine_started", model_dir=str(self.model_dir), loaded=error is None, **downtime
@@ -157,3 +164,16 @@ class Supervisor:
         # Already logged by free(); exiting the process releases whatever the engine held.
         with suppress(EngineBusy):
             self.free("shutdown")
+
+
+def _cause(text: str) -> str:
+    """The .NET error in one short line: ``Proxy error(DllNotFoundException): Unable to load
+    shared library 'libdl' or one of its dependencies. In order to help ...`` becomes
+    ``DllNotFoundException: Unable to load shared library 'libdl'`` (the type and the first
+    clause; the runtime's advice to set LD_DEBUG is no use to an operator of a daemon)."""
+    first = text.splitlines()[0] if text else ""
+    kind, sep, rest = first.partition("): ")
+    if sep and kind.startswith("Proxy error("):
+        first = f"{kind.removeprefix('Proxy error(')}: {rest}"
+    first = first.split(". ", 1)[0].split(" or one of its dependencies", 1)[0]
+    return first if len(first) <= 120 else first[:119] + "…"

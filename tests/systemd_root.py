@@ -7,9 +7,11 @@ and cgroup namespaces; the host's own systemd (if any) and root filesystem are n
 
 Cache: ``$OCRD_TEST_ROOT`` or ``/var/cache/ocrd-test-root``, one directory per root_key() (the
 suite, ROOT_VERSION and a digest of the package list; bump ROOT_VERSION when _configure()
-changes). Old roots are left alone; ``clean`` removes them. The root is never booted writable:
-the test boots it with ``--volatile=overlay`` (a tmpfs over the read-only tree), so a test run
-cannot alter the cache.
+changes), and beside it a wheelhouse per wheels_key() (pyproject's build and runtime
+requirements, built with this interpreter's pip): the container has no network, and its pip
+installs from there. Old roots and wheelhouses are left alone; ``clean`` removes them. The
+root is never booted writable: the test boots it with ``--volatile=overlay`` (a tmpfs over the
+read-only tree), so a test run cannot alter the cache.
 
 The Debian mirror is the one this machine's apt already uses (``/etc/apt/sources.list*``), or
 ``$OCRD_TEST_MIRROR``; no host name is written here.
@@ -29,23 +31,31 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 # Bump on any change to _configure(): a new version builds a new root. (A change to SUITE,
 # PACKAGES or MASKED changes the cache key by itself, see root_key().)
-ROOT_VERSION = "2"
+ROOT_VERSION = "3"
 SUITE = "bookworm"
 DEFAULT_CACHE = Path("/var/cache/ocrd-test-root")
 COMPLETE = ".ocrd-test-root-complete"  # written last: a root without it is not used
-# systemd as PID 1, plus the shared libraries the bind-mounted CPython and the bundled .NET
-# runtime of aspose-ocr-python-net load (measured from /proc/PID/maps of a running daemon:
-# libffi, libssl/libcrypto, libnuma, libuuid, libbz2, liblzma, zlib, libstdc++). procps gives
-# /bin/kill, which the unit's ExecReload= runs (minbase leaves it out; every real server has it).
+# systemd as PID 1, plus the shared libraries the bundled .NET runtime of aspose-ocr-python-net
+# loads (measured from /proc/PID/maps of a running daemon: libssl/libcrypto, libnuma, libuuid,
+# libstdc++). procps gives /bin/kill, which the unit's ExecReload= runs (minbase leaves it out;
+# every real server has it). make, python3-venv and jq are what systemd/README.md's install step
+# asks of a fresh Debian 12 (the test checks its apt-get line against this list); sudo runs the
+# README's commands as written.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
     "procps",
+    "sudo",
+    "make",
+    "python3",
+    "python3-venv",
+    "jq",
     "libffi8",
     "libssl3",
     "libnuma1",
@@ -73,9 +83,11 @@ MASKED = (
     "getty@.service",
     "container-getty@.service",
 )
-SERVICE_USER = "ocrd"
-# Mount points the test binds into (created here, because the lower tree is read-only at boot).
-MOUNT_POINTS = ("opt/ocrd", "etc/ocrd")
+# Mount points the test binds into (created here, because the lower tree is read-only at boot):
+# the source tree the README's install command runs in, and the wheelhouse pip installs from.
+SOURCE = "usr/local/src/ocrd"
+WHEELS = "var/cache/ocrd-wheels"
+MOUNT_POINTS = (SOURCE, WHEELS)
 
 
 class RootUnavailable(Exception):
@@ -184,24 +196,8 @@ def _run(argv: list[str], log: Path, timeout: float) -> None:
 
 
 def _configure(root: Path, log: Path) -> None:
-    """The service user, the mount points, quiet boot; no network configuration at all."""
-    _run(
-        [
-            "chroot",
-            str(root),
-            "useradd",
-            "--system",
-            "--user-group",
-            "--home-dir",
-            "/var/lib/ocrd",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            SERVICE_USER,
-        ],
-        log,
-        60,
-    )
+    """The mount points, quiet boot; no network configuration and no service user at all (the
+    install under test creates the user with systemd-sysusers, as on a fresh host)."""
     for unit in MASKED:
         link = root / "etc/systemd/system" / unit
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -244,6 +240,8 @@ def build(*, verbose: bool = False) -> Path:
     if reason:
         raise RootUnavailable(reason)
     version_dir = cache_dir() / root_key()
+    if is_built():  # written last, under the lock: a complete root needs no waiting
+        return root_path()
     with _locked(cache_dir()):
         if is_built():
             return root_path()
@@ -278,11 +276,66 @@ def build(*, verbose: bool = False) -> Path:
         return root_path()
 
 
+# -- the wheelhouse --------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def requirements() -> list[str]:
+    """What ``pip install .`` of this repository needs: the build backend and the dependencies."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    return [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+
+
+def wheels_key() -> str:
+    """The wheelhouse's cache key: the requirements and this interpreter's version (the root's
+    python3 is Debian 12's 3.11: the same wheel tags)."""
+    text = " ".join([f"{sys.version_info.major}.{sys.version_info.minor}", *requirements()])
+    return f"wheels-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def wheelhouse(*, verbose: bool = False) -> Path:
+    """Wheels for every requirement, built once with this interpreter's pip and cached beside
+    the root (its own key: a new dependency needs new wheels, not a new Debian). The container
+    has no network; its pip installs from here, so the README's `make install` runs for real
+    without fetching anything."""
+    target = cache_dir() / wheels_key()
+    if (target / COMPLETE).is_file():
+        return target
+    with _locked(cache_dir()):
+        if (target / COMPLETE).is_file():
+            return target
+        staging = cache_dir() / f"{wheels_key()}.building"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if verbose:
+            print(f"pip wheel {' '.join(requirements())} into {target}", file=sys.stderr)
+        log = staging / "build.log"
+        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(staging)]
+        with log.open("a", encoding="utf-8") as out:
+            result = subprocess.run(
+                [*argv, *requirements()],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=1800,
+                check=False,
+            )
+        if result.returncode != 0:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RootUnavailable(f"pip wheel failed ({result.returncode}); log {log}:\n{tail}")
+        log.unlink()
+        (staging / COMPLETE).write_text(" ".join(requirements()) + "\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return target
+
+
 def clean() -> None:
     """Remove every cached root but the current one."""
     with _locked(cache_dir()):
         for entry in cache_dir().iterdir():
-            if entry.is_dir() and entry.name != root_key():
+            if entry.is_dir() and entry.name not in (root_key(), wheels_key()):
                 shutil.rmtree(entry)
 
 
@@ -291,6 +344,7 @@ def main(argv: list[str]) -> int:
     try:
         if command == "build":
             print(build(verbose=True))
+            print(wheelhouse(verbose=True))
         elif command == "path":
             print(root_path() if is_built() else "")
             return 0 if is_built() else 1

@@ -640,8 +640,11 @@ def test_run_refuses_any_nesting_depth_with_78_and_one_line(
     d = Daemon(path)
     daemons.append(d)
     assert d.wait() == EXIT_CONFIG
-    assert len(d.stderr.splitlines()) == 1, d.stderr
-    assert "nested more than" in d.stderr
+    [invalid] = d.events  # one JSON line, like every line of `ocrd run`
+    assert invalid["event"] == "config_invalid", invalid
+    [problem] = invalid["errors"]
+    assert "nested more than" in problem
+    assert d.stderr == ""
 
 
 def test_reload_of_hostile_files_is_config_rejected_and_the_daemon_stays_up(

@@ -221,7 +221,13 @@ def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, daemons: list[Da
 def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[Daemon]) -> None:
     d = start(daemons, write_config(tmp_path))  # models/ was never created
     assert d.wait() == 78
-    assert "at 'model_dir'" in d.stderr
+    # One JSON line naming every problem, on stdout like every other line of `ocrd run`.
+    invalid = d.event("config_invalid")
+    assert invalid["level"] == "error"
+    assert invalid["config"] == str(tmp_path / "config.toml")
+    assert any("at 'model_dir'" in e for e in invalid["errors"]), invalid
+    assert d.names() == ["config_invalid"]
+    assert d.stderr == ""
     assert not [n for _, n in d.notes if n.startswith("READY")]
 
 
@@ -238,15 +244,63 @@ def test_engine_disabled_runs_without_an_engine(
     assert "engine_freed" not in names
 
 
-def test_status_tells_files_and_last_action(
+def _drop(tmp_path: Path, models: Path, name: str, data: bytes) -> None:
+    """A model renamed into place whole, as a downloader does."""
+    part = tmp_path / f".{name}.part"
+    part.write_bytes(data)
+    os.rename(part, models / name)
+
+
+def _status(d: Daemon) -> str:
+    return [n for _, n in d.notes if n.startswith("STATUS=")][-1].removeprefix("STATUS=")
+
+
+def test_status_tells_totals_last_pass_and_a_rejected_reload(
     tmp_path: Path, models: Path, daemons: list[Daemon]
 ) -> None:
-    (models / "a.bin").write_bytes(b"12345")
-    (models / "old_b.bin").write_bytes(b"1")
-    d = start(daemons, write_config(tmp_path, engine="false"))
+    """4 files of 256 KiB deleted over three passes: STATUS= keeps the totals since start (not
+    only the last batch), in human units with the right singulars, counts the engine cycles,
+    and shows a rejected reload until a good one replaces it."""
+    quarter = b"q" * 256 * 1024
+    (models / "keep.bin").write_bytes(b"12345")
+    (models / "old_1.bin").write_bytes(quarter)
+    config = write_config(tmp_path)
+    d = start(daemons, config)
     d.note("READY=1")
-    status = next(n for _, n in d.notes if n.startswith("STATUS="))
-    assert status == "STATUS=1 files, 5 bytes; deleted 1 file(s), 1 bytes"
+    first = _status(d)
+    assert first.startswith("1 file (5 bytes) in model_dir; last pass "), first
+    assert first.endswith(
+        ": deleted 1 file (256.0 KiB); since start: deleted 1 file (256.0 KiB), 1 engine cycle"
+    ), first
+
+    _drop(tmp_path, models, "old_2.bin", quarter)
+    d.event("model_deleted", path="old_2.bin")
+    _drop(tmp_path, models, "old_3.bin", quarter)
+    _drop(tmp_path, models, "old_4.bin", quarter)
+    d.event("model_deleted", path="old_4.bin")
+    d.event("model_deleted", path="old_3.bin")
+    cycles = sum(1 for e in d.events if e.get("event") == "engine_freed")
+    totals = f"since start: deleted 4 files (1.0 MiB), {cycles} engine cycles"
+    d.wait_for("STATUS= with the totals", lambda: _status(d).endswith(totals))
+    assert _status(d).startswith("1 file (5 bytes) in model_dir; last pass "), _status(d)
+
+    good = config.read_text()
+    config.write_text(good + "bogus = 1\n")
+    d.send(signal.SIGHUP)
+    d.event("config_rejected")
+    rejected = d.wait_for("STATUS= naming the rejection", lambda: "REJECTED" in _status(d))
+    assert rejected
+    status = _status(d)
+    assert status.startswith("reload REJECTED at "), status
+    told = "old rules in force: config.toml: at 'log.bogus': unknown key; 1 file (5 bytes)"
+    assert told in status, status
+    assert status.endswith(totals), status
+
+    config.write_text(good)
+    d.send(signal.SIGHUP)
+    d.event("config_reloaded")
+    d.wait_for("STATUS= without the rejection", lambda: "REJECTED" not in _status(d))
+    assert _status(d).endswith(totals), _status(d)
     assert d.stop()[0] == 0
 
 
@@ -295,7 +349,7 @@ def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
     d.note("READY=1")
     target = models / "old_x.bin"
     target.touch()
-    d.note("STATUS=1 files, 0 bytes")  # indexed, empty, settling
+    d.note("STATUS=1 file (0 bytes) in model_dir")  # indexed, empty, settling
     target.write_bytes(b"x" * 4096)
     deleted = d.event("model_deleted", path="old_x.bin")
     assert deleted["size"] == 4096

@@ -100,7 +100,9 @@ def test_a_burst_of_a_thousand_files_is_one_cycle(
     assert cycles(d)[0]["deletions"] == 1000
     status = d.wait_for(
         "a status naming the cycle",
-        lambda: [n for _, n in d.notes if n.startswith("STATUS=") and "engine cycles 1" in n],
+        lambda: [
+            n for _, n in d.notes if n.startswith("STATUS=") and n.endswith(", 1 engine cycle")
+        ],
     )
     assert status
     assert d.stop()[0] == 0

@@ -180,7 +180,8 @@ def test_check_and_run_refuse_a_system_directory_with_78(
     d = Daemon(path)
     daemons.append(d)
     assert d.wait() == EXIT_CONFIG
-    assert "is the system directory /etc" in d.stderr
+    invalid = d.event("config_invalid")  # ocrd run says it as a JSON line
+    assert any("is the system directory /etc" in e for e in invalid["errors"]), invalid
 
 
 # --- where warnings show: check, start-up, reload ----------------------------------------------

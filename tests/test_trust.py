@@ -118,6 +118,9 @@ def test_a_reload_that_would_delete_most_models_is_held(
     assert held["values"] == {"retention.prefixes": [["old_"], ["old_", "m_"]]}
     assert "ocrd clean" in held["action"]
     d.note("READY=1", count=2)
+    status = [n for _, n in d.notes if n.startswith("STATUS=")][-1]
+    assert "reload HELD at " in status, status  # systemctl status says so until a good reload
+    assert "it would delete 10 of 10 models more" in status, status
     assert len(os.listdir(models)) == 10
     (models / "old_x.bin").write_bytes(b"x")  # the rules in force still work
     d.event("model_deleted", path="old_x.bin")

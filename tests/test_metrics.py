@@ -1,0 +1,149 @@
+"""The Prometheus textfile, from a real ``ocrd run``: written after each pass, atomically,
+readable by node_exporter, and a write failure never stops retention."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import OcrdRunner
+from tests.daemon_harness import Daemon
+
+CONFIG = """\
+model_dir = "models"
+[retention]
+prefixes = ["old_"]
+whitelist = ["*.keep"]
+[watch]
+settle = "0s"
+[engine]
+enabled = {engine}
+batch = "0s"
+restart_after = "0s"
+[log]
+format = "json"
+[metrics]
+textfile = "{textfile}"
+"""
+UMASK_027 = ["sh", "-c", 'umask 027 && exec "$@"', "sh"]  # the unit's UMask=0027
+
+
+def _samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _value(path: Path, name: str, **labels: str) -> float | None:
+    if not path.exists():
+        return None
+    return _samples(path).get((name, tuple(sorted(labels.items()))))
+
+
+def _start(tmp_path: Path, daemons: list[Daemon], textfile: str, engine: str = "true") -> Daemon:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.format(engine=engine, textfile=textfile))
+    d = Daemon(config, prefix=UMASK_027)
+    daemons.append(d)
+    return d
+
+
+def test_textfile_counts_what_happened(tmp_path: Path, models: Path, daemons: list[Daemon]) -> None:
+    (tmp_path / "prom").mkdir()
+    (models / "old_a.bin").write_bytes(b"a" * 100)
+    (models / "model.bin").write_bytes(b"m" * 10)
+    (models / "en.keep").write_bytes(b"k")
+    d = _start(tmp_path, daemons, "prom/ocrd.prom")  # relative: beside the config
+    d.note("READY=1")
+    prom = tmp_path / "prom" / "ocrd.prom"
+    got = _samples(prom)
+    assert got[("ocrd_deleted_files_total", (("rule", "prefix"),))] == 1
+    assert got[("ocrd_deleted_bytes_total", (("rule", "prefix"),))] == 100
+    assert got[("ocrd_deleted_files_total", (("rule", "max_age"),))] == 0
+    assert got[("ocrd_deletions_skipped_total", (("reason", "in_use"),))] == 0
+    assert got[("ocrd_deletions_failed_total", ())] == 0
+    assert got[("ocrd_engine_cycles_total", ())] == 1
+    assert got[("ocrd_engine_downtime_seconds_total", ())] > 0
+    assert got[("ocrd_events_lost_total", ())] == 0
+    assert got[("ocrd_rescans_total", ())] == 0
+    assert got[("ocrd_config_rejected", ())] == 0
+    # The verdicts of the startup pass's plan: old_a.bin was planned for deletion.
+    by_verdict = {
+        v: (
+            got[("ocrd_model_files", (("verdict", v),))],
+            got[("ocrd_model_bytes", (("verdict", v),))],
+        )
+        for v in ("keep", "delete", "protected", "settling")
+    }
+    assert by_verdict == {
+        "keep": (1, 10),
+        "delete": (1, 100),
+        "protected": (1, 1),
+        "settling": (0, 0),
+    }
+    started = d.event("scan_completed")["timestamp"]
+    assert got[("ocrd_last_full_pass_timestamp_seconds", ())] > 0, started
+    assert 0 < got[("ocrd_last_full_pass_duration_seconds", ())] < 30
+    # node_exporter runs as its own user: the file is 0644 despite the unit's umask 027.
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644
+    assert os.listdir(tmp_path / "prom") == ["ocrd.prom"]  # no temp file left behind
+
+    (models / "old_b.bin").write_bytes(b"b" * 5)
+    d.event("model_deleted", path="old_b.bin")
+    d.wait_for(
+        "the textfile to count the second deletion",
+        lambda: _value(prom, "ocrd_deleted_bytes_total", rule="prefix") == 105,
+    )
+    assert _value(prom, "ocrd_engine_cycles_total") == 2
+    assert os.listdir(tmp_path / "prom") == ["ocrd.prom"]
+    assert d.stop()[0] == 0
+
+
+def test_a_failed_write_is_logged_and_retention_goes_on(
+    tmp_path: Path, models: Path, daemons: list[Daemon]
+) -> None:
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    d = _start(tmp_path, daemons, str(prom_dir / "ocrd.prom"), engine="false")
+    d.note("READY=1")
+    assert (prom_dir / "ocrd.prom").exists()
+    shutil.rmtree(prom_dir)  # the collector's directory goes away under the daemon
+    (models / "old_x.bin").write_bytes(b"x")
+    d.event("model_deleted", path="old_x.bin")
+    failed = d.event("metrics_write_failed")
+    assert failed["level"] == "warning"
+    assert "FileNotFoundError" in failed["error"]
+    (models / "old_y.bin").write_bytes(b"y")
+    d.event("model_deleted", path="old_y.bin")
+    assert d.names().count("metrics_write_failed") == 1  # the same error is said once
+    prom_dir.mkdir()
+    (models / "old_z.bin").write_bytes(b"z")
+    d.event("metrics_written")
+    d.event("model_deleted", path="old_z.bin")
+    d.wait_for(
+        "the textfile to count all three deletions",
+        lambda: _value(prom_dir / "ocrd.prom", "ocrd_deleted_files_total", rule="prefix") == 3,
+    )
+    assert d.stop()[0] == 0
+
+
+def test_textfile_is_validated(tmp_path: Path, models: Path, run_ocrd: OcrdRunner) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('model_dir = "models"\n[metrics]\ntextfile = "nowhere/ocrd.prom"\n')
+    result = run_ocrd("check", "-c", config)
+    assert result.returncode == 78
+    assert result.stderr == (
+        f"{config}: at 'metrics.textfile': directory \"{tmp_path / 'nowhere'}\" does not exist\n"
+    )
+    config.write_text('model_dir = "models"\n[metrics]\ntextfile = "ocrd.txt"\n')
+    result = run_ocrd("check", "-c", config)
+    assert result.returncode == 78
+    assert "does not end in .prom" in result.stderr
+    config.write_text('model_dir = "models"\n[metrics]\ntextfile = "ocrd.prom"\n')
+    assert run_ocrd("check", "-c", config).returncode == 0
