@@ -568,7 +568,9 @@ def retention_commands(tool: str, tree: Tree, scratch: Path, prefix: bool) -> li
             f"model_dir = {json.dumps(root)}\n\n"
             "[retention]\n"
             f"prefixes = {json.dumps([PREFIX] if prefix else [])}\n"
-            f'max_age = "{MAX_AGE}"\nage_by = "mtime"\n\n'
+            f'max_age = "{MAX_AGE}"\nage_by = "mtime"\n'
+            # The tree is made now with old mtimes: by mtime alone, as tmpfiles' "m:" judges.
+            'age_from = "timestamp"\n\n'
             '[watch]\nsettle = "0s"\n\n'
             "[engine]\nenabled = false\n"
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ocrd import __version__, log
 from ocrd.apply import InUse, Status, apply, limited_check, probe
+from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from ocrd.holders import lease_report
@@ -105,7 +106,9 @@ def _plan(config: Config, place: Place) -> tuple[Plan, Inventory]:
         )
     rules = Rules.from_config(config.retention, config.watch.settle)
     with collecting_paused():  # a Decision per file, and no cycle among them
-        return plan(inventory, rules, time.time()), inventory
+        # Files of a directory that was moved in arrived with it (ocrd.arrival).
+        files = Arrivals(place.real).apply(inventory.files)
+        return plan(files, rules, time.time()), inventory
 
 
 def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
@@ -163,6 +166,9 @@ def _print_list(
                 "size": d.entry.size,
                 "mtime": d.entry.mtime,
                 "atime": d.entry.atime,
+                # When it arrived in model_dir, as far as the filesystem tells (ocrd.arrival).
+                "arrived": d.entry.ctime,
+                "in_model_dir_s": max(0.0, round(now - d.entry.ctime, 3)),
                 "age_s": max(0.0, round(age(d), 3)),
                 "verdict": str(verdict(d)),
                 "rule": d.rule,

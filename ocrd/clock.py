@@ -23,6 +23,11 @@ class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def boottime(self) -> float:
+        """Like monotonic, but it goes on during a system suspend: what a jump of the wall
+        clock is measured against (ocrd.timejump)."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
 
 class FakeClock:
     """A clock that moves only when told to; for tests."""
@@ -40,3 +45,7 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.wall += seconds
         self.mono += seconds
+
+    def jump(self, seconds: float) -> None:
+        """Step the wall clock alone, as ``date -s`` or an NTP step does."""
+        self.wall += seconds

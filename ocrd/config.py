@@ -11,12 +11,15 @@ import tomllib
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ocrd import log
 from ocrd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ocrd.watch import Mount
 
 DEFAULT_CONFIG = "config.toml"
 MAX_BYTES = 1 << 20  # a real config is a few hundred bytes; this bounds what a wrong -c reads
@@ -121,6 +124,10 @@ class Retention(_Section):
     prefixes: tuple[Prefix, ...] = Field(default=(), strict=False)
     max_age: Duration | None = Field(default=None, gt=0)
     age_by: Literal["mtime", "atime"] = "mtime"
+    # Where a file's age counts from: "arrival" = the later of its age_by timestamp and its
+    # arrival in model_dir (a copy or an archive keeps a vendor's old mtime, it is still new
+    # here); "timestamp" = the age_by timestamp alone (the rule before this key existed).
+    age_from: Literal["arrival", "timestamp"] = "arrival"
     whitelist: tuple[Glob, ...] = Field(default=(), strict=False)
     dry_run: bool = False
     # When neither a lease nor /proc can tell whether a process holds a file: keep it (fail
@@ -173,7 +180,8 @@ class Config(_Section):
         r = self.retention
         rules = [f"prefixes=[{', '.join(quote(p) for p in r.prefixes)}]"]
         if r.max_age is not None:
-            rules.append(f"max_age={format_duration(r.max_age)} by {r.age_by}")
+            since = "in model_dir" if r.age_from == "arrival" else "alone"
+            rules.append(f"max_age={format_duration(r.max_age)} by {r.age_by} ({since})")
         rules.append(f"whitelist={len(r.whitelist)} pattern(s)")
         mode = "dry run" if r.dry_run else "deleting"
         engine = "engine on" if self.engine.enabled else "engine off"
@@ -363,10 +371,34 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
     except ValidationError as exc:
         problems.extend(_describe(name, err) for err in exc.errors())
         config = None
+    if config is not None and not problems and (atime := _atime_problem(config)) is not None:
+        problems.append(f"{name}: at 'retention.age_by': {atime}")
     if problems:
         raise ConfigError(sorted(set(problems), key=problems.index))
     assert config is not None
     return config
+
+
+def _model_dir_mount(model_dir: Path) -> Mount | None:
+    from ocrd.watch import mount_of  # noqa: PLC0415 — the watchdog import only when needed
+
+    return mount_of(os.fsencode(model_dir))
+
+
+def _atime_problem(config: Config) -> str | None:
+    """Ageing by atime on a noatime mount: atime never moves, so every file looks unread since
+    it was created, and a model read all day would be deleted as unused."""
+    r = config.retention
+    if r.age_by != "atime" or r.max_age is None:
+        return None
+    mount = _model_dir_mount(config.model_dir)
+    if mount is None or mount.atime != "noatime":
+        return None
+    return (
+        f'"atime" cannot age files here: model_dir is on {plain(os.fsdecode(mount.point))}, '
+        "mounted noatime, where reading a file never updates its atime (every model would look "
+        'unread): use age_by = "mtime", or remount with relatime or strictatime'
+    )
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -526,6 +558,7 @@ def _show(value: object) -> str:
 
 # --- lint: valid rules that cannot mean what they say -----------------------------------------
 
+DAY_S = 86_400.0
 SHORT_AGE = 60.0  # a max_age under a minute deletes models as they arrive: a slip of a unit
 
 
@@ -563,6 +596,19 @@ def lint(config: Config) -> list[Lint]:
                 'changed: check the unit ("1ms" is a millisecond, "1m" a minute, "1d" a day)',
             )
         )
+    if max_age is not None and config.retention.age_by == "atime" and max_age < DAY_S:
+        mount = _model_dir_mount(config.model_dir)
+        if mount is not None and mount.atime == "relatime":
+            found.append(
+                Lint(
+                    "retention.age_by",
+                    f"model_dir is on {plain(os.fsdecode(mount.point))}, mounted relatime: a "
+                    "read updates atime only if it is older than the last change or than a day, "
+                    f"so a model read all the time can look unread for a day, longer than "
+                    f"max_age ({format_duration(max_age)}): remount with strictatime, or use a "
+                    "max_age of a day or more",
+                )
+            )
     return found
 
 

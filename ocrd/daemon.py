@@ -16,6 +16,7 @@ from typing import Any
 
 from ocrd import __version__, log, signals
 from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
+from ocrd.arrival import Arrivals
 from ocrd.backoff import Backoff
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
@@ -40,6 +41,7 @@ from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
 from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.stats import Totals
+from ocrd.timejump import ClockGuard
 from ocrd.waker import Waker
 from ocrd.watch import Changes, Watcher, watched_inodes
 
@@ -64,12 +66,14 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self.rules = Rules.from_config(config.retention, config.watch.settle)
+        self.arrivals = Arrivals(self.place.real)  # directories moved in: their files arrived
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
         self.supervisor = Supervisor(
             config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
         )
         self.waker = Waker()
+        self.clock_guard = ClockGuard(self.clock, on_jump=self.waker.wake)  # suspends max_age
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.log_closed = False  # stdout's reader went away: stop, and say so on stderr
@@ -128,7 +132,12 @@ class Daemon:
         self._ping()
         if log.busy():
             log.pump()
-        return self.stop_signal is not None or self.reload_requested or self.log_closed
+        return (
+            self.stop_signal is not None
+            or self.reload_requested
+            or self.log_closed
+            or self.clock_guard.jumped()
+        )
 
     def _ping(self) -> None:
         if self.scheduler.ping_due():
@@ -196,6 +205,8 @@ class Daemon:
 
     def _step(self) -> None:
         try:
+            if self.clock_guard.jumped() or self.clock_guard.pending:
+                self._after_clock_jump()
             self._reconcile()
             if self.flush_at is not None and self.clock.monotonic() >= self.flush_at:
                 self._flush()
@@ -205,6 +216,15 @@ class Daemon:
         self._compact()
         self._send_status()
         log.pump()
+
+    def _after_clock_jump(self) -> None:
+        """Nothing planned under the old clock is deleted; a fresh scan under the new one
+        plans again, with no file ageing from before the jump (ocrd.timejump)."""
+        self.clock_guard.pending = False
+        self.rules = self.rules.not_before(self.clock_guard.not_before)
+        self.due.clear()
+        self.flush_at = None
+        self._full_pass("clock_jumped")
 
     def _restart_engine_when_quiet(self) -> None:
         if self.restart_at is None or self.due or self.missing:
@@ -239,12 +259,15 @@ class Daemon:
             changes.files |= self.scheduler.due_revisits() | self.pending
             self.pending.clear()
             touched = self._refresh(changes)
-            entries = [e for p in touched if (e := self.index.get(p)) is not None]
+            entries = self.arrivals.apply(
+                e for p in touched if (e := self.index.get(p)) is not None
+            )
             if entries:
                 if self.rules.per_file:
                     self._pass(plan(entries, self.rules, self.clock.time()))
                 else:
-                    self._pass(plan(self.index.entries(), self.rules, self.clock.time()))
+                    everything = self.arrivals.apply(self.index.entries())
+                    self._pass(plan(everything, self.rules, self.clock.time()))
 
     def _root_state(self) -> str:
         """Returns "ok", "missing" or "rearmed": notices model_dir vanishing, returning, or being
@@ -357,6 +380,7 @@ class Daemon:
                         continue
                     except Stopped:
                         break  # SIGTERM: the loop exits; the index no longer matters
+                    self.arrivals.saw(rel, st, self.clock.time())
                     prefix = rel + b"/"
                     for where, why in sub.unreadable:
                         self.log.warning("scan_unreadable", path=display(prefix + where), error=why)
@@ -376,6 +400,7 @@ class Daemon:
 
     def _forget_tree(self, rel: bytes) -> None:
         prefix = rel + b"/"
+        self.arrivals.forget(rel)
         self.scheduler.gone(self.index.forget_under(prefix))  # costs what the subtree holds
         if rel in self.dirs:  # a directory just made is not: mkdir storms cost nothing here
             for stale in [p for p in self.dirs if p == rel or p.startswith(prefix)]:
@@ -460,15 +485,17 @@ class Daemon:
         index = Index()
         deletions: list[Decision] = []
         whole: list[FileEntry] = []
+        arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival
         try:
             fd = open_root(self.place)
             root = identify(fd)
             with collecting_paused():
-                for batch in walk_batches(
+                for found in walk_batches(
                     fd, unreadable, dirs, mounts=mounts, tick=self._should_stop
                 ):
-                    for e in batch:
+                    for e in found:
                         index.put(e)
+                    batch = self.arrivals.apply(found, arrived)
                     if self.rules.per_file:
                         batch_plan = self.totals.census.add(plan(batch, self.rules, now))
                         deletions.extend(self._note_revisits(batch_plan))
@@ -483,6 +510,7 @@ class Daemon:
         self.index = index
         self.future.keep_only(index)
         self.dirs = dict(dirs)
+        self.arrivals.keep_only(self.dirs, now - self.rules.horizon)
         # Nothing is kept for a path that is gone.
         self.backoff.keep_only(lambda p: index.get(p) is not None)
         self._check_watch_soon()
@@ -594,6 +622,8 @@ class Daemon:
         self.flush_at = None
         if not due:
             return
+        if self.clock_guard.jumped():
+            return  # the next step plans them again under the new clock
         the_plan = Plan(due, self.clock.time())
         try:
             self.supervisor.free("deletion", deletions=len(due))
@@ -726,7 +756,11 @@ class Daemon:
             self.supervisor.settings = new.engine
         self.config = new
         self.metrics.reconfigure(new.metrics.textfile)
-        self.rules = Rules.from_config(new.retention, new.watch.settle)
+        self.rules = Rules.from_config(new.retention, new.watch.settle).not_before(
+            self.clock_guard.not_before
+        )
+        if old_place != self.place:
+            self.arrivals = Arrivals(self.place.real)
         self.scheduler.rescan = new.watch.rescan
         self.scheduler.coarse_s = _coarse_resolution(self.rules)
         if (old.model_dir, old.watch, old_place) != (new.model_dir, new.watch, self.place):
@@ -757,11 +791,13 @@ class Daemon:
         if guard >= 1 or new.retention.dry_run or not self.index.files:
             return None
         now = self.clock.time()
-        entries = list(self.index.entries())
+        entries = self.arrivals.apply(self.index.entries())
         before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
         if self.config.retention.dry_run:
             before = set()
-        rules = Rules.from_config(new.retention, new.watch.settle)
+        rules = Rules.from_config(new.retention, new.watch.settle).not_before(
+            self.clock_guard.not_before
+        )
         extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
         files, size = self.index.files, self.index.bytes
         extra_bytes = sum(d.entry.size for d in extra)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
@@ -65,26 +66,93 @@ class PrefixRule:
 
 @dataclass(frozen=True)
 class MaxAgeRule:
+    """Deletes what is older than ``max_age``. How old a file is (``since``):
+
+    - ``age_from = "timestamp"``: since its ``age_by`` timestamp (mtime or atime), which the
+      file carries with it: ``tar -x``, ``cp -p`` and ``rsync -t`` bring a vendor's old mtime.
+    - ``age_from = "arrival"`` (the default): since the later of that timestamp and its
+      arrival in model_dir. Arrival is the entry's ``ctime``: the kernel sets it on every
+      create, rename, link and chmod, and no copy tool can set it back (ocrd.arrival raises it
+      further for the files of a directory that was moved in).
+    - ``not_before``: after a wall-clock jump (ocrd.timejump) no file ages from before the
+      jump, whatever its timestamps say: they were read against the clock that jumped.
+    """
+
     max_age: float
     age_by: Literal["mtime", "atime"]
+    age_from: Literal["arrival", "timestamp"] = "arrival"
+    not_before: float = float("-inf")
     name: str = "max_age"
+
+    def since(self, f: FileEntry) -> float:
+        stamp = f.mtime if self.age_by == "mtime" else f.atime
+        if self.age_from == "arrival" and f.ctime > stamp:
+            stamp = f.ctime
+        return stamp if stamp > self.not_before else self.not_before
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         limit = format_duration(self.max_age)
-        by_mtime = self.age_by == "mtime"
-        max_age = self.max_age
-        # From two days on, the age reads in whole days: one text per day, made once.
+        max_age, not_before = self.max_age, self.not_before
+        by_mtime, arrival = self.age_by == "mtime", self.age_from == "arrival"
+        # From two days on, a timestamp's age reads in whole days: one text per day, made once.
         by_day: dict[int, str] = {}
-        for f in files:
-            age = now - (f.mtime if by_mtime else f.atime)
+        for f in files:  # since(), inlined: this runs once per file of every scan
+            stamp = f.mtime if by_mtime else f.atime
+            since = f.ctime if arrival and f.ctime > stamp else stamp
+            age = now - (since if since > not_before else not_before)
             if age > max_age:
-                if age < 2 * DAY:
-                    yield f, f"{self.age_by} age {approx_duration(age)} > {limit}"
+                if since != stamp or not_before > stamp or age < 2 * DAY:
+                    yield f, self._why(f, age, now, f"> {limit}")
                     continue
                 text = by_day.get(days := int(age // DAY))
                 if text is None:
-                    text = by_day[days] = f"{self.age_by} age {approx_duration(age)} > {limit}"
+                    text = by_day[days] = self._why(f, age, now, f"> {limit}")
                 yield f, text
+
+    def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        """The files this rule keeps although their timestamp alone is past max_age (they have
+        not been in model_dir that long, or the clock jumped), each with why."""
+        if self.age_from == "timestamp" and self.not_before == float("-inf"):
+            return
+        oldest = now - self.max_age  # a timestamp before this is past max_age
+        limit = format_duration(self.max_age)
+        by_mtime = self.age_by == "mtime"
+        for f in files:
+            if (f.mtime if by_mtime else f.atime) < oldest and not f.is_link:
+                age = now - self.since(f)
+                if age <= self.max_age:
+                    yield f, self._why(f, age, now, f"<= {limit}")
+
+    def _held_by(self, f: FileEntry) -> str | None:
+        """What holds a file's age below its timestamp's: "arrival", "clock" or None."""
+        stamp = f.mtime if self.age_by == "mtime" else f.atime
+        since = self.since(f)
+        if since <= stamp:
+            return None
+        return "clock" if since == self.not_before else "arrival"
+
+    def _why(self, f: FileEntry, age: float, now: float, versus: str) -> str:
+        """The reason text; ``versus`` ("> 30d", "<= 30d") follows the age that decided."""
+        stamp_age = now - (f.mtime if self.age_by == "mtime" else f.atime)
+        held = self._held_by(f)
+        if held is None:
+            return f"{self.age_by} age {approx_duration(age)} {versus}"
+        when = _utc(self.since(f))
+        if held == "clock":
+            since = f"by our clock, counted from its jump at {when}"
+        else:
+            since = f"arrived {when}"
+        return (
+            f"in model_dir {approx_duration(age)} ({since}) {versus}, "
+            f"{self.age_by} age {approx_duration(stamp_age)}"
+        )
+
+
+def _utc(t: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    except (OverflowError, OSError, ValueError):
+        return f"{t:.0f}"
 
 
 INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
@@ -126,13 +194,28 @@ class Rules:
         what changed; a whole-inventory rule makes it plan everything)."""
         return all(isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors)
 
+    @property
+    def horizon(self) -> float:
+        """How long after its arrival a file's verdict can still depend on when it arrived:
+        the longest max_age, or settle if longer."""
+        ages = [s.max_age for s in self.selectors if isinstance(s, MaxAgeRule)]
+        return max([self.settle, *ages])
+
+    def not_before(self, at: float) -> Rules:
+        """These rules with no file ageing from before ``at`` (a clock jump, ocrd.timejump)."""
+        selectors = tuple(
+            replace(s, not_before=max(s.not_before, at)) if isinstance(s, MaxAgeRule) else s
+            for s in self.selectors
+        )
+        return replace(self, selectors=selectors)
+
     @classmethod
     def from_config(cls, retention: Retention, settle: float) -> Rules:
         selectors: list[Selector] = [InterruptedRule()]
         if retention.prefixes:
             selectors.append(PrefixRule(retention.prefixes))
         if retention.max_age is not None:
-            selectors.append(MaxAgeRule(retention.max_age, retention.age_by))
+            selectors.append(MaxAgeRule(retention.max_age, retention.age_by, retention.age_from))
         return cls(tuple(selectors), retention.whitelist, settle)
 
     def whitelisted(self, entry: FileEntry) -> str | None:
@@ -188,8 +271,15 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             chosen = True
         if chosen:
             undecided = [i for i in undecided if decided[i] is None]
+    # A file kept only because it arrived late (or the clock jumped) says so.
+    held: dict[int, str] = {}
+    for s in rules.selectors:
+        if isinstance(s, MaxAgeRule):
+            for f, why in s.held([files[i] for i in undecided], now):
+                held.setdefault(id(f), why)
     for i in undecided:
-        decided[i] = Decision(files[i], Verdict.KEEP, None, "no rule applies")
+        f = files[i]
+        decided[i] = Decision(f, Verdict.KEEP, None, held.get(id(f), "no rule applies"))
     return Plan(cast(tuple[Decision, ...], tuple(decided)), now)
 
 
@@ -226,7 +316,7 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
     if decision.verdict is Verdict.KEEP and not entry.is_link:
         times = [
             # max_age deletes what is strictly older: look again just after the boundary.
-            (entry.mtime if s.age_by == "mtime" else entry.atime) + s.max_age + 0.001
+            s.since(entry) + s.max_age + 0.001
             for s in rules.selectors
             if isinstance(s, MaxAgeRule)
         ]

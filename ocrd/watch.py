@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -473,22 +474,50 @@ def watched_inodes() -> set[int] | None:
     return found
 
 
-def filesystem_type(path: bytes) -> str | None:
-    """The type of the filesystem holding ``path``, from /proc/self/mountinfo (longest match)."""
+class Mount(NamedTuple):
+    """One line of /proc/self/mountinfo: where, what filesystem, the per-mount options."""
+
+    point: bytes
+    fstype: str
+    options: frozenset[str]
+
+    @property
+    def atime(self) -> str:
+        """How this mount updates atime: "noatime", "relatime" or "strictatime"."""
+        for mode in ("noatime", "relatime"):
+            if mode in self.options:
+                return mode
+        return "strictatime"
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def mount_of(path: bytes) -> Mount | None:
+    """The mount holding ``path`` (after realpath), from /proc/self/mountinfo: the longest
+    matching mount point, the last one mounted if several share it. None if unreadable."""
     try:
         real = os.path.realpath(path)
         with open("/proc/self/mountinfo", "rb") as fh:
             lines = fh.read().splitlines()
     except OSError:
         return None
-    best: tuple[int, str] | None = None
+    best: Mount | None = None
     for line in lines:
         left, _, right = line.partition(b" - ")
         fields = left.split()
-        if len(fields) < 5 or not right:
+        if len(fields) < 6 or not right:
             continue
-        mount = fields[4].replace(b"\\040", b" ")
-        inside = real == mount or real.startswith(mount.rstrip(b"/") + b"/")
-        if inside and (best is None or len(mount) > best[0]):
-            best = (len(mount), right.split()[0].decode(errors="replace"))
-    return best[1] if best else None
+        # The kernel escapes space, tab, newline and backslash as \ooo.
+        point = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
+        if inside and (best is None or len(point) >= len(best.point)):
+            options = frozenset(fields[5].decode(errors="replace").split(","))
+            best = Mount(point, right.split()[0].decode(errors="replace"), options)
+    return best
+
+
+def filesystem_type(path: bytes) -> str | None:
+    """The type of the filesystem holding ``path``, from /proc/self/mountinfo (longest match)."""
+    mount = mount_of(path)
+    return mount.fstype if mount else None

@@ -16,11 +16,14 @@ from tests.conftest import OcrdRunner, make_file, snapshot, write_config
 
 DAY = 86400
 
+# The files are made now with old mtimes: "timestamp" ages them by mtime, as if they had been
+# in model_dir that long (test_arrival.py covers the default, "arrival").
 CONFIG = """\
 model_dir = "models"
 [retention]
 prefixes = ["old_"]
 max_age = "30d"
+age_from = "timestamp"
 whitelist = ["*.keep"]
 [watch]
 settle = "0s"

@@ -402,7 +402,7 @@ def test_check_valid_prints_one_line_and_exits_0(conf_dir: Path, run_ocrd: OcrdR
     assert result.stdout.count("\n") == 1
     assert "in-use check: file leases on" in result.stderr
     assert result.stdout.startswith(f"{path}: ok: model_dir={conf_dir / 'models'}")
-    assert "max_age=30d by mtime" in result.stdout
+    assert "max_age=30d by mtime (in model_dir)" in result.stdout
 
 
 def test_check_resolves_model_dir_against_config_not_cwd(

@@ -21,7 +21,7 @@ from tests.daemon_harness import ocrd_argv
 
 KEYS: dict[str, list[str]] = {
     "": ["model_dir", "retention", "watch", "engine", "log", "bogus"],
-    "retention": ["prefixes", "max_age", "age_by", "whitelist", "dry_run", "extra"],
+    "retention": ["prefixes", "max_age", "age_by", "age_from", "whitelist", "dry_run", "extra"],
     "watch": ["settle", "rescan", "observer"],
     "engine": ["enabled", "gpu_layers", "context_size"],
     "log": ["level", "format"],

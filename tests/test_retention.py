@@ -53,6 +53,8 @@ def rules(
     prefixes: Sequence[str] = (),
     max_age: float | None = None,
     age_by: Literal["mtime", "atime"] = "mtime",
+    age_from: Literal["arrival", "timestamp"] = "arrival",
+    not_before: float = float("-inf"),
     whitelist: Sequence[str] = (),
     settle: float = 0.0,
 ) -> Rules:
@@ -60,7 +62,7 @@ def rules(
     if prefixes:
         selectors.append(PrefixRule(tuple(prefixes)))
     if max_age is not None:
-        selectors.append(MaxAgeRule(max_age, age_by))
+        selectors.append(MaxAgeRule(max_age, age_by, age_from, not_before))
     return Rules(tuple(selectors), tuple(whitelist), settle)
 
 
@@ -101,10 +103,55 @@ def test_max_age_uses_the_configured_timestamp(
     age_by: Literal["mtime", "atime"], mtime_age: float, atime_age: float, deleted: bool
 ) -> None:
     f = entry(b"m.bin", age=mtime_age, atime_age=atime_age, ctime_age=mtime_age)
-    (d,) = plan([f], rules(max_age=30 * DAY, age_by=age_by), NOW).decisions
+    r = rules(max_age=30 * DAY, age_by=age_by, age_from="timestamp")
+    (d,) = plan([f], r, NOW).decisions
     assert (d.verdict, d.rule) == ((Verdict.DELETE, "max_age") if deleted else (Verdict.KEEP, None))
     if deleted:
         assert d.reason == f"{age_by} age 40d > 30d"
+
+
+def test_arrival_age_counts_from_the_later_of_timestamp_and_ctime() -> None:
+    """A model extracted or copied with its vendor's mtime (60 days) that arrived 3 days ago has
+    been in model_dir 3 days: kept under age_from = "arrival", deleted under "timestamp"."""
+    f = entry(b"m.bin", age=60 * DAY, ctime_age=3 * DAY)
+    (d,) = plan([f], rules(max_age=30 * DAY), NOW).decisions
+    assert (d.verdict, d.rule) == (Verdict.KEEP, None)
+    assert d.reason.startswith("in model_dir 3d (arrived 2023-11-11T")
+    assert d.reason.endswith(") <= 30d, mtime age 60d")
+    (d,) = plan([f], rules(max_age=30 * DAY, age_from="timestamp"), NOW).decisions
+    assert (d.verdict, d.rule, d.reason) == (Verdict.DELETE, "max_age", "mtime age 60d > 30d")
+    # Once it has been there 31 days, it goes, and the reason says both ages.
+    (d,) = plan([f], rules(max_age=30 * DAY), NOW + 28 * DAY).decisions
+    assert (d.verdict, d.rule) == (Verdict.DELETE, "max_age")
+    assert d.reason.startswith("in model_dir 31d (arrived ")
+    assert d.reason.endswith(") > 30d, mtime age 88d")
+    assert revisit_at(
+        plan([f], rules(max_age=30 * DAY), NOW).decisions[0], rules(max_age=30 * DAY), NOW
+    ) == (f.ctime + 30 * DAY + 0.001)
+
+
+def test_a_file_that_has_really_been_there_ages_by_its_timestamp() -> None:
+    f = entry(b"m.bin", age=40 * DAY)  # ctime 40 days ago too
+    (d,) = plan([f], rules(max_age=30 * DAY), NOW).decisions
+    assert (d.verdict, d.rule, d.reason) == (Verdict.DELETE, "max_age", "mtime age 40d > 30d")
+
+
+def test_after_a_clock_jump_nothing_ages_from_before_it() -> None:
+    """Rules.not_before: a file present at a jump is deleted by max_age only max_age after it."""
+    f = entry(b"m.bin", age=40 * DAY)
+    r = rules(max_age=30 * DAY).not_before(NOW - 2 * DAY)
+    (d,) = plan([f], r, NOW).decisions
+    assert (d.verdict, d.rule) == (Verdict.KEEP, None)
+    assert "counted from its jump" in d.reason
+    assert revisit_at(d, r, NOW) == NOW - 2 * DAY + 30 * DAY + 0.001
+    (d,) = plan([f], r, NOW + 29 * DAY).decisions
+    assert (d.verdict, d.rule) == (Verdict.DELETE, "max_age")
+    # It only ever moves forward, and leaves other rules alone.
+    r2 = rules(prefixes=["old_"], max_age=DAY).not_before(NOW).not_before(NOW - DAY)
+    assert [s.not_before for s in r2.selectors if isinstance(s, MaxAgeRule)] == [NOW]
+    assert verdicts(plan([entry(b"old_x", age=DAY / 2)], r2, NOW)) == {
+        b"old_x": (Verdict.DELETE, "prefix")
+    }
 
 
 def test_max_age_is_strictly_older_than() -> None:
@@ -333,6 +380,8 @@ def rule_sets(draw: st.DrawFn) -> Rules:
         prefixes=draw(st.lists(st.sampled_from(PREFIXES), max_size=2, unique=True)),
         max_age=draw(st.none() | st.sampled_from([60.0, DAY, 30 * DAY])),
         age_by=draw(st.sampled_from(["mtime", "atime"])),
+        age_from=draw(st.sampled_from(["arrival", "timestamp"])),
+        not_before=draw(st.sampled_from([float("-inf"), NOW - 20 * DAY, NOW + DAY])),
         whitelist=patterns,
         settle=draw(st.sampled_from([0.0, 5.0, 3600.0, 7 * DAY])),
     )
@@ -362,6 +411,16 @@ def settling(f: FileEntry, r: Rules, now: float) -> bool:
     return r.settle > 0 and now - max(happened) < r.settle
 
 
+def aged_since(f: FileEntry, s: MaxAgeRule) -> float:
+    """Where a file's age counts from: its age_by timestamp, or its arrival (ctime: the kernel's
+    record of the rename, link or create that put it here) if that is later and age_from says
+    so; never from before a clock jump (not_before)."""
+    stamps: list[float] = [f.mtime if s.age_by == "mtime" else f.atime, s.not_before]
+    if s.age_from == "arrival":
+        stamps.append(f.ctime)
+    return max(stamps)
+
+
 def rule_applies(f: FileEntry, r: Rules, now: float) -> str | None:
     name = f.path.split(b"/")[-1]
     for s in r.selectors:
@@ -369,7 +428,7 @@ def rule_applies(f: FileEntry, r: Rules, now: float) -> str | None:
             composed(name).startswith(composed(p)) for p in s.prefixes
         ):
             return "prefix"
-        if isinstance(s, MaxAgeRule) and now - getattr(f, s.age_by) > s.max_age:
+        if isinstance(s, MaxAgeRule) and now - aged_since(f, s) > s.max_age:
             return "max_age"
     return None
 
@@ -493,3 +552,31 @@ def test_revisit_at_is_when_a_verdict_can_first_change(
         assert before.verdict is d.verdict
         (after,) = plan([d.entry], r, at + 1.0).decisions
         assert after.verdict is not d.verdict
+
+
+@given(inventories(), rule_sets(), _nows)
+def test_arrival_deletes_nothing_that_timestamp_keeps(
+    files: list[FileEntry], r: Rules, now: float
+) -> None:
+    """age_from = "arrival" only ever holds files back: what it deletes, the old rule deletes."""
+    as_timestamp = Rules(
+        tuple(
+            MaxAgeRule(s.max_age, s.age_by, "timestamp", s.not_before)
+            if isinstance(s, MaxAgeRule)
+            else s
+            for s in r.selectors
+        ),
+        r.whitelist,
+        r.settle,
+    )
+    old = {d.entry.path for d in plan(files, as_timestamp, now).deletions}
+    assert {d.entry.path for d in plan(files, r, now).deletions} <= old
+
+
+@given(inventories(), rule_sets(), _nows)
+def test_nothing_present_at_a_clock_jump_is_deleted_by_age_within_max_age_of_it(
+    files: list[FileEntry], r: Rules, now: float
+) -> None:
+    jumped = r.not_before(now - 60.0)
+    # Every max_age drawn is at least 60 s: none may delete a file 60 s after a jump.
+    assert all(d.rule != "max_age" for d in plan(files, jumped, now).deletions)

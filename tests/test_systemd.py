@@ -87,3 +87,18 @@ def test_every_directive_is_commented() -> None:
         if j < 0 or not lines[j].startswith("#"):
             uncommented.append(line)
     assert not uncommented, uncommented
+
+
+def test_unit_starts_after_the_clock_is_set_without_pulling_time_sync_in() -> None:
+    """max_age needs a set clock: ordered after time-sync.target, which is passive (only the
+    time-sync services may pull it in: systemd.special(7)), so it is not in Wants= or Requires=."""
+    after: list[str] = []
+    pulls: list[str] = []
+    for line in UNIT.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "After":
+            after += value.split()
+        elif key.strip() in {"Wants", "Requires", "BindsTo", "Requisite"}:
+            pulls += value.split()
+    assert "time-sync.target" in after
+    assert "time-sync.target" not in pulls
