@@ -246,5 +246,7 @@ def test_run_logs_config_warning_at_start_and_on_reload(
     d.send(signal.SIGHUP)
     d.event("config_reloaded")
     d.note("READY=1", count=2)
+    # Log lines and notify datagrams travel apart: wait for the line, not for READY=1.
+    d.wait_for("the reload's warning", lambda: len(warnings()) > 3)
     assert warnings()[3:] == [("retention.max_age", "warning")]  # 2s is still under settle
     assert d.stop()[0] == 0
