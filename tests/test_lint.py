@@ -236,6 +236,7 @@ def test_run_logs_config_warning_at_start_and_on_reload(
     def warnings() -> list[tuple[str, str]]:
         return [(e["key"], e["level"]) for e in d.events if e.get("event") == "config_warning"]
 
+    d.wait_for("the start-up warnings", lambda: len(warnings()) >= 3)
     assert warnings() == [
         ("retention.whitelist[0]", "warning"),
         ("retention.whitelist[1]", "warning"),
