@@ -314,7 +314,7 @@ def machine(tmp: Path) -> list[tuple[str, str]]:
         ("memory", mem),
         ("kernel", platform.release()),
         ("temp dir", f"{tmp} on {mount}"),
-        ("Python", f"{platform.python_version()} ({sys.executable})"),
+        ("Python", f"{platform.python_version()} ({_shown(sys.executable)})"),
         (
             "ocrd",
             f"{_first_line([*ocrd_argv(), '--version'])}, git {git}"
@@ -324,6 +324,16 @@ def machine(tmp: Path) -> list[tuple[str, str]]:
         ("systemd-tmpfiles", _first_line(["systemd-tmpfiles", "--version"])),
         ("tmpreaper", tmpreaper),
     ]
+
+
+def _shown(path: str) -> str:
+    """A path as the report shows it: relative to the checkout, so no machine's layout is
+    written into the repository."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).absolute().relative_to(root))
+    except ValueError:
+        return Path(path).name
 
 
 def code_state() -> tuple[str, list[str]]:
