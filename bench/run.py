@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import json
 import math
@@ -1370,8 +1371,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated, e.g. 1,2")
     parser.add_argument("--tmpdir", type=Path, default=None, help="parent of the scratch dirs")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="repetitions per row (default: the mode's)"
+    )
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="full-size trees, but only the rows with every rule (no age-only pass, no 100k-"
+        "directory pass): for a quicker look at the same measures",
+    )
     args = parser.parse_args(argv)
     mode = QUICK if args.quick else FULL
+    if args.reps is not None:
+        mode = dataclasses.replace(
+            mode, reps=args.reps, fd_dirs=tuple((d, min(r, args.reps)) for d, r in mode.fd_dirs)
+        )
+    if args.lean:
+        mode = dataclasses.replace(mode, age_only=False, fd_dirs=mode.fd_dirs[:1])
     here = Path(__file__).parent
     out: Path = args.out or (
         here / "out" / "RESULTS-quick.md" if args.quick else here / "RESULTS.md"
