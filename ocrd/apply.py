@@ -439,6 +439,14 @@ def _delete_checked(
 
 
 _PRIVATE = itertools.count()
+_PREFIX: list[bytes] = []  # b".ocrd-deleting-PID-", made once: getpid() is a syscall
+os.register_at_fork(after_in_child=_PREFIX.clear)
+
+
+def _private_prefix() -> bytes:
+    if not _PREFIX:
+        _PREFIX.append(b".ocrd-deleting-%d-" % os.getpid())
+    return _PREFIX[0]
 
 
 def _unlink_exactly(parent: int, name: bytes, checked: tuple[int, int]) -> str | None:
@@ -447,7 +455,7 @@ def _unlink_exactly(parent: int, name: bytes, checked: tuple[int, int]) -> str |
     one only we know, in the same directory (atomic, and no other file can take it), the
     inode found there is compared with the checked one, and only then is that private name
     unlinked. If another file had taken the name, it is put back, not deleted: "changed"."""
-    private = b".ocrd-deleting-%d-%d" % (os.getpid(), next(_PRIVATE))
+    private = b"%s%d" % (_private_prefix(), next(_PRIVATE))
     os.rename(name, private, src_dir_fd=parent, dst_dir_fd=parent)
     try:
         there = os.stat(private, dir_fd=parent, follow_symlinks=False)
