@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.launch import start
 
 
 def _rss_mib(pid: int) -> float:
@@ -49,28 +48,12 @@ def main() -> int:
         models = scratch / "models"
         for d in range(10):
             (models / f"d{d}").mkdir(parents=True)
-        config = scratch / "config.toml"
-        config.write_text(
+        proc, sock = start(
+            scratch,
             'model_dir = "models"\n[retention]\nprefixes = ["old_"]\nmax_age = "30d"\n'
-            '[watch]\nsettle = "0s"\n[engine]\nenabled = false\n[log]\nformat = "json"\n'
-        )
-        sock_path = str(scratch / "n.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(sock_path)
-        sock.settimeout(60)
-        script = shutil.which("ocrd", path=os.path.dirname(sys.executable))
-        argv = [script] if script else [sys.executable, "-m", "ocrd"]
-        env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "WATCHDOG_USEC")}
-        env["NOTIFY_SOCKET"] = sock_path
-        proc = subprocess.Popen(
-            [*argv, "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
+            '[watch]\nsettle = "0s"\n[engine]\nenabled = false\n[log]\nformat = "json"\n',
         )
         try:
-            while b"READY=1" not in sock.recv(4096):
-                pass
             print(
                 f"{'t (s)':>6} {'RSS MiB':>8} {'CPU %':>6} {'files/s':>8} {'live':>6}", flush=True
             )

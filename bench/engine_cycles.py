@@ -18,10 +18,8 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,6 +27,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from bench.launch import start
 
 SHIPPED = ("2s", "10s")
 WINDOW_S = 10.0  # held/immutable: CPU is measured over this long, reloads included
@@ -49,35 +49,19 @@ class Run:
         self.models = scratch / "models"
         self.models.mkdir()
         prepare(self.models)
-        config = scratch / "config.toml"
-        config.write_text(
+        self.proc, self.sock = start(
+            scratch,
             'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n'
             f'[watch]\nsettle = "{settle}"\n'
             f'[engine]\nbatch = "{batch}"\nrestart_after = "{restart_after}"\n'
-            '[log]\nformat = "json"\n'
-        )
-        self.sock_path = str(scratch / "n.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.sock_path)
-        self.sock.settimeout(30)
-        env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "WATCHDOG_USEC")}
-        env["NOTIFY_SOCKET"] = self.sock_path
-        script = shutil.which("ocrd", path=os.path.dirname(sys.executable))
-        argv = [script] if script else [sys.executable, "-m", "ocrd"]
-        self.proc = subprocess.Popen(
-            [*argv, "run", "-c", str(config)],
+            '[log]\nformat = "json"\n',
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            env=env,
             text=True,
         )
         self.events: list[dict[str, Any]] = []
         self.cond = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        while b"READY=1" not in self.sock.recv(4096):
-            pass
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

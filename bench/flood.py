@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench.launch import start
 
 
 def main() -> int:
@@ -33,24 +33,11 @@ def main() -> int:
         scratch = Path(tmp)
         models = scratch / "models"
         models.mkdir()
-        config = scratch / "config.toml"
-        config.write_text(
+        proc, sock = start(
+            scratch,
             'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n[watch]\nsettle = "0s"\n'
-            '[engine]\nenabled = false\n[log]\nformat = "json"\n'
-        )
-        sock_path = str(scratch / "n.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(sock_path)
-        sock.settimeout(60)
-        script = shutil.which("ocrd", path=os.path.dirname(sys.executable))
-        argv = [script] if script else [sys.executable, "-m", "ocrd"]
-        env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "WATCHDOG_USEC")}
-        env["NOTIFY_SOCKET"] = sock_path
-        proc = subprocess.Popen(
-            [*argv, "run", "-c", str(config)],
+            '[engine]\nenabled = false\n[log]\nformat = "json"\n',
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
         )
         lines: list[bytes] = []
 
@@ -62,8 +49,6 @@ def main() -> int:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            while b"READY=1" not in sock.recv(4096):
-                pass
             start_lines = len(lines)
             began = time.monotonic()
             root = os.fsencode(models)

@@ -406,7 +406,7 @@ def _delete_checked(
     if probe and (cannot := _cannot_unlink(fd, parent)) is not None:
         return Outcome(d, Status.FAILED, cannot)
     answer = holders.check(fd, parent, now.st_ino)
-    if answer is Answer.HELD and probe and fd is not None and held_by_us(fd):
+    if answer is Answer.HELD and probe and fd is not None and held_by_us(fd, holders.mounts):
         # Held by ocrd's own process, i.e. its engine: the very thing a free is for.
         return Outcome(d, Status.WOULD_DELETE, "held_by_engine")
     if answer is Answer.HELD:
@@ -526,13 +526,10 @@ def _cannot_unlink(fd: int | None, parent: int) -> str | None:
     return None
 
 
-def held_by_us(fd: int) -> bool:
+def held_by_us(fd: int, mounts: Mounts) -> bool:
     """Whether this process has the file of ``fd`` mapped or open on another fd."""
-    me = file_id(fd)
-    if me is None:
-        return False
-    own = take_own(skip_fd=fd)
-    return me in own
+    me = file_id(fd, mounts)
+    return me is not None and me in take_own(skip_fd=fd, mounts=mounts)
 
 
 def _lease(fd: int) -> bool | None:

@@ -164,12 +164,13 @@ def take(proc: str = "/proc") -> View:
     return View(frozenset(held), frozenset(any_device), tuple(limits), len(pids), time.monotonic())
 
 
-def take_own(skip_fd: int | None = None, proc: str = "/proc") -> set[FileId]:
+def take_own(
+    skip_fd: int | None = None, proc: str = "/proc", mounts: Mounts | None = None
+) -> set[FileId]:
     """What this process itself holds (open on any fd but ``skip_fd``, or mapped)."""
     held: set[FileId] = set()
-    any_device: set[int] = set()
-    devices = Mounts(proc)
-    _inspect(proc, "self", devices, held, any_device, fds=False)
+    devices = mounts or Mounts(proc)
+    _inspect(proc, "self", devices, held, set(), fds=False)
     try:
         numbers = os.listdir(f"{proc}/self/fd")
     except OSError:
@@ -179,17 +180,25 @@ def take_own(skip_fd: int | None = None, proc: str = "/proc") -> set[FileId]:
             continue
         try:
             with open(f"{proc}/self/fdinfo/{fd}", "rb") as fh:
-                info = fh.read()
+                found = _mnt_ino(fh.read())
         except OSError:
             continue
-        fields = dict(line.split(b":", 1) for line in info.splitlines() if b":" in line)
-        try:
-            device = devices.device(int(fields[b"mnt_id"]))
-            if device is not None:
-                held.add((device, int(fields[b"ino"])))
-        except (KeyError, ValueError):
-            continue
+        device = None if found is None else devices.device(found[0])
+        if found is not None and device is not None:
+            held.add((device, found[1]))
     return held
+
+
+def _mnt_ino(info: bytes) -> tuple[int, int] | None:
+    """(mnt_id, ino) from the text of /proc/PID/fdinfo/N; None where it lacks them (kernels
+    before 5.14 have no ``ino:`` line)."""
+    mnt_id = ino = None
+    for line in info.splitlines():
+        if line.startswith(b"mnt_id:"):
+            mnt_id = int(line[7:])
+        elif line.startswith(b"ino:"):
+            ino = int(line[4:])
+    return None if mnt_id is None or ino is None else (mnt_id, ino)
 
 
 class ProcessGone(Exception):
@@ -221,14 +230,10 @@ def _inspect(
             continue  # closed since the listing: it holds nothing now
         except ProcessLookupError as exc:
             raise ProcessGone from exc
-        mnt_id = ino = None
-        for line in info.splitlines():
-            if line.startswith(b"mnt_id:"):
-                mnt_id = int(line[7:])
-            elif line.startswith(b"ino:"):
-                ino = int(line[4:])
-        if ino is None or mnt_id is None:
+        found = _mnt_ino(info)
+        if found is None:
             raise OSError(errno.ENOTSUP, "fdinfo has no mnt_id/ino (kernel older than 5.14)")
+        mnt_id, ino = found
         device = devices.device(mnt_id, pid)
         if device is not None:
             held.add((device, ino))
@@ -315,19 +320,13 @@ def file_id(fd: int, mounts: Mounts | None = None) -> FileId | None:
     cannot tell."""
     try:
         with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
-            info = fh.read()
+            found = _mnt_ino(fh.read())
     except OSError:
         return None
-    mnt_id = ino = None
-    for line in info.splitlines():
-        if line.startswith(b"mnt_id:"):
-            mnt_id = int(line[7:])
-        elif line.startswith(b"ino:"):
-            ino = int(line[4:])
-    if mnt_id is None or ino is None:
+    if found is None:
         return None
-    device = (mounts or Mounts()).device(mnt_id)
-    return None if device is None else (device, ino)
+    device = (mounts or Mounts()).device(found[0])
+    return None if device is None else (device, found[1])
 
 
 CAP_LEASE = 28  # linux/capability.h
