@@ -403,7 +403,7 @@ def _delete_checked(
         or now.st_mtime != entry.mtime
     ):
         return Outcome(d, Status.SKIPPED, "changed")
-    if probe and (cannot := _cannot_unlink(fd, parent)) is not None:
+    if probe and (cannot := _cannot_unlink(fd, parent, now.st_uid)) is not None:
         return Outcome(d, Status.FAILED, cannot)
     answer = holders.check(fd, parent, now.st_ino)
     if answer is Answer.HELD and probe and fd is not None and held_by_us(fd, holders.mounts):
@@ -499,15 +499,16 @@ FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as _IOR('f', 1, long) on 64-bit
 FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
 
 
-def _cannot_unlink(fd: int | None, parent: int) -> str | None:
+def _cannot_unlink(fd: int | None, parent: int, owner: int) -> str | None:
     """Why an unlink is bound to fail whatever the engine does, or None: a directory we may not
-    write, or an immutable or append-only file or directory (chattr +i / +a)."""
+    write, or an immutable or append-only file or directory (chattr +i / +a). ``owner``: the
+    file's uid, from the identity check's fstat."""
     if not os.access(".", os.W_OK, dir_fd=parent, effective_ids=True):
         return "Permission denied: the directory is not writable"
     me = os.geteuid()
     if me != 0 and fd is not None:
-        ds, fs = os.fstat(parent), os.fstat(fd)
-        if ds.st_mode & stat.S_ISVTX and me not in (ds.st_uid, fs.st_uid):
+        ds = os.fstat(parent)
+        if ds.st_mode & stat.S_ISVTX and me not in (ds.st_uid, owner):
             return "Operation not permitted: a sticky directory, and the file is another user's"
     for what, target in (("file", fd), ("directory", parent)):
         if target is None:
