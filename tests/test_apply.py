@@ -6,11 +6,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from ocrd.holders import Answer
 from ocrd.inventory import scan
 from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
 from tests.conftest import make_file, ocrd_argv, snapshot
+from tests.worlds import held
 
 
 def plan_old(model_dir: Path) -> Plan:
@@ -221,50 +220,6 @@ def test_directory_swapped_for_a_link_between_two_deletions(model_dir: Path, out
     assert snapshot(outside) == outside_before
     assert (model_dir / "sub").is_symlink()  # and the emptied-directory sweep left it alone
     assert os.listdir(model_dir / "sub_moved") == [os.fsdecode(rest[0].decision.entry.name)]
-
-
-_HOLD = """\
-import ctypes, mmap, os, sys
-path = sys.argv[1]
-fd = os.open(path, os.O_RDONLY)
-if sys.argv[2] == "mmap":
-    # libc's mmap, not the mmap module (which keeps a dup of the fd): after os.close only the
-    # mapping holds the file, as with llama.cpp and GGUF files.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
-    addr = libc.mmap(None, os.fstat(fd).st_size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
-    os.close(fd)
-    fds = [os.path.join("/proc/self/fd", n) for n in os.listdir("/proc/self/fd")]
-    assert not any(os.path.exists(f) and os.path.samefile(f, path) for f in fds)
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
-@contextmanager
-def held(path: Path, how: str) -> Iterator[None]:
-    """A separate process holds ``path`` (open, or only mapped) until the block ends."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(path), how],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        yield
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 @pytest.mark.parametrize("how", ["open", "mmap"])

@@ -22,23 +22,7 @@ import pytest
 from ocrd.holders import Answer, file_id, take
 from tests.conftest import ocrd_argv
 from tests.daemon_harness import Daemon
-from tests.worlds import APP_UID, OCRD_UID, World, as_user, make_world, root_only
-
-_HOLD = r"""
-import mmap, os, sys, time
-path, how = sys.argv[1], sys.argv[2]
-if how == "write":
-    f = open(path, "ab")
-    f.write(b"more")
-    f.flush()
-else:
-    f = open(path, "rb")
-    if how == "mmap":
-        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        f.close()  # only the mapping holds it now, as llama.cpp does
-print("ready", flush=True)
-sys.stdin.read()
-"""
+from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
 
 @pytest.fixture
@@ -48,27 +32,14 @@ def world() -> Iterator[World]:
 
 
 @contextmanager
-def held(world: World, path: Path, how: str, *, uid: int | None = None, pid_ns: bool = False):  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen(
-        [*as_user(uid, pid_ns=pid_ns), *world.python, "-c", _HOLD, str(path), how],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=world.env,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline() == "ready\n"
+def held_by(
+    world: World, path: Path, how: str, *, uid: int | None = None, pid_ns: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """``held`` in this world: as user ``uid``, in a PID namespace of its own if asked."""
+    with held(
+        path, how, prefix=as_user(uid, pid_ns=pid_ns), python=world.python, env=world.env
+    ) as proc:
         yield proc
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 def clean(
@@ -111,7 +82,7 @@ def skipped(report: dict[str, Any]) -> dict[str, str]:
 def test_holders_of_another_user_are_seen(world: World, how: str) -> None:
     held_model = world.model("old_held.gguf", owner=APP_UID)
     world.model("old_free.gguf", owner=APP_UID)
-    with held(world, held_model, how, uid=APP_UID):
+    with held_by(world, held_model, how, uid=APP_UID):
         report, _ = clean(world)
     assert report["deleted"] == ["old_free.gguf"]
     assert skipped(report) == {"old_held.gguf": "in_use"}
@@ -121,7 +92,7 @@ def test_holders_of_another_user_are_seen(world: World, how: str) -> None:
 @root_only
 def test_a_holder_in_another_pid_namespace_is_seen(world: World) -> None:
     held_model = world.model("old_held.gguf", owner=APP_UID)
-    with held(world, held_model, "mmap", uid=APP_UID, pid_ns=True):
+    with held_by(world, held_model, "mmap", uid=APP_UID, pid_ns=True):
         report, _ = clean(world)
     assert skipped(report) == {"old_held.gguf": "in_use"}
     assert held_model.exists()
@@ -131,7 +102,7 @@ def test_a_holder_in_another_pid_namespace_is_seen(world: World) -> None:
 def test_ocrd_in_a_pid_namespace_still_sees_holders_outside_it(world: World) -> None:
     held_model = world.model("old_held.gguf", owner=APP_UID)
     world.model("old_free.gguf", owner=APP_UID)
-    with held(world, held_model, "mmap", uid=APP_UID):
+    with held_by(world, held_model, "mmap", uid=APP_UID):
         report, _ = clean(world, pid_ns=True)
     assert report["deleted"] == ["old_free.gguf"]
     assert skipped(report) == {"old_held.gguf": "in_use"}
@@ -146,8 +117,8 @@ def test_unprivileged_with_cap_lease_sees_every_users_holders(world: World) -> N
     own_model = world.model("old_own.gguf", owner=OCRD_UID)
     world.model("old_free.gguf", owner=APP_UID)
     with (
-        held(world, app_model, "mmap", uid=APP_UID),
-        held(world, own_model, "open", uid=OCRD_UID),
+        held_by(world, app_model, "mmap", uid=APP_UID),
+        held_by(world, own_model, "open", uid=OCRD_UID),
     ):
         report, logs = clean(world, uid=OCRD_UID, lease_cap=True)
     assert report["deleted"] == ["old_free.gguf"]
@@ -165,7 +136,7 @@ def test_unprivileged_without_cap_lease_keeps_what_it_cannot_judge_and_says_so_f
     app_model = world.model("old_app.gguf", owner=APP_UID)
     world.model("old_app_free.gguf", owner=APP_UID)
     world.model("old_own.gguf", owner=OCRD_UID)
-    with held(world, app_model, "mmap", uid=APP_UID):
+    with held_by(world, app_model, "mmap", uid=APP_UID):
         report, logs = clean(world, uid=OCRD_UID)
     assert report["deleted"] == ["old_own.gguf"]
     assert skipped(report) == {
@@ -218,7 +189,7 @@ def test_a_mapped_model_on_btrfs_is_in_use(world: World) -> None:
         )
         held_model = world.model("snap/old_held.gguf", owner=APP_UID)
         world.model("snap/old_free.gguf", owner=APP_UID)
-        with held(world, held_model, "mmap", uid=APP_UID):
+        with held_by(world, held_model, "mmap", uid=APP_UID):
             # model_dir is the subvolume: one below it would be another filesystem (its own
             # st_dev), which ocrd does not enter (tests/test_boundaries.py).
             report, _ = clean(world, model_dir="models/snap")
@@ -244,7 +215,7 @@ def test_at_the_fd_limit_a_held_model_is_never_deleted(world: World) -> None:
         world.model(f"d{i:02d}/old_{i:02d}.gguf")
     held_model = world.model("d07/old_held.gguf")
     config = world.config()
-    with held(world, held_model, "mmap"):
+    with held_by(world, held_model, "mmap"):
         script = (
             "import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))\n"
@@ -341,7 +312,7 @@ def test_list_shows_held_and_unjudgeable_files_with_their_own_verdict(world: Wor
     world.model("old_free.gguf", owner=OCRD_UID)
     config = world.config()
     argv = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "list", "--json", "-c", str(config)]
-    with held(world, app_held, "mmap", uid=APP_UID):
+    with held_by(world, app_held, "mmap", uid=APP_UID):
         as_root = subprocess.run(
             [*world.python, "-m", "ocrd", "list", "--json", "-c", str(config)],
             capture_output=True,

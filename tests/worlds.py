@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,3 +88,59 @@ def make_world() -> Iterator[World]:
         if mounted is not None:
             subprocess.run(["umount", "-l", str(mounted)], check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+HOLD = """\
+import ctypes, mmap, os, sys
+path, how = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_WRONLY | os.O_APPEND if how == "write" else os.O_RDONLY)
+if how == "write":
+    os.write(fd, b"more")
+elif how == "mmap":
+    # libc's mmap, not the mmap module (which keeps a dup of the fd): after os.close only the
+    # mapping holds the file, as with llama.cpp and GGUF files.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+    addr = libc.mmap(None, os.fstat(fd).st_size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    os.close(fd)
+    fds = [os.path.join("/proc/self/fd", n) for n in os.listdir("/proc/self/fd")]
+    assert not any(os.path.exists(f) and os.path.samefile(f, path) for f in fds)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def held(
+    path: Path,
+    how: str,
+    *,
+    prefix: Sequence[str] = (),
+    python: Sequence[str] = (sys.executable,),
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """A separate process holds ``path`` until the block ends: ``how`` is "open", "write"
+    (open for appending, one write done) or "mmap" (only mapped, its fd closed). ``prefix``
+    runs it as another user or in another namespace (see as_user)."""
+    proc = subprocess.Popen(
+        [*prefix, *python, "-c", HOLD, str(path), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
