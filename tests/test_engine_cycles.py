@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_harness import Daemon
+from tests.worlds import held
 
 CONFIG = """\
 model_dir = "models"
@@ -139,21 +139,7 @@ def test_a_file_another_process_holds_never_costs_an_engine_cycle(
 ) -> None:
     target = models / "old_held.gguf"
     target.write_bytes(b"GGUF" + b"\0" * 4096)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys\nf = open(sys.argv[1], 'rb')\nprint('ready', "
-            "flush=True)\nsys.stdin.read()\n",
-            str(target),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "ready\n"
+    with held(target, "open"):
         d = start(daemons, tmp_path)
         d.note("READY=1")
         skipped = d.event("deletion_skipped", path="old_held.gguf")
@@ -161,12 +147,6 @@ def test_a_file_another_process_holds_never_costs_an_engine_cycle(
         (models / "old_free.bin").write_bytes(b"x")  # a file that can go still gets its cycle
         d.event("model_deleted", path="old_free.bin")
         assert [c["deletions"] for c in cycles(d)] == [1]
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
-        assert holder.stdout is not None
-        holder.stdout.close()
     assert target.exists()
     assert d.stop()[0] == 0
 

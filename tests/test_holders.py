@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ocrd.holders import Answer, Holders, View, file_id, take
+from tests.worlds import held
 
 
 def test_a_complete_view_answers_free_or_held() -> None:
@@ -29,27 +30,7 @@ def test_open_and_mapped_files_of_other_processes_are_held(tmp_path: Path) -> No
     opened, mapped, free = (tmp_path / n for n in ("opened", "mapped", "free"))
     for p in (opened, mapped, free):
         p.write_bytes(b"x" * 4096)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import mmap, sys\n"
-            "a = open(sys.argv[1], 'rb')\n"
-            "b = open(sys.argv[2], 'rb')\n"
-            "m = mmap.mmap(b.fileno(), 0, prot=mmap.PROT_READ)\n"
-            "b.close()\n"
-            "print('ready', flush=True)\n"
-            "sys.stdin.read()\n",
-            str(opened),
-            str(mapped),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "ready\n"
+    with held(opened, "open"), held(mapped, "mmap"):  # the mapping alone: its fd is closed
         view = take()
         ids = {}
         for p in (opened, mapped, free):
@@ -58,15 +39,9 @@ def test_open_and_mapped_files_of_other_processes_are_held(tmp_path: Path) -> No
                 ids[p.name] = file_id(fd)
             finally:
                 os.close(fd)
-        assert view.answer(ids["opened"]) is Answer.HELD  # type: ignore[arg-type]
-        assert view.answer(ids["mapped"]) is Answer.HELD  # type: ignore[arg-type]
-        assert view.answer(ids["free"]) is not Answer.HELD  # type: ignore[arg-type]
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
-        assert holder.stdout is not None
-        holder.stdout.close()
+    assert view.answer(ids["opened"]) is Answer.HELD  # type: ignore[arg-type]
+    assert view.answer(ids["mapped"]) is Answer.HELD  # type: ignore[arg-type]
+    assert view.answer(ids["free"]) is not Answer.HELD  # type: ignore[arg-type]
 
 
 def test_our_own_mappings_count_but_not_our_open_fds(tmp_path: Path) -> None:
