@@ -549,7 +549,10 @@ def test_models_held_by_any_user_are_in_use_under_the_shipped_unit(box: Containe
             "import mmap, sys\n"
             "f = open(sys.argv[1], 'rb')\n"
             "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
-            "f.close()  # only the mapping holds it, as llama.cpp does\n"
+            # Python's mmap keeps a dup of the fd. A mapping alone (fd closed, as llama.cpp
+            # does) is not seen by a lease on overlayfs, which this container's root is: see
+            # README, "In use: how it is established".
+            "f.close()\n"
             "print('mapped', flush=True)\n"
             "import time; time.sleep(600)\n",
             f"{MODELS}/mapped.bin",
