@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,21 +73,24 @@ def make_world() -> Iterator[World]:
     repo = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k != "OCRD_CONFIG"}
     python = [sys.executable]
-    mounted: Path | None = None
+    mounted: list[Path] = []
     probe = [*as_user(OCRD_UID), sys.executable, "-c", "import ocrd"]
     if subprocess.run(probe, capture_output=True, check=False, env=env).returncode != 0:
-        # The checkout sits below a directory other users cannot enter (a 0700 mktemp -d):
-        # show it to them through a bind mount in the world-readable scratch area.
-        mounted = base / "repo"
-        mounted.mkdir()
-        subprocess.run(["mount", "--bind", str(repo), str(mounted)], check=True)
-        python = [str(mounted / Path(sys.executable).relative_to(repo))]
-        env["PYTHONPATH"] = str(mounted)
+        # The checkout itself may be a directory other users cannot enter (a 0700 mktemp -d
+        # clone): bind-mount the package and the venv's site-packages, which are readable, into
+        # the world-readable scratch area, and run the venv's base interpreter on them.
+        site = Path(sysconfig.get_paths()["purelib"])
+        for source, target in ((repo / "ocrd", base / "pkg" / "ocrd"), (site, base / "site")):
+            target.mkdir(parents=True)
+            subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+            mounted.append(target)
+        python = [os.path.realpath(sys.executable)]
+        env["PYTHONPATH"] = f"{base / 'pkg'}:{base / 'site'}"
     try:
         yield World(base, python, env)
     finally:
-        if mounted is not None:
-            subprocess.run(["umount", "-l", str(mounted)], check=False)
+        for target in mounted:
+            subprocess.run(["umount", "-l", str(target)], check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
