@@ -34,7 +34,10 @@ class Daemon:
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
         notify_buffer: int | None = None,
+        command: list[str] | None = None,
     ) -> None:
+        """``command``: how to start ocrd (default: this venv's console script); ``prefix``
+        goes before it (another user, a namespace)."""
         self.config = config
         # AF_UNIX paths are limited to 108 bytes: a short private directory, not tmp_path.
         self._sockdir = tempfile.mkdtemp(prefix="ocrd-n")
@@ -54,7 +57,7 @@ class Daemon:
         full_env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "LISTEN_FDS")}
         full_env.update({"NOTIFY_SOCKET": self.socket_path, **(env or {})})
         self.proc = subprocess.Popen(
-            [*(prefix or []), *ocrd_argv(), "run", "-c", str(config)],
+            [*(prefix or []), *(command or ocrd_argv()), "run", "-c", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,

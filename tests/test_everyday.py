@@ -57,7 +57,12 @@ def test_an_unreadable_directory_is_reported_and_the_rest_goes_on(
     sub = models / "d"
     sub.mkdir()
     sub.chmod(0o755)
-    d = Daemon(config_in(world.base), env=world.env, prefix=as_user(OCRD_UID))
+    d = Daemon(
+        config_in(world.base),
+        env=world.env,
+        prefix=as_user(OCRD_UID),
+        command=[*world.python, "-m", "ocrd"],
+    )
     daemons.append(d)
     d.event("scan_completed", trigger="startup")  # (uid 4242 may not reach our notify socket)
     sub.chmod(0o700)  # ocrd (uid 4242) may no longer enter it; its watch stays

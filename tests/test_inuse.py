@@ -296,7 +296,7 @@ def test_with_a_hung_fuse_mount_the_daemon_deletes_and_stops_within_5s(
 ) -> None:
     with hung_fuse(world.base):
         world.model("old_a.gguf", owner=APP_UID)
-        d = Daemon(world.config(), env=world.env)
+        d = Daemon(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
         daemons.append(d)
         d.note("READY=1")
         d.event("model_deleted", path="old_a.gguf")
