@@ -97,6 +97,24 @@ def _check_prefix(prefix: object) -> str:
     return prefix
 
 
+def _check_family(pattern: object) -> str:
+    """A regular expression with a named group ``family``, searched in each relative path."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"{_show(pattern)} is not a regular expression: write a string")
+    if not pattern or "\0" in pattern:
+        raise ValueError(f"{quote(pattern)} is not a family pattern: it is empty or holds NUL")
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise ValueError(f"{quote(pattern)} is not a regular expression: {exc}") from None
+    if "family" not in compiled.groupindex:
+        raise ValueError(
+            f"{quote(pattern)} has no group named family: write the part that names the "
+            r"family as (?P<family>...), e.g. '^(?P<family>.+)-v\d+\.gguf$'"
+        )
+    return pattern
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
@@ -113,6 +131,8 @@ def parse_share(text: object) -> float:
 Share = Annotated[float, BeforeValidator(parse_share)]
 Glob = Annotated[str, BeforeValidator(_check_glob)]
 Prefix = Annotated[str, BeforeValidator(_check_prefix)]
+FamilyPattern = Annotated[str, BeforeValidator(_check_family)]
+MAX_KEEP = 1_000_000  # versions kept per family: beyond this, keep_newest is a typo for "off"
 
 
 class _Section(BaseModel):
@@ -136,6 +156,15 @@ class Retention(_Section):
     # A reload whose new rules would delete more than this share of the models (by count or
     # by bytes) beyond what the old rules delete is held until the operator confirms it.
     reload_guard: Share = 0.5
+    # Keep the newest N versions of each family, delete the older ones; 0 = off. What a family
+    # is and what "newest" means: ocrd.families (by default, the path with digits ignored).
+    keep_newest: int = Field(default=0, ge=0, le=MAX_KEEP)
+    family: FamilyPattern | None = None
+    # With families in use (keep_newest or family set), no rule deletes a family's last
+    # version present; false lets every rule act alone again.
+    keep_last_version: bool = True
+    # A plan that would delete every model file under model_dir is refused unless this is true.
+    allow_delete_all: bool = False
 
 
 class Watch(_Section):
@@ -182,6 +211,8 @@ class Config(_Section):
         if r.max_age is not None:
             since = "in model_dir" if r.age_from == "arrival" else "alone"
             rules.append(f"max_age={format_duration(r.max_age)} by {r.age_by} ({since})")
+        if r.keep_newest:
+            rules.append(f"keep_newest={r.keep_newest}")
         rules.append(f"whitelist={len(r.whitelist)} pattern(s)")
         mode = "dry run" if r.dry_run else "deleting"
         engine = "engine on" if self.engine.enabled else "engine off"
@@ -497,6 +528,13 @@ def _describe(name: str, err: Any) -> str:
         what = f'{_show(value)} is not an array: write ["...", ...]'
     elif kind == "value_error":
         what = str(err["ctx"]["error"])
+    elif kind == "less_than_equal" and key == "retention.keep_newest":
+        what = (
+            f"{_show(value)} is more versions than any family holds (at most {MAX_KEEP}): "
+            "write the number to keep, or 0 (or nothing) to turn the rule off"
+        )
+    elif kind == "greater_than_equal" and key == "retention.keep_newest":
+        what = f"{_show(value)} is negative: write the number of versions to keep, 0 = off"
     elif kind in {"greater_than", "greater_than_equal"} and key in {
         "retention.max_age",
         "watch.settle",
@@ -596,6 +634,7 @@ def lint(config: Config) -> list[Lint]:
                 'changed: check the unit ("1ms" is a millisecond, "1m" a minute, "1d" a day)',
             )
         )
+    found.extend(_family_lints(config.retention))
     if max_age is not None and config.retention.age_by == "atime" and max_age < DAY_S:
         mount = _model_dir_mount(config.model_dir)
         if mount is not None and mount.atime == "relatime":
@@ -609,6 +648,30 @@ def lint(config: Config) -> list[Lint]:
                     "max_age of a day or more",
                 )
             )
+    return found
+
+
+MANY_VERSIONS = 1000  # keep_newest beyond this keeps every version of any real family
+
+
+def _family_lints(r: Retention) -> list[Lint]:
+    found = []
+    if r.family is not None and not r.keep_newest and not r.keep_last_version:
+        found.append(
+            Lint(
+                "retention.family",
+                "has no effect: families matter only to keep_newest and keep_last_version, "
+                "and neither is on",
+            )
+        )
+    if r.keep_newest > MANY_VERSIONS:
+        found.append(
+            Lint(
+                "retention.keep_newest",
+                f"{r.keep_newest} keeps more versions than a model directory holds of any "
+                "model: it deletes nothing; did you mean a smaller number?",
+            )
+        )
     return found
 
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
 from ocrd.config import Retention, approx_duration, format_duration
+from ocrd.families import Families, Member
 from ocrd.inventory import FileEntry, Inventory
 
 DAY = 86_400.0
@@ -27,19 +28,26 @@ class Verdict(StrEnum):
 class Decision(NamedTuple):
     entry: FileEntry
     verdict: Verdict
-    rule: str | None  # "prefix", "max_age", "whitelist" or None
+    # "prefix", "max_age", "keep_newest", "interrupted", "whitelist" or None; a file kept by
+    # the floor names the key that keeps it: "keep_last_version" or "allow_delete_all".
+    rule: str | None
     reason: str
 
 
 class Selector(Protocol):
     """A deleting rule. It sees every file still undecided at once, so rules that need the whole
     inventory (keep the newest N of a family, a total size budget evicting LRU first) fit as well
-    as per-file ones. It yields the files it would delete, each with a human reason."""
+    as per-file ones. It yields the files it would delete, each with a human reason.
+    ``present`` is every model file (no symlinks), whatever its verdict so far: what a rule
+    that ranks files against each other ranks (a whitelisted or settling version still takes
+    its place among the newest); it yields only files from ``files``."""
 
     @property
     def name(self) -> str: ...
 
-    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]: ...
+    def select(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
+    ) -> Iterator[tuple[FileEntry, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,9 @@ class PrefixRule:
     prefixes: tuple[str, ...]
     name: str = "prefix"
 
-    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+    def select(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
+    ) -> Iterator[tuple[FileEntry, str]]:
         # Names and prefixes are compared in NFC: "é" typed on one system and stored decomposed
         # by another (macOS, some archivers) is the same name to whoever wrote the rule.
         encoded = tuple(nfc(p).encode("utf-8", "surrogateescape") for p in self.prefixes)
@@ -90,7 +100,9 @@ class MaxAgeRule:
             stamp = f.ctime
         return stamp if stamp > self.not_before else self.not_before
 
-    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+    def select(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
+    ) -> Iterator[tuple[FileEntry, str]]:
         limit = format_duration(self.max_age)
         max_age, not_before = self.max_age, self.not_before
         by_mtime, arrival = self.age_by == "mtime", self.age_from == "arrival"
@@ -167,10 +179,36 @@ class InterruptedRule:
 
     name: str = "interrupted"
 
-    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+    def select(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
+    ) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
             if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]):
                 yield f, "ocrd was stopped while deleting it"
+
+
+@dataclass(frozen=True)
+class KeepNewestRule:
+    """Keeps the newest ``keep`` versions of each family (ocrd.families) and deletes the rest.
+    Every version present takes its rank, also one the whitelist protects or one still
+    settling; only undecided ones are deleted. A file in no family is left alone. Its verdicts
+    change only when the family does (a version arrives or goes), never with time alone."""
+
+    keep: int
+    families: Families = field(default_factory=Families)
+    name: str = "keep_newest"
+
+    def select(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
+    ) -> Iterator[tuple[FileEntry, str]]:
+        keep = self.keep
+        if keep <= 0:
+            return  # off, as in the config: never "keep none"
+        ranked = self.families.rank(present)
+        for f in files:
+            member = ranked.get(id(f))
+            if member is not None and member.rank > keep:
+                yield f, f"version {member.rank} of family {member.family!r}, keep_newest is {keep}"
 
 
 @dataclass(frozen=True)
@@ -180,6 +218,9 @@ class Rules:
     selectors: tuple[Selector, ...]
     whitelist: tuple[str, ...] = ()
     settle: float = 0.0
+    # The last-version floor: None, or the families within which no rule deletes the last
+    # version still present (retention.keep_last_version, when families are in use).
+    floor: Families | None = None
     _patterns: tuple[tuple[str, str, bool], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,8 +232,11 @@ class Rules:
     def per_file(self) -> bool:
         """True when every rule judges each file alone, so planning a subset of the inventory
         gives the same verdicts as planning all of it (the daemon relies on this to plan only
-        what changed; a whole-inventory rule makes it plan everything)."""
-        return all(isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors)
+        what changed; a whole-inventory rule, or the last-version floor, makes it plan
+        everything)."""
+        return self.floor is None and all(
+            isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors
+        )
 
     @property
     def horizon(self) -> float:
@@ -216,7 +260,11 @@ class Rules:
             selectors.append(PrefixRule(retention.prefixes))
         if retention.max_age is not None:
             selectors.append(MaxAgeRule(retention.max_age, retention.age_by, retention.age_from))
-        return cls(tuple(selectors), retention.whitelist, settle)
+        families = family_rules(retention)
+        if retention.keep_newest and families is not None:
+            selectors.append(KeepNewestRule(retention.keep_newest, families))
+        floor = families if retention.keep_last_version else None
+        return cls(tuple(selectors), retention.whitelist, settle, floor)
 
     def whitelisted(self, entry: FileEntry) -> str | None:
         """The first whitelist pattern matching ``entry``: by name, or by relative path if the
@@ -231,6 +279,15 @@ class Rules:
             if fnmatch.fnmatchcase(path if by_path else name, normal):
                 return pattern
         return None
+
+
+def family_rules(retention: Retention) -> Families | None:
+    """The families in use, or None: families exist once keep_newest or family is set. Without
+    either, ocrd knows no families and every rule acts as it did before they existed."""
+    if not retention.keep_newest and retention.family is None:
+        return None
+    pattern = re.compile(retention.family) if retention.family is not None else None
+    return Families(pattern, retention.age_from)
 
 
 @dataclass(frozen=True)
@@ -264,13 +321,16 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     # A selected entry is found again by identity, not by value: hashing a whole FileEntry
     # per file costs more than the rule itself.
     position = {id(files[i]): i for i in undecided}
+    present = versions(files) if not rules.per_file else []
     for selector in rules.selectors:
         chosen = False
-        for f, reason in selector.select([files[i] for i in undecided], now):
+        for f, reason in selector.select([files[i] for i in undecided], now, present):
             decided[position[id(f)]] = Decision(f, Verdict.DELETE, selector.name, reason)
             chosen = True
         if chosen:
             undecided = [i for i in undecided if decided[i] is None]
+    if rules.floor is not None:
+        _keep_last_versions(decided, files, rules.floor.rank(present))
     # A file kept only because it arrived late (or the clock jumped) says so.
     held: dict[int, str] = {}
     for s in rules.selectors:
@@ -281,6 +341,100 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
         f = files[i]
         decided[i] = Decision(f, Verdict.KEEP, None, held.get(id(f), "no rule applies"))
     return Plan(cast(tuple[Decision, ...], tuple(decided)), now)
+
+
+def versions(files: Iterable[FileEntry]) -> list[FileEntry]:
+    """What a ranking rule and the floor count as versions: the model files, not symlinks and
+    not the leftovers of an interrupted deletion (their private names are no model's)."""
+    return [
+        f for f in files if not f.is_link and not INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2])
+    ]
+
+
+def _keep_last_versions(
+    decided: list[Decision | None],
+    files: Sequence[FileEntry],
+    ranked: dict[int, Member],
+) -> None:
+    """The floor: in a family whose every version present is to be deleted, the newest of
+    them stays (retention.keep_last_version)."""
+    spared: dict[str, tuple[int, int]] = {}  # family → (rank, index) of its newest deletion
+    survives: set[str] = set()
+    for i, f in enumerate(files):
+        member = ranked.get(id(f))
+        if member is None:
+            continue
+        d = decided[i]
+        if d is not None and d.verdict is Verdict.DELETE:
+            best = spared.get(member.family)
+            if best is None or member.rank < best[0]:
+                spared[member.family] = (member.rank, i)
+        else:
+            survives.add(member.family)
+    for family, (_, i) in spared.items():
+        if family in survives:
+            continue
+        d = decided[i]
+        assert d is not None
+        decided[i] = Decision(
+            d.entry,
+            Verdict.KEEP,
+            "keep_last_version",
+            f"last version of family {family!r}: {d.rule} would delete it ({d.reason})",
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a plan was refused as a whole: it would delete every model file under model_dir."""
+
+    would_delete: int
+    would_free: int
+    of_files: int
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "reason": "every_model_file",
+            "would_delete": self.would_delete,
+            "would_free": self.would_free,
+            "of_files": self.of_files,
+            "detail": f"the plan would delete all {self.of_files} model file(s) under "
+            "model_dir: nothing is deleted",
+            "action": "check the rules with 'ocrd list'; to allow it, set "
+            "retention.allow_delete_all = true",
+        }
+
+
+def refuse_all(
+    deletions: Sequence[Decision], model_files: int, allow: bool, due: Iterable[bytes] = ()
+) -> Refusal | None:
+    """A Refusal if ``deletions`` (with the paths already ``due`` for deletion) would leave no
+    model file under model_dir; ``model_files`` counts the regular files there, all of them,
+    also when only a batch of them was planned (the daemon plans what changed). Finishing an
+    interrupted deletion is never refused: that file was checked and going already."""
+    chosen = [d for d in deletions if d.rule != InterruptedRule.name]
+    if allow or not chosen:
+        return None
+    paths = {d.entry.path for d in deletions}
+    paths.update(due)
+    if len(paths) < model_files:
+        return None
+    return Refusal(len(chosen), sum(d.entry.size for d in chosen), model_files)
+
+
+def refused(the_plan: Plan, refusal: Refusal) -> Plan:
+    """``the_plan`` with every deletion kept instead, naming the refusal: what ``ocrd list``
+    shows and what nothing deletes."""
+    why = f"{refusal.fields()['detail']} (retention.allow_delete_all)"
+    return replace(
+        the_plan,
+        decisions=tuple(
+            Decision(d.entry, Verdict.KEEP, "allow_delete_all", f"{d.rule}: {d.reason}; {why}")
+            if d.verdict is Verdict.DELETE and d.rule != InterruptedRule.name
+            else d
+            for d in the_plan.decisions
+        ),
+    )
 
 
 def nfc(text: str) -> str:
@@ -313,6 +467,8 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
             return end
         # Still settling when the clock reaches a future mtime: from then on it is the change.
         return max(entry.mtime, entry.ctime) + rules.settle
+    if decision.rule in ("keep_last_version", "allow_delete_all"):
+        return None  # what the floor keeps stays until the family, or model_dir, changes
     if decision.verdict is Verdict.KEEP and not entry.is_link:
         times = [
             # max_age deletes what is strictly older: look again just after the boundary.
