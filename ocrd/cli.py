@@ -8,16 +8,28 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ocrd import __version__, log
 from ocrd.apply import InUse, Status, apply, limited_check, probe
 from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.families import Member
 from ocrd.holders import lease_report
 from ocrd.human import size
 from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
-from ocrd.retention import Decision, Plan, Rules, plan
+from ocrd.retention import (
+    Decision,
+    Plan,
+    Refusal,
+    Rules,
+    family_rules,
+    plan,
+    refuse_all,
+    refused,
+    versions,
+)
 from ocrd.rootdir import Place, pin, raise_fd_limit
 
 
@@ -55,9 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            the_plan, inventory = _plan(config, place)
+            the_plan, inventory, _ = _plan(config, place)
             blocked = _blocked(config, the_plan, place)
-            _print_list(the_plan, args.json, config.retention.age_by, blocked, inventory)
+            families = family_rules(config.retention)
+            ranked = (
+                families.rank(versions(d.entry for d in the_plan.decisions))
+                if families is not None
+                else None
+            )
+            _print_list(
+                the_plan, args.json, config.retention.age_by, blocked, inventory, ranked=ranked
+            )
             return 0
         return _clean(
             config, place, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
@@ -93,8 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(config: Config, place: Place) -> tuple[Plan, Inventory]:
-    """The plan, and the inventory it came from (for its mount points)."""
+def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None]:
+    """The plan, the inventory it came from (for its mount points), and whether the plan was
+    refused for deleting every model file (then it deletes nothing)."""
     inventory = scan(place)
     _warn_unreadable(inventory.unreadable)
     for rel, device in inventory.mounts:
@@ -108,7 +129,13 @@ def _plan(config: Config, place: Place) -> tuple[Plan, Inventory]:
     with collecting_paused():  # a Decision per file, and no cycle among them
         # Files of a directory that was moved in arrived with it (ocrd.arrival).
         files = Arrivals(place.real).apply(inventory.files)
-        return plan(files, rules, time.time()), inventory
+        the_plan = plan(files, rules, time.time())
+    refusal = refuse_all(
+        the_plan.deletions, inventory.file_count, config.retention.allow_delete_all
+    )
+    if refusal is not None:
+        the_plan = refused(the_plan, refusal)
+    return the_plan, inventory, refusal
 
 
 def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
@@ -143,7 +170,10 @@ def _print_list(
     age_by: str = "mtime",
     blocked: dict[bytes, str] | None = None,
     inventory: Inventory | None = None,
+    *,
+    ranked: dict[int, Member] | None = None,
 ) -> None:
+    """``ranked``: each version's family and rank, when families are in use."""
     now = the_plan.now
     blocked = blocked or {}
     mounts = inventory.mounts if inventory is not None else ()
@@ -174,6 +204,7 @@ def _print_list(
                 "rule": d.rule,
                 "reason": reason(d),
                 "symlink": d.entry.is_link,
+                **_member(d, ranked),
             }
             for d in the_plan.decisions
         ]
@@ -188,6 +219,8 @@ def _print_list(
                 "rule": None,
                 "reason": f"mount point: another filesystem (device {device}), not entered",
                 "symlink": False,
+                "family": None,
+                "rank": None,
                 "device": device,
             }
             for rel, device in mounts
@@ -195,13 +228,23 @@ def _print_list(
         json.dump(rows, sys.stdout, indent=None)
         sys.stdout.write("\n")
         return
-    out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  PATH  (REASON)"]
+    # With families in use, two more columns: the rank of each version in its family (1 is
+    # the newest) before the path, and the family after the reason.
+    rank = f"{'RANK':>4}  " if ranked is not None else ""
+    family = "  FAMILY" if ranked is not None else ""
+    out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  {rank}PATH  (REASON){family}"]
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
-        out.append(
+        line = (
             f"{verdict(d).upper():<10} {_size(d.entry.size):>9} "
             f"{approx_duration(age(d)):>6}  {d.rule or '-':<9}  "
-            f"{display(d.entry.path)}  ({reason(d)})"
         )
+        if ranked is not None:
+            m = _member(d, ranked)
+            line += f"{m['rank'] or '-':>4}  {display(d.entry.path)}  ({reason(d)})  "
+            line += m["family"] if m["family"] is not None else "-"
+        else:
+            line += f"{display(d.entry.path)}  ({reason(d)})"
+        out.append(line)
     counts: dict[str, list[int]] = {}
     for d in the_plan.decisions:
         c = counts.setdefault(verdict(d), [0, 0])
@@ -217,6 +260,13 @@ def _print_list(
     print("\n".join(out))
 
 
+def _member(d: Decision, ranked: dict[int, Member] | None) -> dict[str, Any]:
+    """``family`` and ``rank`` of a decision's file, None for a file in no family (or when
+    families are not in use)."""
+    m = ranked.get(id(d.entry)) if ranked is not None else None
+    return {"family": m.family if m else None, "rank": m.rank if m else None}
+
+
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
     logger = log.get()
     deleted: list[str] = []
@@ -225,7 +275,9 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
     freed = 0
     unknown = config.retention.unknown_holders
     in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
-    the_plan, inventory = _plan(config, place)
+    the_plan, inventory, refusal = _plan(config, place)
+    if refusal is not None:
+        logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
     for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
         path = display(o.decision.entry.path)
         if o.status is Status.DELETED:
@@ -246,6 +298,8 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
                 "deleted": deleted,
                 "freed_bytes": freed,
                 "dry_run": dry_run,
+                # Why nothing was deleted, when the plan would have deleted every model file.
+                "refused": refusal.fields() if refusal is not None else None,
                 "skipped": skipped,
                 "failed": failed,
                 "mounts_skipped": [
@@ -260,6 +314,9 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
         lines = [f"{verb} {p}" for p in deleted]
         lines += [f"skipped {s['path']} ({s['reason']})" for s in skipped]
         lines += [f"failed  {f['path']} ({f['error']})" for f in failed]
+        if refusal is not None:
+            fields = refusal.fields()
+            lines.append(f"refused: {fields['detail']}; {fields['action']}")
         lines.append(
             f"{verb} {len(deleted)} file(s), {_size(freed)}"
             + (f"; skipped {len(skipped)}" if skipped else "")

@@ -36,7 +36,18 @@ from ocrd.inventory import (
 )
 from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
-from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.retention import (
+    Decision,
+    MaxAgeRule,
+    Plan,
+    Refusal,
+    Rules,
+    Verdict,
+    plan,
+    refuse_all,
+    refused,
+    revisit_at,
+)
 from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
 from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
@@ -91,6 +102,7 @@ class Daemon:
         # Dry-run decisions already logged: path → the (inode, mtime) they were about.
         self.reported: dict[bytes, tuple[int, float]] = {}
         self.future = FutureMtimes()  # files already reported with an mtime in the future
+        self.refusal: Refusal | None = None  # the last deletion_refused, said once
         self.pending: set[bytes] = set()  # files to look at again on the next step
         self.dirs: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.mounts: set[tuple[bytes, str]] = set()  # (path, device) not entered, as logged
@@ -570,6 +582,21 @@ class Daemon:
         the engine is freed only for deletions that will happen; those wait up to
         engine.batch for others (unless ``at_once``: a full pass is a batch already)."""
         deletions = the_plan.deletions
+        if not deletions:
+            return
+        # Against the whole index, not the batch just planned: would this (with what is due
+        # already) leave model_dir without a model? Then none of it goes; planned again at the
+        # next rescan, or when a file changes.
+        refusal = refuse_all(
+            deletions, self.index.files, self.config.retention.allow_delete_all, self.due
+        )
+        if refusal is not None:
+            if refusal != self.refusal:
+                dry_run = self.config.retention.dry_run
+                self.log.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
+            the_plan = refused(the_plan, refusal)
+            deletions = the_plan.deletions  # an interrupted deletion is still finished
+        self.refusal = refusal
         if not deletions:
             return
         if self.config.retention.dry_run:
