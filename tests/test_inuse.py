@@ -299,6 +299,16 @@ def test_on_overlayfs_ocrd_that_cannot_read_every_process_keeps_the_files(world:
         world.model("old_app_free.gguf", owner=APP_UID)
         world.model("old_own_free.gguf", owner=OCRD_UID)
         report, logs = clean(world, uid=OCRD_UID, lease_cap=True)
+        check = subprocess.run(
+            [*world.python, "-m", "ocrd", "check", "-c", str(world.config())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=world.env,
+            check=False,
+        )
+        assert check.returncode == 0, check.stderr
+        assert "on overlay a lease does not see a process that only maps a model" in check.stderr
     assert report["deleted"] == []
     assert skipped(report) == {
         "old_app_free.gguf": "in_use_unknown",
