@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
@@ -176,7 +176,7 @@ def apply(
     stop: Callable[[], bool] = lambda: False,
     in_use: InUse | None = None,
     fan_out: FanOut[Decision, Outcome] | None = None,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Delete what ``plan`` says, yielding one Outcome per planned deletion as it happens.
 
     Each directory's deletions are done together, in inode order (the order of the
@@ -184,6 +184,7 @@ def apply(
     to threads. ``stop`` is asked between files; once it says yes, the files in hand are
     finished and the rest are left for a later pass.
     Subdirectories emptied by the deletions are removed too; model_dir itself never is.
+    Closing the generator early deletes nothing more: a file in hand is put back.
     """
     deletions = plan.deletions
     if not deletions:
