@@ -131,10 +131,10 @@ def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None
         files = Arrivals(place.real).apply(inventory.files)
         the_plan = plan(files, rules, time.time())
     refusal = refuse_all(
-        the_plan.deletions, inventory.file_count, config.retention.allow_delete_all
+        the_plan.deletions, inventory.file_count, rules, allow=config.retention.allow_delete_all
     )
     if refusal is not None:
-        the_plan = refused(the_plan, refusal)
+        the_plan = refused(the_plan, rules)
     return the_plan, inventory, refusal
 
 

@@ -38,7 +38,6 @@ from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
 from ocrd.retention import (
     Decision,
-    MaxAgeRule,
     Plan,
     Refusal,
     Rules,
@@ -79,7 +78,7 @@ class Daemon:
         self.rules = Rules.from_config(config.retention, config.watch.settle)
         self.arrivals = Arrivals(self.place.real)  # directories moved in: their files arrived
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
-        self.scheduler.coarse_s = _coarse_resolution(self.rules)
+        self.scheduler.coarse_s = self.rules.due_slack
         self.supervisor = Supervisor(
             config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
         )
@@ -585,17 +584,17 @@ class Daemon:
         if not deletions:
             return
         # Against the whole index, not the batch just planned: would this (with what is due
-        # already) leave model_dir without a model? Then none of it goes; planned again at the
-        # next rescan, or when a file changes.
+        # already) leave model_dir without a model? Then what age or rank would delete stays;
+        # planned again at the next rescan, or when a file changes.
+        retention = self.config.retention
         refusal = refuse_all(
-            deletions, self.index.files, self.config.retention.allow_delete_all, self.due
+            deletions, self.index.files, self.rules, allow=retention.allow_delete_all, due=self.due
         )
         if refusal is not None:
             if refusal != self.refusal:
-                dry_run = self.config.retention.dry_run
-                self.log.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
-            the_plan = refused(the_plan, refusal)
-            deletions = the_plan.deletions  # an interrupted deletion is still finished
+                self.log.warning("deletion_refused", dry_run=retention.dry_run, **refusal.fields())
+            the_plan = refused(the_plan, self.rules)
+            deletions = the_plan.deletions  # deletions by name still go
         self.refusal = refusal
         if not deletions:
             return
@@ -789,7 +788,7 @@ class Daemon:
         if old_place != self.place:
             self.arrivals = Arrivals(self.place.real)
         self.scheduler.rescan = new.watch.rescan
-        self.scheduler.coarse_s = _coarse_resolution(self.rules)
+        self.scheduler.coarse_s = self.rules.due_slack
         if (old.model_dir, old.watch, old_place) != (new.model_dir, new.watch, self.place):
             self.missing = False
             self.force_polling = False
@@ -872,13 +871,6 @@ def _below_any(rel: bytes, dirs: set[bytes]) -> bool:
             return False
         if rel in dirs:
             return True
-
-
-def _coarse_resolution(rules: Rules) -> float:
-    """How late a kept file may be looked at after crossing max_age: 1/10000 of max_age,
-    between 1 s and 5 min (30d → ~4 min), so the buckets stay few however many files age."""
-    ages = [s.max_age for s in rules.selectors if isinstance(s, MaxAgeRule)]
-    return min(300.0, max(1.0, min(ages) / 10_000)) if ages else 1.0
 
 
 def _read_int(path: str) -> int | None:

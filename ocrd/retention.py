@@ -38,26 +38,83 @@ class Selector(Protocol):
     """A deleting rule. It sees every file still undecided at once, so rules that need the whole
     inventory (keep the newest N of a family, a total size budget evicting LRU first) fit as well
     as per-file ones. It yields the files it would delete, each with a human reason.
-    ``present`` is every model file (no symlinks), whatever its verdict so far: what a rule
-    that ranks files against each other ranks (a whitelisted or settling version still takes
-    its place among the newest); it yields only files from ``files``."""
+
+    Besides choosing, a rule answers what the daemon asks of it, so that the shell never needs
+    to know which rules it holds: adding a rule touches the planner and the config schema only.
+    A rule class that subclasses Selector inherits the answers below, each the safe side for a
+    rule that does not say otherwise (planned with the whole inventory, never due by time)."""
 
     @property
     def name(self) -> str: ...
 
-    def select(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
-    ) -> Iterator[tuple[FileEntry, str]]: ...
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]: ...
+
+    def select_among(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry]
+    ) -> Iterator[tuple[FileEntry, str]]:
+        """What the planner asks: ``select`` among the undecided ``files``. ``present`` is
+        every model file whatever its verdict so far (ocrd.retention.versions): a rule that
+        ranks files against each other ranks those (a whitelisted or settling version still
+        takes its place among the newest), and yields only files from ``files``."""
+        return self.select(files, now)
+
+    @property
+    def per_file(self) -> bool:
+        """True when this rule judges each file alone, so that planning a subset of the
+        inventory gives it the same verdicts as planning all of it."""
+        return False
+
+    def due(self, entry: FileEntry) -> float | None:
+        """The wall-clock time from which this rule would select ``entry``, kept now, with
+        nothing changing but time; None if time alone never makes it select the file."""
+        return None
+
+    @property
+    def due_slack(self) -> float | None:
+        """How late the daemon may look at a file after its due() time (revisits are grouped
+        in buckets of this many seconds, so that they stay few however many files wait);
+        None: this rule sets no time."""
+        return None
+
+    @property
+    def horizon(self) -> float:
+        """How long after its arrival a file's verdict under this rule can still depend on
+        when it arrived (ocrd.arrival keeps sightings of directories moved in that long)."""
+        return 0.0
+
+    def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        """Files this rule keeps although a reader would expect it to delete them, each with
+        why: the planner gives that as the reason of their "keep"."""
+        return iter(())
+
+    def after_clock_jump(self, at: float) -> Selector:
+        """This rule with no file ageing from before ``at``, the moment the wall clock jumped
+        (ocrd.timejump): timestamps read against the old clock are not trusted."""
+        return self
+
+    @property
+    def by_name(self) -> bool:
+        """True when a file this rule selects was marked for deletion by its name (a prefix
+        the operator renames files to, an interrupted deletion's private name). The refusal
+        to delete every model file (refuse_all) never overrides a name: it guards against
+        rules that can reach every file without any being named, by age or by rank."""
+        return False
 
 
 @dataclass(frozen=True)
-class PrefixRule:
+class PrefixRule(Selector):
     prefixes: tuple[str, ...]
     name: str = "prefix"
 
-    def select(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
-    ) -> Iterator[tuple[FileEntry, str]]:
+    @property
+    def per_file(self) -> bool:
+        return True
+
+    @property
+    def by_name(self) -> bool:
+        return True
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         # Names and prefixes are compared in NFC: "é" typed on one system and stored decomposed
         # by another (macOS, some archivers) is the same name to whoever wrote the rule.
         encoded = tuple(nfc(p).encode("utf-8", "surrogateescape") for p in self.prefixes)
@@ -75,7 +132,7 @@ class PrefixRule:
 
 
 @dataclass(frozen=True)
-class MaxAgeRule:
+class MaxAgeRule(Selector):
     """Deletes what is older than ``max_age``. How old a file is (``since``):
 
     - ``age_from = "timestamp"``: since its ``age_by`` timestamp (mtime or atime), which the
@@ -100,9 +157,28 @@ class MaxAgeRule:
             stamp = f.ctime
         return stamp if stamp > self.not_before else self.not_before
 
-    def select(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
-    ) -> Iterator[tuple[FileEntry, str]]:
+    @property
+    def per_file(self) -> bool:
+        return True
+
+    def due(self, entry: FileEntry) -> float | None:
+        # max_age deletes what is strictly older: look again just after the boundary.
+        return self.since(entry) + self.max_age + 0.001
+
+    @property
+    def due_slack(self) -> float | None:
+        """1/10000 of max_age, between 1 s and 5 min (30d: ~4 min): a kept file is looked at
+        that much late at most after it crosses max_age."""
+        return min(300.0, max(1.0, self.max_age / 10_000))
+
+    @property
+    def horizon(self) -> float:
+        return self.max_age
+
+    def after_clock_jump(self, at: float) -> MaxAgeRule:
+        return replace(self, not_before=max(self.not_before, at))
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         limit = format_duration(self.max_age)
         max_age, not_before = self.max_age, self.not_before
         by_mtime, arrival = self.age_by == "mtime", self.age_from == "arrival"
@@ -171,7 +247,7 @@ INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
 
 
 @dataclass(frozen=True)
-class InterruptedRule:
+class InterruptedRule(Selector):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
     checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first and unlinks that name
     (ocrd.apply); a SIGKILL between the two leaves the private name behind. Such a file had
@@ -179,27 +255,41 @@ class InterruptedRule:
 
     name: str = "interrupted"
 
-    def select(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
-    ) -> Iterator[tuple[FileEntry, str]]:
+    @property
+    def per_file(self) -> bool:
+        return True
+
+    @property
+    def by_name(self) -> bool:
+        return True
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
             if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]):
                 yield f, "ocrd was stopped while deleting it"
 
 
 @dataclass(frozen=True)
-class KeepNewestRule:
+class KeepNewestRule(Selector):
     """Keeps the newest ``keep`` versions of each family (ocrd.families) and deletes the rest.
     Every version present takes its rank, also one the whitelist protects or one still
-    settling; only undecided ones are deleted. A file in no family is left alone. Its verdicts
-    change only when the family does (a version arrives or goes), never with time alone."""
+    settling; only undecided ones are deleted. A file in no family is left alone.
+
+    What the shell asks of a rule, it answers with Selector's defaults: it judges a family
+    as a whole (not per file: the daemon plans everything when it is on), and its verdicts
+    change only when a family does (a version arrives or goes), never with time alone, so it
+    is never due, holds no arrival horizon and is untouched by a clock jump."""
 
     keep: int
     families: Families = field(default_factory=Families)
     name: str = "keep_newest"
 
-    def select(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry] = ()
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        """Alone, ``files`` are all the versions there are."""
+        return self.select_among(files, now, versions(files))
+
+    def select_among(
+        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry]
     ) -> Iterator[tuple[FileEntry, str]]:
         keep = self.keep
         if keep <= 0:
@@ -234,24 +324,29 @@ class Rules:
         gives the same verdicts as planning all of it (the daemon relies on this to plan only
         what changed; a whole-inventory rule, or the last-version floor, makes it plan
         everything)."""
-        return self.floor is None and all(
-            isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors
-        )
+        return self.floor is None and all(s.per_file for s in self.selectors)
 
     @property
     def horizon(self) -> float:
         """How long after its arrival a file's verdict can still depend on when it arrived:
-        the longest max_age, or settle if longer."""
-        ages = [s.max_age for s in self.selectors if isinstance(s, MaxAgeRule)]
-        return max([self.settle, *ages])
+        the longest of the rules' horizons (max_age), or settle if longer."""
+        return max([self.settle, *(s.horizon for s in self.selectors)])
 
     def not_before(self, at: float) -> Rules:
         """These rules with no file ageing from before ``at`` (a clock jump, ocrd.timejump)."""
-        selectors = tuple(
-            replace(s, not_before=max(s.not_before, at)) if isinstance(s, MaxAgeRule) else s
-            for s in self.selectors
-        )
-        return replace(self, selectors=selectors)
+        return replace(self, selectors=tuple(s.after_clock_jump(at) for s in self.selectors))
+
+    @property
+    def due_slack(self) -> float:
+        """How late a kept file may be looked at after a rule's due time: the finest of the
+        rules' slacks, 1 s if no rule sets a time."""
+        slacks = [x for s in self.selectors if (x := s.due_slack) is not None]
+        return min(slacks) if slacks else 1.0
+
+    @property
+    def by_name(self) -> frozenset[str]:
+        """The names of the rules whose deletions are marked by the file's name (by_name)."""
+        return frozenset(s.name for s in self.selectors if s.by_name)
 
     @classmethod
     def from_config(cls, retention: Retention, settle: float) -> Rules:
@@ -324,7 +419,7 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     present = versions(files) if not rules.per_file else []
     for selector in rules.selectors:
         chosen = False
-        for f, reason in selector.select([files[i] for i in undecided], now, present):
+        for f, reason in selector.select_among([files[i] for i in undecided], now, present):
             decided[position[id(f)]] = Decision(f, Verdict.DELETE, selector.name, reason)
             chosen = True
         if chosen:
@@ -333,10 +428,10 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
         _keep_last_versions(decided, files, rules.floor.rank(present))
     # A file kept only because it arrived late (or the clock jumped) says so.
     held: dict[int, str] = {}
+    kept = [files[i] for i in undecided]
     for s in rules.selectors:
-        if isinstance(s, MaxAgeRule):
-            for f, why in s.held([files[i] for i in undecided], now):
-                held.setdefault(id(f), why)
+        for f, why in s.held(kept, now):
+            held.setdefault(id(f), why)
     for i in undecided:
         f = files[i]
         decided[i] = Decision(f, Verdict.KEEP, None, held.get(id(f), "no rule applies"))
@@ -386,7 +481,8 @@ def _keep_last_versions(
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a plan was refused as a whole: it would delete every model file under model_dir."""
+    """Why a plan's deletions by age or rank were refused: with them, no model file would be
+    left under model_dir."""
 
     would_delete: int
     would_free: int
@@ -399,20 +495,29 @@ class Refusal:
             "would_free": self.would_free,
             "of_files": self.of_files,
             "detail": f"the plan would delete all {self.of_files} model file(s) under "
-            "model_dir: nothing is deleted",
+            f"model_dir: the {self.would_delete} it would delete by age or rank are kept",
             "action": "check the rules with 'ocrd list'; to allow it, set "
             "retention.allow_delete_all = true",
         }
 
 
 def refuse_all(
-    deletions: Sequence[Decision], model_files: int, allow: bool, due: Iterable[bytes] = ()
+    deletions: Sequence[Decision],
+    model_files: int,
+    rules: Rules,
+    *,
+    allow: bool,
+    due: Iterable[bytes] = (),
 ) -> Refusal | None:
     """A Refusal if ``deletions`` (with the paths already ``due`` for deletion) would leave no
-    model file under model_dir; ``model_files`` counts the regular files there, all of them,
-    also when only a batch of them was planned (the daemon plans what changed). Finishing an
-    interrupted deletion is never refused: that file was checked and going already."""
-    chosen = [d for d in deletions if d.rule != InterruptedRule.name]
+    model file under model_dir and some of them are by a rule that judges by age or rank.
+    ``model_files`` counts the regular files there, all of them, also when only a batch of
+    them was planned (the daemon plans what changed). A file marked for deletion by its name
+    (Selector.by_name: a prefix, an interrupted deletion) is never refused: whoever named it
+    so asked for exactly that file's deletion; and without one deletion by age or rank there
+    is nothing to refuse."""
+    named = rules.by_name
+    chosen = [d for d in deletions if d.rule not in named]
     if allow or not chosen:
         return None
     paths = {d.entry.path for d in deletions}
@@ -422,15 +527,16 @@ def refuse_all(
     return Refusal(len(chosen), sum(d.entry.size for d in chosen), model_files)
 
 
-def refused(the_plan: Plan, refusal: Refusal) -> Plan:
-    """``the_plan`` with every deletion kept instead, naming the refusal: what ``ocrd list``
-    shows and what nothing deletes."""
-    why = f"{refusal.fields()['detail']} (retention.allow_delete_all)"
+def refused(the_plan: Plan, rules: Rules) -> Plan:
+    """``the_plan`` with its deletions by age or rank kept instead, naming the refusal: what
+    ``ocrd list`` shows and what nothing deletes. Deletions by name still go."""
+    named = rules.by_name
+    why = "it would leave no model file under model_dir (retention.allow_delete_all)"
     return replace(
         the_plan,
         decisions=tuple(
             Decision(d.entry, Verdict.KEEP, "allow_delete_all", f"{d.rule}: {d.reason}; {why}")
-            if d.verdict is Verdict.DELETE and d.rule != InterruptedRule.name
+            if d.verdict is Verdict.DELETE and d.rule not in named
             else d
             for d in the_plan.decisions
         ),
@@ -459,8 +565,9 @@ def _settling(f: FileEntry, changed: float, settle: float, now: float) -> str:
 
 def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
     """The wall-clock time at which this decision, made at ``now``, could turn out differently
-    with no change to the file: a settling file stops settling, a kept file crosses ``max_age``
-    or the clock reaches its future mtime (which then counts as a change). None if never."""
+    with no change to the file: a settling file stops settling, a kept file comes due under a
+    rule (crosses ``max_age``), or the clock reaches its future mtime (which then counts as a
+    change). None if never."""
     entry = decision.entry
     if decision.verdict is Verdict.SETTLING:
         if entry.mtime > now and (end := entry.ctime + rules.settle) < entry.mtime:
@@ -470,12 +577,7 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
     if decision.rule in ("keep_last_version", "allow_delete_all"):
         return None  # what the floor keeps stays until the family, or model_dir, changes
     if decision.verdict is Verdict.KEEP and not entry.is_link:
-        times = [
-            # max_age deletes what is strictly older: look again just after the boundary.
-            s.since(entry) + s.max_age + 0.001
-            for s in rules.selectors
-            if isinstance(s, MaxAgeRule)
-        ]
+        times = [at for s in rules.selectors if (at := s.due(entry)) is not None]
         if rules.settle > 0 and entry.mtime > now:
             times.append(entry.mtime)
         return min(times) if times else None

@@ -252,32 +252,43 @@ def test_a_settling_or_protected_version_is_a_version_left() -> None:
 # --- deleting every model file -----------------------------------------------------------------
 
 
-def test_a_plan_deleting_every_model_file_is_refused() -> None:
-    files = [entry(b"old_a"), entry(b"old_b", size=5), entry(b"link", is_link=True)]
-    p = plan(files, newest_rules(0, prefixes=["old_"], floor=False), NOW)
-    refusal = refuse_all(p.deletions, 2, allow=False)
+def test_a_plan_deleting_every_model_file_by_age_or_rank_is_refused() -> None:
+    files = [entry(b"a", age=40 * DAY), entry(b"b", size=5), entry(b"l", is_link=True)]
+    r = newest_rules(0, max_age=DAY, floor=False)
+    p = plan(files, r, NOW)
+    refusal = refuse_all(p.deletions, 2, r, allow=False)
     assert refusal is not None
     assert (refusal.would_delete, refusal.would_free, refusal.of_files) == (2, 15, 2)
     assert refusal.fields()["reason"] == "every_model_file"
-    kept = refused(p, refusal)
+    kept = refused(p, r)
     assert kept.deletions == ()
     assert {d.rule for d in kept.decisions if not d.entry.is_link} == {"allow_delete_all"}
-    assert refuse_all(p.deletions, 2, allow=True) is None
-    assert refuse_all(p.deletions, 3, allow=False) is None  # one file is left
+    assert kept.decisions[0].reason.startswith("max_age: mtime age 40d > 1d; it would leave no ")
+    assert refuse_all(p.deletions, 2, r, allow=True) is None
+    assert refuse_all(p.deletions, 3, r, allow=False) is None  # one file is left
 
 
-def test_the_refusal_counts_what_is_due_already_and_spares_interrupted_deletions() -> None:
-    (a,) = plan([entry(b"old_a")], newest_rules(0, prefixes=["old_"], floor=False), NOW).deletions
-    assert refuse_all([a], 2, allow=False) is None  # the daemon planned a batch of one
-    assert refuse_all([a], 2, allow=False, due=[b"old_b"]) is not None
-    r = Rules.from_config(Retention(prefixes=("old_",)), 0.0)
-    p = plan([entry(b"old_a"), entry(b"sub/.ocrd-deleting-12-3")], r, NOW)
-    refusal = refuse_all(p.deletions, 2, allow=False)
+def test_files_named_for_deletion_are_never_refused() -> None:
+    """A prefix (or an interrupted deletion's private name) marks that very file: deleting
+    every model file by name is what the operator asked for; mixed with age, the named go."""
+    r = newest_rules(0, prefixes=["old_"], max_age=30 * DAY, floor=False)
+    named = plan([entry(b"old_a", age=0), entry(b"sub/.ocrd-deleting-12-3", age=0)], r, NOW)
+    assert refuse_all(named.deletions, 2, r, allow=False) is None
+    p = plan([entry(b"old_a", age=0), entry(b"m.bin", age=40 * DAY)], r, NOW)
+    refusal = refuse_all(p.deletions, 2, r, allow=False)
     assert refusal is not None
     assert refusal.would_delete == 1
-    assert [d.rule for d in refused(p, refusal).deletions] == ["interrupted"]
-    only = plan([entry(b".ocrd-deleting-12-3")], r, NOW)
-    assert refuse_all(only.deletions, 1, allow=False) is None
+    assert verdicts(refused(p, r)) == {
+        b"old_a": (Verdict.DELETE, "prefix"),
+        b"m.bin": (Verdict.KEEP, "allow_delete_all"),
+    }
+
+
+def test_the_refusal_weighs_a_batch_with_what_is_due_against_every_model_file() -> None:
+    r = newest_rules(0, max_age=DAY, floor=False)
+    (a,) = plan([entry(b"a")], r, NOW).deletions
+    assert refuse_all([a], 2, r, allow=False) is None  # the daemon planned a batch of one
+    assert refuse_all([a], 2, r, allow=False, due=[b"b"]) is not None
 
 
 # --- properties against an oracle --------------------------------------------------------------
@@ -449,20 +460,22 @@ def test_with_the_floor_every_family_keeps_a_version(
 def test_no_plan_deletes_every_model_file_unless_allowed(
     files: list[FileEntry], r: Rules, now: float, allow: bool
 ) -> None:
-    """What `ocrd clean` does with a plan: refuse it whole if it would leave no model file."""
+    """What `ocrd clean` does with a plan: if it would leave no model file, what it deletes by
+    age or rank stays; only what is named for deletion (prefix, interrupted) goes."""
     p = plan(files, r, now)
     models = [f for f in files if not f.is_link]
-    refusal = refuse_all(p.deletions, len(models), allow)
-    final = refused(p, refusal) if refusal is not None else p
+    refusal = refuse_all(p.deletions, len(models), r, allow=allow)
+    final = refused(p, r) if refusal is not None else p
     gone = {d.entry.path for d in final.deletions}
-    if not allow and any(not interrupted(d.entry) for d in final.deletions):
-        assert {f.path for f in models} - gone
+    by_name = {"prefix", "interrupted"}
+    if not allow and any(d.rule not in by_name for d in final.deletions):
+        assert {f.path for f in models} - gone  # some model file is left
     if allow:
         assert final == p
     assert gone <= {d.entry.path for d in p.deletions}
-    # a refusal keeps everything but the interrupted deletions
     if refusal is not None:
-        assert all(interrupted(d.entry) for d in final.deletions)
+        assert {d.rule for d in final.deletions} <= by_name
+        assert {f.path for f in models} - gone
 
 
 @pytest.mark.parametrize("keep", [1, 2])
