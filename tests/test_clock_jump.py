@@ -27,6 +27,7 @@ CONFIG = """\
 model_dir = "models"
 [retention]
 max_age = "30d"
+allow_delete_all = true  # the file is the only model: these tests are about when it ages out
 [watch]
 settle = "0s"
 [engine]
