@@ -240,3 +240,74 @@ def test_the_daemon_refuses_to_delete_every_model_file_batch_or_not(
     assert d.stop()[0] == 0
     assert os.listdir(models) == ["c.bin"]
     assert d.deletions() == 2
+
+
+# --- config: validation and lint ---------------------------------------------------------------
+
+
+def check(tmp_path: Path, run_ocrd: OcrdRunner, retention: str) -> tuple[int, list[str], str]:
+    (tmp_path / "models").mkdir(exist_ok=True)
+    result = run_ocrd("check", "-c", config(tmp_path, retention))
+    return result.returncode, result.stderr.splitlines(), result.stdout
+
+
+def test_bad_values_of_the_new_keys_are_each_reported_with_their_key(
+    tmp_path: Path, run_ocrd: OcrdRunner
+) -> None:
+    code, lines, _ = check(
+        tmp_path,
+        run_ocrd,
+        "keep_newest = -1\nfamily = '(?P<family>a'\nkeep_last_version = 1\n"
+        'allow_delete_all = "yes"\n',
+    )
+    assert code == 78
+    where = f"{tmp_path / 'config.toml'}: at 'retention."
+    assert lines == [
+        f"{where}keep_newest': -1 is negative: write the number of versions to keep, 0 = off",
+        f'{where}family\': "(?P<family>a" is not a regular expression: missing ), '
+        "unterminated subpattern at position 0",
+        f"{where}keep_last_version': 1: input should be a valid boolean",
+        f'{where}allow_delete_all\': "yes": input should be a valid boolean',
+    ]
+    code, lines, _ = check(tmp_path, run_ocrd, "keep_newest = 10000000\nfamily = 'v(\\d+)'\n")
+    assert code == 78
+    assert lines[0].startswith(f"{where}keep_newest': 10000000 is more versions than any family")
+    assert lines[1] == (
+        f'{where}family\': "v(\\\\d+)" has no group named family: write the part that names '
+        "the family as (?P<family>...), e.g. '^(?P<family>.+)-v\\d+\\.gguf$'"
+    )
+    code, lines, _ = check(tmp_path, run_ocrd, "keep_newest = 1.5\nfamily = ''\n")
+    assert code == 78
+    assert len(lines) == 2
+
+
+def test_rules_that_cannot_mean_what_they_say_are_warned_about(
+    tmp_path: Path, run_ocrd: OcrdRunner
+) -> None:
+    code, lines, out = check(tmp_path, run_ocrd, "keep_newest = 5000\nkeep_last_version = false\n")
+    assert code == 0
+    assert "keep_newest=5000" in out
+    assert any("'retention.keep_newest': 5000 keeps more versions" in x for x in lines)
+    code, lines, _ = check(
+        tmp_path, run_ocrd, "family = '(?P<family>x)'\nkeep_last_version = false\n"
+    )
+    assert code == 0
+    assert any("'retention.family': has no effect" in x for x in lines)
+
+
+def test_the_documented_family_example_loads_and_groups_as_it_says(
+    tmp_path: Path, run_ocrd: OcrdRunner
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = next(x for x in readme.splitlines() if x.startswith("family = '"))
+    models = tmp_path / "models"
+    for name in ("llama-3b-v7.gguf", "llama-3b-v8.gguf", "llama-8b-v2.gguf"):
+        make_file(models, name.encode())
+    listed = run_ocrd("list", "--json", "-c", config(tmp_path, f"keep_newest = 1\n{example}\n"))
+    assert listed.returncode == 0, listed.stderr
+    got = {r["path"]: (r["family"], r["rank"], r["verdict"]) for r in json.loads(listed.stdout)}
+    assert got == {
+        "llama-3b-v8.gguf": ("llama-3b", 1, "keep"),
+        "llama-3b-v7.gguf": ("llama-3b", 2, "delete"),
+        "llama-8b-v2.gguf": ("llama-8b", 1, "keep"),
+    }
