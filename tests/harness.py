@@ -1,4 +1,17 @@
-"""A real ``ocrd run`` subprocess, with the test listening on its own NOTIFY_SOCKET."""
+"""The one process harness: ``ocrd run`` as a real subprocess, watched the way systemd would,
+for the tests and for the benchmarks alike.
+
+It lives in ``tests/`` because the tests are its first users, and it is importable from both
+entry points without touching ``sys.path``: ``pytest`` (run from the checkout) puts the checkout
+on the path to import ``tests`` as a package, and ``python -m bench.run`` (run from the
+checkout) puts the current directory first. So ``bench/`` imports ``tests.harness``; nothing
+here imports pytest or the benchmarks.
+
+- :func:`ocrd_argv`: how to start this checkout's ``ocrd``;
+- :class:`OcrdProcess`: starts ``ocrd run -c CONFIG`` with its own ``NOTIFY_SOCKET``, collects
+  its stdout JSON lines, its notify datagrams and its stderr, and waits on conditions over
+  them, never on time alone.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +32,29 @@ from typing import Any
 Event = dict[str, Any]
 WAIT_S = 30.0  # generous upper bound for a condition; tests wait on conditions, not on time
 
+# What the caller's environment must not hand to ocrd: its own config, and systemd's sockets
+# and watchdog, which are the harness's to give (pass them in ``env``).
+_NOT_INHERITED = ("OCRD_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
 
 def ocrd_argv() -> list[str]:
+    """The installed console script beside this interpreter, else ``python -m ocrd``."""
     script = shutil.which("ocrd", path=os.path.dirname(sys.executable))
     return [script] if script else [sys.executable, "-m", "ocrd"]
 
 
-class Daemon:
-    """Starts ``ocrd run -c CONFIG``; collects stdout JSON lines and notify datagrams."""
+class NotReady(Exception):
+    """``ocrd run`` exited before READY=1, or sent none in time."""
+
+
+class OcrdProcess:
+    """Starts ``ocrd run -c CONFIG``; collects stdout JSON lines and notify datagrams.
+
+    ``events`` (parsed lines; a line that is not JSON becomes ``{"event": "<not json>"}``),
+    ``lines`` (as written), ``notes`` ((arrival time, message) per notify message) and
+    ``stderr`` (whole, once the process exited) are read under ``cond``, which is notified on
+    every arrival. A subclass that wants tallies instead of the whole log overrides
+    :meth:`record`."""
 
     def __init__(
         self,
@@ -36,8 +64,10 @@ class Daemon:
         notify_buffer: int | None = None,
         command: list[str] | None = None,
     ) -> None:
-        """``command``: how to start ocrd (default: this venv's console script); ``prefix``
-        goes before it (another user, a namespace)."""
+        """``env`` is added to this process's environment (less what ``_NOT_INHERITED`` names,
+        and ``LISTEN_*``); ``command``: how to start ocrd (default: :func:`ocrd_argv`);
+        ``prefix`` goes before it (another user, a namespace, prlimit); ``notify_buffer``: the
+        notify socket's receive buffer in bytes."""
         self.config = config
         # AF_UNIX paths are limited to 108 bytes: a short private directory, not tmp_path.
         self._sockdir = tempfile.mkdtemp(prefix="ocrd-n")
@@ -53,11 +83,17 @@ class Daemon:
         self.events: list[Event] = []
         self.notes: list[tuple[float, str]] = []
         self.stderr = ""
-        self._cond = threading.Condition()
-        full_env = {k: v for k, v in os.environ.items() if k not in ("OCRD_CONFIG", "LISTEN_FDS")}
+        self.cond = threading.Condition()
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _NOT_INHERITED and not k.startswith("LISTEN_")
+        }
         full_env.update({"NOTIFY_SOCKET": self.socket_path, **(env or {})})
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [*(prefix or []), *(command or ocrd_argv()), "run", "-c", str(config)],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
@@ -72,19 +108,25 @@ class Daemon:
 
     # -- collectors ------------------------------------------------------------------------
 
+    def record(self, line: str, event: Event, seen: float) -> None:
+        """Keep one stdout line, read at ``seen`` (monotonic); called with ``cond`` held."""
+        self.lines.append(line)
+        self.events.append(event)
+
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
+            seen = time.monotonic()
             line = raw.decode("utf-8")
-            with self._cond:
-                self.lines.append(line)
-                try:
-                    self.events.append(json.loads(line))
-                except ValueError:
-                    self.events.append({"event": "<not json>", "line": line})
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "<not json>", "line": line}
+            with self.cond:
+                self.record(line, event, seen)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -106,16 +148,19 @@ class Daemon:
                 continue
             except OSError:
                 return
-            with self._cond:
-                for part in data.decode().split("\n"):
-                    self.notes.append((time.monotonic(), part))
-                self._cond.notify_all()
+            seen = time.monotonic()
+            with self.cond:
+                for part in data.decode("utf-8", "replace").split("\n"):
+                    self.notes.append((seen, part))
+                self.cond.notify_all()
 
     # -- waiting ---------------------------------------------------------------------------
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+        """``check()``'s first true answer, asked with ``cond`` held at every arrival;
+        AssertionError (with what was collected) once ``timeout`` passed or ocrd exited."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self.cond:
             while True:
                 found = check()
                 if found:
@@ -123,7 +168,7 @@ class Daemon:
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not found):
                     if self.proc.poll() is not None:
-                        self._cond.wait(0.5)  # let collectors drain what the process wrote
+                        self.cond.wait(0.5)  # let collectors drain what the process wrote
                         found = check()
                         if found:
                             return found
@@ -132,7 +177,7 @@ class Daemon:
                         f"events={[e.get('event') for e in self.events]}\n"
                         f"notes={[n for _, n in self.notes]}\nstderr={self.stderr[-2000:]}"
                     )
-                self._cond.wait(min(left, 0.5))
+                self.cond.wait(min(left, 0.5))
 
     def event(self, name: str, timeout: float = WAIT_S, **keys: Any) -> Event:
         def check() -> Event | None:
@@ -154,10 +199,30 @@ class Daemon:
         found: list[float] = self.wait_for(f"notify {text} x{count}", check, timeout)
         return found
 
+    def wait_ready(self, timeout: float = WAIT_S) -> float:
+        """Seconds from spawn to READY=1; NotReady if ocrd exits first or sends none within
+        ``timeout`` (the process is left running: stop or close it)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                ready = next((t for t, n in self.notes if n == "READY=1"), None)
+                if ready is not None:
+                    return ready - self.started
+                left = deadline - time.monotonic()
+                if self.proc.poll() is not None or left <= 0:
+                    break
+                self.cond.wait(min(left, 0.1))
+        if self.proc.poll() is not None:
+            raise NotReady(
+                f"`ocrd run` exited with status {self.proc.returncode} before READY=1: "
+                + self.last_error()
+            )
+        raise NotReady(f"`ocrd run` sent no READY=1 within {timeout:.0f} s")
+
     def deletions(self) -> int:
         """Files deleted so far: a model_deleted line each, or counted in a log_summary (per-file
         lines beyond ocrd's budget are summed up, see ocrd/log.py)."""
-        with self._cond:
+        with self.cond:
             return sum(
                 1
                 if e.get("event") == "model_deleted"
@@ -168,8 +233,32 @@ class Daemon:
             )
 
     def names(self) -> list[str]:
-        with self._cond:
+        with self.cond:
             return [str(e.get("event")) for e in self.events]
+
+    def last_error(self) -> str:
+        """The last line ocrd wrote to stderr (once it exited), at most 200 characters."""
+        self._threads[2].join(timeout=5)
+        lines = self.stderr.strip().splitlines()
+        return lines[-1][:200] if lines else "(nothing on stderr)"
+
+    # -- what it costs -----------------------------------------------------------------------
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the whole process (all its threads), from /proc/PID/stat."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM in bytes, from /proc/PID/status."""
+        found: dict[str, int] = {}
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024
+        return found
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -187,6 +276,17 @@ class Daemon:
             t.join(timeout=5)
         return code, took
 
+    def terminate(self, timeout: float = 10.0) -> tuple[int | None, float]:
+        """SIGTERM, killed if still there after ``timeout``, then :meth:`close`; the exit
+        status (None: it had to be killed) and how long SIGTERM → exit took."""
+        try:
+            code: int | None
+            code, took = self.stop(signal.SIGTERM, timeout)
+        except subprocess.TimeoutExpired:
+            code, took = None, timeout
+        self.close()
+        return code, took
+
     def wait(self, timeout: float = WAIT_S) -> int:
         """Wait for the process to exit by itself; its exit status."""
         code = self.proc.wait(timeout=timeout)
@@ -195,6 +295,7 @@ class Daemon:
         return code
 
     def close(self) -> None:
+        """Kill it if still running, and release the pipes and the notify socket."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
