@@ -8,6 +8,7 @@ checkout) puts the current directory first. So ``bench/`` imports ``tests.harnes
 here imports pytest or the benchmarks.
 
 - :func:`ocrd_argv`: how to start this checkout's ``ocrd``;
+- :func:`running`: an :class:`OcrdProcess` past READY=1 for a ``with`` block;
 - :class:`OcrdProcess`: starts ``ocrd run -c CONFIG`` with its own ``NOTIFY_SOCKET``, collects
   its stdout JSON lines, its notify datagrams and its stderr, and waits on conditions over
   them, never on time alone.
@@ -25,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +308,15 @@ class OcrdProcess:
                 pipe.close()
         self.sock.close()
         shutil.rmtree(self._sockdir, ignore_errors=True)
+
+
+@contextmanager
+def running(config: Path, ready_s: float = WAIT_S) -> Iterator[OcrdProcess]:
+    """``ocrd run -c CONFIG`` past READY=1 for the block (NotReady if it never gets there);
+    terminated after it (SIGTERM, killed if it does not exit), its collections kept."""
+    ocrd = OcrdProcess(config)
+    try:
+        ocrd.wait_ready(ready_s)
+        yield ocrd
+    finally:
+        ocrd.terminate()
