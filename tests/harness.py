@@ -1,11 +1,12 @@
 """The one process harness: ``ocrd run`` as a real subprocess, watched the way systemd would,
 for the tests and for the benchmarks alike.
 
-It lives in ``tests/`` because the tests are its first users, and it is importable from both
-entry points without touching ``sys.path``: ``pytest`` (run from the checkout) puts the checkout
-on the path to import ``tests`` as a package, and ``python -m bench.run`` (run from the
-checkout) puts the current directory first. So ``bench/`` imports ``tests.harness``; nothing
-here imports pytest or the benchmarks.
+It lives in ``tests/`` because the tests are its first users, and both entry points import it
+as ``tests.harness`` without touching ``sys.path``: ``pytest`` puts the directory above the
+``tests`` package (the checkout) on the path to import the test modules, and ``python -m
+bench.run`` (like every ``python -m``, run from the checkout, as ``make bench`` does) puts the
+current directory first. Nothing here imports pytest or ``bench``, so the dependency runs one
+way: ``bench`` → ``tests.harness``.
 
 - :func:`ocrd_argv`: how to start this checkout's ``ocrd``;
 - :func:`running`: an :class:`OcrdProcess` past READY=1 for a ``with`` block;
