@@ -36,7 +36,7 @@ from ocrd.inventory import (
 )
 from ocrd.metrics import Metrics
 from ocrd.notify import Notifier
-from ocrd.retention import Decision, MaxAgeRule, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.retention import Decision, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.rootdir import Stopped, identify, open_root, pin, raise_fd_limit
 from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
@@ -68,7 +68,7 @@ class Daemon:
         self.rules = Rules.from_config(config.retention, config.watch.settle)
         self.arrivals = Arrivals(self.place.real)  # directories moved in: their files arrived
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
-        self.scheduler.coarse_s = _coarse_resolution(self.rules)
+        self.scheduler.coarse_s = self.rules.due_slack
         self.supervisor = Supervisor(
             config.engine, config.model_dir, runtime=runtime, after_native_call=self.install_signals
         )
@@ -762,7 +762,7 @@ class Daemon:
         if old_place != self.place:
             self.arrivals = Arrivals(self.place.real)
         self.scheduler.rescan = new.watch.rescan
-        self.scheduler.coarse_s = _coarse_resolution(self.rules)
+        self.scheduler.coarse_s = self.rules.due_slack
         if (old.model_dir, old.watch, old_place) != (new.model_dir, new.watch, self.place):
             self.missing = False
             self.force_polling = False
@@ -845,13 +845,6 @@ def _below_any(rel: bytes, dirs: set[bytes]) -> bool:
             return False
         if rel in dirs:
             return True
-
-
-def _coarse_resolution(rules: Rules) -> float:
-    """How late a kept file may be looked at after crossing max_age: 1/10000 of max_age,
-    between 1 s and 5 min (30d → ~4 min), so the buckets stay few however many files age."""
-    ages = [s.max_age for s in rules.selectors if isinstance(s, MaxAgeRule)]
-    return min(300.0, max(1.0, min(ages) / 10_000)) if ages else 1.0
 
 
 def _read_int(path: str) -> int | None:

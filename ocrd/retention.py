@@ -34,18 +34,61 @@ class Decision(NamedTuple):
 class Selector(Protocol):
     """A deleting rule. It sees every file still undecided at once, so rules that need the whole
     inventory (keep the newest N of a family, a total size budget evicting LRU first) fit as well
-    as per-file ones. It yields the files it would delete, each with a human reason."""
+    as per-file ones. It yields the files it would delete, each with a human reason.
+
+    Besides choosing, a rule answers what the daemon asks of it, so that the shell never needs
+    to know which rules it holds: adding a rule touches the planner and the config schema only.
+    A rule class that subclasses Selector inherits the answers below, each the safe side for a
+    rule that does not say otherwise (planned with the whole inventory, never due by time)."""
 
     @property
     def name(self) -> str: ...
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]: ...
 
+    @property
+    def per_file(self) -> bool:
+        """True when this rule judges each file alone, so that planning a subset of the
+        inventory gives it the same verdicts as planning all of it."""
+        return False
+
+    def due(self, entry: FileEntry) -> float | None:
+        """The wall-clock time from which this rule would select ``entry``, kept now, with
+        nothing changing but time; None if time alone never makes it select the file."""
+        return None
+
+    @property
+    def due_slack(self) -> float | None:
+        """How late the daemon may look at a file after its due() time (revisits are grouped
+        in buckets of this many seconds, so that they stay few however many files wait);
+        None: this rule sets no time."""
+        return None
+
+    @property
+    def horizon(self) -> float:
+        """How long after its arrival a file's verdict under this rule can still depend on
+        when it arrived (ocrd.arrival keeps sightings of directories moved in that long)."""
+        return 0.0
+
+    def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        """Files this rule keeps although a reader would expect it to delete them, each with
+        why: the planner gives that as the reason of their "keep"."""
+        return iter(())
+
+    def after_clock_jump(self, at: float) -> Selector:
+        """This rule with no file ageing from before ``at``, the moment the wall clock jumped
+        (ocrd.timejump): timestamps read against the old clock are not trusted."""
+        return self
+
 
 @dataclass(frozen=True)
-class PrefixRule:
+class PrefixRule(Selector):
     prefixes: tuple[str, ...]
     name: str = "prefix"
+
+    @property
+    def per_file(self) -> bool:
+        return True
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         # Names and prefixes are compared in NFC: "é" typed on one system and stored decomposed
@@ -65,7 +108,7 @@ class PrefixRule:
 
 
 @dataclass(frozen=True)
-class MaxAgeRule:
+class MaxAgeRule(Selector):
     """Deletes what is older than ``max_age``. How old a file is (``since``):
 
     - ``age_from = "timestamp"``: since its ``age_by`` timestamp (mtime or atime), which the
@@ -89,6 +132,27 @@ class MaxAgeRule:
         if self.age_from == "arrival" and f.ctime > stamp:
             stamp = f.ctime
         return stamp if stamp > self.not_before else self.not_before
+
+    @property
+    def per_file(self) -> bool:
+        return True
+
+    def due(self, entry: FileEntry) -> float | None:
+        # max_age deletes what is strictly older: look again just after the boundary.
+        return self.since(entry) + self.max_age + 0.001
+
+    @property
+    def due_slack(self) -> float | None:
+        """1/10000 of max_age, between 1 s and 5 min (30d: ~4 min): a kept file is looked at
+        that much late at most after it crosses max_age."""
+        return min(300.0, max(1.0, self.max_age / 10_000))
+
+    @property
+    def horizon(self) -> float:
+        return self.max_age
+
+    def after_clock_jump(self, at: float) -> MaxAgeRule:
+        return replace(self, not_before=max(self.not_before, at))
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         limit = format_duration(self.max_age)
@@ -159,13 +223,17 @@ INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
 
 
 @dataclass(frozen=True)
-class InterruptedRule:
+class InterruptedRule(Selector):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
     checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first and unlinks that name
     (ocrd.apply); a SIGKILL between the two leaves the private name behind. Such a file had
     passed every check already; it is planned again, and checked again, under this rule."""
 
     name: str = "interrupted"
+
+    @property
+    def per_file(self) -> bool:
+        return True
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
@@ -192,22 +260,24 @@ class Rules:
         """True when every rule judges each file alone, so planning a subset of the inventory
         gives the same verdicts as planning all of it (the daemon relies on this to plan only
         what changed; a whole-inventory rule makes it plan everything)."""
-        return all(isinstance(s, PrefixRule | MaxAgeRule | InterruptedRule) for s in self.selectors)
+        return all(s.per_file for s in self.selectors)
 
     @property
     def horizon(self) -> float:
         """How long after its arrival a file's verdict can still depend on when it arrived:
-        the longest max_age, or settle if longer."""
-        ages = [s.max_age for s in self.selectors if isinstance(s, MaxAgeRule)]
-        return max([self.settle, *ages])
+        the longest of the rules' horizons (max_age), or settle if longer."""
+        return max([self.settle, *(s.horizon for s in self.selectors)])
 
     def not_before(self, at: float) -> Rules:
         """These rules with no file ageing from before ``at`` (a clock jump, ocrd.timejump)."""
-        selectors = tuple(
-            replace(s, not_before=max(s.not_before, at)) if isinstance(s, MaxAgeRule) else s
-            for s in self.selectors
-        )
-        return replace(self, selectors=selectors)
+        return replace(self, selectors=tuple(s.after_clock_jump(at) for s in self.selectors))
+
+    @property
+    def due_slack(self) -> float:
+        """How late a kept file may be looked at after a rule's due time: the finest of the
+        rules' slacks, 1 s if no rule sets a time."""
+        slacks = [x for s in self.selectors if (x := s.due_slack) is not None]
+        return min(slacks) if slacks else 1.0
 
     @classmethod
     def from_config(cls, retention: Retention, settle: float) -> Rules:
@@ -273,10 +343,10 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             undecided = [i for i in undecided if decided[i] is None]
     # A file kept only because it arrived late (or the clock jumped) says so.
     held: dict[int, str] = {}
+    kept = [files[i] for i in undecided]
     for s in rules.selectors:
-        if isinstance(s, MaxAgeRule):
-            for f, why in s.held([files[i] for i in undecided], now):
-                held.setdefault(id(f), why)
+        for f, why in s.held(kept, now):
+            held.setdefault(id(f), why)
     for i in undecided:
         f = files[i]
         decided[i] = Decision(f, Verdict.KEEP, None, held.get(id(f), "no rule applies"))
@@ -305,8 +375,9 @@ def _settling(f: FileEntry, changed: float, settle: float, now: float) -> str:
 
 def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
     """The wall-clock time at which this decision, made at ``now``, could turn out differently
-    with no change to the file: a settling file stops settling, a kept file crosses ``max_age``
-    or the clock reaches its future mtime (which then counts as a change). None if never."""
+    with no change to the file: a settling file stops settling, a kept file comes due under a
+    rule (crosses ``max_age``), or the clock reaches its future mtime (which then counts as a
+    change). None if never."""
     entry = decision.entry
     if decision.verdict is Verdict.SETTLING:
         if entry.mtime > now and (end := entry.ctime + rules.settle) < entry.mtime:
@@ -314,12 +385,7 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
         # Still settling when the clock reaches a future mtime: from then on it is the change.
         return max(entry.mtime, entry.ctime) + rules.settle
     if decision.verdict is Verdict.KEEP and not entry.is_link:
-        times = [
-            # max_age deletes what is strictly older: look again just after the boundary.
-            s.since(entry) + s.max_age + 0.001
-            for s in rules.selectors
-            if isinstance(s, MaxAgeRule)
-        ]
+        times = [at for s in rules.selectors if (at := s.due(entry)) is not None]
         if rules.settle > 0 and entry.mtime > now:
             times.append(entry.mtime)
         return min(times) if times else None

@@ -6,7 +6,8 @@ import fnmatch
 import glob
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import pytest
@@ -21,6 +22,7 @@ from ocrd.retention import (
     Plan,
     PrefixRule,
     Rules,
+    Selector,
     Verdict,
     plan,
     revisit_at,
@@ -152,6 +154,69 @@ def test_after_a_clock_jump_nothing_ages_from_before_it() -> None:
     assert verdicts(plan([entry(b"old_x", age=DAY / 2)], r2, NOW)) == {
         b"old_x": (Verdict.DELETE, "prefix")
     }
+
+
+@dataclass(frozen=True)
+class LargestRule(Selector):
+    """A rule the shell has never heard of: deletes the largest file once the total passes a
+    budget (a whole-inventory rule), and says nothing else about itself."""
+
+    budget: int
+    name: str = "budget"
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        if sum(f.size for f in files) > self.budget:
+            yield max(files, key=lambda f: f.size), "largest, over budget"
+
+
+@dataclass(frozen=True)
+class ExpiresRule(Selector):
+    """A per-file rule that sets a time: a file goes at ``at``, whatever its age."""
+
+    at: float
+    name: str = "expires"
+
+    @property
+    def per_file(self) -> bool:
+        return True
+
+    def due(self, entry: FileEntry) -> float | None:
+        return self.at
+
+    @property
+    def due_slack(self) -> float | None:
+        return 7.0
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        for f in files:
+            if now >= self.at:
+                yield f, "expired"
+
+
+def test_a_rule_answers_for_itself_what_the_shell_asks() -> None:
+    """The rule protocol: per_file, due, due_slack, horizon and after_clock_jump come from the
+    rules themselves, so a new rule class is all a new rule needs; what a rule leaves unsaid
+    is the safe side (planned with the whole inventory, never due by time alone)."""
+    big, small = entry(b"big.bin", size=100), entry(b"small.bin", size=10)
+    budget = Rules((PrefixRule(("old_",)), LargestRule(50)))
+    assert not budget.per_file  # the daemon plans the whole index for it
+    assert budget.horizon == 0.0
+    assert budget.due_slack == 1.0
+    assert budget.not_before(NOW).selectors == budget.selectors
+    decided = {d.entry.path: d for d in plan([big, small], budget, NOW).decisions}
+    assert (decided[b"big.bin"].verdict, decided[b"big.bin"].rule) == (Verdict.DELETE, "budget")
+    assert revisit_at(decided[b"small.bin"], budget, NOW) is None
+
+    expires = Rules((ExpiresRule(NOW + 60), MaxAgeRule(30 * DAY, "mtime")))
+    assert expires.per_file
+    assert expires.horizon == 30 * DAY
+    assert expires.due_slack == min(7.0, 30 * DAY / 10_000)
+    (d,) = plan([entry(b"m.bin", age=DAY)], expires, NOW).decisions
+    assert d.verdict is Verdict.KEEP
+    assert revisit_at(d, expires, NOW) == NOW + 60  # the earliest rule's time
+    (d,) = plan([entry(b"m.bin", age=DAY)], expires, NOW + 60).decisions
+    assert (d.verdict, d.rule) == (Verdict.DELETE, "expires")
+    assert [rules(prefixes=["x"]).per_file, Rules(()).per_file] == [True, True]
 
 
 def test_max_age_is_strictly_older_than() -> None:
