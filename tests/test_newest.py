@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 DAY = 86400
 
@@ -184,15 +184,15 @@ def test_clean_refuses_to_delete_every_model_file(tmp_path: Path, run_ocrd: Ocrd
 # --- ocrd run ---------------------------------------------------------------------------------
 
 
-def start(daemons: list[Daemon], path: Path) -> Daemon:
-    d = Daemon(path)
+def start(daemons: list[OcrdProcess], path: Path) -> OcrdProcess:
+    d = OcrdProcess(path)
     daemons.append(d)
     d.note("READY=1")
     return d
 
 
 def test_the_daemon_keeps_the_newest_version_as_versions_arrive(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     make_file(models, b"m-v1.bin", b"one", age_s=DAY)
     make_file(models, b"other-v7.bin", b"other")
@@ -214,7 +214,7 @@ def test_the_daemon_keeps_the_newest_version_as_versions_arrive(
 
 
 def test_the_daemon_refuses_to_delete_every_model_file_batch_or_not(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """At start (a full pass) and for one file planned alone (the daemon plans what changed):
     each is weighed against every model file under model_dir."""
