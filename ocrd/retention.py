@@ -225,20 +225,43 @@ INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
 @dataclass(frozen=True)
 class InterruptedRule(Selector):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
-    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first and unlinks that name
-    (ocrd.apply); a SIGKILL between the two leaves the private name behind. Such a file had
-    passed every check already; it is planned again, and checked again, under this rule."""
+    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first, and deletes it under that
+    name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had passed every
+    check already; it is planned again, and checked again, under this rule.
+
+    Only once its name is GRACE_S old (by ctime, which the rename set): a younger one may
+    belong to an ocrd that is deleting right now (``ocrd clean`` beside the daemon, or the
+    daemon itself), whose file waits under that name for microseconds, leased. Opening it to
+    check would break that lease, and the other ocrd would rightly put it back."""
 
     name: str = "interrupted"
+
+    GRACE_S = 60.0
 
     @property
     def per_file(self) -> bool:
         return True
 
+    def due(self, entry: FileEntry) -> float | None:
+        if not INTERRUPTED.fullmatch(entry.path.rpartition(b"/")[2]):
+            return None
+        return entry.ctime + self.GRACE_S
+
+    @property
+    def due_slack(self) -> float | None:
+        return 1.0
+
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]):
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and (
+                now - f.ctime >= self.GRACE_S
+            ):
                 yield f, "ocrd was stopped while deleting it"
+
+    def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        for f in files:
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and (now - f.ctime < self.GRACE_S):
+                yield f, (f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s")
 
 
 @dataclass(frozen=True)
