@@ -220,6 +220,7 @@ def _utc(t: float) -> str:
 
 
 INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
+PROCESS_STARTED = time.time()  # private names older than this process are no live ocrd's own
 
 
 @dataclass(frozen=True)
@@ -229,14 +230,19 @@ class InterruptedRule(Selector):
     name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had passed every
     check already; it is planned again, and checked again, under this rule.
 
-    Only once its name is GRACE_S old (by ctime, which the rename set): a younger one may
-    belong to an ocrd that is deleting right now (``ocrd clean`` beside the daemon, or the
-    daemon itself), whose file waits under that name for microseconds, leased. Opening it to
-    check would break that lease, and the other ocrd would rightly put it back."""
+    A name given before this process started (by ctime, which the rename set) is a leftover;
+    a younger one only once it is GRACE_S old: it may belong to an ocrd that is deleting right
+    now (``ocrd clean`` beside the daemon), whose file waits under that name for microseconds,
+    leased. Opening it to check would break that lease, and the other ocrd would rightly put
+    it back."""
 
+    started: float = PROCESS_STARTED
     name: str = "interrupted"
 
     GRACE_S = 60.0
+
+    def _leftover(self, f: FileEntry, now: float) -> bool:
+        return f.ctime < self.started or now - f.ctime >= self.GRACE_S
 
     @property
     def per_file(self) -> bool:
@@ -245,7 +251,7 @@ class InterruptedRule(Selector):
     def due(self, entry: FileEntry) -> float | None:
         if not INTERRUPTED.fullmatch(entry.path.rpartition(b"/")[2]):
             return None
-        return entry.ctime + self.GRACE_S
+        return entry.ctime if entry.ctime < self.started else entry.ctime + self.GRACE_S
 
     @property
     def due_slack(self) -> float | None:
@@ -253,9 +259,7 @@ class InterruptedRule(Selector):
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and (
-                now - f.ctime >= self.GRACE_S
-            ):
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and self._leftover(f, now):
                 yield f, "ocrd was stopped while deleting it"
 
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
