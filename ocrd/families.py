@@ -66,7 +66,7 @@ class Families:
     def rank(self, files: Iterable[FileEntry]) -> dict[int, Member]:
         """id(entry) → its family and rank, for every regular file in a family; symlinks are
         no version of anything."""
-        groups: dict[str, list[tuple[_Descending, float, bytes, FileEntry]]] = {}
+        groups: dict[str, list[tuple[Version, float, FileEntry]]] = {}
         arrival = self.age_from == "arrival"
         for f in files:
             if f.is_link:
@@ -75,39 +75,41 @@ class Families:
             if key is None:
                 continue
             family, version = key
-            # Each number as (digit count, digits) without leading zeros: compared as numbers,
-            # whatever their length (int() refuses more than 4300 digits). The sort is
-            # ascending: newest first means the largest numbers and the latest stamp first.
-            numbers = tuple(_number(m.group()) for m in _DIGITS.finditer(version))
             stamp = max(f.mtime, f.ctime) if arrival else f.mtime
-            groups.setdefault(family, []).append((_Descending(numbers), -stamp, f.path, f))
+            groups.setdefault(family, []).append((_version(version), stamp, f))
         ranked: dict[int, Member] = {}
         for family, members in groups.items():
             shown = family.replace(_ANY_NUMBER, "#")
-            members.sort(key=lambda m: m[:3])
+            # Newest first: the largest numbers, then the latest stamp; ties by path, ascending.
+            # A sort is stable also in reverse, so the path order set first survives the ties.
+            members.sort(key=lambda m: m[2].path)
+            members.sort(key=lambda m: (m[0], m[1]), reverse=True)
             for i, m in enumerate(members, 1):
-                ranked[id(m[3])] = Member(shown, i)
+                ranked[id(m[2])] = Member(shown, i)
         return ranked
 
 
-def _number(digits: str) -> tuple[int, str]:
-    significant = digits.lstrip("0")
-    return (len(significant), significant)
+Version = tuple[tuple[int, str], ...]
 
 
-class _Descending:
-    """Wraps a value so that sorting ascending puts the largest first."""
+def _version(text: str) -> Version:
+    """The numbers in ``text``, each as (digit count, digits) without leading zeros: compared
+    as numbers, whatever their length (int() refuses more than 4300 digits)."""
+    return tuple((len(n), n) for n in (d.lstrip("0") for d in _DIGITS.findall(text)))
 
-    __slots__ = ("value",)
 
-    def __init__(self, value: tuple[tuple[int, str], ...]) -> None:
-        self.value = value
+class Versions:
+    """The versions present in one plan (ocrd.retention.versions), ranked at most once per
+    Families however many rules and floors ask: ranking sorts every family."""
 
-    def __lt__(self, other: _Descending) -> bool:
-        return self.value > other.value
+    __slots__ = ("_ranked", "files")
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.value == other.value
+    def __init__(self, files: list[FileEntry]) -> None:
+        self.files = files
+        self._ranked: dict[Families, dict[int, Member]] = {}
 
-    def __hash__(self) -> int:
-        return hash(self.value)
+    def ranked(self, families: Families) -> dict[int, Member]:
+        found = self._ranked.get(families)
+        if found is None:
+            found = self._ranked[families] = families.rank(self.files)
+        return found

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
 from ocrd.config import Retention, approx_duration, format_duration
-from ocrd.families import Families, Member
+from ocrd.families import Families, Member, Versions
 from ocrd.inventory import FileEntry, Inventory
 
 DAY = 86_400.0
@@ -50,7 +50,7 @@ class Selector(Protocol):
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]: ...
 
     def select_among(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry]
+        self, files: Sequence[FileEntry], now: float, present: Versions
     ) -> Iterator[tuple[FileEntry, str]]:
         """What the planner asks: ``select`` among the undecided ``files``. ``present`` is
         every model file whatever its verdict so far (ocrd.retention.versions): a rule that
@@ -313,15 +313,15 @@ class KeepNewestRule(Selector):
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         """Alone, ``files`` are all the versions there are."""
-        return self.select_among(files, now, versions(files))
+        return self.select_among(files, now, Versions(versions(files)))
 
     def select_among(
-        self, files: Sequence[FileEntry], now: float, present: Sequence[FileEntry]
+        self, files: Sequence[FileEntry], now: float, present: Versions
     ) -> Iterator[tuple[FileEntry, str]]:
         keep = self.keep
         if keep <= 0:
             return  # off, as in the config: never "keep none"
-        ranked = self.families.rank(present)
+        ranked = present.ranked(self.families)
         for f in files:
             member = ranked.get(id(f))
             if member is not None and member.rank > keep:
@@ -443,7 +443,7 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     # A selected entry is found again by identity, not by value: hashing a whole FileEntry
     # per file costs more than the rule itself.
     position = {id(files[i]): i for i in undecided}
-    present = versions(files) if not rules.per_file else []
+    present = Versions(versions(files) if not rules.per_file else [])
     for selector in rules.selectors:
         chosen = False
         for f, reason in selector.select_among([files[i] for i in undecided], now, present):
@@ -452,7 +452,7 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
         if chosen:
             undecided = [i for i in undecided if decided[i] is None]
     if rules.floor is not None:
-        _keep_last_versions(decided, files, rules.floor.rank(present))
+        _keep_last_versions(decided, files, present.ranked(rules.floor))
     # A file kept only because it arrived late (or the clock jumped) says so.
     held: dict[int, str] = {}
     kept = [files[i] for i in undecided]
