@@ -2,7 +2,7 @@
 
 Sections (the method and its fairness rules are written into the report, under "Method"):
 
-1. initial scan: ``ocrd.inventory.scan`` vs ``find -type f -printf``;
+1. initial scan: ``ocrd.walker.scan`` vs ``find -type f -printf``;
 2. one retention pass: ``ocrd clean`` vs systemd-tmpfiles, tmpreaper and ``find -delete``;
 3. latency of a running ``ocrd run``: file created → ``model_deleted`` logged;
 4. idle CPU and RSS per indexed file of ``ocrd run``;
@@ -440,7 +440,7 @@ def rotated(items: Sequence[str], rep: int) -> list[str]:
 SCAN_CHILD = """
 import json, os, sys, time
 if sys.argv[2] == "ocrd":
-    from ocrd.inventory import scan
+    from ocrd.walker import scan
     t0 = time.perf_counter(); c0 = time.process_time()
     inventory = scan(sys.argv[1])
     print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,

@@ -10,7 +10,8 @@ from ocrd.apply import InUse, Outcome, Status, apply, limited_check, probe
 from ocrd.backoff import Backoff
 from ocrd.clock import Clock
 from ocrd.config import Config
-from ocrd.engine import EngineBusy, Supervisor
+from ocrd.engine import Supervisor
+from ocrd.errors import EngineBusy
 from ocrd.holders import Holders, View
 from ocrd.inventory import display
 from ocrd.mirror import Mirror

@@ -13,12 +13,13 @@ from ocrd import __version__, log
 from ocrd.apply import InUse, Status, apply, limited_check, probe
 from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
-from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
 from ocrd.holders import lease_report
 from ocrd.human import size
-from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
+from ocrd.inventory import Inventory, display
 from ocrd.retention import Decision, Plan, Rules, plan
 from ocrd.rootdir import Place, pin, raise_fd_limit
+from ocrd.walker import collecting_paused, scan
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,14 +21,14 @@ from ocrd import __version__, log, signals
 from ocrd.batcher import Batcher
 from ocrd.clock import Clock, SystemClock
 from ocrd.config import Config, load, log_warnings
-from ocrd.engine import EngineBusy, Supervisor, load_runtime
-from ocrd.errors import EXIT_CONFIG, ConfigError
-from ocrd.inventory import FileEntry, ModelDirMissing, display
+from ocrd.engine import Supervisor, load_runtime
+from ocrd.errors import EXIT_CONFIG, ConfigError, EngineBusy, ModelDirMissing, Stopped
+from ocrd.inventory import FileEntry, display
 from ocrd.metrics import Metrics
 from ocrd.mirror import Mirror, Root
 from ocrd.notify import Notifier
 from ocrd.retention import Decision, Plan, Rules, Verdict, plan, revisit_at
-from ocrd.rootdir import Stopped, raise_fd_limit
+from ocrd.rootdir import raise_fd_limit
 from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.stats import Totals

@@ -12,11 +12,7 @@ from typing import Any
 
 from ocrd import log
 from ocrd.config import Engine
-from ocrd.errors import OcrdError
-
-
-class EngineBusy(OcrdError):
-    """free_resources() failed: the engine may still hold model files, so nothing is deleted."""
+from ocrd.errors import EngineBusy
 
 
 def load_runtime() -> Any:

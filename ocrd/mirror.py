@@ -15,18 +15,12 @@ from ocrd import log
 from ocrd.arrival import Arrivals
 from ocrd.clock import Clock
 from ocrd.config import Watch
-from ocrd.fsdirs import DirFds, OtherFilesystem, entry_from_stat
+from ocrd.errors import ModelDirMissing, OtherFilesystem, Stopped
+from ocrd.fsdirs import DirFds
 from ocrd.index import Index
-from ocrd.inventory import (
-    FileEntry,
-    ModelDirMissing,
-    collecting_paused,
-    display,
-    still_there,
-    walk,
-    walk_batches,
-)
-from ocrd.rootdir import Stopped, identify, open_root, pin
+from ocrd.inventory import FileEntry, display, entry_from_stat
+from ocrd.rootdir import identify, open_root, pin, still_there
+from ocrd.walker import collecting_paused, walk, walk_batches
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check

@@ -9,7 +9,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from ocrd.config import Engine
-from ocrd.engine import EngineBusy, Supervisor, load_runtime
+from ocrd.engine import Supervisor, load_runtime
+from ocrd.errors import EngineBusy
 
 
 @pytest.fixture(scope="module")
