@@ -13,8 +13,8 @@ from ocrd.config import Config
 from ocrd.engine import Supervisor
 from ocrd.errors import EngineBusy
 from ocrd.holders import Holders, View
-from ocrd.inventory import display
 from ocrd.mirror import Mirror
+from ocrd.outcomes import Recorder
 from ocrd.retention import Decision, Plan
 from ocrd.scheduler import Scheduler
 from ocrd.stats import Totals
@@ -48,6 +48,7 @@ class Batcher:
         self.scheduler = scheduler
         self.engine = engine
         self.totals = totals
+        self.recorder = Recorder(totals)  # each outcome's log line and count
         self.clock = clock
         self.clock_guard = clock_guard
         self.stop = stop
@@ -149,14 +150,11 @@ class Batcher:
         left = {d.entry.path for d in due}
         try:
             for o in apply(the_plan, str(self.mirror.place), stop=self.stop, in_use=self._in_use()):
-                e = o.decision.entry
-                left.discard(e.path)
+                path = o.decision.entry.path
+                left.discard(path)
                 if o.status is Status.DELETED:
-                    self.gone(e.path)
-                    self.totals.deleted(o.freed, o.decision.rule)
-                    log.get().info(
-                        "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
-                    )
+                    self.gone(path)
+                    self.recorder.record(o)
                 else:
                     self._not_done(o)
         finally:
@@ -212,34 +210,20 @@ class Batcher:
     def _not_done(self, o: Outcome) -> None:
         """Log a deletion that was not done, and when it will be tried again."""
         e = o.decision.entry
-        path = display(e.path)
-        logger = log.get()
-        if o.status is Status.FAILED:
-            self.totals.failed()
-        else:
-            self.totals.skipped(o.detail)
         if o.detail == "vanished":
             self.gone(e.path)
-            logger.info("deletion_skipped", path=path, reason=o.detail)
+            self.recorder.record(o)
             return
         if o.detail == "changed":
             # Looked at again soon, never in a busy loop: a file that keeps changing is seen
             # at most once per CHANGED_RECHECK_S (and settle keeps it from being planned).
             self.scheduler.revisit(e.path, self.clock.time() + CHANGED_RECHECK_S)
-            logger.info("deletion_skipped", path=path, reason=o.detail)
+            self.recorder.record(o)
             return
         now = self.clock.time()
         attempts, delay = self.backoff.failed(e.path, (e.ino, e.size, e.mtime), now)
         self.scheduler.revisit(e.path, now + delay)
-        if o.status is Status.FAILED:
-            logger.error(
-                "deletion_failed", path=path, error=o.detail, attempt=attempts, retry_in_s=delay
-            )
-        else:
-            level = logger.warning if o.detail == "engine_busy" else logger.info
-            level(
-                "deletion_skipped", path=path, reason=o.detail, attempt=attempts, retry_in_s=delay
-            )
+        self.recorder.record(o, retry=(attempts, delay))
 
     def _in_use(self) -> InUse:
         return InUse(self.holders, self.config.retention.unknown_holders, on_limited=self._limited)
@@ -259,5 +243,4 @@ class Batcher:
             if self.reported.get(e.path) == version:
                 continue  # said once per file version; every rescan would repeat it otherwise
             self.reported[e.path] = version
-            self.totals.would_delete(e.size)
-            log.get().info("model_would_be_deleted", path=display(e.path), size=e.size, rule=d.rule)
+            self.recorder.record(Outcome(d, Status.WOULD_DELETE))
