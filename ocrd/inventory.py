@@ -43,7 +43,7 @@ class Inventory:
     files: tuple[FileEntry, ...]
     unreadable: tuple[tuple[bytes, str], ...] = field(default=())
     # Every directory walked (model_dir itself as b""), with its inode: what a watch must cover.
-    dirs: tuple[tuple[bytes, int], ...] = field(default=())
+    directories: tuple[tuple[bytes, int], ...] = field(default=())
     # Directories not entered because they are on another filesystem: (path, device).
     mounts: tuple[tuple[bytes, str], ...] = field(default=())
 

@@ -265,7 +265,9 @@ class Mirror:
                             "scan_unreadable", path=display(prefix + where), error=why
                         )
                     self._report_mounts([(prefix + p, dev) for p, dev in sub.mounts], full=False)
-                    self.directories.update((prefix + d if d else rel, ino) for d, ino in sub.dirs)
+                    self.directories.update(
+                        (prefix + d if d else rel, ino) for d, ino in sub.directories
+                    )
                     self._check_coverage_soon()
                     for e in sub.files:
                         found = e._replace(path=prefix + e.path)

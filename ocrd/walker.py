@@ -40,17 +40,17 @@ def walk(
     to that directory; the daemon uses it for a subtree reached through verified fds, with
     model_dir's ``boundary``."""
     unreadable: list[tuple[bytes, str]] = []
-    dirs: list[tuple[bytes, int]] = []
+    directories: list[tuple[bytes, int]] = []
     mounts: list[tuple[bytes, str]] = []
     with collecting_paused():
         files = [
             f
             for batch in walk_batches(
-                root_fd, unreadable, dirs, boundary=boundary, mounts=mounts, tick=tick
+                root_fd, unreadable, directories, boundary=boundary, mounts=mounts, tick=tick
             )
             for f in batch
         ]
-    return Inventory(tuple(files), tuple(unreadable), tuple(dirs), tuple(mounts))
+    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
 
 
 @contextmanager
@@ -70,7 +70,7 @@ def collecting_paused() -> Iterator[None]:
 def walk_batches(
     root_fd: int,
     unreadable: list[tuple[bytes, str]],
-    dirs: list[tuple[bytes, int]],
+    directories: list[tuple[bytes, int]],
     *,
     boundary: Identity | None = None,
     mounts: list[tuple[bytes, str]] | None = None,
@@ -78,7 +78,7 @@ def walk_batches(
 ) -> Iterator[list[FileEntry]]:
     """The walk, one directory's files at a time, so a caller can plan and drop them as it
     goes instead of holding a record per file of the whole tree (the daemon's full pass).
-    Closes ``root_fd``; appends to ``unreadable``, ``dirs`` and ``mounts`` as it goes; calls
+    Closes ``root_fd``; appends to ``unreadable``, ``directories`` and ``mounts`` as it goes; calls
     ``tick`` between directories (rootdir.walk_dirs: no recursion, fds bounded, one filesystem).
     """
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
@@ -91,7 +91,7 @@ def walk_batches(
     for here in walk_dirs(
         root_fd, boundary=boundary, unreadable=unreadable, mounts=mounts, tick=tick
     ):
-        dirs.append((here.path, here.ino))
+        directories.append((here.path, here.ino))
         prefix = here.path + b"/" if here.path else b""
         subdirs = here.subdirs
         files: list[FileEntry] = []

@@ -49,7 +49,7 @@ def test_empty_model_dir(model_dir: Path) -> None:
 def test_every_directory_is_reported_with_its_inode(model_dir: Path) -> None:
     (model_dir / "a" / "b").mkdir(parents=True)
     (model_dir / "c").mkdir()
-    found = dict(scan(model_dir).dirs)
+    found = dict(scan(model_dir).directories)
     assert found == {
         rel: (model_dir / os.fsdecode(rel)).stat().st_ino for rel in (b"", b"a", b"a/b", b"c")
     }
