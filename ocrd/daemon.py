@@ -41,6 +41,9 @@ HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often
 
 
 class Daemon:
+    """``ocrd run`` itself: the loop, its signals, reloads and STATUS=. What model_dir holds is
+    the mirror's, when work is due the scheduler's, the deletions in hand the batcher's."""
+
     def __init__(
         self,
         config: Config,

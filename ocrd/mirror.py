@@ -19,8 +19,8 @@ from ocrd.errors import ModelDirMissing, OtherFilesystem, Stopped
 from ocrd.fsdirs import DirFds
 from ocrd.index import Index
 from ocrd.inventory import FileEntry, display, entry_from_stat
-from ocrd.rootdir import identify, open_root, pin, still_there
-from ocrd.walker import collecting_paused, walk, walk_batches
+from ocrd.rootdir import identify, open_root, pin
+from ocrd.walker import collecting_paused, scan_batches, walk
 from ocrd.watch import Changes, Watcher, watched_inodes
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
@@ -347,16 +347,13 @@ class Scan:
 
     def __iter__(self) -> Iterator[list[FileEntry]]:
         arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival
-        fd = open_root(self.place)
-        root = identify(fd)
         with collecting_paused():
-            for found in walk_batches(
-                fd, self.unreadable, self.directories, mounts=self.mounts, tick=self.tick
+            for found in scan_batches(
+                self.place, self.unreadable, self.directories, mounts=self.mounts, tick=self.tick
             ):
                 for e in found:
                     self.index.put(e)
                 yield self.arrivals.apply(found, arrived)
-        still_there(self.place, root)
 
 
 def _unreadable(rel: bytes, exc: OSError) -> None:

@@ -23,11 +23,33 @@ def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
     entered at all (it is listed in ``mounts``). A path is pinned (resolved) here, once.
     """
     place = model_dir if isinstance(model_dir, Place) else pin(model_dir)
+    unreadable: list[tuple[bytes, str]] = []
+    directories: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
+    with collecting_paused():
+        files = [
+            f
+            for batch in scan_batches(place, unreadable, directories, mounts=mounts)
+            for f in batch
+        ]
+    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
+
+
+def scan_batches(
+    place: Place,
+    unreadable: list[tuple[bytes, str]],
+    directories: list[tuple[bytes, int]],
+    *,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Iterator[list[FileEntry]]:
+    """scan(), one directory's files at a time (walk_batches from model_dir's pinned path).
+    Once the walk is done, model_dir must still be the directory it started from, or
+    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile."""
     fd = open_root(place)
     root = identify(fd)
-    inventory = walk(fd)
+    yield from walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick)
     still_there(place, root)
-    return inventory
 
 
 def walk(
