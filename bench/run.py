@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tree import DAY, PREFIX, SUBDIRS, Tree, count_files, generate
-from ocrd import apply as apply_module
+from ocrd.fanout import FanOut
 from ocrd.watch import filesystem_type
 
 TOOL_TIMEOUT_S = 900.0
@@ -51,6 +51,8 @@ FIND_AGE = "+43200"  # minutes: strictly more than 30 days, like the others (-mt
 WATCHDOG_USEC = 10_000_000
 DEFAULT_RESCAN = "10m"  # ocrd's default: the idle, latency and RSS daemons run with it
 LATENCY_WAIT_S = 5.0
+
+FAN_OUT: FanOut[object, object] = FanOut()  # ocrd's defaults, as the report states them
 
 
 @dataclass(frozen=True)
@@ -1328,9 +1330,11 @@ def report(
         "command, `find ROOT -type f -name 'old_*' -delete`, timed with it. find: `-type f "
         "\\( -name 'old_*' -o -mmin +43200 \\) -delete` (`-mtime +30` would mean ≥ 31 days). "
         "The age-only rows are the same without the prefix rule: there every tool is native. "
-        "ocrd deletes each directory in inode order, and spreads directories over "
-        f"{apply_module.THREADS} threads once unlink() took {apply_module.UNLINK_SHARE:.0%} "
-        f"or more of the time of its first {apply_module.SAMPLE} deletions. The tmpfs "
+        "ocrd deletes each directory in inode order, one file behind (a checked file waits "
+        "under a private name and goes with the next file's rename over it), and spreads "
+        "directories over "
+        f"{FAN_OUT.threads} threads once unlink() took {FAN_OUT.share:.0%} "
+        f"or more of the time of its first {FAN_OUT.sample} deletions. The tmpfs "
         "rows (full mode, ocrd and find only) show the other case: unlink() is cheap next to "
         "ocrd's own work per file, one thread deletes, and the pass is CPU-bound.",
         f'- §3-5: `ocrd run` with prefixes = ["{PREFIX}"], settle = "0s", rescan = '

@@ -18,25 +18,27 @@ unless the operator chose otherwise (``retention.unknown_holders = "delete"``).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import fcntl
 import heapq
 import itertools
 import os
-import queue
 import signal
 import stat
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
+from ocrd.fanout import FanOut, Timer
 from ocrd.fsdirs import DirFds
-from ocrd.holders import Answer, Holders, Mounts, View, file_id, take_own
+from ocrd.holders import Answer, Holders, Mounts, View, file_id, lease_blind, take_own
 from ocrd.retention import Decision, Plan
 
 
@@ -72,8 +74,9 @@ class InUse:
     unknown: Literal["keep", "delete"] = "keep"
     on_limited: Callable[[View], None] = lambda view: None
     mounts: Mounts = field(default_factory=Mounts)
-    _warned: View | None = field(default=None, repr=False)
+    _warned: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _blind: dict[int, bool] = field(default_factory=dict, repr=False)
 
     def check(self, fd: int | None, parent: int, ino: int) -> Answer:
         """Whether any process holds the file we have open as ``fd`` (None: we may not even
@@ -100,11 +103,41 @@ class InUse:
             view = View(limits=("/proc/self/fdinfo does not name the file's mount",))
         answer = view.answer(fid) if fid is not None else Answer.UNKNOWN
         if answer is Answer.UNKNOWN:
-            with self._lock:
-                if self._warned is not view:
-                    self._warned = view
-                    self.on_limited(view)
+            self._warn(view)
         return answer
+
+    def mappings(self, fd: int, dev: int) -> Answer:
+        """For a file we hold leased as ``fd``, on device ``dev``: LEASED, unless it is on a
+        filesystem where a lease misses a process that only maps the file (overlayfs; see
+        holders.STACKED). There /proc must show no mapping, in a view taken now: our lease
+        makes every open() of the file wait, and a mapping needs an fd, so none can appear
+        while we hold it. A view that could not see every process: UNKNOWN."""
+        blind = self._blind.get(dev)
+        if blind is None:
+            blind = self._blind[dev] = lease_blind(fd, self.mounts)
+        if not blind:
+            return Answer.LEASED
+        fid = file_id(fd, self.mounts)
+        if fid is None:
+            view = View(limits=("/proc/self/fdinfo does not name the file's mount",))
+        else:
+            view = self.holders.refresh()
+        answer = view.answer(fid) if fid is not None else Answer.UNKNOWN
+        if answer is Answer.UNKNOWN:
+            self._warn(dataclasses.replace(view, limits=(STACKED_WHY, *view.limits)))
+        return Answer.LEASED if answer is Answer.FREE else answer
+
+    def _warn(self, view: View) -> None:
+        with self._lock:
+            if not self._warned:
+                self._warned = True
+                self.on_limited(view)
+
+
+STACKED_WHY = (
+    "model files on overlayfs or FUSE: a lease there does not see a process that only maps a "
+    "file (its fd closed), so every process's mappings must be read in /proc as well"
+)
 
 
 def limited_check(logger: Any, view: View, unknown: str) -> None:
@@ -117,7 +150,10 @@ def limited_check(logger: Any, view: View, unknown: str) -> None:
         action="keeping files whose holders are unknown (deletion_skipped in_use_unknown)"
         if unknown == "keep"
         else 'deleting them anyway: retention.unknown_holders = "delete"',
-        fix="grant CAP_LEASE (the shipped unit does) so the kernel answers for every file",
+        fix="keep model_dir off overlayfs/FUSE, or run ocrd where it can read every process's "
+        "/proc/PID/maps (as root, in the host's PID namespace)"
+        if STACKED_WHY in view.limits
+        else "grant CAP_LEASE (the shipped unit does) so the kernel answers for every file",
     )
 
 
@@ -132,28 +168,6 @@ def ignore_lease_breaks() -> None:
         signal.signal(signal.SIGIO, signal.SIG_IGN)
 
 
-THREADS = 4
-"""At most this many directories are emptied at once, when unlink() dominates a deletion.
-
-Where unlink() is cheap next to ocrd's own per-file work (tmpfs) one thread is fastest: more
-threads just pass the GIL back and forth. Where it is not — the kernel's own work on ext4, a
-synchronous discard per unlink on ext4 mounted with ``discard``, a network filesystem's round
-trip — that time is spent with the GIL released, and threads overlap it. bench/RESULTS.md has
-the numbers. One directory is never shared between threads: unlinks in one directory
-serialise on its lock anyway."""
-
-SAMPLE = 64  # deletions timed before deciding whether more threads would pay
-UNLINK_SHARE = 0.6
-"""Threads are used once unlink() — where the GIL is released — takes this share of the time
-per deletion or more. Measured here (unlink vs everything else per file, including the
-caller's logging): tmpfs 5.7 vs 6.3 µs (0.48), and four threads made a pass 45 % slower;
-ext4 without online discard (Debian's default) 17 vs 7 µs (0.71), threads 19 % faster; ext4
-with ``discard`` 86 vs 15 µs (0.85), threads 40 % faster. A share is a ratio of two times on
-one machine, so a faster or slower CPU moves both alike."""
-HANDFUL = 32  # outcomes a worker hands over at once
-IDLE_POLL_S = 0.1  # how often ``stop`` is asked while no deletion completes
-
-
 def apply(
     plan: Plan,
     model_dir: os.PathLike[str] | str,
@@ -161,17 +175,16 @@ def apply(
     dry_run: bool = False,
     stop: Callable[[], bool] = lambda: False,
     in_use: InUse | None = None,
-    threads: int = THREADS,
-) -> Iterator[Outcome]:
+    fan_out: FanOut[Decision, Outcome] | None = None,
+) -> Generator[Outcome, None, None]:
     """Delete what ``plan`` says, yielding one Outcome per planned deletion as it happens.
 
     Each directory's deletions are done together, in inode order (the order of the
-    filesystem's own tables, which saves it work). The first ones are done in the calling
-    thread, and timed: if most of their time is spent in unlink(), outside the GIL, the
-    remaining directories are spread over up to ``threads`` threads. ``stop`` is asked in the
-    calling thread between outcomes; once it says yes, the files in hand are finished and the
-    rest are left for a later pass.
+    filesystem's own tables, which saves it work); ``fan_out`` decides whether directories go
+    to threads. ``stop`` is asked between files; once it says yes, the files in hand are
+    finished and the rest are left for a later pass.
     Subdirectories emptied by the deletions are removed too; model_dir itself never is.
+    Closing the generator early deletes nothing more: a file in hand is put back.
     """
     deletions = plan.deletions
     if not deletions:
@@ -182,10 +195,17 @@ def apply(
         return
     ignore_lease_breaks()
     holders = in_use if in_use is not None else InUse()
+    fan: FanOut[Decision, Outcome] = fan_out if fan_out is not None else FanOut()
+
+    def work(
+        dirs: DirFds, group: list[Decision], timer: Timer | None, pause: Callable[[], bool]
+    ) -> Iterator[Outcome]:
+        return _empty(dirs, group, holders, timer, pause)
+
     dirs = DirFds(os.fsencode(model_dir))
     emptied: set[bytes] = set()
     try:
-        for outcome in _delete(dirs, _by_directory(deletions), holders, stop, threads):
+        for outcome in fan.run(_by_directory(deletions), dirs, work, stop):
             if outcome.status is Status.DELETED:
                 emptied.add(_parent(outcome.decision))
             yield outcome
@@ -211,112 +231,6 @@ def _by_directory(deletions: Iterable[Decision]) -> deque[list[Decision]]:
     return deque(by_dir.values())
 
 
-def _delete(
-    dirs: DirFds,
-    groups: deque[list[Decision]],
-    holders: InUse,
-    stop: Callable[[], bool],
-    threads: int,
-) -> Iterator[Outcome]:
-    """In this thread while SAMPLE deletions are timed, the caller's handling of each outcome
-    included; then, if unlink() took UNLINK_SHARE of that time and at least two directories are
-    left, in threads."""
-    timed = 0
-    unlinking = [0.0]
-    started = time.perf_counter()
-    while groups:
-        group = groups.popleft()
-        for i, d in enumerate(group):
-            if stop():
-                return
-            sampling = timed < SAMPLE
-            outcome = _delete_one(dirs, d, holders, unlinking if sampling else None)
-            if sampling and (timed := timed + 1) == SAMPLE:
-                share = unlinking[0] / (time.perf_counter() - started)
-                unfinished = i + 1 < len(group)
-                if share >= UNLINK_SHARE and threads > 1 and len(groups) + unfinished >= 2:
-                    # This thread mostly waits in unlink(): threads can wait together.
-                    yield outcome
-                    if unfinished:
-                        groups.appendleft(group[i + 1 :])
-                    yield from _parallel(dirs.root_fd, groups, holders, stop, threads)
-                    return
-            yield outcome
-
-
-def _parallel(
-    root_fd: int,
-    groups: deque[list[Decision]],
-    holders: InUse,
-    stop: Callable[[], bool],
-    threads: int,
-) -> Iterator[Outcome]:
-    """Worker threads each take whole directories and delete through their own DirFds; the
-    calling thread yields their outcomes as they come. An error in a worker stops the others
-    once the files in hand are done, and is raised here after every outcome already produced
-    was yielded, so no deletion goes unreported."""
-    threads = min(threads, len(groups))
-    work: queue.SimpleQueue[list[Decision] | None] = queue.SimpleQueue()
-    for group in groups:
-        work.put(group)
-    for _ in range(threads):
-        work.put(None)
-    done: queue.SimpleQueue[list[Outcome] | None] = queue.SimpleQueue()
-    halt = threading.Event()
-    errors: list[BaseException] = []
-
-    def delete() -> None:
-        # Outcomes go out in handfuls: a put() per file would wake the calling thread, and
-        # hand it the GIL, once per file.
-        outcomes: list[Outcome] = []
-        try:
-            with DirFds(os.dup(root_fd)) as dirs:
-                while (group := work.get()) is not None:
-                    for d in group:
-                        if halt.is_set():
-                            return
-                        outcomes.append(_delete_one(dirs, d, holders))
-                        if len(outcomes) == HANDFUL:
-                            done.put(outcomes)
-                            outcomes = []
-        except BaseException as exc:  # noqa: BLE001 — re-raised in the calling thread
-            errors.append(exc)
-            halt.set()
-        finally:
-            if outcomes:
-                done.put(outcomes)
-            done.put(None)
-
-    workers = [
-        threading.Thread(target=delete, name=f"ocrd-delete-{i}", daemon=True)
-        for i in range(threads)
-    ]
-    for t in workers:
-        t.start()
-    running = threads
-    try:
-        while running:
-            try:
-                outcomes = done.get(timeout=IDLE_POLL_S)
-            except queue.Empty:
-                if stop():
-                    halt.set()
-                continue
-            if outcomes is None:
-                running -= 1
-                continue
-            for outcome in outcomes:
-                yield outcome
-                if not halt.is_set() and stop():
-                    halt.set()
-    finally:
-        halt.set()
-        for t in workers:
-            t.join()
-    if errors:
-        raise errors[0]
-
-
 def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Iterator[Outcome]:
     """Every check a deletion makes, and no deletion: WOULD_DELETE for a file that would go
     now, else the skip it would meet (``ocrd list`` shows files in use with their own verdict).
@@ -326,18 +240,33 @@ def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Itera
     ignore_lease_breaks()
     with DirFds(os.fsencode(model_dir)) as dirs:
         for d in plan.deletions:
-            yield _delete_one(dirs, d, in_use, probe=True)
+            checked = _check(dirs, d, in_use, probe=True)
+            assert isinstance(checked, Outcome)  # a probe never keeps a file open
+            yield checked
 
 
-def _delete_one(
-    dirs: DirFds,
-    d: Decision,
-    holders: InUse,
-    unlinking: list[float] | None = None,
-    *,
-    probe: bool = False,
-) -> Outcome:
-    """Re-check and unlink one file; adds the time unlink() took to ``unlinking[0]``."""
+class _Checked(NamedTuple):
+    """A file that passed every check and may go: open as ``fd`` (None when it could not even
+    be opened and /proc answered), ``leased`` by us or not (/proc answered), in directory
+    ``parent`` under ``name``, with the identity ``now`` that was checked."""
+
+    decision: Decision
+    parent: int
+    name: bytes
+    fd: int | None
+    leased: bool
+    now: os.stat_result
+
+    def opening(self) -> bool:
+        """Whether another process is opening the file right now (seen only through our
+        lease: its open() waits for us, and the kernel has begun to break the lease)."""
+        return self.leased and self.fd is not None and _opening(self.fd)
+
+
+def _check(dirs: DirFds, d: Decision, holders: InUse, *, probe: bool) -> Outcome | _Checked:
+    """Re-check one planned file just before it goes: still the planned regular file (device,
+    inode, size, mtime), reached without following any link, and held by no process. An
+    Outcome says why it stays (or, probing, that it would go); a _Checked hands over its fd."""
     entry = d.entry
     parent_rel, _, name = entry.path.rpartition(b"/")
     try:
@@ -360,33 +289,19 @@ def _delete_one(
         if exc.errno not in (errno.EACCES, errno.EPERM):
             return Outcome(d, Status.FAILED, exc.strerror or str(exc))
         fd = None  # not ours to read: no lease, so /proc must answer (below)
+    handed_over = False
     try:
-        return _delete_checked(
-            d, parent, name, fd, holders=holders, unlinking=unlinking, probe=probe
-        )
+        result = _check_open(d, parent, name, fd, holders=holders, probe=probe)
+        handed_over = isinstance(result, _Checked)
+        return result
     finally:
-        if fd is not None:
-            # Lets go of the lease. After an unlink this close is where the file is really
-            # freed (our fd held the inode), so it is timed with the unlink: on ext4 with
-            # discard it is most of a deletion's cost, and the choice of threads depends on it.
-            if unlinking is None:
-                os.close(fd)
-            else:
-                began = time.perf_counter()
-                os.close(fd)
-                unlinking[0] += time.perf_counter() - began
+        if fd is not None and not handed_over:
+            os.close(fd)  # lets go of the lease
 
 
-def _delete_checked(
-    d: Decision,
-    parent: int,
-    name: bytes,
-    fd: int | None,
-    *,
-    holders: InUse,
-    unlinking: list[float] | None,
-    probe: bool,
-) -> Outcome:
+def _check_open(
+    d: Decision, parent: int, name: bytes, fd: int | None, *, holders: InUse, probe: bool
+) -> Outcome | _Checked:
     entry = d.entry
     try:
         now = (
@@ -406,6 +321,8 @@ def _delete_checked(
     if probe and (cannot := _cannot_unlink(fd, parent, now.st_uid)) is not None:
         return Outcome(d, Status.FAILED, cannot)
     answer = holders.check(fd, parent, now.st_ino)
+    if answer is Answer.LEASED and fd is not None:
+        answer = holders.mappings(fd, now.st_dev)
     if answer is Answer.HELD and probe and fd is not None and held_by_us(fd, holders.mounts):
         # Held by ocrd's own process, i.e. its engine: the very thing a free is for.
         return Outcome(d, Status.WOULD_DELETE, "held_by_engine")
@@ -413,29 +330,173 @@ def _delete_checked(
         return Outcome(d, Status.SKIPPED, "in_use")
     if answer is Answer.UNKNOWN and holders.unknown == "keep":
         return Outcome(d, Status.SKIPPED, "in_use_unknown")
-    if (
-        answer is Answer.LEASED
-        and fd is not None
-        and fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
-    ):
-        return Outcome(d, Status.SKIPPED, "in_use")  # someone is opening it right now
+    if answer is Answer.LEASED and fd is not None and _opening(fd):
+        return Outcome(d, Status.SKIPPED, "in_use")
     if probe:
         return Outcome(d, Status.WOULD_DELETE)
+    return _Checked(d, parent, name, fd, answer is Answer.LEASED, now)
+
+
+def _opening(fd: int) -> bool:
+    """Whether another process is opening the file we hold leased as ``fd`` right now: its
+    open() waits for us, and the kernel has begun to break our lease."""
+    return fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
+
+
+def _empty(
+    dirs: DirFds,
+    group: list[Decision],
+    holders: InUse,
+    timer: Timer | None,
+    pause: Callable[[], bool],
+) -> Iterator[Outcome]:
+    """Delete one directory's planned files (``group``), one behind: see _Behind. ``pause``
+    is asked before each file; the file in hand is finished all the same."""
+    behind = _Behind(timer)
     try:
-        if unlinking is None:
-            why = _unlink_exactly(parent, name, (now.st_dev, now.st_ino))
-        else:
-            began = time.perf_counter()
-            why = _unlink_exactly(parent, name, (now.st_dev, now.st_ino))
-            unlinking[0] += time.perf_counter() - began
-    except FileNotFoundError:
-        return Outcome(d, Status.SKIPPED, "vanished")
-    except OSError as exc:
-        return Outcome(d, Status.FAILED, exc.strerror or str(exc))
-    if why is not None:
+        for d in group:
+            if pause():
+                break
+            checked = _check(dirs, d, holders, probe=False)
+            if isinstance(checked, Outcome):
+                yield checked
+            else:
+                yield from behind.take(checked)
+        last = behind.finish()
+        if last is not None:
+            yield last
+    finally:
+        behind.abandon()
+
+
+class _Behind:
+    """Deletes exactly the checked files of one directory, one file behind.
+
+    unlink() takes a name, and another file can be renamed over that name between our check
+    and the unlink: it would be deleted in its place. So each checked file is first renamed to
+    a name only we use, in the same directory (atomic; no other file can take it), and the
+    inode found there is compared with the checked one; a stranger found there is put back
+    under its name ("changed"), not deleted. The verified file then waits under the private
+    name, its lease still held, and the next file's rename over that name is its deletion:
+    one directory operation per file, as a plain unlink is (measured in bench/RESULTS*.md),
+    not two. finish() unlinks the last one. Just before a waiting file goes, its lease is
+    asked once more: if a process is opening it meanwhile, it is put back ("in_use").
+
+    A waiting file's directory is our own fd (a dup), so it never depends on DirFds' cache.
+    If the work ends early (an error, or the consumer went away) the waiting file is put
+    back: nothing is deleted that no Outcome reports. If ocrd is killed, the private name is
+    left; rule ``interrupted`` deletes it on the next pass (it was due, and checked).
+    """
+
+    def __init__(self, timer: Timer | None) -> None:
+        self.timer = timer
+        self.dir_fd = -1
+        self.private = b""
+        self.waiting: _Checked | None = None
+
+    def take(self, c: _Checked) -> tuple[Outcome, ...]:
+        """The file ``c`` goes under the private name; the outcomes this settled: the file
+        that was waiting there (deleted by the rename, or put back first), and ``c`` itself
+        unless it now waits."""
+        if self.dir_fd < 0:
+            self.dir_fd = os.dup(c.parent)
+            self.private = _private_name()
+        settled: list[Outcome] = []
+        if self.waiting is not None and self.waiting.opening():
+            settled.append(self._put_back_waiting("in_use"))
+        began = time.perf_counter()
+        try:
+            os.rename(c.name, self.private, src_dir_fd=c.parent, dst_dir_fd=self.dir_fd)
+        except OSError as exc:
+            _close(c.fd)
+            if isinstance(exc, FileNotFoundError):
+                return (*settled, Outcome(c.decision, Status.SKIPPED, "vanished"))
+            return (*settled, Outcome(c.decision, Status.FAILED, exc.strerror or str(exc)))
+        finally:
+            if self.timer is not None:
+                self.timer.since(began)
+        if self.waiting is not None:  # the rename replaced it: its last name here is gone
+            settled.append(self._gone(self.waiting))
+            self.waiting = None
+        try:
+            there = os.stat(self.private, dir_fd=self.dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            _close(c.fd)
+            if isinstance(exc, FileNotFoundError):  # someone removed it meanwhile
+                return (*settled, Outcome(c.decision, Status.SKIPPED, "vanished"))
+            return (*settled, Outcome(c.decision, Status.FAILED, exc.strerror or str(exc)))
+        if (there.st_dev, there.st_ino) != (c.now.st_dev, c.now.st_ino):
+            _close(c.fd)
+            return (*settled, self._put_back(c.decision, c.name, "changed"))
+        self.waiting = c
+        return tuple(settled)
+
+    def finish(self) -> Outcome | None:
+        """Delete the file still waiting, if any."""
+        w = self.waiting
+        if w is None:
+            return None
+        if w.opening():
+            return self._put_back_waiting("in_use")
+        self.waiting = None
+        began = time.perf_counter()
+        try:
+            os.unlink(self.private, dir_fd=self.dir_fd)
+        except OSError as exc:
+            _close(w.fd)
+            if isinstance(exc, FileNotFoundError):
+                return Outcome(w.decision, Status.SKIPPED, "vanished")
+            return Outcome(w.decision, Status.FAILED, exc.strerror or str(exc))
+        finally:
+            if self.timer is not None:
+                self.timer.since(began)
+        return self._gone(w)
+
+    def abandon(self) -> None:
+        """Put back a file still waiting (the work ended early), and let go of the directory."""
+        try:
+            if self.waiting is not None:
+                with contextlib.suppress(OSError):
+                    self._put_back_waiting("in_use")
+        finally:
+            if self.dir_fd >= 0:
+                os.close(self.dir_fd)
+                self.dir_fd = -1
+
+    def _gone(self, w: _Checked) -> Outcome:
+        # Closing our fd is where a deleted file is really freed (it held the inode), so it is
+        # timed with the unlink: on ext4 with discard it is most of a deletion's cost.
+        began = time.perf_counter()
+        _close(w.fd)
+        if self.timer is not None:
+            self.timer.since(began)
+        # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
+        return Outcome(
+            w.decision, Status.DELETED, None, w.decision.entry.size * (w.now.st_nlink <= 1)
+        )
+
+    def _put_back_waiting(self, why: str) -> Outcome:
+        w = self.waiting
+        assert w is not None
+        self.waiting = None
+        try:
+            return self._put_back(w.decision, w.name, why)
+        finally:
+            _close(w.fd)  # after the file has its name again: an opener waiting on us finds it
+
+    def _put_back(self, d: Decision, name: bytes, why: str) -> Outcome:
+        """The file under the private name gets ``name`` back; then the Outcome ``why``."""
+        try:
+            _put_back(self.dir_fd, self.private, name)
+        except OSError as exc:
+            self.private = _private_name()  # the old one still holds what could not go back
+            return Outcome(d, Status.FAILED, exc.strerror or str(exc))
         return Outcome(d, Status.SKIPPED, why)
-    # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
-    return Outcome(d, Status.DELETED, None, entry.size if now.st_nlink <= 1 else 0)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 _PRIVATE = itertools.count()
@@ -443,29 +504,10 @@ _PREFIX: list[bytes] = []  # b".ocrd-deleting-PID-", made once: getpid() is a sy
 os.register_at_fork(after_in_child=_PREFIX.clear)
 
 
-def _private_prefix() -> bytes:
+def _private_name() -> bytes:
     if not _PREFIX:
         _PREFIX.append(b".ocrd-deleting-%d-" % os.getpid())
-    return _PREFIX[0]
-
-
-def _unlink_exactly(parent: int, name: bytes, checked: tuple[int, int]) -> str | None:
-    """Unlink the file we checked, and only it. unlink() takes a name, and another file can be
-    renamed over that name between our check and the unlink. So the name is first renamed to
-    one only we know, in the same directory (atomic, and no other file can take it), the
-    inode found there is compared with the checked one, and only then is that private name
-    unlinked. If another file had taken the name, it is put back, not deleted: "changed"."""
-    private = b"%s%d" % (_private_prefix(), next(_PRIVATE))
-    os.rename(name, private, src_dir_fd=parent, dst_dir_fd=parent)
-    try:
-        there = os.stat(private, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        return "vanished"  # someone removed it in the meantime
-    if (there.st_dev, there.st_ino) != checked:
-        _put_back(parent, private, name)
-        return "changed"
-    os.unlink(private, dir_fd=parent)
-    return None
+    return b"%s%d" % (_PREFIX[0], next(_PRIVATE))
 
 
 def _put_back(parent: int, private: bytes, name: bytes) -> None:

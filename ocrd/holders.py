@@ -287,6 +287,7 @@ class Mounts:
     def __init__(self, proc: str = "/proc") -> None:
         self.proc = proc
         self.devices: dict[int, int] = {}
+        self.types: dict[int, bytes] = {}  # mnt_id → filesystem type, e.g. b"overlay"
         self.read_from: set[str] = set()
         self._read(f"{proc}/self/mountinfo")
 
@@ -310,9 +311,35 @@ class Mounts:
                 continue
             major, _, minor = fields[2].partition(b":")
             try:
-                self.devices[int(fields[0])] = os.makedev(int(major), int(minor))
+                mnt_id = int(fields[0])
+                self.devices[mnt_id] = os.makedev(int(major), int(minor))
             except ValueError:
                 continue
+            # "... optional fields - fstype source super-options": the type follows " - ".
+            after = line.partition(b" - ")[2].split(None, 1)
+            if after:
+                self.types[mnt_id] = after[0]
+
+
+STACKED = (b"overlay", b"fuse")
+"""Filesystems whose files may be mapped through another file: overlayfs maps the file of the
+layer below (measured: a lease on the overlay file was granted while another process had it
+mapped, its fd closed), and FUSE may pass mappings through to a backing file. A lease there
+sees every open fd, but not every mapping."""
+
+
+def lease_blind(fd: int, mounts: Mounts) -> bool:
+    """Whether a lease on ``fd`` may miss a process that only maps the file: its filesystem
+    is one of STACKED (or /proc cannot tell which it is)."""
+    try:
+        with open(f"{mounts.proc}/self/fdinfo/{fd}", "rb") as fh:
+            found = _mnt_ino(fh.read())
+    except OSError:
+        return True
+    if found is None or mounts.device(found[0]) is None:
+        return True
+    fstype = mounts.types.get(found[0], b"")
+    return fstype.partition(b".")[0] in STACKED
 
 
 def file_id(fd: int, mounts: Mounts | None = None) -> FileId | None:
@@ -377,6 +404,11 @@ def lease_report(model_dir: os.PathLike[str] | str) -> str:
         )
     view = take()
     fallback = "complete" if view.complete else f"limited, so such files are kept: {view.limits[0]}"
+    if fs.partition(".")[0].encode() in STACKED:
+        leases += (
+            f"; on {fs} a lease does not see a process that only maps a model, so /proc must "
+            "show no mapping of it either"
+        )
     return f"{leases}; {probe}; /proc fallback for the rest: {fallback}"
 
 

@@ -25,7 +25,7 @@ RESERVED_FDS = 64
 its pipes, the notify socket, the .NET runtime's own, the in-use check's /proc reads."""
 DIR_FD_HOLDERS = 6
 """Holders of directory fds at one time: the daemon's walk or DirFds, apply's 4 deleting
-threads (ocrd.apply.THREADS) each with its own DirFds, and the watcher's walk in its thread."""
+threads (ocrd.fanout.FanOut) each with its own DirFds, and the watcher's walk in its thread."""
 MAX_DIR_FDS = 256  # more buys nothing: a walk needs one per level of depth it keeps open
 
 

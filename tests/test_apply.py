@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ocrd import apply as apply_module
 from ocrd.apply import InUse, Outcome, Status, apply
+from ocrd.fanout import FanOut
 from ocrd.holders import Answer
 from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
 from ocrd.walker import scan
@@ -206,20 +206,75 @@ def test_directory_swapped_for_a_link_before_apply(model_dir: Path, outside: Pat
 
 
 def test_directory_swapped_for_a_link_between_two_deletions(model_dir: Path, outside: Path) -> None:
-    for name in (b"old_1.bin", b"old_2.bin"):
+    for name in (b"old_1.bin", b"old_2.bin", b"old_3.bin"):
         make_file(model_dir, b"sub/" + name, name)
         os.link(model_dir / "sub" / os.fsdecode(name), outside / os.fsdecode(name))
+    outside_before = snapshot(outside)
     p = plan_old(model_dir)
     outcomes = apply(p, model_dir)
-    first = next(outcomes)  # sub is open now: its fd is cached for the second file
+    # The first file's outcome comes once the second is in hand: checked inside the real sub,
+    # and moved to a private name there (deletion runs one file behind). sub's fd is cached.
+    first = next(outcomes)
     assert first.status is Status.DELETED
     _swap_for_link(model_dir, outside)
-    outside_before = snapshot(outside)
-    rest = list(outcomes)
-    assert [(o.status, o.detail) for o in rest] == [(Status.SKIPPED, "changed")]
+    rest = {(o.status, o.detail): o.decision.entry.name for o in outcomes}
+    assert rest.keys() == {
+        (Status.DELETED, None),  # the one in hand, deleted where it was checked: sub_moved
+        (Status.SKIPPED, "changed"),  # the next is not reached through the link
+    }
     assert snapshot(outside) == outside_before
     assert (model_dir / "sub").is_symlink()  # and the emptied-directory sweep left it alone
-    assert os.listdir(model_dir / "sub_moved") == [os.fsdecode(rest[0].decision.entry.name)]
+    assert os.listdir(model_dir / "sub_moved") == [os.fsdecode(rest[Status.SKIPPED, "changed"])]
+
+
+def private_names(root: Path) -> list[str]:
+    return [n for _, _, names in os.walk(root) for n in names if n.startswith(".ocrd-deleting-")]
+
+
+def test_a_file_opened_while_it_waits_to_go_is_put_back(model_dir: Path, outside: Path) -> None:
+    """Deletion runs one file behind: a checked file waits under a private name, still
+    leased, until the next file's rename replaces it. A process that opens it meanwhile
+    (here through a hard link elsewhere, the only name left) waits for our lease; the file is
+    then given its name back and reported in use, not deleted under the opener."""
+    for name in ("old_1.bin", "old_2.bin", "old_3.bin"):
+        make_file(model_dir, b"sub/" + name.encode(), name.encode())
+    p = plan_old(model_dir)
+    order = [d.entry.name for d in sorted(p.deletions, key=lambda d: d.entry.ino)]
+    os.link(model_dir / "sub" / os.fsdecode(order[1]), outside / "second.bin")
+    outcomes = apply(p, model_dir)
+    first = next(outcomes)  # order[0] deleted by order[1]'s rename: order[1] now waits
+    assert (first.decision.entry.name, first.status) == (order[0], Status.DELETED)
+    read: list[bytes] = []
+    opener = threading.Thread(target=lambda: read.append((outside / "second.bin").read_bytes()))
+    opener.start()
+    deadline = time.monotonic() + 30
+    while "BREAKING" not in Path("/proc/locks").read_text():
+        assert time.monotonic() < deadline, "the opener never waited for our lease"
+        time.sleep(0.01)
+    rest = results(outcomes)
+    opener.join(timeout=30)
+    assert read == [order[1]]
+    assert rest == {
+        b"sub/" + order[1]: (Status.SKIPPED, "in_use"),
+        b"sub/" + order[2]: (Status.DELETED, None),
+    }
+    assert os.listdir(model_dir / "sub") == [os.fsdecode(order[1])]
+    assert private_names(model_dir) == []
+
+
+def test_a_pass_abandoned_midway_deletes_nothing_unreported(model_dir: Path) -> None:
+    for i in range(4):
+        make_file(model_dir, b"sub/old_%d.bin" % i)
+    outcomes = apply(plan_old(model_dir), model_dir)
+    first = next(outcomes)
+    outcomes.close()  # the consumer went away with the next file in hand
+    assert first.status is Status.DELETED
+    assert sorted(os.listdir(model_dir / "sub")) == sorted(
+        n
+        for n in ("old_0.bin", "old_1.bin", "old_2.bin", "old_3.bin")
+        if n != os.fsdecode(first.decision.entry.name)
+    )
+    assert private_names(model_dir) == []
 
 
 @pytest.mark.parametrize("how", ["open", "mmap"])
@@ -247,9 +302,15 @@ def test_stop_is_asked_before_each_file(model_dir: Path) -> None:
     assert list(apply(p, model_dir, stop=lambda: True)) == []
     assert len(os.listdir(model_dir)) == 3
 
-    done: list[Outcome] = []
-    for outcome in apply(p, model_dir, stop=lambda: len(done) >= 1):
-        done.append(outcome)
+    asked = 0
+
+    def after_one_file() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 1
+
+    # The file in hand is finished (and reported) after the stop, however the deleter works.
+    done = list(apply(p, model_dir, stop=after_one_file))
     assert [o.status for o in done] == [Status.DELETED]
     assert len(os.listdir(model_dir)) == 2
     assert not exists(os.path.join(os.fsencode(model_dir), done[0].decision.entry.path))
@@ -273,11 +334,11 @@ def old_files(model_dir: Path, dirs: int, per_dir: int) -> set[bytes]:
 
 
 @pytest.fixture
-def waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+def waiting() -> FanOut[Decision, Outcome]:
     """Every deletion counts as unlink-bound, so the pass turns to threads after the first two,
-    whatever filesystem the test's temporary directory is on."""
-    monkeypatch.setattr(apply_module, "SAMPLE", 2)
-    monkeypatch.setattr(apply_module, "UNLINK_SHARE", 0.0)
+    whatever filesystem the test's temporary directory is on; workers hand over each outcome
+    at once."""
+    return FanOut(sample=2, share=0.0, handful=1)
 
 
 class Witness(InUse):
@@ -293,14 +354,11 @@ class Witness(InUse):
 
 
 @pytest.mark.parametrize("slow", [True, False], ids=["waiting", "working"])
-def test_threads_are_used_only_when_deletions_wait(
-    model_dir: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
-) -> None:
+def test_threads_are_used_only_when_deletions_wait(model_dir: Path, slow: bool) -> None:
     made = old_files(model_dir, dirs=6, per_dir=30)
-    monkeypatch.setattr(apply_module, "SAMPLE", 2)
-    monkeypatch.setattr(apply_module, "UNLINK_SHARE", 0.0 if slow else 1.01)
+    fan_out: FanOut[Decision, Outcome] = FanOut(sample=2, share=0.0 if slow else 1.01)
     witness = Witness()
-    outcomes = list(apply(plan_old(model_dir), model_dir, in_use=witness))
+    outcomes = list(apply(plan_old(model_dir), model_dir, in_use=witness, fan_out=fan_out))
     workers = {name for name in witness.threads if name.startswith("ocrd-delete-")}
     assert bool(workers) is slow  # how many of the 4 got a directory is up to the scheduler
     assert threading.current_thread().name in witness.threads  # the first SAMPLE, timed
@@ -311,10 +369,13 @@ def test_threads_are_used_only_when_deletions_wait(
     assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
 
 
-def test_one_directory_left_is_not_handed_to_a_thread(model_dir: Path, waiting: None) -> None:
+def test_one_directory_left_is_not_handed_to_a_thread(
+    model_dir: Path, waiting: FanOut[Decision, Outcome]
+) -> None:
     made = old_files(model_dir, dirs=1, per_dir=30)
     witness = Witness()
-    deleted = {o.decision.entry.path for o in apply(plan_old(model_dir), model_dir, in_use=witness)}
+    p = plan_old(model_dir)
+    deleted = {o.decision.entry.path for o in apply(p, model_dir, in_use=witness, fan_out=waiting)}
     assert deleted == made
     assert witness.threads == {threading.current_thread().name}
 
@@ -324,7 +385,7 @@ def test_a_directory_is_emptied_in_inode_order(model_dir: Path) -> None:
     p = plan_old(model_dir)
     planned = [d.entry.ino for d in p.deletions]
     assert planned != sorted(planned)  # readdir order: else this test could not fail
-    done = [o.decision.entry.ino for o in apply(p, model_dir, threads=1)]
+    done = [o.decision.entry.ino for o in apply(p, model_dir, fan_out=FanOut(threads=1))]
     assert done == sorted(planned)
 
 
@@ -342,9 +403,8 @@ class Gate(InUse):
 
 
 def test_stop_while_threads_delete_finishes_files_in_hand_and_reports_each(
-    model_dir: Path, waiting: None, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path, waiting: FanOut[Decision, Outcome]
 ) -> None:
-    monkeypatch.setattr(apply_module, "HANDFUL", 1)
     made = old_files(model_dir, dirs=8, per_dir=25)
     gate = Gate()
     asked = 0
@@ -358,20 +418,19 @@ def test_stop_while_threads_delete_finishes_files_in_hand_and_reports_each(
         gate.permits.release()
         return False
 
-    outcomes = list(apply(plan_old(model_dir), model_dir, stop=stop, in_use=gate))
+    outcomes = list(apply(plan_old(model_dir), model_dir, stop=stop, in_use=gate, fan_out=waiting))
     deleted = {o.decision.entry.path for o in outcomes if o.status is Status.DELETED}
     on_disk = {f.path for f in scan(model_dir).files}
     assert deleted == made - on_disk  # every deletion that happened was reported
     assert len(outcomes) == len(deleted)
     # Ten let through before the stop, at most one more in hand per thread, none started after.
-    assert 2 <= len(deleted) <= 10 + apply_module.THREADS
+    assert 2 <= len(deleted) <= 10 + waiting.threads
     assert not any(t.name.startswith("ocrd-delete-") for t in threading.enumerate())
 
 
 def test_directories_swapped_for_links_while_threads_delete(
-    model_dir: Path, outside: Path, waiting: None, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path, outside: Path, waiting: FanOut[Decision, Outcome]
 ) -> None:
-    monkeypatch.setattr(apply_module, "HANDFUL", 1)
     old_files(model_dir, dirs=2, per_dir=10)
     for d in ("d0", "d1"):  # outside holds hard links to the very inodes that are planned
         (outside / d).mkdir()
@@ -394,7 +453,7 @@ def test_directories_swapped_for_links_while_threads_delete(
             gate.permits.release()
         return False
 
-    outcomes = list(apply(p, model_dir, stop=stop, in_use=gate))
+    outcomes = list(apply(p, model_dir, stop=stop, in_use=gate, fan_out=waiting))
     assert len(outcomes) == 20
     deleted = [o for o in outcomes if o.status is Status.DELETED]
     assert len(deleted) <= 3 + 2  # before the swap, and one in hand per thread
@@ -407,7 +466,7 @@ def test_directories_swapped_for_links_while_threads_delete(
 
 
 def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
-    model_dir: Path, waiting: None
+    model_dir: Path, waiting: FanOut[Decision, Outcome]
 ) -> None:
     made = old_files(model_dir, dirs=4, per_dir=20)
 
@@ -422,7 +481,7 @@ def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
 
     outcomes: list[Outcome] = []
     with pytest.raises(RuntimeError, match="injected"):
-        outcomes.extend(apply(plan_old(model_dir), model_dir, in_use=Broken()))
+        outcomes.extend(apply(plan_old(model_dir), model_dir, in_use=Broken(), fan_out=waiting))
     on_disk = {f.path for f in scan(model_dir).files}
     assert {o.decision.entry.path for o in outcomes} == made - on_disk
     assert len(outcomes) < len(made)
@@ -430,14 +489,22 @@ def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt-get install strace)")
+@pytest.mark.parametrize("before", [0, 1], ids=["first", "after-one-waiting"])
 def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
-    tmp_path: Path, model_dir: Path
+    tmp_path: Path, model_dir: Path, before: int
 ) -> None:
     """unlink() takes a name: a file renamed over the checked one between the check and the
     unlink would be deleted in its place. strace holds ocrd's rename for 3 s right after the
     check (while its lease is visible in /proc/locks); the test renames another file over
-    the planned one then. That file must survive, under its name, and nothing is deleted."""
-    planned = model_dir / "old_x.bin"
+    the planned one then. That file must survive, under its name, and nothing else is
+    deleted. With ``before`` = 1 another planned file comes first (by inode) and is waiting
+    under the private name that the held rename replaces: it goes, and only it."""
+    made = [model_dir / f"new_{i}" for i in range(before + 1)]
+    for f in made:
+        f.write_bytes(b"due")
+    made.sort(key=lambda f: f.stat().st_ino)  # deletion order; the last one is the target
+    earlier = [f.rename(model_dir / f"old_{i}.bin") for i, f in enumerate(made[:-1])]
+    planned = made[-1].rename(model_dir / "old_x.bin")
     planned.write_bytes(b"planned")
     intruder = model_dir / "intruder.bin"
     intruder.write_bytes(b"precious")
@@ -455,7 +522,7 @@ def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
             "-o",
             "/dev/null",
             f"-etrace={calls}",
-            f"-einject={calls}:delay_enter=3000000:when=1",
+            f"-einject={calls}:delay_enter=3000000:when={before + 1}",
             *ocrd_argv(),
             "clean",
             "--json",
@@ -483,7 +550,7 @@ def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
             proc.communicate()
     assert proc.returncode == 0, err
     report = json.loads(out)
-    assert report["deleted"] == []
+    assert report["deleted"] == [f.name for f in earlier]
     assert report["skipped"] == [{"path": "old_x.bin", "reason": "changed"}]
     assert planned.read_bytes() == b"precious"
     assert os.listdir(model_dir) == ["old_x.bin"]  # no private name left behind

@@ -236,6 +236,89 @@ def test_at_the_fd_limit_a_held_model_is_never_deleted(world: World) -> None:
         assert "d07/old_held.gguf" not in report["deleted"]
 
 
+@contextmanager
+def overlay(world: World, shipped: tuple[str, ...] = ()) -> Iterator[None]:
+    """world.models becomes an overlayfs, as a container's root is: a writable upper layer
+    over a lower one that holds the models ``shipped`` (the image's, owned by the app user)."""
+    layers = {name: world.base / name for name in ("lower", "upper", "work")}
+    for d in layers.values():
+        d.mkdir()
+    for name in shipped:
+        path = layers["lower"] / name
+        path.write_bytes(b"GGUF" + b"\0" * 8192)
+        os.chown(path, APP_UID, APP_UID)
+    options = "lowerdir={lower},upperdir={upper},workdir={work}".format_map(layers)
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(world.models)], check=True
+    )
+    try:
+        world.models.chmod(0o777)
+        yield
+    finally:
+        subprocess.run(["umount", str(world.models)], check=False)
+
+
+@root_only
+def test_on_overlayfs_a_mapping_whose_fd_is_closed_is_in_use(world: World) -> None:
+    """overlayfs maps the file of the layer below: a lease on the overlay file is granted
+    while another process has it mapped (fd closed, as llama.cpp does). So on overlayfs /proc
+    must show no mapping as well. A mapping found there is ``in_use`` whatever else /proc could
+    not see; a file with none is deleted if every process could be inspected, else kept as
+    ``in_use_unknown`` unless the operator opted in (here: a sandbox whose PID 1 even root
+    may not inspect)."""
+    held_names = {"old_low_held.gguf": "in_use", "old_up_held.gguf": "in_use"}
+    free_names = ["old_low_free.gguf", "old_up_free.gguf"]
+    with overlay(world, shipped=("old_low_held.gguf", "old_low_free.gguf")):
+        world.model("old_up_held.gguf", owner=APP_UID)
+        world.model("old_up_free.gguf", owner=APP_UID)
+        with (
+            held_by(world, world.models / "old_low_held.gguf", "mmap", uid=APP_UID),
+            held_by(world, world.models / "old_up_held.gguf", "mmap", uid=APP_UID),
+        ):
+            complete = take().complete
+            report, logs = clean(world)
+            if complete:
+                assert sorted(report["deleted"]) == free_names
+                assert skipped(report) == held_names
+                assert not [e for e in logs if e["event"] == "in_use_check_limited"]
+            else:
+                assert report["deleted"] == []
+                assert skipped(report) == held_names | dict.fromkeys(free_names, "in_use_unknown")
+                report, logs = clean(world, extra='unknown_holders = "delete"')
+                assert sorted(report["deleted"]) == free_names
+                assert skipped(report) == held_names
+            assert all((world.models / name).exists() for name in held_names)
+
+
+@root_only
+def test_on_overlayfs_ocrd_that_cannot_read_every_process_keeps_the_files(world: World) -> None:
+    """As the shipped unit runs it (its own user, CAP_LEASE only), ocrd cannot read another
+    user's mappings: on overlayfs no file can be judged, so each is kept, after a warning that
+    says why and what to do."""
+    with overlay(world):
+        world.model("old_app_free.gguf", owner=APP_UID)
+        world.model("old_own_free.gguf", owner=OCRD_UID)
+        report, logs = clean(world, uid=OCRD_UID, lease_cap=True)
+        check = subprocess.run(
+            [*world.python, "-m", "ocrd", "check", "-c", str(world.config())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=world.env,
+            check=False,
+        )
+        assert check.returncode == 0, check.stderr
+        assert "on overlay a lease does not see a process that only maps a model" in check.stderr
+    assert report["deleted"] == []
+    assert skipped(report) == {
+        "old_app_free.gguf": "in_use_unknown",
+        "old_own_free.gguf": "in_use_unknown",
+    }
+    warning = next(e for e in logs if e["event"] == "in_use_check_limited")
+    assert "overlayfs" in warning["why"][0]
+    assert "overlayfs" in warning["fix"]
+
+
 # -- a hung FUSE mount that some unrelated process holds a file on ------------------------------
 
 

@@ -334,7 +334,17 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
             shutil.copy2(source, clone / name)
     if UNIT is not None:
         shutil.copy2(UNIT, clone / "systemd" / "ocrd.service")
-    binds = [f"--bind={clone}:{SRC}", f"--bind-ro={wheels}:{WHEELS}"]
+    # /var/lib/ocrd (the unit's StateDirectory, model_dir's parent) on this host's disk, as a
+    # real host's would be: the container's root is overlayfs, where a lease does not see a
+    # process that only maps a model, and ocrd as the unit runs it keeps every file there
+    # (tests/test_inuse.py, "overlayfs").
+    state = workdir / "state"
+    state.mkdir()
+    binds = [
+        f"--bind={clone}:{SRC}",
+        f"--bind-ro={wheels}:{WHEELS}",
+        f"--bind={state}:/var/lib/ocrd",
+    ]
     container = Container(root, binds, workdir)
     try:
         reason = container.boot()
@@ -546,13 +556,17 @@ def test_models_held_by_any_user_are_in_use_under_the_shipped_unit(box: Containe
         [
             "python3",
             "-c",
-            "import mmap, sys\n"
-            "f = open(sys.argv[1], 'rb')\n"
-            "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
-            # Python's mmap keeps a dup of the fd. A mapping alone (fd closed, as llama.cpp
-            # does) is not seen by a lease on overlayfs, which this container's root is: see
-            # README, "In use: how it is established".
-            "f.close()\n"
+            # libc's mmap (Python's mmap module keeps a dup of the fd): after the close only
+            # the mapping holds the model, as llama.cpp does with GGUF files.
+            "import ctypes, mmap, os, sys\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "libc.mmap.restype = ctypes.c_void_p\n"
+            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3"
+            " + [ctypes.c_long]\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "addr = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)\n"
+            "assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()\n"
+            "os.close(fd)\n"
             "print('mapped', flush=True)\n"
             "import time; time.sleep(600)\n",
             f"{MODELS}/mapped.bin",
