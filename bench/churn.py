@@ -13,27 +13,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.launch import start
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from tests.harness import running
 
 
 def main() -> int:
@@ -48,18 +33,18 @@ def main() -> int:
         models = scratch / "models"
         for d in range(10):
             (models / f"d{d}").mkdir(parents=True)
-        proc, sock = start(
-            scratch,
+        config = scratch / "config.toml"
+        config.write_text(
             'model_dir = "models"\n[retention]\nprefixes = ["old_"]\nmax_age = "30d"\n'
             '[watch]\nsettle = "0s"\n[engine]\nenabled = false\n[log]\nformat = "json"\n',
         )
-        try:
+        with running(config, ready_s=60) as ocrd:
             print(
                 f"{'t (s)':>6} {'RSS MiB':>8} {'CPU %':>6} {'files/s':>8} {'live':>6}", flush=True
             )
             alive: collections.deque[tuple[float, Path]] = collections.deque()
             began = last = time.monotonic()
-            cpu_last = _cpu_s(proc.pid)
+            cpu_last = ocrd.cpu_seconds()
             made = made_last = 0
             samples: list[tuple[float, float]] = []
             while (now := time.monotonic()) - began < args.seconds:
@@ -72,8 +57,8 @@ def main() -> int:
                 while alive and alive[0][0] <= now:
                     alive.popleft()[1].unlink()
                 if now - last >= 10:
-                    cpu = _cpu_s(proc.pid)
-                    rss = _rss_mib(proc.pid)
+                    cpu = ocrd.cpu_seconds()
+                    rss = ocrd.memory()["VmRSS"] / 2**20
                     samples.append((now - began, rss))
                     share = 100 * (cpu - cpu_last) / (now - last)
                     rate = (made - made_last) / (now - last)
@@ -89,10 +74,6 @@ def main() -> int:
                 f"{'met' if abs(growth) <= 10 else 'not met'}"
             )
             return 0 if abs(growth) <= 10 else 1
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
-            sock.close()
 
 
 if __name__ == "__main__":

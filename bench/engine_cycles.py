@@ -13,7 +13,6 @@ latency from a file's creation to its model_deleted line (p50/p99).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -21,22 +20,21 @@ import signal
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.launch import start
+from tests.harness import Event, OcrdProcess
 
 SHIPPED = ("2s", "10s")
 WINDOW_S = 10.0  # held/immutable: CPU is measured over this long, reloads included
 BASELINE = ("0s", "0s")
 
 
-class Run:
-    """``ocrd run`` on a fresh model_dir, with our own NOTIFY_SOCKET; collects its JSON log."""
+class Run(OcrdProcess):
+    """``ocrd run`` on a fresh model_dir, with our own NOTIFY_SOCKET, past READY=1."""
 
     def __init__(
         self,
@@ -49,59 +47,35 @@ class Run:
         self.models = scratch / "models"
         self.models.mkdir()
         prepare(self.models)
-        self.proc, self.sock = start(
-            scratch,
+        config = scratch / "config.toml"
+        config.write_text(
             'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n'
             f'[watch]\nsettle = "{settle}"\n'
             f'[engine]\nbatch = "{batch}"\nrestart_after = "{restart_after}"\n'
             '[log]\nformat = "json"\n',
-            stdout=subprocess.PIPE,
-            text=True,
         )
-        self.events: list[dict[str, Any]] = []
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        super().__init__(config)
+        try:
+            self.wait_ready(60)
+        except BaseException:
+            self.close()
+            raise
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self.cond:
-                self.events.append(json.loads(line))
-                self.cond.notify_all()
-
-    def wait(self, what: Callable[[list[dict[str, Any]]], bool], timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not what(self.events):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("ocrd run did not get there in time")
-                self.cond.wait(left)
-
-    def cpu(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=15)
-        self.reader.join(timeout=5)
-        self.sock.close()
+    def until(self, what: Callable[[list[Event]], bool], timeout: float = 120) -> None:
+        self.wait_for("ocrd run to get there", lambda: what(self.events), timeout)
 
 
-def _count(events: list[dict[str, Any]], name: str, **keys: Any) -> int:
+def _count(events: list[Event], name: str, **keys: Any) -> int:
     return sum(
         1 for e in events if e["event"] == name and all(e.get(k) == v for k, v in keys.items())
     )
 
 
-def _reloads(n: int) -> Callable[[list[dict[str, Any]]], bool]:
+def _reloads(n: int) -> Callable[[list[Event]], bool]:
     return lambda events: _count(events, "config_reloaded") >= n
 
 
-def _stamp(event: dict[str, Any]) -> float:
+def _stamp(event: Event) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
@@ -124,14 +98,14 @@ def scenario(name: str, batch: str, restart_after: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ocrd-cycles-") as tmp:
         run = Run(Path(tmp), "1s" if name == "trickle" else "0s", batch, restart_after, prepare)
         try:
-            cpu0, began = run.cpu(), time.monotonic()
+            cpu0, began = run.cpu_seconds(), time.monotonic()
             if name == "trickle":
                 for i in range(20):
                     path = run.models / f"old_{i:02d}.bin"
                     path.write_bytes(b"x" * 100)
                     created[path.name] = time.time()
                     time.sleep(0.3)  # the trickle: one file every 0.3 s
-                run.wait(lambda ev: _count(ev, "model_deleted") >= 20)
+                run.until(lambda ev: _count(ev, "model_deleted") >= 20)
             elif name == "burst":
                 staging = Path(tmp) / "staging"
                 staging.mkdir()
@@ -140,20 +114,20 @@ def scenario(name: str, batch: str, restart_after: str) -> dict[str, float]:
                 for entry in sorted(os.listdir(staging)):
                     os.rename(staging / entry, run.models / entry)
                     created[entry] = time.time()
-                run.wait(lambda ev: _count(ev, "model_deleted") >= 1000)
+                run.until(lambda ev: _count(ev, "model_deleted") >= 1000)
             else:
                 # Three more attempts: each reload retries at once instead of after minutes.
                 for n in range(1, 4):
-                    run.proc.send_signal(signal.SIGHUP)
-                    run.wait(_reloads(n))
+                    run.send(signal.SIGHUP)
+                    run.until(_reloads(n))
                 time.sleep(max(0.0, WINDOW_S - (time.monotonic() - began)))  # CPU over a window
             if _count(run.events, "engine_freed", reason="deletion"):
                 # Let the freed engine start again, so that its downtime is counted whole.
-                run.wait(lambda ev: ev[-1]["event"] == "engine_started", timeout=60)
-            cpu, wall = run.cpu() - cpu0, time.monotonic() - began
+                run.until(lambda ev: ev[-1]["event"] == "engine_started", timeout=60)
+            cpu, wall = run.cpu_seconds() - cpu0, time.monotonic() - began
             events = list(run.events)
         finally:
-            run.stop()
+            run.terminate(timeout=15)
             for p in holder:
                 p.kill()
                 p.wait()

@@ -13,16 +13,13 @@ deletion is accounted for (a line, or a count in a log_summary).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench.launch import start
+from tests.harness import running
 
 
 def main() -> int:
@@ -33,23 +30,13 @@ def main() -> int:
         scratch = Path(tmp)
         models = scratch / "models"
         models.mkdir()
-        proc, sock = start(
-            scratch,
+        config = scratch / "config.toml"
+        config.write_text(
             'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n[watch]\nsettle = "0s"\n'
             '[engine]\nenabled = false\n[log]\nformat = "json"\n',
-            stdout=subprocess.PIPE,
         )
-        lines: list[bytes] = []
-
-        def read() -> None:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                lines.append(raw)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            start_lines = len(lines)
+        with running(config, ready_s=60) as ocrd:
+            start_lines = len(ocrd.lines)
             began = time.monotonic()
             root = os.fsencode(models)
             for i in range(args.files):
@@ -59,13 +46,8 @@ def main() -> int:
                 time.sleep(0.05)
             time.sleep(2.0)  # the last summary comes within a second
             took = time.monotonic() - began
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
-            reader.join(timeout=5)
-            sock.close()
-    storm = lines[start_lines:]
-    events = [json.loads(raw) for raw in storm]
+    storm = [line.encode() for line in ocrd.lines[start_lines:]]  # as written: bytes
+    events = ocrd.events[start_lines:]
     per_file = [raw for raw, e in zip(storm, events, strict=True) if e["event"] == "model_deleted"]
     summarised = sum(
         int(e["count"])

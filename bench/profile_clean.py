@@ -22,8 +22,9 @@ import pstats
 import time
 from pathlib import Path
 
-from bench.run import Workspace, assert_targets, quiet, retention_commands, timed
+from bench.peers import retention_commands
 from bench.tree import DAY, PREFIX, Tree, count_files, generate
+from bench.workspace import Workspace, assert_targets, quiet, timed
 
 
 def _fresh(ws: Workspace, n: int) -> tuple[Path, Tree, list[list[str]]]:

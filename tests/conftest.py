@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess, ocrd_argv
 
 OcrdRunner = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-def ocrd_argv() -> list[str]:
-    """The installed console script beside this interpreter, else ``python -m ocrd``."""
-    script = shutil.which("ocrd", path=os.path.dirname(sys.executable))
-    return [script] if script else [sys.executable, "-m", "ocrd"]
 
 
 @pytest.fixture
@@ -99,9 +91,9 @@ def models(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
+def daemons() -> Iterator[list[OcrdProcess]]:
     """Collects the ``ocrd run`` processes a test starts; none outlives the test."""
-    started: list[Daemon] = []
+    started: list[OcrdProcess] = []
     yield started
     for d in started:
         d.close()

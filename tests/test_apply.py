@@ -18,7 +18,8 @@ from ocrd.fanout import FanOut
 from ocrd.holders import Answer
 from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
 from ocrd.walker import scan
-from tests.conftest import make_file, ocrd_argv, snapshot
+from tests.conftest import make_file, snapshot
+from tests.harness import ocrd_argv
 from tests.worlds import held
 
 

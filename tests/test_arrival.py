@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import OcrdRunner, write_config
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 DAY = 86400.0
 OLD = time.time() - 60 * DAY
@@ -213,12 +213,12 @@ def test_moved_in_and_copied_models_are_not_deleted_by_their_vendor_mtime(
 
 @root_only
 def test_the_daemon_settles_a_moved_in_directory_and_keeps_its_old_models(
-    tmp_path: Path, daemons: list[Daemon]
+    tmp_path: Path, daemons: list[OcrdProcess]
 ) -> None:
     with ext4_image(tmp_path) as img:
         models = prepare(tmp_path, img)
         cfg = config(tmp_path, models, settle="2s", rescan="3s")
-        d = Daemon(cfg)
+        d = OcrdProcess(cfg)
         daemons.append(d)
         # Really there for 60 days: deleted by max_age at start-up.
         d.event("model_deleted", path="there.bin", rule="max_age")
@@ -286,7 +286,7 @@ format = "json"
 
 @root_only
 def test_atime_ageing_is_refused_on_a_noatime_mount(
-    tmp_path: Path, run_ocrd: OcrdRunner, daemons: list[Daemon]
+    tmp_path: Path, run_ocrd: OcrdRunner, daemons: list[OcrdProcess]
 ) -> None:
     with tmpfs(tmp_path, "noatime") as models:
         cfg = write_config(tmp_path, ATIME.format(models=models, max_age="30d", age_by="atime"))
@@ -295,14 +295,14 @@ def test_atime_ageing_is_refused_on_a_noatime_mount(
         out = result.stdout + result.stderr
         assert "at 'retention.age_by'" in out, out
         assert "noatime" in out, out
-        d = Daemon(cfg)
+        d = OcrdProcess(cfg)
         daemons.append(d)
         assert d.wait() == 78
         # By mtime the same mount is fine.
         cfg.write_text(ATIME.format(models=models, max_age="30d", age_by="mtime"))
         assert run_ocrd("check", "-c", cfg).returncode == 0
         # A daemon running by mtime keeps its rules when a reload asks for atime there.
-        d = Daemon(cfg)
+        d = OcrdProcess(cfg)
         daemons.append(d)
         d.note("READY=1")
         cfg.write_text(ATIME.format(models=models, max_age="30d", age_by="atime"))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from ocrd.rootdir import walk_dirs
-from tests.conftest import OcrdRunner, make_file, ocrd_argv, write_config
-from tests.daemon_harness import Daemon
+from tests.conftest import OcrdRunner, make_file, write_config
+from tests.harness import OcrdProcess, ocrd_argv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root (CI runs as root)")
 
@@ -83,8 +83,8 @@ def _flattened(tmp_path: Path) -> Iterator[None]:
     remove_tree(tmp_path)
 
 
-def start(daemons: list[Daemon], cfg: Path, **env: str) -> Daemon:
-    d = Daemon(cfg, env)
+def start(daemons: list[OcrdProcess], cfg: Path, **env: str) -> OcrdProcess:
+    d = OcrdProcess(cfg, env)
     daemons.append(d)
     return d
 
@@ -174,7 +174,7 @@ def test_the_daemon_neither_enters_nor_watches_nor_deletes_across_mount_points(
     tmp_path: Path,
     models: Path,
     crossings: dict[str, Path],
-    daemons: list[Daemon],
+    daemons: list[OcrdProcess],
     observer: str,
 ) -> None:
     d = start(daemons, config(tmp_path, observer=observer))
@@ -236,7 +236,7 @@ def test_a_btrfs_subvolume_is_a_boundary_too(tmp_path: Path, run_ocrd: OcrdRunne
 
 
 def test_a_model_dir_swapped_for_a_symlink_is_missing_not_followed(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     outside = tmp_path / "outside"
     make_file(outside, b"old_precious.txt", b"p")
@@ -261,7 +261,7 @@ def test_a_model_dir_swapped_for_a_symlink_is_missing_not_followed(
 
 
 def test_a_symlinked_model_dir_is_watched_at_its_target(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     (tmp_path / "link").symlink_to("models")
     make_file(models, b"sub/keep.bin")
@@ -304,7 +304,7 @@ def deep_name(depth: int, name: str) -> str:
 
 @pytest.mark.parametrize("observer", ["inotify", "polling"])
 def test_a_5000_deep_tree_at_start_and_moved_in_at_run_time(
-    tmp_path: Path, models: Path, daemons: list[Daemon], observer: str
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess], observer: str
 ) -> None:
     depth = 5000
     deep_tree(models / "a", depth, [b"old_bottom.bin", b"keep.bin"])
@@ -360,7 +360,7 @@ def test_clean_under_ulimit_256_deletes_every_eligible_file(tmp_path: Path, mode
 
 
 def test_the_daemon_under_ulimit_256_deletes_every_eligible_file(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     # The real engine (the .NET runtime holds fds of its own), the watcher, apply's threads.
     for i in range(3000):
@@ -368,7 +368,7 @@ def test_the_daemon_under_ulimit_256_deletes_every_eligible_file(
         make_file(models, b"d%04d/keep.bin" % i)
     body = CONFIG.format(model_dir="models", settle="0s", observer="auto")
     cfg = write_config(tmp_path, body.replace("enabled = false", "enabled = true"))
-    d = Daemon(cfg, prefix=["prlimit", "--nofile=256:256", "--"])
+    d = OcrdProcess(cfg, prefix=["prlimit", "--nofile=256:256", "--"])
     daemons.append(d)
     d.note("READY=1", timeout=120)
     assert d.stop()[0] == 0
@@ -442,7 +442,7 @@ def test_walk_dirs_climbs_back_from_the_root_when_a_branch_moved(tmp_path: Path)
 
 
 def test_long_startup_scan_pings_the_watchdog_and_yields_to_sigterm(
-    tmp_path: Path, daemons: list[Daemon]
+    tmp_path: Path, daemons: list[OcrdProcess]
 ) -> None:
     # 400k directories on a tmpfs of the test's own: several seconds of walking on this
     # machine (the polling observer's first snapshot, then the scan), without a fake.

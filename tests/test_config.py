@@ -24,7 +24,7 @@ from ocrd.config import (
 )
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import OcrdRunner, write_config
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -613,12 +613,12 @@ format = "json"
 
 
 def test_run_with_the_largest_engine_integers_starts_the_real_engine(
-    conf_dir: Path, daemons: list[Daemon]
+    conf_dir: Path, daemons: list[OcrdProcess]
 ) -> None:
     """Past Int32 the engine raised OverflowError and run died; at the bound it starts."""
     keys = f"gpu_layers = {INT32_MAX}\ncontext_size = {INT32_MAX}"
     path = write_config(conf_dir, RUN_CONFIG.format(engine="true", engine_keys=keys))
-    d = Daemon(path)
+    d = OcrdProcess(path)
     daemons.append(d)
     d.note("READY=1")
     assert d.event("engine_started")["model_dir"] == str(conf_dir / "models")
@@ -634,10 +634,10 @@ def test_run_with_the_largest_engine_integers_starts_the_real_engine(
     ],
 )
 def test_run_refuses_any_nesting_depth_with_78_and_one_line(
-    conf_dir: Path, daemons: list[Daemon], body: str
+    conf_dir: Path, daemons: list[OcrdProcess], body: str
 ) -> None:
     path = write_config(conf_dir, f'model_dir = "models"\nbogus = {body}\n')
-    d = Daemon(path)
+    d = OcrdProcess(path)
     daemons.append(d)
     assert d.wait() == EXIT_CONFIG
     [invalid] = d.events  # one JSON line, like every line of `ocrd run`
@@ -648,12 +648,12 @@ def test_run_refuses_any_nesting_depth_with_78_and_one_line(
 
 
 def test_reload_of_hostile_files_is_config_rejected_and_the_daemon_stays_up(
-    conf_dir: Path, daemons: list[Daemon]
+    conf_dir: Path, daemons: list[OcrdProcess]
 ) -> None:
     """Each of these killed the daemon or hung its reload (and then SIGTERM) before."""
     path = write_config(conf_dir, RUN_CONFIG.format(engine="false", engine_keys=""))
     good = path.read_text()
-    d = Daemon(path)
+    d = OcrdProcess(path)
     daemons.append(d)
     d.note("READY=1")
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from ocrd.config import INT32_MAX, MAX_BYTES, MAX_DEPTH, Config, load
 from ocrd.errors import ConfigError
-from tests.daemon_harness import ocrd_argv
+from tests.harness import ocrd_argv
 
 KEYS: dict[str, list[str]] = {
     "": ["model_dir", "retention", "watch", "engine", "log", "bogus"],

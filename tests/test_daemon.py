@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 CONFIG = """\
 model_dir = "models"
@@ -53,14 +53,14 @@ def write_config(
     return path
 
 
-def start(daemons: list[Daemon], config: Path, **env: str) -> Daemon:
-    d = Daemon(config, env)
+def start(daemons: list[OcrdProcess], config: Path, **env: str) -> OcrdProcess:
+    d = OcrdProcess(config, env)
     daemons.append(d)
     return d
 
 
 def test_ready_comes_after_the_startup_pass(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     (models / "old_a.bin").write_bytes(b"a" * 10)
     (models / "current.bin").write_bytes(b"c")
@@ -76,7 +76,7 @@ def test_ready_comes_after_the_startup_pass(
 
 
 def test_new_old_file_removed_after_settling_while_others_stay(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     (models / "current.bin").write_bytes(b"c")
     (models / "old_but_kept.bin").write_bytes(b"k")
@@ -98,7 +98,7 @@ def test_new_old_file_removed_after_settling_while_others_stay(
 
 
 def test_engine_freed_before_first_deletion_and_started_after_last(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     for i in range(5):
         (models / f"old_{i}.bin").write_bytes(b"x")
@@ -123,7 +123,7 @@ def test_engine_freed_before_first_deletion_and_started_after_last(
 
 
 def test_watchdog_pings_at_half_the_interval(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     d = start(daemons, write_config(tmp_path, engine="false"), WATCHDOG_USEC="400000")
     d.note("READY=1")
@@ -135,7 +135,7 @@ def test_watchdog_pings_at_half_the_interval(
 
 
 def test_no_watchdog_pings_without_watchdog_usec(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     d = start(daemons, write_config(tmp_path, engine="false"))
     d.note("READY=1")
@@ -145,7 +145,9 @@ def test_no_watchdog_pings_without_watchdog_usec(
     assert not [n for _, n in d.notes if n == "WATCHDOG=1"]
 
 
-def test_sighup_applies_a_changed_rule(tmp_path: Path, models: Path, daemons: list[Daemon]) -> None:
+def test_sighup_applies_a_changed_rule(
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+) -> None:
     config = write_config(tmp_path)
     (models / "tmp_model.bin").write_bytes(b"t")
     d = start(daemons, config)
@@ -172,7 +174,7 @@ def test_sighup_applies_a_changed_rule(tmp_path: Path, models: Path, daemons: li
 
 
 def test_sighup_with_a_broken_file_keeps_the_old_rules(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     config = write_config(tmp_path)
     d = start(daemons, config)
@@ -190,7 +192,7 @@ def test_sighup_with_a_broken_file_keeps_the_old_rules(
 
 
 def test_sigterm_stops_cleanly_and_fast(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     (models / "keep.bin").write_bytes(b"k")
     d = start(daemons, write_config(tmp_path, level="debug"))
@@ -210,7 +212,7 @@ def test_sigterm_stops_cleanly_and_fast(
         assert record["timestamp"].endswith("Z")
 
 
-def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, daemons: list[Daemon]) -> None:
+def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, daemons: list[OcrdProcess]) -> None:
     d = start(daemons, write_config(tmp_path, engine="false"))
     d.note("READY=1")
     code, took = d.stop(signal.SIGINT)
@@ -218,7 +220,7 @@ def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, daemons: list[Da
     assert took < 5.0
 
 
-def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[Daemon]) -> None:
+def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[OcrdProcess]) -> None:
     d = start(daemons, write_config(tmp_path))  # models/ was never created
     assert d.wait() == 78
     # One JSON line naming every problem, on stdout like every other line of `ocrd run`.
@@ -232,7 +234,7 @@ def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[Daemon])
 
 
 def test_engine_disabled_runs_without_an_engine(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     (models / "old_a").write_bytes(b"x")
     d = start(daemons, write_config(tmp_path, engine="false"))
@@ -251,12 +253,12 @@ def _drop(tmp_path: Path, models: Path, name: str, data: bytes) -> None:
     os.rename(part, models / name)
 
 
-def _status(d: Daemon) -> str:
+def _status(d: OcrdProcess) -> str:
     return [n for _, n in d.notes if n.startswith("STATUS=")][-1].removeprefix("STATUS=")
 
 
 def test_status_tells_totals_last_pass_and_a_rejected_reload(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """4 files of 256 KiB deleted over three passes: STATUS= keeps the totals since start (not
     only the last batch), in human units with the right singulars, counts the engine cycles,
@@ -305,7 +307,7 @@ def test_status_tells_totals_last_pass_and_a_rejected_reload(
 
 
 def test_dry_run_logs_would_be_deleted_once_and_deletes_nothing(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     body = CONFIG.format(
         settle="0s", engine="false", level="info", batch="0s", restart_after="0s"
@@ -324,7 +326,7 @@ def test_dry_run_logs_would_be_deleted_once_and_deletes_nothing(
 
 
 def test_a_signal_storm_never_wedges_the_loop(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """Signals landing while the main loop holds a lock must not deadlock it (a handler that
     took threading.Event's lock did, now and then, and SIGTERM was then ignored)."""
@@ -339,7 +341,7 @@ def test_a_signal_storm_never_wedges_the_loop(
 
 
 def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """The create event shows an empty file; the write that follows raises no event we
     listen to. When settle ends, the daemon must look at the file again, not plan its stale
@@ -359,12 +361,12 @@ def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
 
 
 def test_a_notify_socket_nobody_reads_never_wedges_the_daemon(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """A receiver that stops reading fills the datagram queue; a blocking send would then
     hang the loop for good and SIGTERM with it."""
     config = write_config(tmp_path, engine="false", level="debug")
-    d = Daemon(config, {"WATCHDOG_USEC": "20000"}, notify_buffer=1024)
+    d = OcrdProcess(config, {"WATCHDOG_USEC": "20000"}, notify_buffer=1024)
     daemons.append(d)
     d.note("READY=1")
     d.reading.clear()  # from here on nobody reads: the queue fills with WATCHDOG=1
@@ -376,7 +378,7 @@ def test_a_notify_socket_nobody_reads_never_wedges_the_daemon(
 
 
 def test_signals_that_mean_nothing_to_ocrd_are_ignored(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     d = start(daemons, write_config(tmp_path))
     d.note("READY=1")
@@ -401,7 +403,7 @@ def _blocked(pid: int, sig: int) -> bool:
 
 
 def test_a_sighup_during_start_up_is_a_reload_after_it_not_death(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """Signals are held back from ocrd's first line of Python on; one that arrives before the
     handlers exist (here: while the .NET runtime is still being imported) waits for them."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 from tests.worlds import held
 
 CONFIG = """\
@@ -33,33 +33,33 @@ format = "json"
 
 
 def start(
-    daemons: list[Daemon],
+    daemons: list[OcrdProcess],
     tmp_path: Path,
     settle: str = "0s",
     batch: str = "2s",
     restart_after: str = "10s",
-) -> Daemon:
+) -> OcrdProcess:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG.format(settle=settle, batch=batch, restart_after=restart_after))
-    d = Daemon(config)
+    d = OcrdProcess(config)
     daemons.append(d)
     return d
 
 
-def cycles(d: Daemon) -> list[dict[str, object]]:
+def cycles(d: OcrdProcess) -> list[dict[str, object]]:
     return [e for e in d.events if e.get("event") == "engine_freed" and e["reason"] == "deletion"]
 
 
-def failures(d: Daemon, n: int) -> Callable[[], bool]:
+def failures(d: OcrdProcess, n: int) -> Callable[[], bool]:
     return lambda: d.names().count("deletion_failed") >= n
 
 
-def deleted(d: Daemon) -> int:
+def deleted(d: OcrdProcess) -> int:
     return d.names().count("model_deleted")
 
 
 def test_a_trickle_of_twenty_files_shares_at_most_two_cycles(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     d = start(daemons, tmp_path, settle="1s")
     d.note("READY=1")
@@ -85,7 +85,7 @@ def test_a_trickle_of_twenty_files_shares_at_most_two_cycles(
 
 
 def test_a_burst_of_a_thousand_files_is_one_cycle(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     d = start(daemons, tmp_path)
     d.note("READY=1")
@@ -110,7 +110,7 @@ def test_a_burst_of_a_thousand_files_is_one_cycle(
 
 @pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr (e2fsprogs)")
 def test_an_immutable_file_never_costs_an_engine_cycle(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     target = models / "old_stuck.bin"
     target.write_bytes(b"x")
@@ -135,7 +135,7 @@ def test_an_immutable_file_never_costs_an_engine_cycle(
 
 
 def test_a_file_another_process_holds_never_costs_an_engine_cycle(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     target = models / "old_held.gguf"
     target.write_bytes(b"GGUF" + b"\0" * 4096)
@@ -151,14 +151,8 @@ def test_a_file_another_process_holds_never_costs_an_engine_cycle(
     assert d.stop()[0] == 0
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_a_writer_appending_every_2ms_makes_no_busy_loop(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     d = start(daemons, tmp_path, settle="0s")
     d.note("READY=1")
@@ -175,9 +169,9 @@ def test_a_writer_appending_every_2ms_makes_no_busy_loop(
     writer.start()
     try:
         d.event("deletion_skipped", path="old_stream.log")
-        before, lines_before = _cpu_seconds(d.proc.pid), len(d.lines)
+        before, lines_before = d.cpu_seconds(), len(d.lines)
         stop.wait(10)
-        cpu = (_cpu_seconds(d.proc.pid) - before) / 10
+        cpu = (d.cpu_seconds() - before) / 10
         lines = len(d.lines) - lines_before
     finally:
         stop.set()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon, ocrd_argv
+from tests.harness import OcrdProcess, ocrd_argv
 from tests.worlds import OCRD_UID, World, as_user, make_world, root_only
 
 CONFIG = """\
@@ -48,7 +48,7 @@ def config_in(directory: Path) -> Path:
 
 @root_only
 def test_an_unreadable_directory_is_reported_and_the_rest_goes_on(
-    world: World, daemons: list[Daemon]
+    world: World, daemons: list[OcrdProcess]
 ) -> None:
     """ocrd runs unprivileged, as the unit runs it; another user (root here) makes a directory
     ocrd may not enter, after ocrd started watching it. Each event inside it used to crash the
@@ -57,7 +57,7 @@ def test_an_unreadable_directory_is_reported_and_the_rest_goes_on(
     sub = models / "d"
     sub.mkdir()
     sub.chmod(0o755)
-    d = Daemon(
+    d = OcrdProcess(
         config_in(world.base),
         env=world.env,
         prefix=as_user(OCRD_UID),
@@ -85,9 +85,9 @@ def _storm(models: Path, count: int) -> None:
         os.close(os.open(os.path.join(os.fsencode(models), name), os.O_CREAT | os.O_WRONLY))
 
 
-def test_a_name_storm_is_summarised_not_flooded(tmp_path: Path, daemons: list[Daemon]) -> None:
+def test_a_name_storm_is_summarised_not_flooded(tmp_path: Path, daemons: list[OcrdProcess]) -> None:
     (tmp_path / "models").mkdir()
-    d = Daemon(config_in(tmp_path))
+    d = OcrdProcess(config_in(tmp_path))
     daemons.append(d)
     d.note("READY=1")
     count = 6000
@@ -105,7 +105,7 @@ def test_a_name_storm_is_summarised_not_flooded(tmp_path: Path, daemons: list[Da
     assert d.stop()[0] == 0
 
 
-def _deletions_told(d: Daemon) -> int:
+def _deletions_told(d: OcrdProcess) -> int:
     return d.deletions()
 
 
@@ -220,7 +220,7 @@ def test_a_closed_stdout_is_an_event_and_a_clean_exit(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_mkdir_storm_on_a_large_index_keeps_the_watchdog_fed(
-    tmp_path: Path, daemons: list[Daemon]
+    tmp_path: Path, daemons: list[OcrdProcess]
 ) -> None:
     """Each new directory used to cost a scan of every indexed path (500 mkdirs on 1M files:
     88 s without WATCHDOG=1). With 100k files indexed, 2000 mkdirs: from the last ping before
@@ -231,7 +231,7 @@ def test_a_mkdir_storm_on_a_large_index_keeps_the_watchdog_fed(
         sub.mkdir(parents=True)
         for i in range(1000):
             os.close(os.open(sub / f"m{i}.bin", os.O_CREAT | os.O_WRONLY, 0o644))
-    d = Daemon(config_in(tmp_path), env={"WATCHDOG_USEC": "2000000"})
+    d = OcrdProcess(config_in(tmp_path), env={"WATCHDOG_USEC": "2000000"})
     daemons.append(d)
     d.note("READY=1", timeout=120)
     began = d.note("WATCHDOG=1", count=1)[-1]

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from ocrd.holders import Answer, file_id, take
-from tests.conftest import ocrd_argv
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess, ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
 
@@ -375,11 +374,11 @@ def test_a_hung_fuse_mount_neither_freezes_the_pass_nor_the_fallback(world: Worl
 
 @root_only
 def test_with_a_hung_fuse_mount_the_daemon_deletes_and_stops_within_5s(
-    world: World, daemons: list[Daemon]
+    world: World, daemons: list[OcrdProcess]
 ) -> None:
     with hung_fuse(world.base):
         world.model("old_a.gguf", owner=APP_UID)
-        d = Daemon(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
+        d = OcrdProcess(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
         daemons.append(d)
         d.note("READY=1")
         d.event("model_deleted", path="old_a.gguf")

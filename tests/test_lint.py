@@ -12,7 +12,7 @@ import pytest
 from ocrd.config import Lint, lint, load
 from ocrd.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import OcrdRunner, write_config
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 
 @pytest.fixture
@@ -171,13 +171,13 @@ def test_home_and_the_running_users_home_are_refused_but_not_what_they_hold(
 
 
 def test_check_and_run_refuse_a_system_directory_with_78(
-    conf_dir: Path, run_ocrd: OcrdRunner, daemons: list[Daemon]
+    conf_dir: Path, run_ocrd: OcrdRunner, daemons: list[OcrdProcess]
 ) -> None:
     path = write_config(conf_dir, 'model_dir = "/etc"\n[engine]\nenabled = false\n')
     result = run_ocrd("check", "-c", path)
     assert (result.returncode, result.stdout) == (EXIT_CONFIG, "")
     assert len(result.stderr.splitlines()) == 1
-    d = Daemon(path)
+    d = OcrdProcess(path)
     daemons.append(d)
     assert d.wait() == EXIT_CONFIG
     invalid = d.event("config_invalid")  # ocrd run says it as a JSON line
@@ -226,10 +226,10 @@ def test_a_clean_config_prints_no_warning(conf_dir: Path, run_ocrd: OcrdRunner) 
 
 
 def test_run_logs_config_warning_at_start_and_on_reload(
-    conf_dir: Path, daemons: list[Daemon]
+    conf_dir: Path, daemons: list[OcrdProcess]
 ) -> None:
     path = write_config(conf_dir, LINTED)
-    d = Daemon(path)
+    d = OcrdProcess(path)
     daemons.append(d)
     d.note("READY=1")
 

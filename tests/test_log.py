@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ocrd import log
-from tests.conftest import ocrd_argv
+from tests.harness import ocrd_argv
 
 LINE = re.compile(r"^(?:<(\d)>)?(\{.*\})$")
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3}

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import OcrdRunner
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 CONFIG = """\
 model_dir = "models"
@@ -46,15 +46,19 @@ def _value(path: Path, name: str, **labels: str) -> float | None:
     return _samples(path).get((name, tuple(sorted(labels.items()))))
 
 
-def _start(tmp_path: Path, daemons: list[Daemon], textfile: str, engine: str = "true") -> Daemon:
+def _start(
+    tmp_path: Path, daemons: list[OcrdProcess], textfile: str, engine: str = "true"
+) -> OcrdProcess:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG.format(engine=engine, textfile=textfile))
-    d = Daemon(config, prefix=UMASK_027)
+    d = OcrdProcess(config, prefix=UMASK_027)
     daemons.append(d)
     return d
 
 
-def test_textfile_counts_what_happened(tmp_path: Path, models: Path, daemons: list[Daemon]) -> None:
+def test_textfile_counts_what_happened(
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+) -> None:
     (tmp_path / "prom").mkdir()
     (models / "old_a.bin").write_bytes(b"a" * 100)
     (models / "model.bin").write_bytes(b"m" * 10)
@@ -106,7 +110,7 @@ def test_textfile_counts_what_happened(tmp_path: Path, models: Path, daemons: li
 
 
 def test_a_failed_write_is_logged_and_retention_goes_on(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()

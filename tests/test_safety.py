@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 CONFIG = """\
 model_dir = "models"
@@ -30,17 +30,17 @@ format = "json"
 
 
 def start(
-    daemons: list[Daemon],
+    daemons: list[OcrdProcess],
     tmp_path: Path,
     *,
     rescan: str = "10m",
     engine: str = "false",
     observer: str = "auto",
     prefix: list[str] | None = None,
-) -> Daemon:
+) -> OcrdProcess:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG.format(rescan=rescan, engine=engine, observer=observer))
-    d = Daemon(config, prefix=prefix)
+    d = OcrdProcess(config, prefix=prefix)
     daemons.append(d)
     return d
 
@@ -50,13 +50,13 @@ def create(directory: Path, names: list[str]) -> None:
         os.close(os.open(directory / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-def deleted_count(d: Daemon) -> int:
+def deleted_count(d: OcrdProcess) -> int:
     return d.deletions()
 
 
 @pytest.mark.slow
 def test_lost_events_from_a_queue_overflow_are_recovered(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """20k creates while the daemon is stopped overflow the kernel queue (16384 here)."""
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
@@ -77,7 +77,7 @@ def test_lost_events_from_a_queue_overflow_are_recovered(
 
 
 def test_a_directory_swapped_for_a_symlink_never_leads_outside(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -118,7 +118,7 @@ def test_a_directory_swapped_for_a_symlink_never_leads_outside(
 
 
 def test_a_mapped_model_is_skipped_in_use_and_deleted_once_released(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     model = models / "old_mapped.gguf"
     model.write_bytes(b"GGUF" + b"\0" * 8192)
@@ -159,7 +159,7 @@ def test_a_mapped_model_is_skipped_in_use_and_deleted_once_released(
 
 
 def test_model_dir_vanishing_and_returning(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     create(models, ["keep.bin"])
     (models / "sub").mkdir()
@@ -180,7 +180,7 @@ def test_model_dir_vanishing_and_returning(
 
 
 def test_hostile_names_are_deleted_and_logged_on_one_line(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     root = os.fsencode(models)
     hostile = [b"old_new\nline.bin", b"old_\xff\xfe.bin", b"old_back\\x41.bin", b"old_tab\t.bin"]
@@ -203,7 +203,7 @@ def test_hostile_names_are_deleted_and_logged_on_one_line(
 
 @pytest.mark.slow
 def test_sigterm_mid_batch_exits_0_fast_and_sigkill_restart_completes(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     n = 30_000
     for i in range(100):
@@ -256,7 +256,7 @@ needs_userns = pytest.mark.skipif(
 @needs_userns
 @pytest.mark.parametrize("observer", ["auto", "inotify"])
 def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
-    tmp_path: Path, models: Path, daemons: list[Daemon], observer: str
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess], observer: str
 ) -> None:
     """40 directories, 20 watches allowed: watchdog drops the ENOSPC for the rest silently."""
     for i in range(40):
@@ -288,7 +288,7 @@ def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
 
 @pytest.mark.slow
 def test_a_reload_to_dry_run_stops_a_pass_between_two_files(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     """Nothing the new rules keep is deleted after config_reloaded: the batch in progress is
     stopped between two files by the SIGHUP, and the reload plans anew."""

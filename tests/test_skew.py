@@ -12,7 +12,7 @@ from ocrd.inventory import FileEntry
 from ocrd.retention import Decision, Verdict
 from ocrd.skew import FutureMtimes
 from tests.conftest import OcrdRunner, write_config
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 YEAR_2100 = 4_102_444_800.0
 
@@ -86,11 +86,11 @@ def test_list_and_clean_apply_the_rules_to_a_file_from_2100_once_settled(
 
 
 def test_the_daemon_reports_a_future_mtime_once_per_file_not_once_per_pass(
-    tmp_path: Path, models: Path, daemons: list[Daemon]
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
     from_the_future(models / "future.bin")
     from_the_future(models / "old_future.bin")
-    d = Daemon(write_config(tmp_path, CONFIG.format(rescan="1s")))
+    d = OcrdProcess(write_config(tmp_path, CONFIG.format(rescan="1s")))
     daemons.append(d)
     d.note("READY=1")
     # Settled from its ctime one second later, then deleted by its prefix.

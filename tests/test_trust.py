@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import OcrdRunner
-from tests.daemon_harness import Daemon
+from tests.harness import OcrdProcess
 
 OTHER_UID = 4343
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to another user")
@@ -101,13 +101,13 @@ def test_a_symlinked_config_is_judged_where_the_link_lives_too(
 
 
 def test_a_reload_that_would_delete_most_models_is_held(
-    place: Path, run_ocrd: OcrdRunner, daemons: list[Daemon]
+    place: Path, run_ocrd: OcrdRunner, daemons: list[OcrdProcess]
 ) -> None:
     models = place / "models"
     for i in range(10):
         (models / f"m_{i}.bin").write_bytes(b"x" * 100)
     config = config_in(place)
-    d = Daemon(config)
+    d = OcrdProcess(config)
     daemons.append(d)
     d.note("READY=1")
     config.write_text(BODY.format(extra="").replace('["old_"]', '["old_", "m_"]'))
@@ -135,12 +135,12 @@ def test_a_reload_that_would_delete_most_models_is_held(
     assert d.stop()[0] == 0
 
 
-def test_a_reload_guard_of_100_percent_is_off(place: Path, daemons: list[Daemon]) -> None:
+def test_a_reload_guard_of_100_percent_is_off(place: Path, daemons: list[OcrdProcess]) -> None:
     models = place / "models"
     for i in range(4):
         (models / f"m_{i}.bin").write_bytes(b"x")
     config = config_in(place, 'reload_guard = "100%"')
-    d = Daemon(config)
+    d = OcrdProcess(config)
     daemons.append(d)
     d.note("READY=1")
     config.write_text(config.read_text().replace('["old_"]', '["m_"]'))
