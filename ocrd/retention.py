@@ -220,25 +220,52 @@ def _utc(t: float) -> str:
 
 
 INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
+PROCESS_STARTED = time.time()  # private names older than this process are no live ocrd's own
 
 
 @dataclass(frozen=True)
 class InterruptedRule(Selector):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
-    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first and unlinks that name
-    (ocrd.apply); a SIGKILL between the two leaves the private name behind. Such a file had
-    passed every check already; it is planned again, and checked again, under this rule."""
+    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first, and deletes it under that
+    name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had passed every
+    check already; it is planned again, and checked again, under this rule.
 
+    A name given before this process started (by ctime, which the rename set) is a leftover;
+    a younger one only once it is GRACE_S old: it may belong to an ocrd that is deleting right
+    now (``ocrd clean`` beside the daemon), whose file waits under that name for microseconds,
+    leased. Opening it to check would break that lease, and the other ocrd would rightly put
+    it back."""
+
+    started: float = PROCESS_STARTED
     name: str = "interrupted"
+
+    GRACE_S = 60.0
+
+    def _leftover(self, f: FileEntry, now: float) -> bool:
+        return f.ctime < self.started or now - f.ctime >= self.GRACE_S
 
     @property
     def per_file(self) -> bool:
         return True
 
+    def due(self, entry: FileEntry) -> float | None:
+        if not INTERRUPTED.fullmatch(entry.path.rpartition(b"/")[2]):
+            return None
+        return entry.ctime if entry.ctime < self.started else entry.ctime + self.GRACE_S
+
+    @property
+    def due_slack(self) -> float | None:
+        return 1.0
+
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]):
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and self._leftover(f, now):
                 yield f, "ocrd was stopped while deleting it"
+
+    def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        for f in files:
+            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and (now - f.ctime < self.GRACE_S):
+                yield f, (f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s")
 
 
 @dataclass(frozen=True)

@@ -414,17 +414,25 @@ def test_rules_from_config() -> None:
 
 
 def test_a_deletion_interrupted_between_rename_and_unlink_is_finished_later() -> None:
+    grace = InterruptedRule.GRACE_S
     files = [
-        entry(b".ocrd-deleting-123-4"),
-        entry(b"sub/.ocrd-deleting-9-0"),
+        entry(b".ocrd-deleting-123-4", ctime_age=grace),
+        entry(b"sub/.ocrd-deleting-9-0", ctime_age=DAY),
         entry(b".ocrd-deleting-x"),
         entry(b"a.ocrd-deleting-1-2"),
+        entry(b".ocrd-deleting-77-1", ctime_age=5),  # another ocrd's, in hand now
+        entry(b".ocrd-deleting-78-1", ctime_age=20),  # from before we started: a leftover
     ]
-    p = plan(files, Rules.from_config(Retention(), settle=0.0), NOW)
+    rules = Rules((InterruptedRule(started=NOW - 10),))
+    p = plan(files, rules, NOW)
     assert {d.entry.path: d.rule for d in p.deletions} == {
         b".ocrd-deleting-123-4": "interrupted",
         b"sub/.ocrd-deleting-9-0": "interrupted",
+        b".ocrd-deleting-78-1": "interrupted",
     }
+    young = next(d for d in p.decisions if d.entry.path == b".ocrd-deleting-77-1")
+    assert "deleting it right now" in young.reason
+    assert revisit_at(young, rules, NOW) == NOW - 5 + grace  # due once the grace is over
 
 
 def test_plan_deletions_lists_only_deletes() -> None:
