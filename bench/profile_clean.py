@@ -75,8 +75,8 @@ def main() -> None:
     from ocrd import cli
     from ocrd.apply import apply
     from ocrd.config import load
-    from ocrd.inventory import scan
     from ocrd.retention import Rules, plan
+    from ocrd.walker import scan
 
     ws = Workspace(None)
     try:

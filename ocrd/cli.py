@@ -14,11 +14,12 @@ from ocrd import __version__, log
 from ocrd.apply import InUse, Status, apply, limited_check, probe
 from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
-from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
 from ocrd.families import Member
 from ocrd.holders import lease_report
 from ocrd.human import size
-from ocrd.inventory import Inventory, ModelDirMissing, collecting_paused, display, scan
+from ocrd.inventory import Inventory, display
+from ocrd.outcomes import Recorder
 from ocrd.retention import (
     Decision,
     Plan,
@@ -31,6 +32,7 @@ from ocrd.retention import (
     versions,
 )
 from ocrd.rootdir import Place, pin, raise_fd_limit
+from ocrd.walker import collecting_paused, scan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,29 +271,27 @@ def _member(d: Decision, ranked: dict[int, Member] | None) -> dict[str, Any]:
 
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
     logger = log.get()
-    deleted: list[str] = []
-    skipped: list[dict[str, str | None]] = []
-    failed: list[dict[str, str | None]] = []
-    freed = 0
     unknown = config.retention.unknown_holders
     in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
     the_plan, inventory, refusal = _plan(config, place)
     if refusal is not None:
         logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
+    recorder = Recorder(keep=True)
     for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
+        recorder.record(o)
+    done = recorder.totals.since_start
+    freed = done.freed + done.would_free
+    deleted: list[str] = []
+    skipped: list[dict[str, str | None]] = []
+    failed: list[dict[str, str | None]] = []
+    for o in recorder.kept:
         path = display(o.decision.entry.path)
-        if o.status is Status.DELETED:
+        if o.status in (Status.DELETED, Status.WOULD_DELETE):
             deleted.append(path)
-            freed += o.freed
-        elif o.status is Status.WOULD_DELETE:
-            deleted.append(path)
-            freed += o.decision.entry.size
         elif o.status is Status.SKIPPED:
             skipped.append({"path": path, "reason": o.detail})
-            logger.info("deletion_skipped", path=path, reason=o.detail)
         else:
             failed.append({"path": path, "error": o.detail})
-            logger.error("deletion_failed", path=path, error=o.detail)
     if as_json:
         json.dump(
             {

@@ -1,4 +1,8 @@
-"""The supervisor: the single owner of the aspose.ocr.ai.AsposeAI instance for model_dir."""
+"""The supervisor: the single owner of the aspose.ocr.ai.AsposeAI instance for model_dir.
+
+Words used for it throughout ocrd: the *engine* is that AsposeAI instance as the operator knows
+it ([engine], engine_started, engine_freed); the *runtime* is the imported ``aspose.ocr.ai``
+module with its .NET runtime; the *Supervisor* owns the instance (the daemon's ``engine``)."""
 
 from __future__ import annotations
 
@@ -12,11 +16,7 @@ from typing import Any
 
 from ocrd import log
 from ocrd.config import Engine
-from ocrd.errors import OcrdError
-
-
-class EngineBusy(OcrdError):
-    """free_resources() failed: the engine may still hold model files, so nothing is deleted."""
+from ocrd.errors import EngineBusy
 
 
 def load_runtime() -> Any:
@@ -59,7 +59,7 @@ class Supervisor:
         self.model_dir = model_dir.absolute()
         self._runtime = runtime
         self._after_native_call = after_native_call
-        self._ai: Any = None
+        self._instance: Any = None
         self._load_warned = False
         self._freed_at: float | None = None  # monotonic time of the last free, for downtime
         self.cycles = 0  # frees for deletions since the process started
@@ -68,7 +68,7 @@ class Supervisor:
     def reconfigure(self, settings: Engine, model_dir: Path) -> None:
         """New settings for the next start(). An instance that refused to be freed is dropped:
         the new one replaces it, and the runtime reclaims the old one with the process."""
-        self._ai = None
+        self._instance = None
         if settings.enabled and self._runtime is None:
             self._runtime = load_runtime()
             self._after_native_call()  # the import re-took SIGTERM/SIGINT (ASPOSE_NOTES 2)
@@ -77,16 +77,16 @@ class Supervisor:
 
     @property
     def running(self) -> bool:
-        return self._ai is not None
+        return self._instance is not None
 
     def start(self) -> None:
-        if not self.settings.enabled or self._ai is not None:
+        if not self.settings.enabled or self._instance is not None:
             return
         if not self.model_dir.is_dir():
             return  # set_post_processor would create it; the daemon waits for it to return
-        ai = self._runtime if self._runtime is not None else load_runtime()
-        instance = ai.AsposeAI()
-        model = ai.AsposeAIModelConfig()
+        runtime = self._runtime if self._runtime is not None else load_runtime()
+        instance = runtime.AsposeAI()
+        model = runtime.AsposeAIModelConfig()
         model.allow_auto_download = False  # a daemon never fetches models behind our back
         model.directory_model_path = str(self.model_dir)
         model.gpu_layers = self.settings.gpu_layers
@@ -97,13 +97,13 @@ class Supervisor:
             # Binds the instance to model_dir (get_local_path() answers it afterwards) and tries
             # to load llama.cpp. Without the native library (ASPOSE_NOTES 7) that load fails, but
             # the instance is bound and owned all the same; we say so once, then only at debug.
-            instance.set_post_processor(ai.SpellCheckAIProcessor(), model)
+            instance.set_post_processor(runtime.SpellCheckAIProcessor(), model)
         except RuntimeError as exc:
             error = _cause(str(exc))
         finally:
             # ASPOSE_NOTES 2: the first set_post_processor call re-takes SIGINT/SIGQUIT/SIGCHLD.
             self._after_native_call()
-        self._ai = instance
+        self._instance = instance
         logger = log.get()
         if error is not None:
             level = logger.debug if self._load_warned else logger.warning
@@ -126,14 +126,14 @@ class Supervisor:
     def free(self, reason: str, deletions: int | None = None) -> None:
         """free_resources() and drop the instance; EngineBusy if the engine refuses.
         ``deletions``: how many deletions this free is for (logged: the cost made visible)."""
-        if self._ai is None:
+        if self._instance is None:
             return
         try:
-            self._ai.free_resources()
+            self._instance.free_resources()
         except RuntimeError as exc:
             log.get().error("engine_free_failed", reason=reason, error=str(exc)[:300])
             raise EngineBusy(f"freeing the AsposeAI engine failed: {exc}") from exc
-        self._ai = None
+        self._instance = None
         self._freed_at = time.monotonic()
         extra = {} if deletions is None else {"deletions": deletions}
         if reason == "deletion":
@@ -143,7 +143,7 @@ class Supervisor:
     @contextmanager
     def released(self, reason: str = "deletion") -> Iterator[None]:
         """Free the engine for the duration of the block (no-op if disabled or not running)."""
-        was_running = self._ai is not None
+        was_running = self._instance is not None
         self.free(reason)
         try:
             yield

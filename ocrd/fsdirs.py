@@ -7,18 +7,9 @@ import os
 import stat
 from collections import OrderedDict
 
-from ocrd.inventory import FileEntry
-from ocrd.rootdir import DIR_FLAGS, Identity, Place, fd_budget, identify, open_root
-
-
-class OtherFilesystem(OSError):
-    """A directory on the way is on another filesystem than model_dir: never entered.
-    Its errno is ESTALE, so callers that refuse a replaced directory refuse this alike."""
-
-    def __init__(self, rel: bytes, ident: Identity) -> None:
-        super().__init__(errno.ESTALE, f"on another filesystem (device {ident.device})")
-        self.rel = rel
-        self.device = ident.device
+from ocrd.errors import OtherFilesystem
+from ocrd.inventory import FileEntry, entry_from_stat
+from ocrd.rootdir import DIR_FLAGS, Place, fd_budget, identify, open_root
 
 
 class DirFds:
@@ -72,7 +63,7 @@ class DirFds:
                     os.close(fd)
                     self.forget(walked)
                     if was is None or was == ident[:2]:
-                        raise OtherFilesystem(walked, ident)
+                        raise OtherFilesystem(walked, ident.device)
                     raise OSError(errno.ESTALE, "directory was replaced", os.fsdecode(walked))
                 self.ids[walked] = (ident.dev, ident.ino)
                 fds[walked] = fd
@@ -136,16 +127,3 @@ class DirFds:
         if s is None or not (stat.S_ISREG(s.st_mode) or stat.S_ISLNK(s.st_mode)):
             return None
         return entry_from_stat(rel, s)
-
-
-def entry_from_stat(rel: bytes, s: os.stat_result) -> FileEntry:
-    return FileEntry(
-        rel,
-        s.st_size,
-        s.st_mtime,
-        s.st_atime,
-        s.st_ctime,
-        s.st_dev,
-        s.st_ino,
-        stat.S_ISLNK(s.st_mode),
-    )

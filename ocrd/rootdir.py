@@ -11,17 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ocrd.errors import OcrdError
-
-
-class ModelDirMissing(OcrdError):
-    """model_dir is gone (unmounted, removed, replaced by a symlink); nothing may be deleted
-    until a real directory is back at the pinned path."""
-
-
-class Stopped(OcrdError):
-    """A walk was asked to stop (SIGTERM) between two directories."""
-
+from ocrd.errors import ModelDirMissing, Stopped
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # below model_dir
 # Components above model_dir are only passed through: O_PATH needs search permission, not read,
@@ -168,6 +158,21 @@ def identify(fd: int) -> Identity:
             return Identity(dev, ino, mnt)
     st = os.fstat(fd)
     return Identity(st.st_dev, st.st_ino, None)
+
+
+def still_there(place: Place, root: Identity) -> None:
+    """After a walk from model_dir's fd: the fd kept working even if the directory was
+    removed, unmounted or swapped for a link meanwhile, so open its pinned path once more."""
+    try:
+        fd = open_root(place)
+    except ModelDirMissing as exc:
+        raise ModelDirMissing(f"{place}: model_dir vanished during the scan") from exc
+    try:
+        now = identify(fd)
+    finally:
+        os.close(fd)
+    if now[:2] != root[:2]:
+        raise ModelDirMissing(f"{place}: model_dir was replaced during the scan")
 
 
 # -- the walk -----------------------------------------------------------------------------------

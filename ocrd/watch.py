@@ -31,8 +31,9 @@ from watchdog.utils import Seconds
 from watchdog.utils.dirsnapshot import DirectorySnapshot
 
 from ocrd import log
+from ocrd.errors import ModelDirMissing, Stopped
 from ocrd.fsdirs import DirFds
-from ocrd.rootdir import ModelDirMissing, Place, Stopped, open_root, walk_dirs
+from ocrd.rootdir import Place, open_root, walk_dirs
 
 # Only what changes the set of files: creations, removals, renames, and a writer letting go of a
 # file (IN_CLOSE_WRITE): a file still open for writing is in use and skipped, and its close is

@@ -16,8 +16,8 @@ import pytest
 from ocrd.apply import InUse, Outcome, Status, apply
 from ocrd.fanout import FanOut
 from ocrd.holders import Answer
-from ocrd.inventory import scan
 from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
+from ocrd.walker import scan
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
 from tests.worlds import held

@@ -340,7 +340,7 @@ def test_atime_ageing_under_a_day_is_warned_about_on_relatime(
 
 def _scan(models: Path) -> dict[bytes, Any]:
     from ocrd.arrival import Arrivals
-    from ocrd.inventory import scan
+    from ocrd.walker import scan
 
     return {e.path: e for e in Arrivals(models).apply(scan(models).files)}
 

@@ -47,8 +47,8 @@ class World:
         log.configure("info", "json", stream=self.out)
         self.clock = FakeClock(wall=time.time() + 2 * DAY, mono=1000.0)
         self.daemon = Daemon(self.config, clock=self.clock)
-        self.daemon._arm()
-        self.daemon._full_pass("startup")
+        self.daemon.mirror.arm()
+        self.daemon._rescan_all("startup")
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         rows = [json.loads(line) for line in self.out.getvalue().splitlines()]
@@ -65,8 +65,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     try:
         yield w
     finally:
-        if w.daemon.watcher is not None:
-            w.daemon.watcher.stop()
+        w.daemon.mirror.stop()
         log.configure("info", "json")
 
 
@@ -74,7 +73,7 @@ def test_without_a_jump_the_file_goes_once_it_is_30_days_old(world: World) -> No
     """The control: the same 29 days, passing on both clocks, delete the file."""
     assert world.present
     world.clock.advance(29 * DAY)
-    world.daemon._step()
+    world.daemon._after_wake()
     assert not world.present
     assert world.events("clock_jumped") == []
     assert [e["path"] for e in world.events("model_deleted")] == ["two_days.bin"]
@@ -84,7 +83,7 @@ def test_a_forward_jump_suspends_max_age_and_files_age_from_the_jump(world: Worl
     """The issue's case: +29 days under max_age = "30d". The two-day-old file is kept; it has
     been in model_dir under the new clock for no time at all."""
     world.clock.jump(29 * DAY)
-    world.daemon._step()
+    world.daemon._after_wake()
     assert world.present
     (jumped,) = world.events("clock_jumped")
     assert jumped["level"] == "warning"
@@ -94,19 +93,19 @@ def test_a_forward_jump_suspends_max_age_and_files_age_from_the_jump(world: Worl
     assert scans == ["startup", "clock_jumped"]
     # Time passes under the new clock: 29 days after the jump it is still there...
     world.clock.advance(29 * DAY)
-    world.daemon._step()
+    world.daemon._after_wake()
     assert world.present
     # ...and once it has been there max_age under the new clock (plus the revisit bucket's
     # slack, max_age / 10000), it goes like any other file.
     world.clock.advance(DAY + 300)
-    world.daemon._step()
+    world.daemon._after_wake()
     assert not world.present
     assert len(world.events("clock_jumped")) == 1
 
 
 def test_a_backward_jump_is_reported_too(world: World) -> None:
     world.clock.jump(-29 * DAY)
-    world.daemon._step()
+    world.daemon._after_wake()
     (jumped,) = world.events("clock_jumped")
     assert jumped["jump_s"] == pytest.approx(-29 * DAY, abs=1)
     assert world.present
@@ -114,7 +113,7 @@ def test_a_backward_jump_is_reported_too(world: World) -> None:
 
 def test_a_step_within_the_threshold_is_not_a_jump(world: World) -> None:
     world.clock.jump(30.0)
-    world.daemon._step()
+    world.daemon._after_wake()
     assert world.events("clock_jumped") == []
 
 
@@ -122,15 +121,17 @@ def test_deletions_planned_before_a_jump_are_dropped_and_planned_again(world: Wo
     """A jump noticed just before a flush: nothing planned under the old clock is deleted; the
     next step scans under the new one."""
     d = world.daemon
-    entry = d.index.get(b"two_days.bin")
+    entry = d.mirror.index.get(b"two_days.bin")
     assert entry is not None
-    d.due[entry.path] = Decision(entry, Verdict.DELETE, "max_age", "planned before the jump")
+    d.batcher.due[entry.path] = Decision(
+        entry, Verdict.DELETE, "max_age", "planned before the jump"
+    )
     world.clock.jump(40 * DAY)
-    d._flush()
+    d.batcher.run_due()
     assert world.present
-    assert d.due == {}
+    assert d.batcher.due == {}
     assert len(world.events("clock_jumped")) == 1
-    d._step()  # the fresh scan, with the file ageing from the jump: kept
+    d._after_wake()  # the fresh scan, with the file ageing from the jump: kept
     assert world.present
     assert [e["trigger"] for e in world.events("scan_completed")][-1] == "clock_jumped"
     assert world.events("model_deleted") == []
@@ -144,6 +145,6 @@ def test_a_jump_stops_a_batch_between_two_files(world: World) -> None:
     world.clock.jump(-DAY)
     assert d._should_stop()
     assert d.clock_guard.pending
-    d._step()
+    d._after_wake()
     assert not d.clock_guard.pending
     assert [e["trigger"] for e in world.events("scan_completed")] == ["startup", "clock_jumped"]

@@ -9,7 +9,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from ocrd.config import Engine
-from ocrd.engine import EngineBusy, Supervisor, load_runtime
+from ocrd.engine import Supervisor, load_runtime
+from ocrd.errors import EngineBusy
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_started_engine_is_bound_to_model_dir(tmp_path: Path, runtime: Any) -> N
     )
     with capture_logs() as logs, sup:
         assert sup.running
-        assert sup._ai.get_local_path() == str(tmp_path)
+        assert sup._instance.get_local_path() == str(tmp_path)
         assert calls, "signal handlers must be re-installed after the native call"
     events = [e["event"] for e in logs]
     assert events[-2:] == ["engine_started", "engine_freed"]
@@ -38,7 +39,7 @@ def test_started_engine_is_bound_to_model_dir(tmp_path: Path, runtime: Any) -> N
 def test_released_frees_before_and_starts_after(tmp_path: Path, runtime: Any) -> None:
     sup = Supervisor(Engine(), tmp_path, runtime=runtime)
     with sup:
-        instance = sup._ai
+        instance = sup._instance
         with capture_logs() as logs, sup.released("deletion"):
             assert not sup.running
             assert not instance.is_initialized()
@@ -73,7 +74,7 @@ class _Refuses:
 
 def test_failed_free_raises_engine_busy_and_runs_nothing(tmp_path: Path) -> None:
     sup = Supervisor(Engine(), tmp_path)
-    sup._ai = _Refuses()
+    sup._instance = _Refuses()
     ran = []
     with capture_logs() as logs, pytest.raises(EngineBusy), sup.released("deletion"):
         ran.append(1)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from ocrd.clock import FakeClock
 from ocrd.config import Retention
 from ocrd.inventory import FileEntry, Inventory
 from ocrd.retention import (
@@ -154,6 +155,40 @@ def test_after_a_clock_jump_nothing_ages_from_before_it() -> None:
     assert verdicts(plan([entry(b"old_x", age=DAY / 2)], r2, NOW)) == {
         b"old_x": (Verdict.DELETE, "prefix")
     }
+
+
+def _entry_at(path: bytes, mtime: float, ctime: float | None = None) -> FileEntry:
+    return FileEntry(path, 1, mtime, mtime, mtime if ctime is None else ctime, 1, 1, False)
+
+
+def test_settling_file_is_revisited_when_settle_ends_then_deleted() -> None:
+    clock = FakeClock()
+    rules = Rules.from_config(Retention(prefixes=["old_"]), settle=5)
+    entry = _entry_at(b"old_x", clock.time() - 1)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.SETTLING
+    at = revisit_at(d, rules, clock.time())
+    assert at == entry.ctime + 5
+    clock.advance(at - clock.time())
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.DELETE
+
+
+def test_kept_file_is_revisited_when_it_crosses_max_age() -> None:
+    clock = FakeClock()
+    rules = Rules.from_config(Retention.model_validate({"max_age": "1h"}), settle=0)
+    entry = _entry_at(b"model.bin", clock.time() - 600)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.KEEP
+    at = revisit_at(d, rules, clock.time())
+    assert at is not None
+    assert at == pytest.approx(entry.mtime + 3600, abs=0.01)
+    clock.advance(at - clock.time() - 0.01)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert d.verdict is Verdict.KEEP
+    clock.advance(0.01)
+    (d,) = plan([entry], rules, clock.time()).decisions
+    assert (d.verdict, d.rule) == (Verdict.DELETE, "max_age")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from ocrd.clock import FakeClock
-from ocrd.config import Retention
-from ocrd.inventory import FileEntry
-from ocrd.retention import Rules, Verdict, plan, revisit_at
 from ocrd.scheduler import Scheduler
 
 
@@ -47,40 +42,6 @@ def test_revisits_come_due_in_time_order() -> None:
     clock.advance(10)
     assert s.due_revisits() == {b"b"}
     assert s.timeout() == 588  # 600 - (2 + 10)
-
-
-def _entry(path: bytes, mtime: float, ctime: float | None = None) -> FileEntry:
-    return FileEntry(path, 1, mtime, mtime, mtime if ctime is None else ctime, 1, 1, False)
-
-
-def test_settling_file_is_revisited_when_settle_ends_then_deleted() -> None:
-    clock = FakeClock()
-    rules = Rules.from_config(Retention(prefixes=["old_"]), settle=5)
-    entry = _entry(b"old_x", clock.time() - 1)
-    (d,) = plan([entry], rules, clock.time()).decisions
-    assert d.verdict is Verdict.SETTLING
-    at = revisit_at(d, rules, clock.time())
-    assert at == entry.ctime + 5
-    clock.advance(at - clock.time())
-    (d,) = plan([entry], rules, clock.time()).decisions
-    assert d.verdict is Verdict.DELETE
-
-
-def test_kept_file_is_revisited_when_it_crosses_max_age() -> None:
-    clock = FakeClock()
-    rules = Rules.from_config(Retention.model_validate({"max_age": "1h"}), settle=0)
-    entry = _entry(b"model.bin", clock.time() - 600)
-    (d,) = plan([entry], rules, clock.time()).decisions
-    assert d.verdict is Verdict.KEEP
-    at = revisit_at(d, rules, clock.time())
-    assert at is not None
-    assert at == pytest.approx(entry.mtime + 3600, abs=0.01)
-    clock.advance(at - clock.time() - 0.01)
-    (d,) = plan([entry], rules, clock.time()).decisions
-    assert d.verdict is Verdict.KEEP
-    clock.advance(0.01)
-    (d,) = plan([entry], rules, clock.time()).decisions
-    assert (d.verdict, d.rule) == (Verdict.DELETE, "max_age")
 
 
 def test_coarse_revisits_are_never_early_and_at_most_a_bucket_late() -> None:

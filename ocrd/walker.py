@@ -1,0 +1,155 @@
+"""Walks model_dir without following symlinks and records what each file is (ocrd.inventory's
+plain values), whole (scan) or one directory at a time (walk_batches)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from ocrd.inventory import FileEntry, Inventory
+from ocrd.rootdir import Identity, Place, identify, open_root, pin, still_there, walk_dirs
+
+
+def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
+    """Walk ``model_dir`` recursively; symlinks are recorded, never followed.
+
+    The walk goes from directory file descriptors, each subdirectory opened with O_NOFOLLOW
+    relative to its parent, so a directory swapped for a symlink mid-walk is not entered (it
+    ends up unread, not listed from outside), and a directory on another filesystem is not
+    entered at all (it is listed in ``mounts``). A path is pinned (resolved) here, once.
+    """
+    place = model_dir if isinstance(model_dir, Place) else pin(model_dir)
+    unreadable: list[tuple[bytes, str]] = []
+    directories: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
+    with collecting_paused():
+        files = [
+            f
+            for batch in scan_batches(place, unreadable, directories, mounts=mounts)
+            for f in batch
+        ]
+    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
+
+
+def scan_batches(
+    place: Place,
+    unreadable: list[tuple[bytes, str]],
+    directories: list[tuple[bytes, int]],
+    *,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Iterator[list[FileEntry]]:
+    """scan(), one directory's files at a time (walk_batches from model_dir's pinned path).
+    Once the walk is done, model_dir must still be the directory it started from, or
+    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile."""
+    fd = open_root(place)
+    root = identify(fd)
+    yield from walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick)
+    still_there(place, root)
+
+
+def walk(
+    root_fd: int,
+    *,
+    boundary: Identity | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Inventory:
+    """The walk behind scan(), from an open directory fd, which it closes. Paths are relative
+    to that directory; the daemon uses it for a subtree reached through verified fds, with
+    model_dir's ``boundary``."""
+    unreadable: list[tuple[bytes, str]] = []
+    directories: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
+    with collecting_paused():
+        files = [
+            f
+            for batch in walk_batches(
+                root_fd, unreadable, directories, boundary=boundary, mounts=mounts, tick=tick
+            )
+            for f in batch
+        ]
+    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
+
+
+@contextmanager
+def collecting_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while records are made by the hundred thousand: they
+    hold no cycles, yet each 700 new ones start a collection that looks at all the young ones
+    (about a tenth of a scan's time). Left off if it was off."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def walk_batches(
+    root_fd: int,
+    unreadable: list[tuple[bytes, str]],
+    directories: list[tuple[bytes, int]],
+    *,
+    boundary: Identity | None = None,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Iterator[list[FileEntry]]:
+    """The walk, one directory's files at a time, so a caller can plan and drop them as it
+    goes instead of holding a record per file of the whole tree (the daemon's full pass).
+    Closes ``root_fd``; appends to ``unreadable``, ``directories`` and ``mounts`` as it goes; calls
+    ``tick`` between directories (rootdir.walk_dirs: no recursion, fds bounded, one filesystem).
+    """
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
+    fsencode = os.fsencode
+    # This runs once per file of every scan, so the record is built the quickest way Python
+    # has: each name encoded as os.fsencode would (minus its checks), the tuple made without
+    # FileEntry's keyword-parsing __new__. bench/RESULTS.md §1 measures what that buys.
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    record = tuple.__new__
+    for here in walk_dirs(
+        root_fd, boundary=boundary, unreadable=unreadable, mounts=mounts, tick=tick
+    ):
+        directories.append((here.path, here.ino))
+        prefix = here.path + b"/" if here.path else b""
+        subdirs = here.subdirs
+        files: list[FileEntry] = []
+        append = files.append
+        try:
+            with os.scandir(here.fd) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
+                            continue
+                        s = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone between readdir and stat: not ours to judge now
+                    except OSError as exc:
+                        rel = prefix + fsencode(entry.name)
+                        unreadable.append((rel, exc.strerror or str(exc)))
+                        continue
+                    mode = s.st_mode
+                    if is_reg(mode) or is_lnk(mode):
+                        append(
+                            record(
+                                FileEntry,
+                                (
+                                    prefix + entry.name.encode(encoding, errors),
+                                    s.st_size,
+                                    s.st_mtime,
+                                    s.st_atime,
+                                    s.st_ctime,
+                                    s.st_dev,
+                                    s.st_ino,
+                                    is_lnk(mode),
+                                ),
+                            )
+                        )
+        except OSError as exc:
+            unreadable.append((here.path, exc.strerror or str(exc)))
+        if files:
+            yield files

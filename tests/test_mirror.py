@@ -1,0 +1,144 @@
+"""ocrd/mirror.py: model_dir as the daemon knows it, brought up to date from the disk rather
+than from what events claim; on real files, no subprocess."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ocrd.clock import FakeClock
+from ocrd.config import Watch
+from ocrd.inventory import FileEntry
+from ocrd.mirror import Mirror, Root, Scan
+from ocrd.watch import Changes
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    (tmp_path / "models").mkdir()
+    m = Mirror(
+        tmp_path / "models",
+        Watch.model_validate({"settle": "0s", "observer": "polling"}),
+        FakeClock(),
+        wake=lambda: None,
+        tick=lambda: False,
+    )
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def _changes(files: set[bytes] | None = None, dirs: set[bytes] | None = None) -> Changes:
+    c = Changes()
+    c.files |= files or set()
+    c.dirs |= dirs or set()
+    return c
+
+
+def test_a_path_reported_as_a_directory_that_is_a_file_is_indexed_as_a_file(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    """Polling reports a reused inode as a move; directory d05 'moved' to file d09/old_9."""
+    (tmp_path / "models" / "d09").mkdir()
+    (tmp_path / "models" / "d09" / "old_9").write_bytes(b"x")
+    done = mirror.refresh(_changes(dirs={b"d05", b"d09/old_9"}))
+    assert done.touched == {b"d09/old_9"}
+    entry = mirror.index.get(b"d09/old_9")
+    assert entry is not None
+    assert entry.size == 1
+
+
+def test_a_path_reported_as_a_file_that_is_a_directory_is_walked(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    sub = tmp_path / "models" / "new"
+    (sub / "deeper").mkdir(parents=True)
+    (sub / "deeper" / "m.bin").write_bytes(b"12")
+    done = mirror.refresh(_changes(files={b"new"}))
+    assert done.touched == {b"new/deeper/m.bin"}
+    assert set(mirror.directories) == {b"new", b"new/deeper"}
+
+
+def test_a_directory_that_vanished_takes_its_files_out_of_the_index(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    sub = tmp_path / "models" / "gone"
+    sub.mkdir()
+    (sub / "a.bin").write_bytes(b"a")
+    assert mirror.refresh(_changes(dirs={b"gone"})).touched == {b"gone/a.bin"}
+    assert b"gone/a.bin" in mirror.index
+    (sub / "a.bin").unlink()
+    sub.rmdir()
+    (tmp_path / "models" / "gone").write_bytes(b"now a file")  # same name, now a file
+    done = mirror.refresh(_changes(files={b"gone"}))
+    assert done.touched == {b"gone"}
+    assert b"gone/a.bin" not in mirror.index
+    assert b"gone" not in mirror.directories
+    assert done.forgotten == 1  # the one file indexed below it went with the directory
+
+
+def test_a_file_that_went_is_reported_gone(tmp_path: Path, mirror: Mirror) -> None:
+    model = tmp_path / "models" / "m.bin"
+    model.write_bytes(b"x")
+    assert mirror.refresh(_changes(files={b"m.bin"})).touched == {b"m.bin"}
+    model.unlink()
+    done = mirror.refresh(_changes(files={b"m.bin"}))
+    assert (done.touched, done.gone) == (set(), [b"m.bin"])
+    assert b"m.bin" not in mirror.index
+
+
+def test_a_full_scan_yields_batches_and_replaces_what_the_mirror_held(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    models = tmp_path / "models"
+    (models / "a" / "b").mkdir(parents=True)
+    for rel in ("top.bin", "a/one.bin", "a/b/two.bin"):
+        (models / rel).write_bytes(b"12")
+    mirror.index.put(_stale())
+    mirror.pending.add(b"stale.bin")
+    scan = mirror.scan()
+    assert mirror.pending == set()
+    batches = list(scan)
+    assert sorted(len(b) for b in batches) == [1, 1, 1]  # one directory's files at a time
+    assert b"stale.bin" in mirror.index  # nothing replaced until adopted
+    mirror.adopt(scan, FakeClock().time(), horizon=0.0)
+    assert sorted(e.path for e in mirror.entries()) == [b"a/b/two.bin", b"a/one.bin", b"top.bin"]
+    assert set(mirror.directories) == {b"", b"a", b"a/b"}
+    assert mirror.index.files == 3
+
+
+def test_the_root_vanishing_and_returning_is_noticed_once_each(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    models = tmp_path / "models"
+    (models / "m.bin").write_bytes(b"x")
+    mirror.arm()
+    mirror.adopt(_scanned(mirror), FakeClock().time(), horizon=0.0)
+    assert mirror.check_root() is Root.OK
+    os.rename(models, tmp_path / "away")
+    assert mirror.check_root() is Root.VANISHED
+    assert (mirror.missing, mirror.index.files) == (True, 0)
+    assert mirror.check_root() is Root.MISSING
+    # A symlink put in its place is not model_dir, whatever it points to.
+    os.symlink(tmp_path / "away", models)
+    assert mirror.check_root() is Root.MISSING
+    models.unlink()
+    os.rename(tmp_path / "away", models)
+    assert mirror.check_root() is Root.RETURNED
+    assert not mirror.missing
+    assert mirror.check_root() is Root.OK
+
+
+def _scanned(mirror: Mirror) -> Scan:
+    scan = mirror.scan()
+    for _ in scan:
+        pass
+    return scan
+
+
+def _stale() -> FileEntry:
+    return FileEntry(b"stale.bin", 1, 0.0, 0.0, 0.0, 1, 1, False)
