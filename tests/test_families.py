@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ocrd.config import Retention
@@ -483,3 +483,32 @@ def test_plan_is_the_same_whatever_the_order(keep: int) -> None:
     files = [entry(b"m-v%d.bin" % i, age=i * DAY) for i in range(5)]
     p: Plan = plan(files, newest_rules(keep), NOW)
     assert verdicts(plan(files[::-1], newest_rules(keep), NOW)) == verdicts(p)
+
+
+@given(
+    st.lists(st.sampled_from([0.0, 2 * DAY, 40 * DAY]), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(1, 8), st.booleans()), max_size=8),
+)
+@example([2 * DAY, 2 * DAY], [(1, False)])  # the first still due when the second is planned
+@settings(max_examples=300)
+def test_batch_by_batch_the_daemon_never_empties_model_dir_by_age(
+    ages: list[float], batches: list[tuple[int, bool]]
+) -> None:
+    """As the daemon plans what changed: the index in batches (each of ``size`` files), the
+    deletions of each left due for a later batch's window unless ``closes``; each batch
+    weighed against the whole index with what is due. What age deletes never empties it."""
+    models = [entry(b"m%d" % i, age=age) for i, age in enumerate(ages)]
+    r = newest_rules(0, max_age=DAY, floor=False, age_from="timestamp")
+    index = {f.path for f in models}
+    due: set[bytes] = set()
+    rest = list(models)
+    for size, closes in [*batches, (len(models), True)]:
+        batch, rest = rest[:size], rest[size:]
+        p = plan(batch, r, NOW)
+        if refuse_all(p.deletions, len(index), r, allow=False, due=due) is not None:
+            p = refused(p, r)
+        due |= {d.entry.path for d in p.deletions}
+        if closes:  # the batch window closes: what is due is deleted
+            index -= due
+            due = set()
+    assert index
