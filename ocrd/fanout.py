@@ -52,11 +52,14 @@ class FanOut(Generic[T, R]):
     Measured here (unlink vs everything else per file, including the caller's logging): tmpfs
     5.7 vs 6.3 µs (a share of 0.48), and four threads made a pass 45 % slower; ext4 without
     online discard (Debian's default) 17 vs 7 µs (0.71), threads 19 % faster; ext4 with
-    ``discard`` 86 vs 15 µs (0.85), threads 40 % faster; eight threads were slower than four
-    on two CPUs. A share is a ratio of two times on one machine, so a faster or slower CPU
-    moves both alike. bench/RESULTS*.md has the passes."""
+    ``discard`` 86 vs 15 µs (0.85), threads 40 % faster. How many: on two CPUs and ext4 with
+    ``discard``, 100k files, deleting 55k (two runs, apply() alone): 2 threads 4.66/5.31 s,
+    3 threads 3.63/4.43 s, 4 threads 4.37/5.47 s, 6 threads 4.57/5.43 s, with CPU time
+    rising from 4.0 s (3 threads) to 5.5-7.1 s (4 and 6): more threads than that spin on the
+    filesystem's locks. A share is a ratio of two times on one machine, so a faster or slower
+    CPU moves both alike. bench/RESULTS*.md has the passes."""
 
-    threads: int = 4
+    threads: int = 3
     sample: int = 64  # results timed in the calling thread before deciding
     share: float = 0.6  # threads once the kernel took this share of that time or more
     handful: int = 32  # results a worker hands over at once

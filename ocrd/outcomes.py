@@ -25,7 +25,7 @@ class Recorder:
         again (the daemon's backoff); a skip for the engine being busy is a warning."""
         e = o.decision.entry
         path = display(e.path)
-        logger = log.get()
+        logger = log.bound()
         again = {} if retry is None else {"attempt": retry[0], "retry_in_s": retry[1]}
         if o.status is Status.DELETED:
             self.totals.deleted(o.freed, o.decision.rule)
