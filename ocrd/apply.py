@@ -330,8 +330,8 @@ def _check_open(
         return Outcome(d, Status.SKIPPED, "in_use")
     if answer is Answer.UNKNOWN and holders.unknown == "keep":
         return Outcome(d, Status.SKIPPED, "in_use_unknown")
-    if answer is Answer.LEASED and fd is not None and _opening(fd):
-        return Outcome(d, Status.SKIPPED, "in_use")
+    if probe and answer is Answer.LEASED and fd is not None and _opening(fd):
+        return Outcome(d, Status.SKIPPED, "in_use")  # a deletion asks just before the file goes
     if probe:
         return Outcome(d, Status.WOULD_DELETE)
     return _Checked(d, parent, name, fd, answer is Answer.LEASED, now)
