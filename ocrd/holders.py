@@ -178,15 +178,21 @@ def take_own(
     for fd in numbers:
         if str(skip_fd) == fd:
             continue
-        try:
-            with open(f"{proc}/self/fdinfo/{fd}", "rb") as fh:
-                found = _mnt_ino(fh.read())
-        except OSError:
-            continue
+        found = _own_fd(fd, proc)
         device = None if found is None else devices.device(found[0])
         if found is not None and device is not None:
             held.add((device, found[1]))
     return held
+
+
+def _own_fd(fd: int | str, proc: str = "/proc") -> tuple[int, int] | None:
+    """(mnt_id, ino) of this process's fd ``fd``, from /proc/self/fdinfo; None where /proc
+    cannot tell (the fd is closed, or the kernel is older than 5.14)."""
+    try:
+        with open(f"{proc}/self/fdinfo/{fd}", "rb") as fh:
+            return _mnt_ino(fh.read())
+    except OSError:
+        return None
 
 
 def _mnt_ino(info: bytes) -> tuple[int, int] | None:
@@ -331,11 +337,7 @@ sees every open fd, but not every mapping."""
 def lease_blind(fd: int, mounts: Mounts) -> bool:
     """Whether a lease on ``fd`` may miss a process that only maps the file: its filesystem
     is one of STACKED (or /proc cannot tell which it is)."""
-    try:
-        with open(f"{mounts.proc}/self/fdinfo/{fd}", "rb") as fh:
-            found = _mnt_ino(fh.read())
-    except OSError:
-        return True
+    found = _own_fd(fd, mounts.proc)
     if found is None or mounts.device(found[0]) is None:
         return True
     fstype = mounts.types.get(found[0], b"")
@@ -345,11 +347,7 @@ def lease_blind(fd: int, mounts: Mounts) -> bool:
 def file_id(fd: int, mounts: Mounts | None = None) -> FileId | None:
     """(superblock device, inode) of an open fd, as /proc shows its holders; None if /proc
     cannot tell."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
-            found = _mnt_ino(fh.read())
-    except OSError:
-        return None
+    found = _own_fd(fd)
     if found is None:
         return None
     device = (mounts or Mounts()).device(found[0])
