@@ -265,6 +265,10 @@ class InterruptedRule(Selector):
 
     GRACE_S = 60.0
 
+    @staticmethod
+    def _private(f: FileEntry) -> bool:
+        return INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) is not None
+
     def _leftover(self, f: FileEntry, now: float) -> bool:
         return f.ctime < self.started or now - f.ctime >= self.GRACE_S
 
@@ -277,7 +281,7 @@ class InterruptedRule(Selector):
         return True
 
     def due(self, entry: FileEntry) -> float | None:
-        if not INTERRUPTED.fullmatch(entry.path.rpartition(b"/")[2]):
+        if not self._private(entry):
             return None
         return entry.ctime if entry.ctime < self.started else entry.ctime + self.GRACE_S
 
@@ -287,13 +291,13 @@ class InterruptedRule(Selector):
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and self._leftover(f, now):
+            if self._private(f) and self._leftover(f, now):
                 yield f, "ocrd was stopped while deleting it"
 
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) and (now - f.ctime < self.GRACE_S):
-                yield f, (f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s")
+            if self._private(f) and not self._leftover(f, now):
+                yield f, f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s"
 
 
 @dataclass(frozen=True)
