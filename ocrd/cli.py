@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ocrd import __version__, log
-from ocrd.apply import InUse, Status, apply, limited_check, probe
+from ocrd.apply import InUse, Outcome, Status, apply, delete_groups, limited_check, probe
 from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
@@ -19,6 +19,7 @@ from ocrd.families import Member
 from ocrd.holders import lease_report
 from ocrd.human import size
 from ocrd.inventory import Inventory, display
+from ocrd.onepass import Walked, planned
 from ocrd.outcomes import Recorder
 from ocrd.retention import (
     Decision,
@@ -119,14 +120,7 @@ def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None
     """The plan, the inventory it came from (for its mount points), and whether the plan was
     refused for deleting every model file (then it deletes nothing)."""
     inventory = scan(place)
-    _warn_unreadable(inventory.unreadable)
-    for rel, device in inventory.mounts:
-        log.get().warning(
-            "mount_skipped",
-            path=display(rel),
-            device=device,
-            detail="another filesystem than model_dir's: not entered, nothing deleted there",
-        )
+    _warn_walk(inventory.unreadable, inventory.mounts)
     rules = Rules.from_config(config.retention, config.watch.settle)
     with collecting_paused():  # a Decision per file, and no cycle among them
         # Files of a directory that was moved in arrived with it (ocrd.arrival).
@@ -140,9 +134,19 @@ def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None
     return the_plan, inventory, refusal
 
 
-def _warn_unreadable(unreadable: Iterable[tuple[bytes, str]]) -> None:
+def _warn_walk(
+    unreadable: Iterable[tuple[bytes, str]], mounts: Iterable[tuple[bytes, str]]
+) -> None:
+    """What the walk could not read, and where it did not go: before any deletion after it."""
     for rel, why in unreadable:
         log.get().warning("scan_unreadable", path=display(rel), error=why)
+    for rel, device in mounts:
+        log.get().warning(
+            "mount_skipped",
+            path=display(rel),
+            device=device,
+            detail="another filesystem than model_dir's: not entered, nothing deleted there",
+        )
 
 
 _BLOCKED = {
@@ -270,15 +274,57 @@ def _member(d: Decision, ranked: dict[int, Member] | None) -> dict[str, Any]:
 
 
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
+    """One pass. Where every rule judges each file alone, each directory is deleted from as
+    soon as the walk has planned it (ocrd.onepass); else the whole plan comes first."""
     logger = log.get()
     unknown = config.retention.unknown_holders
     in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
-    the_plan, inventory, refusal = _plan(config, place)
-    if refusal is not None:
-        logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
+    rules = Rules.from_config(config.retention, config.watch.settle)
     recorder = Recorder(keep=True)
-    for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
-        recorder.record(o)
+    if not rules.per_file:
+        the_plan, inventory, refusal = _plan(config, place)
+        if refusal is not None:
+            logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
+        for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
+            recorder.record(o)
+        _report(recorder, refusal, inventory.mounts, dry_run=dry_run, as_json=as_json)
+        return 0
+    walked = Walked()
+    groups = planned(
+        place,
+        rules,
+        time.time(),
+        allow_delete_all=config.retention.allow_delete_all,
+        walked=walked,
+        news=_warn_walk,
+    )
+    outcomes = (
+        (Outcome(d, Status.WOULD_DELETE) for group in groups for d in group)
+        if dry_run
+        else delete_groups(groups, str(place), in_use=in_use)
+    )
+    try:
+        for o in outcomes:
+            recorder.record(o)
+    except ModelDirMissing:
+        # What was deleted before model_dir went is reported all the same; then the error.
+        _report(recorder, None, walked.mounts, dry_run=dry_run, as_json=as_json)
+        raise
+    if walked.refusal is not None:
+        logger.warning("deletion_refused", dry_run=dry_run, **walked.refusal.fields())
+    _report(recorder, walked.refusal, walked.mounts, dry_run=dry_run, as_json=as_json)
+    return 0
+
+
+def _report(
+    recorder: Recorder,
+    refusal: Refusal | None,
+    mounts: Iterable[tuple[bytes, str]],
+    *,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """``ocrd clean``'s stdout: every outcome, the totals, and why nothing was deleted."""
     done = recorder.totals.since_start
     freed = done.freed + done.would_free
     deleted: list[str] = []
@@ -303,7 +349,7 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
                 "skipped": skipped,
                 "failed": failed,
                 "mounts_skipped": [
-                    {"path": display(rel), "device": device} for rel, device in inventory.mounts
+                    {"path": display(rel), "device": device} for rel, device in mounts
                 ],
             },
             sys.stdout,
@@ -323,7 +369,6 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
             + (f"; failed {len(failed)}" if failed else "")
         )
         print("\n".join(lines))
-    return 0
 
 
 def _size(n: float) -> str:

@@ -1,0 +1,104 @@
+"""``ocrd clean``'s pass when every rule judges each file alone (Rules.per_file): each directory
+is planned as the walk reaches it and handed to the deleter at once, so the deleting threads
+work while the walk goes on, as ``find -delete`` deletes while it walks. A whole plan first
+(ocrd.retention.plan over the whole inventory) is needed only by rules that compare files with
+each other (``keep_newest``, ``keep_last_version``).
+
+The plan of a directory is the one the whole inventory would give it: the same rules, one
+``now`` for the whole pass, the same arrival evidence (ocrd.arrival, one stat per directory).
+Two answers need the whole walk, and wait for it:
+
+- The refusal of a plan that would delete every model file (``allow_delete_all``): deletions
+  by age or rank are held back until a model file that stays has been seen (in the first
+  directory, on any real host); until then only deletions by name go, which are never
+  refused. If the walk ends without one, the held deletions are the refused ones.
+- model_dir still being the directory the walk started from (rootdir.still_there): asked
+  every ``recheck_s`` while the walk goes on and once at its end. If it was swapped, the
+  groups already handed over are finished (and reported) and ModelDirMissing is raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ocrd.apply import by_directory
+from ocrd.arrival import Arrivals
+from ocrd.retention import Decision, Refusal, Rules, Verdict, plan, refuse_all
+from ocrd.rootdir import Place, identify, open_root, still_there
+from ocrd.walker import walk_batches
+
+News = Callable[[Sequence[tuple[bytes, str]], Sequence[tuple[bytes, str]]], None]
+"""Called with the directories the walk could not read and those on another filesystem, as it
+finds them, before any deletion from later directories."""
+
+
+@dataclass
+class Walked:
+    """What the walk found, filled in as it goes; ``refusal`` is known once it is done."""
+
+    unreadable: list[tuple[bytes, str]] = field(default_factory=list)
+    directories: list[tuple[bytes, int]] = field(default_factory=list)
+    mounts: list[tuple[bytes, str]] = field(default_factory=list)
+    model_files: int = 0
+    refusal: Refusal | None = None
+
+
+def planned(
+    place: Place,
+    rules: Rules,
+    now: float,
+    *,
+    allow_delete_all: bool,
+    walked: Walked,
+    news: News = lambda unreadable, mounts: None,
+    recheck_s: float = 0.1,
+) -> Iterator[list[Decision]]:
+    """The deletions of model_dir, one group per directory in inode order, each yielded as soon
+    as the walk has planned its directory (see the module's doc). ``rules`` must be per_file."""
+    assert rules.per_file, "a rule that compares files needs the whole plan first"
+    arrivals = Arrivals(place.real)
+    cache: dict[bytes, float] = {}
+    fd = open_root(place)
+    root = identify(fd)
+    named = rules.by_name
+    stays = allow_delete_all  # whether a model file that stays was seen (or none need be)
+    held: list[Decision] = []  # deletions by age or rank, until then
+    early: list[Decision] = []  # deletions by name made until then
+    told_unreadable = told_mounts = 0
+    checked = time.monotonic()
+    for batch in walk_batches(fd, walked.unreadable, walked.directories, mounts=walked.mounts):
+        if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
+            news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
+            told_unreadable, told_mounts = len(walked.unreadable), len(walked.mounts)
+        if time.monotonic() - checked >= recheck_s:
+            still_there(place, root)
+            checked = time.monotonic()
+        deleting: list[Decision] = []
+        for d in plan(arrivals.apply(batch, cache), rules, now).decisions:
+            if d.entry.is_link:
+                continue
+            walked.model_files += 1
+            if d.verdict is Verdict.DELETE:
+                deleting.append(d)
+            else:
+                stays = True
+        if not stays:
+            held += [d for d in deleting if d.rule not in named]
+            deleting = [d for d in deleting if d.rule in named]
+            early += deleting
+        elif held:
+            yield from by_directory(held)
+            held, early = [], []
+        if deleting:
+            yield by_directory(deleting)[0]
+    if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
+        news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
+    still_there(place, root)
+    if held:
+        walked.refusal = refuse_all(
+            [*early, *held], walked.model_files, rules, allow=allow_delete_all
+        )
+        if walked.refusal is None:  # not reached: with nothing that stays, it refuses
+            yield from by_directory(held)
