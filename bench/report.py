@@ -319,11 +319,13 @@ def report(
         "command, `find ROOT -type f -name 'old_*' -delete`, timed with it. find: `-type f "
         "\\( -name 'old_*' -o -mmin +43200 \\) -delete` (`-mtime +30` would mean ≥ 31 days). "
         "The age-only rows are the same without the prefix rule: there every tool is native. "
-        "ocrd deletes each directory in inode order, one file behind (a checked file waits "
+        "ocrd deletes from each directory as soon as its walk has planned it (every rule "
+        "here judges a file alone), in inode order, one file behind (a checked file waits "
         "under a private name and goes with the next file's rename over it), and spreads "
         "directories over "
         f"{FAN_OUT.threads} threads once unlink() took {FAN_OUT.share:.0%} "
-        f"or more of the time of its first {FAN_OUT.sample} deletions. The tmpfs "
+        f"or more of the time of its first {FAN_OUT.sample} deletions, the walk going on "
+        "in the calling thread. The tmpfs "
         "rows (full mode, ocrd and find only) show the other case: unlink() is cheap next to "
         "ocrd's own work per file, one thread deletes, and the pass is CPU-bound.",
         f'- §3-5: `ocrd run` with prefixes = ["{PREFIX}"], settle = "0s", rescan = '

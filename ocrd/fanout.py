@@ -95,13 +95,17 @@ class FanOut(Generic[T, R]):
         ahead: deque[list[T]] = deque()
         timer = Timer()
         began = time.perf_counter()
+        reading = 0.0  # of the time since ``began``, what making groups took: not deleting
         done = 0
         wide = False
 
         def more() -> bool:
             """Whether a group waits after the one in hand (read one ahead to know)."""
+            nonlocal reading
             if not ahead:
+                started = time.perf_counter()
                 group = next(source, None)
+                reading += time.perf_counter() - started
                 if group is None:
                     return False
                 ahead.append(group)
@@ -114,7 +118,8 @@ class FanOut(Generic[T, R]):
             if done == self.sample and self.threads > 1 and not wide and more():
                 # The group in hand is unfinished (pause comes before an item), and at least
                 # one more waits: enough for two threads.
-                wide = timer.waited / (time.perf_counter() - began) >= self.share
+                working = time.perf_counter() - began - reading
+                wide = timer.waited / working >= self.share
             return wide
 
         while ahead or more():

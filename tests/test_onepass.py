@@ -7,6 +7,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -217,3 +218,38 @@ def test_threads_work_while_the_groups_are_still_being_made(tmp_path: Path) -> N
         got = sorted(fan.run(groups(), dirs, work))
     assert seen_before_last == [True]
     assert got == sorted([g * 10 + i for g in range(5) for i in range(3)] + [99])
+
+
+def busy(seconds: float) -> float:
+    """Spend ``seconds`` of wall time (a stand-in for time in the kernel, or a slow walk);
+    returns when it began."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        pass
+    return began
+
+
+def test_time_spent_making_groups_does_not_count_against_threads(tmp_path: Path) -> None:
+    """The sample that decides on threads times deletions, not the walk that plans them."""
+
+    def work(
+        dirs: DirFds, group: list[int], timer: Timer | None, pause: Callable[[], bool]
+    ) -> Iterator[str]:
+        for _ in group:
+            if pause():
+                return
+            began = busy(0.001)  # all of it "waiting in the kernel"
+            if timer is not None:
+                timer.since(began)
+            yield threading.current_thread().name
+
+    def groups() -> Iterator[list[int]]:
+        for _ in range(6):
+            busy(0.05)  # a slow walk: fifty times a deletion
+            yield list(range(10))
+
+    fan: FanOut[int, str] = FanOut(sample=4, share=0.6, handful=1)
+    with DirFds(os.fsencode(tmp_path)) as dirs:
+        names = list(fan.run(groups(), dirs, work))
+    assert len(names) == 60
+    assert any(n.startswith("ocrd-delete-") for n in names)
