@@ -308,7 +308,8 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
             recorder.record(o)
     except ModelDirMissing:
         # What was deleted before model_dir went is reported all the same; then the error.
-        _report(recorder, None, walked.mounts, dry_run=dry_run, as_json=as_json)
+        if recorder.kept:
+            _report(recorder, None, walked.mounts, dry_run=dry_run, as_json=as_json)
         raise
     if walked.refusal is not None:
         logger.warning("deletion_refused", dry_run=dry_run, **walked.refusal.fields())

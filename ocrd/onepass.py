@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ocrd.apply import by_directory
 from ocrd.arrival import Arrivals
+from ocrd.inventory import FileEntry
 from ocrd.retention import Decision, Refusal, Rules, Verdict, plan, refuse_all
 from ocrd.rootdir import Place, identify, open_root, still_there
 from ocrd.walker import walk_batches
@@ -54,9 +55,12 @@ def planned(
     walked: Walked,
     news: News = lambda unreadable, mounts: None,
     recheck_s: float = 0.1,
+    plan_at: int = 512,
 ) -> Iterator[list[Decision]]:
     """The deletions of model_dir, one group per directory in inode order, each yielded as soon
-    as the walk has planned its directory (see the module's doc). ``rules`` must be per_file."""
+    as the walk has planned its directory (see the module's doc). ``rules`` must be per_file.
+    Directories are planned together once they hold ``plan_at`` files or more: a plan per
+    directory of two files would cost more than the deletions (10k directories)."""
     assert rules.per_file, "a rule that compares files needs the whole plan first"
     arrivals = Arrivals(place.real)
     cache: dict[bytes, float] = {}
@@ -66,17 +70,11 @@ def planned(
     stays = allow_delete_all  # whether a model file that stays was seen (or none need be)
     held: list[Decision] = []  # deletions by age or rank, until then
     early: list[Decision] = []  # deletions by name made until then
-    told_unreadable = told_mounts = 0
-    checked = time.monotonic()
-    for batch in walk_batches(fd, walked.unreadable, walked.directories, mounts=walked.mounts):
-        if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
-            news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
-            told_unreadable, told_mounts = len(walked.unreadable), len(walked.mounts)
-        if time.monotonic() - checked >= recheck_s:
-            still_there(place, root)
-            checked = time.monotonic()
+
+    def deletions(files: list[FileEntry]) -> Iterator[list[Decision]]:
+        nonlocal stays, held, early
         deleting: list[Decision] = []
-        for d in plan(arrivals.apply(batch, cache), rules, now).decisions:
+        for d in plan(arrivals.apply(files, cache), rules, now).decisions:
             if d.entry.is_link:
                 continue
             walked.model_files += 1
@@ -91,11 +89,26 @@ def planned(
         elif held:
             yield from by_directory(held)
             held, early = [], []
-        if deleting:
-            yield by_directory(deleting)[0]
+        yield from by_directory(deleting)
+
+    waiting: list[FileEntry] = []
+    told_unreadable = told_mounts = 0
+    checked = time.monotonic()
+    for batch in walk_batches(fd, walked.unreadable, walked.directories, mounts=walked.mounts):
+        if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
+            news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
+            told_unreadable, told_mounts = len(walked.unreadable), len(walked.mounts)
+        if time.monotonic() - checked >= recheck_s:
+            still_there(place, root)
+            checked = time.monotonic()
+        waiting += batch
+        if len(waiting) >= plan_at:
+            files, waiting = waiting, []
+            yield from deletions(files)
     if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
         news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
     still_there(place, root)
+    yield from deletions(waiting)
     if held:
         walked.refusal = refuse_all(
             [*early, *held], walked.model_files, rules, allow=allow_delete_all

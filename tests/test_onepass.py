@@ -17,7 +17,7 @@ from ocrd.errors import ModelDirMissing
 from ocrd.fanout import FanOut, Timer
 from ocrd.fsdirs import DirFds
 from ocrd.onepass import Walked, planned
-from ocrd.retention import PrefixRule, Rules
+from ocrd.retention import MaxAgeRule, PrefixRule, Rules
 from ocrd.rootdir import pin
 from ocrd.walker import scan
 from tests.conftest import OcrdRunner, make_file, write_config
@@ -137,6 +137,63 @@ def test_without_a_file_that_stays_only_the_named_ones_go(
     assert all((models / f"d{d}" / "aged.bin").exists() for d in range(6))
 
 
+def aged_and_named(models: Path) -> list[bytes]:
+    for d in range(6):
+        make_file(models, b"d%d/aged.bin" % d, b"aa", age_s=40 * DAY)
+    make_file(models, b"d3/old_named.bin")
+    return walk_order(models)
+
+
+AGE_OR_PREFIX = Rules(
+    (PrefixRule(("old_",)), MaxAgeRule(30 * DAY, "mtime", "timestamp")), settle=0.0
+)
+
+
+@pytest.mark.parametrize("fresh_in", [0, 2, 5])
+def test_planned_holds_deletions_by_age_until_a_file_that_stays_was_walked(
+    tmp_path: Path, fresh_in: int
+) -> None:
+    models = tmp_path / "models"
+    order = aged_and_named(models)
+    make_file(models, os.path.join(order[fresh_in], b"fresh.bin"))
+    walked = Walked()
+    yielded: list[tuple[int, list[bytes]]] = []  # (directories walked by then, paths)
+    for group in planned(
+        pin(models), AGE_OR_PREFIX, time.time(), allow_delete_all=False, walked=walked, plan_at=1
+    ):
+        yielded.append((len(walked.directories), [d.entry.path for d in group]))
+    assert walked.refusal is None
+    assert sorted(p for _, paths in yielded for p in paths) == sorted(
+        [b"d3/old_named.bin", *(b"d%d/aged.bin" % d for d in range(6))]
+    )
+    # Nothing aged went before the walk had passed the directory of the file that stays (the
+    # walk lists model_dir itself first).
+    for walked_then, paths in yielded:
+        if any(p.endswith(b"aged.bin") for p in paths):
+            assert walked_then >= 1 + fresh_in + 1
+
+
+def test_planned_without_a_file_that_stays_yields_only_the_named_and_refuses(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    aged_and_named(models)
+    walked = Walked()
+    groups = list(
+        planned(
+            pin(models),
+            AGE_OR_PREFIX,
+            time.time(),
+            allow_delete_all=False,
+            walked=walked,
+            plan_at=1,
+        )
+    )
+    assert [[d.entry.path for d in g] for g in groups] == [[b"d3/old_named.bin"]]
+    assert walked.refusal is not None
+    assert (walked.refusal.would_delete, walked.refusal.of_files) == (6, 7)
+
+
 def test_a_model_dir_swapped_during_the_walk_stops_it(tmp_path: Path) -> None:
     models = tmp_path / "models"
     for d in range(4):
@@ -144,7 +201,9 @@ def test_a_model_dir_swapped_during_the_walk_stops_it(tmp_path: Path) -> None:
     place = pin(models)
     rules = Rules((PrefixRule(("old_",)),), settle=0.0)
     walked = Walked()
-    groups = planned(place, rules, 0.0, allow_delete_all=False, walked=walked, recheck_s=0.0)
+    groups = planned(
+        place, rules, 0.0, allow_delete_all=False, walked=walked, recheck_s=0.0, plan_at=1
+    )
     first = next(groups)
     assert [d.entry.path.rpartition(b"/")[2] for d in first] == [b"old_a.bin"]
     os.rename(models, tmp_path / "elsewhere")
