@@ -57,8 +57,9 @@ class FanOut(Generic[T, R]):
     ``discard`` 86 vs 15 µs (0.85), threads 40 % faster. How many: on two CPUs and ext4 with
     ``discard``, 100k files, deleting 55k (two runs, apply() alone): 2 threads 4.66/5.31 s,
     3 threads 3.63/4.43 s, 4 threads 4.37/5.47 s, 6 threads 4.57/5.43 s, with CPU time
-    rising from 4.0 s (3 threads) to 5.5-7.1 s (4 and 6): more threads than that spin on the
-    filesystem's locks. A share is a ratio of two times on one machine, so a faster or slower
+    rising from 4.0 s (3 threads) to 5.5-7.1 s (4 and 6): more threads than that spend it in
+    the kernel's scheduler, handing the GIL around (perf: a quarter of a three-thread pass's
+    cycles already). A share is a ratio of two times on one machine, so a faster or slower
     CPU moves both alike. bench/RESULTS*.md has the passes."""
 
     threads: int = 3
