@@ -29,26 +29,24 @@ class Recorder:
         logger = log.bound()
         if o.status is Status.DELETED:
             self.totals.deleted(o.freed, o.decision.rule)
-            if self.keep:
-                self.kept.append(o)
             # The commonest line, and filtered out by ``ocrd clean`` (its level is warning):
-            # then not even its path is written out (5 µs a file of the main thread's time).
+            # then not even its path is written out (0.3 s of the main thread per 55k).
             if logger.is_enabled_for(logging.INFO):
                 logger.info(
                     "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
                 )
-            return
-        path = display(e.path)
-        again = {} if retry is None else {"attempt": retry[0], "retry_in_s": retry[1]}
-        if o.status is Status.WOULD_DELETE:
-            self.totals.would_delete(e.size)
-            logger.info("model_would_be_deleted", path=path, size=e.size, rule=o.decision.rule)
-        elif o.status is Status.SKIPPED:
-            self.totals.skipped(o.detail)
-            level = logger.warning if o.detail == "engine_busy" else logger.info
-            level("deletion_skipped", path=path, reason=o.detail, **again)
         else:
-            self.totals.failed()
-            logger.error("deletion_failed", path=path, error=o.detail, **again)
+            path = display(e.path)
+            again = {} if retry is None else {"attempt": retry[0], "retry_in_s": retry[1]}
+            if o.status is Status.WOULD_DELETE:
+                self.totals.would_delete(e.size)
+                logger.info("model_would_be_deleted", path=path, size=e.size, rule=o.decision.rule)
+            elif o.status is Status.SKIPPED:
+                self.totals.skipped(o.detail)
+                level = logger.warning if o.detail == "engine_busy" else logger.info
+                level("deletion_skipped", path=path, reason=o.detail, **again)
+            else:
+                self.totals.failed()
+                logger.error("deletion_failed", path=path, error=o.detail, **again)
         if self.keep:
             self.kept.append(o)
