@@ -19,7 +19,6 @@ Two answers need the whole walk, and wait for it:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +26,8 @@ from ocrd.apply import by_directory
 from ocrd.arrival import Arrivals
 from ocrd.inventory import FileEntry
 from ocrd.retention import Decision, Refusal, Rules, Verdict, plan, refuse_all
-from ocrd.rootdir import Place, identify, open_root, still_there
-from ocrd.walker import walk_batches
+from ocrd.rootdir import Place
+from ocrd.walker import scan_batches
 
 News = Callable[[Sequence[tuple[bytes, str]], Sequence[tuple[bytes, str]]], None]
 """Called with the directories the walk could not read and those on another filesystem, as it
@@ -64,8 +63,6 @@ def planned(
     assert rules.per_file, "a rule that compares files needs the whole plan first"
     arrivals = Arrivals(place.real)
     cache: dict[bytes, float] = {}
-    fd = open_root(place)
-    root = identify(fd)
     named = rules.by_name
     stays = allow_delete_all  # whether a model file that stays was seen (or none need be)
     held: list[Decision] = []  # deletions by age or rank, until then
@@ -91,23 +88,25 @@ def planned(
             held, early = [], []
         yield from by_directory(deleting)
 
-    waiting: list[FileEntry] = []
     told_unreadable = told_mounts = 0
-    checked = time.monotonic()
-    for batch in walk_batches(fd, walked.unreadable, walked.directories, mounts=walked.mounts):
+
+    def tell() -> None:
+        """What the walk found since last time that it could not read or did not enter."""
+        nonlocal told_unreadable, told_mounts
         if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
             news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
             told_unreadable, told_mounts = len(walked.unreadable), len(walked.mounts)
-        if time.monotonic() - checked >= recheck_s:
-            still_there(place, root)
-            checked = time.monotonic()
+
+    waiting: list[FileEntry] = []
+    for batch in scan_batches(
+        place, walked.unreadable, walked.directories, mounts=walked.mounts, recheck_s=recheck_s
+    ):
+        tell()
         waiting += batch
         if len(waiting) >= plan_at:
             files, waiting = waiting, []
             yield from deletions(files)
-    if len(walked.unreadable) > told_unreadable or len(walked.mounts) > told_mounts:
-        news(walked.unreadable[told_unreadable:], walked.mounts[told_mounts:])
-    still_there(place, root)
+    tell()
     yield from deletions(waiting)
     if held:
         walked.refusal = refuse_all(

@@ -7,6 +7,7 @@ import gc
 import os
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -42,13 +43,21 @@ def scan_batches(
     *,
     mounts: list[tuple[bytes, str]] | None = None,
     tick: Callable[[], bool] | None = None,
+    recheck_s: float | None = None,
 ) -> Iterator[list[FileEntry]]:
     """scan(), one directory's files at a time (walk_batches from model_dir's pinned path).
     Once the walk is done, model_dir must still be the directory it started from, or
-    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile."""
+    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile. With
+    ``recheck_s``, that is also asked every ``recheck_s`` of the walk, before a batch is
+    handed on (for a caller that deletes while the walk goes on: ocrd.onepass)."""
     fd = open_root(place)
     root = identify(fd)
-    yield from walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick)
+    checked = time.monotonic()
+    for files in walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick):
+        if recheck_s is not None and time.monotonic() - checked >= recheck_s:
+            still_there(place, root)
+            checked = time.monotonic()
+        yield files
     still_there(place, root)
 
 
