@@ -21,22 +21,9 @@ from ocrd.retention import MaxAgeRule, PrefixRule, Rules
 from ocrd.rootdir import pin
 from ocrd.walker import scan
 from tests.conftest import OcrdRunner, make_file, write_config
+from tests.test_cli import CONFIG  # prefix old_, 30 days by mtime, whitelist *.keep
 
 DAY = 86400
-
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-max_age = "30d"
-age_from = "timestamp"
-whitelist = ["*.keep"]
-{extra}
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-"""
 
 
 def varied_tree(models: Path, seed: int) -> None:
@@ -68,7 +55,7 @@ def test_clean_deletes_exactly_what_the_whole_plan_deletes(
 ) -> None:
     models = tmp_path / "models"
     varied_tree(models, seed)
-    path = write_config(tmp_path, CONFIG.format(extra=""))
+    path = write_config(tmp_path, CONFIG)
     rows = json.loads(run_ocrd("list", "--json", "-c", path).stdout)
     due = {r["path"] for r in rows if r["verdict"] == "delete"}
     stays = {r["path"] for r in rows if r["verdict"] != "delete"}
@@ -83,12 +70,12 @@ def test_clean_deletes_exactly_what_the_whole_plan_deletes(
     assert sorted(result["deleted"]) == sorted(due)
     assert result["refused"] is None
     assert (result["skipped"], result["failed"]) == ([], [])
-    left = {
-        os.path.relpath(os.path.join(d, f), models)
-        for d, _, files in os.walk(models)
-        for f in files
-    }
-    assert left == stays
+    assert set(files_under(models)) == stays
+
+
+def files_under(models: Path) -> list[str]:
+    """Every file left under ``models``, relative to it."""
+    return [os.path.relpath(os.path.join(d, f), models) for d, _, fs in os.walk(models) for f in fs]
 
 
 def walk_order(models: Path) -> list[bytes]:
@@ -101,47 +88,42 @@ def walk_order(models: Path) -> list[bytes]:
     return seen
 
 
+def aged_and_named(models: Path) -> list[bytes]:
+    """Six directories of a file past max_age, and one file named for deletion (in d3); the
+    directories in walk order."""
+    for d in range(6):
+        make_file(models, b"d%d/aged.bin" % d, b"aa", age_s=40 * DAY)
+    make_file(models, b"d3/old_named.bin")
+    return walk_order(models)
+
+
 def test_deletions_by_age_wait_for_a_file_that_stays_even_in_the_last_directory(
     tmp_path: Path, run_ocrd: OcrdRunner
 ) -> None:
     models = tmp_path / "models"
-    for d in range(6):
-        make_file(models, b"d%d/aged.bin" % d, b"aa", age_s=40 * DAY)
-    last = walk_order(models)[-1]
+    last = aged_and_named(models)[-1]
     make_file(models, os.path.join(last, b"fresh.bin"))
-    make_file(models, b"d0/old_named.bin")
     assert walk_order(models)[-1] == last  # a new file does not move its directory
-    path = write_config(tmp_path, CONFIG.format(extra=""))
+    path = write_config(tmp_path, CONFIG)
     result = json.loads(run_ocrd("clean", "--json", "-c", path).stdout)
     assert result["refused"] is None
     assert sorted(result["deleted"]) == sorted(
-        ["d0/old_named.bin", *(f"d{d}/aged.bin" for d in range(6))]
+        ["d3/old_named.bin", *(f"d{d}/aged.bin" for d in range(6))]
     )
-    assert [
-        os.path.relpath(os.path.join(d, f), models) for d, _, fs in os.walk(models) for f in fs
-    ] == [os.fsdecode(os.path.join(last, b"fresh.bin"))]
+    assert files_under(models) == [os.fsdecode(os.path.join(last, b"fresh.bin"))]
 
 
 def test_without_a_file_that_stays_only_the_named_ones_go(
     tmp_path: Path, run_ocrd: OcrdRunner
 ) -> None:
     models = tmp_path / "models"
-    for d in range(6):
-        make_file(models, b"d%d/aged.bin" % d, b"aa", age_s=40 * DAY)
-    make_file(models, b"d3/old_named.bin")
-    path = write_config(tmp_path, CONFIG.format(extra=""))
+    aged_and_named(models)
+    path = write_config(tmp_path, CONFIG)
     result = json.loads(run_ocrd("clean", "--json", "-c", path).stdout)
     assert result["deleted"] == ["d3/old_named.bin"]
     assert result["refused"]["would_delete"] == 6
     assert result["refused"]["of_files"] == 7
     assert all((models / f"d{d}" / "aged.bin").exists() for d in range(6))
-
-
-def aged_and_named(models: Path) -> list[bytes]:
-    for d in range(6):
-        make_file(models, b"d%d/aged.bin" % d, b"aa", age_s=40 * DAY)
-    make_file(models, b"d3/old_named.bin")
-    return walk_order(models)
 
 
 AGE_OR_PREFIX = Rules(
