@@ -13,29 +13,50 @@ LIBDIR   ?= /usr/local/lib
 CONFDIR  ?= /etc/ocrd
 PIP_ARGS ?=
 
-.PHONY: run test lint bench bench-quick clean install uninstall
+.PHONY: run test lint bench bench-quick fresh-resolve lock clean install uninstall
 
-run: $(VENV)/.installed
+run: $(VENV)/.run
 	mkdir -p models
 	$(BIN)/ocrd run -c config.toml
 
-test: $(VENV)/.installed
+test: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
 
-bench-quick: $(VENV)/.installed
+bench-quick: $(VENV)/.dev
 	$(BIN)/python -m bench.run --quick
 
-$(VENV)/.installed: pyproject.toml | need-python
+# The newest releases pyproject.toml's ranges allow, in a new venv with no cache: what a user
+# who runs `pip install .` today gets. CI runs it beside `make test` (which uses the lock).
+fresh-resolve: | need-python
+	PYTHON=$(PYTHON) .ci/fresh-resolve
+
+# Dependencies come from the lock (exact versions and hashes), then ocrd itself without them:
+# what was tested is what is installed. `make lock` writes the locks anew from pyproject.toml.
+$(VENV)/.run: requirements/run.lock pyproject.toml | need-python
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/run.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+$(VENV)/.dev: requirements/dev.lock pyproject.toml | need-python
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@ $(VENV)/.run
+
+LOCK_ARGS := --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-find-links --no-emit-index-url --no-emit-trusted-host
+lock: | need-python
+	tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT && \
+		$(PYTHON) -m venv "$$tools" && "$$tools/bin/pip" install --quiet pip-tools && \
+		PIP_FIND_LINKS= "$$tools/bin/pip-compile" $(LOCK_ARGS) -o requirements/run.lock pyproject.toml && \
+		PIP_FIND_LINKS= "$$tools/bin/pip-compile" $(LOCK_ARGS) --extra dev -o requirements/dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build
@@ -56,9 +77,12 @@ need-root:
 install: need-root need-python
 	@command -v systemd-sysusers >/dev/null || { echo "need systemd (systemd-sysusers, systemd-tmpfiles)" >&2; exit 1; }
 	$(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) \
+		--require-hashes -r requirements/run.lock
 	stage=$$(mktemp -d) && trap 'rm -rf "$$stage"' EXIT && \
 		cp -r pyproject.toml README.md ocrd "$$stage"/ && \
-		$(PREFIX)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) "$$stage"
+		$(PREFIX)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) \
+			--no-deps "$$stage"
 	install -d $(BINDIR)
 	ln -sfn $(PREFIX)/venv/bin/ocrd $(BINDIR)/ocrd
 	install -D -m 0644 systemd/ocrd.sysusers $(LIBDIR)/sysusers.d/ocrd.conf
