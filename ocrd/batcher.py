@@ -15,7 +15,7 @@ from ocrd.errors import EngineBusy
 from ocrd.holders import Holders, View
 from ocrd.mirror import Mirror
 from ocrd.outcomes import Recorder
-from ocrd.retention import Decision, Plan, Refusal, Rules, refuse_all, refused
+from ocrd.retention import Decision, Plan, Refusal, Rules, left_after, refuse_all, refused
 from ocrd.scheduler import Scheduler
 from ocrd.stats import Totals
 from ocrd.timejump import ClockGuard
@@ -138,19 +138,23 @@ class Batcher:
         its deletions by age or rank (ocrd.retention.refuse_all), said once in
         deletion_refused. Weighed against the whole index and what is due already, not
         against the batch just planned: the daemon plans what changed. What stays is planned
-        again at the next rescan, or when a file changes."""
+        again at the next rescan, or when a file changes. The index counts files per owner,
+        not whether each is settled: a file outside the batch counts as settled here (a
+        settling one is planned again when it settles)."""
         retention = self.config.retention
+        index = self.mirror.index
+        gone = {d.entry.path: d.entry for d in (*self.due.values(), *the_plan.deletions)}
         refusal = refuse_all(
             the_plan.deletions,
-            self.mirror.index.files,
+            index.files,
             rules,
             allow=retention.allow_delete_all,
-            due=self.due,
+            stays=left_after(index.owners, gone.values()),
         )
         if refusal is not None and refusal != self.refusal:
             log.get().warning("deletion_refused", dry_run=retention.dry_run, **refusal.fields())
         self.refusal = refusal
-        return the_plan if refusal is None else refused(the_plan, rules)
+        return the_plan if refusal is None else refused(the_plan, refusal)
 
     def run_if_due(self) -> None:
         if self.flush_at is not None and self.clock.monotonic() >= self.flush_at:

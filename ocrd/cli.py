@@ -15,7 +15,7 @@ from ocrd.apply import InUse, Outcome, Status, apply, delete_groups, limited_che
 from ocrd.arrival import Arrivals
 from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
 from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
-from ocrd.families import Member
+from ocrd.families import Member, Ranking
 from ocrd.holders import lease_report
 from ocrd.human import size
 from ocrd.inventory import Inventory, display
@@ -30,9 +30,11 @@ from ocrd.retention import (
     plan,
     refuse_all,
     refused,
+    staying,
     versions,
 )
 from ocrd.rootdir import Place, pin, raise_fd_limit
+from ocrd.trust import model_dir_owner
 from ocrd.walker import collecting_paused, scan
 
 
@@ -70,11 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            the_plan, inventory, _ = _plan(config, place)
+            the_plan, inventory, _, rules = _plan(config, place)
             blocked = _blocked(config, the_plan, place)
             families = family_rules(config.retention)
             ranked = (
-                families.rank(versions(d.entry for d in the_plan.decisions))
+                families.rank(
+                    versions(d.entry for d in the_plan.decisions), rules.trust, the_plan.now
+                )
                 if families is not None
                 else None
             )
@@ -116,22 +120,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None]:
-    """The plan, the inventory it came from (for its mount points), and whether the plan was
-    refused for deleting every model file (then it deletes nothing)."""
+def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None, Rules]:
+    """The plan, the inventory it came from (for its mount points), whether some of its
+    deletions were refused for leaving no model file that counts for them (then they are
+    kept), and the rules that made it."""
     inventory = scan(place)
     _warn_walk(inventory.unreadable, inventory.mounts)
-    rules = Rules.from_config(config.retention, config.watch.settle)
+    rules = _rules(config, place)
     with collecting_paused():  # a Decision per file, and no cycle among them
         # Files of a directory that was moved in arrived with it (ocrd.arrival).
         files = Arrivals(place.real).apply(inventory.files)
         the_plan = plan(files, rules, time.time())
     refusal = refuse_all(
-        the_plan.deletions, inventory.file_count, rules, allow=config.retention.allow_delete_all
+        the_plan.deletions,
+        inventory.file_count,
+        rules,
+        allow=config.retention.allow_delete_all,
+        stays=staying(the_plan.decisions, rules, the_plan.now),
     )
     if refusal is not None:
-        the_plan = refused(the_plan, rules)
-    return the_plan, inventory, refusal
+        the_plan = refused(the_plan, refusal)
+    return the_plan, inventory, refusal, rules
+
+
+def _rules(config: Config, place: Place) -> Rules:
+    return Rules.from_config(
+        config.retention, config.watch.settle, owner=model_dir_owner(place.real)
+    )
 
 
 def _warn_walk(
@@ -177,7 +192,7 @@ def _print_list(
     blocked: dict[bytes, str] | None = None,
     inventory: Inventory | None = None,
     *,
-    ranked: dict[int, Member] | None = None,
+    ranked: Ranking | None = None,
 ) -> None:
     """``ranked``: each version's family and rank, when families are in use."""
     now = the_plan.now
@@ -210,6 +225,7 @@ def _print_list(
                 "rule": d.rule,
                 "reason": reason(d),
                 "symlink": d.entry.is_link,
+                "owner": d.entry.uid,
                 **_member(d, ranked),
             }
             for d in the_plan.decisions
@@ -227,6 +243,8 @@ def _print_list(
                 "symlink": False,
                 "family": None,
                 "rank": None,
+                "rank_reason": None,
+                "owner": None,
                 "device": device,
             }
             for rel, device in mounts
@@ -246,8 +264,13 @@ def _print_list(
         )
         if ranked is not None:
             m = _member(d, ranked)
-            line += f"{m['rank'] or '-':>4}  {display(d.entry.path)}  ({reason(d)})  "
+            why = reason(d)
+            line += f"{m['rank'] or '-':>4}  {display(d.entry.path)}  ({why})  "
             line += m["family"] if m["family"] is not None else "-"
+            note = m["rank_reason"]
+            # A version kept for what it says says so in its reason already.
+            if note is not None and note not in why and ranked and ranked.notable(d.entry):
+                line += f"  ({note})"
         else:
             line += f"{display(d.entry.path)}  ({reason(d)})"
         out.append(line)
@@ -266,11 +289,13 @@ def _print_list(
     print("\n".join(out))
 
 
-def _member(d: Decision, ranked: dict[int, Member] | None) -> dict[str, Any]:
-    """``family`` and ``rank`` of a decision's file, None for a file in no family (or when
-    families are not in use)."""
-    m = ranked.get(id(d.entry)) if ranked is not None else None
-    return {"family": m.family if m else None, "rank": m.rank if m else None}
+def _member(d: Decision, ranked: Ranking | None) -> dict[str, Any]:
+    """``family``, ``rank`` and ``rank_reason`` of a decision's file, None for a file in no
+    family (or when families are not in use)."""
+    m: Member | None = ranked.get(id(d.entry)) if ranked is not None else None
+    if m is None or ranked is None:
+        return {"family": None, "rank": None, "rank_reason": None}
+    return {"family": m.family, "rank": m.rank, "rank_reason": ranked.why(d.entry)}
 
 
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
@@ -279,10 +304,10 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
     logger = log.get()
     unknown = config.retention.unknown_holders
     in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
-    rules = Rules.from_config(config.retention, config.watch.settle)
+    rules = _rules(config, place)
     recorder = Recorder(keep=True)
     if not rules.per_file:
-        the_plan, inventory, refusal = _plan(config, place)
+        the_plan, inventory, refusal, _ = _plan(config, place)
         if refusal is not None:
             logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
         for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):

@@ -115,7 +115,28 @@ def _check_family(pattern: object) -> str:
     return pattern
 
 
+UID_MAX = 2**32 - 2  # (uid_t)-1 means "no change" to chown: no file is owned by it
+
+
+def _check_owner(owner: object) -> int:
+    """A user name (looked up now, in the passwd database) or a numeric uid → the uid."""
+    if isinstance(owner, bool) or not isinstance(owner, (str, int)):
+        raise ValueError(f"{_show(owner)} is not a user: write a user name or a numeric uid")
+    if isinstance(owner, int):
+        if not 0 <= owner <= UID_MAX:
+            raise ValueError(f"{owner} is not a uid: between 0 and {UID_MAX}")
+        return owner
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except (KeyError, ValueError):  # ValueError: a name holding NUL
+        raise ValueError(
+            f"{quote(owner)} is no user on this host: write an existing user name "
+            "(getent passwd) or a numeric uid"
+        ) from None
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Owner = Annotated[int, BeforeValidator(_check_owner)]
 
 
 def parse_share(text: object) -> float:
@@ -165,6 +186,9 @@ class Retention(_Section):
     keep_last_version: bool = True
     # A plan that would delete every model file under model_dir is refused unless this is true.
     allow_delete_all: bool = False
+    # Users (names or uids) whose files may rank or vouch for anyone's, besides root and
+    # model_dir's owner (ocrd.trust); resolved to uids when the config is read.
+    trusted_owners: tuple[Owner, ...] = Field(default=(), strict=False)
 
 
 class Watch(_Section):

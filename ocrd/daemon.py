@@ -33,6 +33,7 @@ from ocrd.scheduler import Scheduler
 from ocrd.skew import FutureMtimes
 from ocrd.stats import Totals
 from ocrd.timejump import ClockGuard
+from ocrd.trust import model_dir_owner
 from ocrd.waker import Waker
 
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
@@ -55,7 +56,9 @@ class Daemon:
         self.config = config
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
-        self.rules = Rules.from_config(config.retention, config.watch.settle)
+        self.rules = Rules.from_config(
+            config.retention, config.watch.settle, model_dir_owner(config.model_dir)
+        )
         self.scheduler = Scheduler(self.clock, config.watch.rescan, self.notifier.watchdog_interval)
         self.scheduler.coarse_s = self.rules.due_slack
         self.engine = Supervisor(
@@ -367,9 +370,9 @@ class Daemon:
             self.engine.settings = new.engine
         self.config = new
         self.metrics.reconfigure(new.metrics.textfile)
-        self.rules = Rules.from_config(new.retention, new.watch.settle).not_before(
-            self.clock_guard.not_before
-        )
+        self.rules = Rules.from_config(
+            new.retention, new.watch.settle, model_dir_owner(new.model_dir)
+        ).not_before(self.clock_guard.not_before)
         self.scheduler.rescan = new.watch.rescan
         self.scheduler.coarse_s = self.rules.due_slack
         self.mirror.reconfigure(new.model_dir, new.watch)
@@ -402,9 +405,9 @@ class Daemon:
         before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
         if self.config.retention.dry_run:
             before = set()
-        rules = Rules.from_config(new.retention, new.watch.settle).not_before(
-            self.clock_guard.not_before
-        )
+        rules = Rules.from_config(
+            new.retention, new.watch.settle, model_dir_owner(new.model_dir)
+        ).not_before(self.clock_guard.not_before)
         extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
         files, size = index.files, index.bytes
         extra_bytes = sum(d.entry.size for d in extra)

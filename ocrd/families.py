@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from ocrd.inventory import FileEntry
+from ocrd.inventory import FileEntry, display
+from ocrd.trust import Trust
 
 _DIGITS = re.compile(r"[0-9]+")
 # Stands for a run of digits in a default family's name. "#" is what `ocrd list` shows; the
@@ -17,10 +18,19 @@ _ANY_NUMBER = "\0"
 
 
 class Member(NamedTuple):
-    """A file's place in its family: the family's name, and its rank (1 = newest)."""
+    """A file's place in its family: the family's name; its rank (1 = newest), counting only
+    the newer versions that may rank it (ocrd.trust, and not the same version written
+    otherwise); and ``newer``, how many versions are above it in the family's order, counted
+    or not (its position: 0 = the first)."""
 
     family: str
     rank: int
+    newer: int = 0
+    key: str = ""  # the family as the ranking keys it (``family`` is how it is shown)
+
+
+# Ranking with no owner given: root's files (what a FileEntry made by hand is) rank anyone's.
+DEFAULT_TRUST = Trust()
 
 
 @dataclass(frozen=True)
@@ -63,10 +73,16 @@ class Families:
             return family, found.group("version") or ""
         return family, text
 
-    def rank(self, files: Iterable[FileEntry]) -> dict[int, Member]:
-        """id(entry) → its family and rank, for every regular file in a family; symlinks are
-        no version of anything."""
-        groups: dict[str, list[tuple[Version, float, FileEntry]]] = {}
+    def rank(self, files: Iterable[FileEntry], trust: Trust, now: float) -> Ranking:
+        """Each regular file's family and rank; symlinks are no version of anything.
+
+        The order is by name, then by date, then by path (see the class's doc); a file's rank
+        is 1 + the versions above it that may rank it (``trust.distrust``, judged at ``now``):
+        settled, not dated in the future, owned by root, model_dir's owner, a trusted owner
+        or its own owner; and not the same version written otherwise (``v04`` and ``v4``:
+        which is newer, the name does not say). Counted in one pass per family, with running
+        counts per owner: no pair of files is compared, whatever a family's size."""
+        groups: dict[str, list[tuple[Version, float, FileEntry, tuple[str, ...]]]] = {}
         arrival = self.age_from == "arrival"
         for f in files:
             if f.is_link:
@@ -76,40 +92,156 @@ class Families:
                 continue
             family, version = key
             stamp = max(f.mtime, f.ctime) if arrival else f.mtime
-            groups.setdefault(family, []).append((_version(version), stamp, f))
-        ranked: dict[int, Member] = {}
+            digits = tuple(_DIGITS.findall(version))
+            groups.setdefault(family, []).append((_version(digits), stamp, f, digits))
+        ranking = Ranking(trust, now)
         for family, members in groups.items():
             shown = family.replace(_ANY_NUMBER, "#")
             # Newest first: the largest numbers, then the latest stamp; ties by path, ascending.
             # A sort is stable also in reverse, so the path order set first survives the ties.
             members.sort(key=lambda m: m[2].path)
             members.sort(key=lambda m: (m[0], m[1]), reverse=True)
-            for i, m in enumerate(members, 1):
-                ranked[id(m[2])] = Member(shown, i)
-        return ranked
+            ranking.add(family, shown, [(m[0], m[3], m[2]) for m in members])
+        return ranking
+
+
+class Ranking:
+    """The Member of each ranked file (by id of its FileEntry), and why it ranks there."""
+
+    __slots__ = ("_members", "_orders", "now", "trust")
+
+    def __init__(self, trust: Trust, now: float) -> None:
+        self.trust = trust
+        self.now = now
+        self._members: dict[int, Member] = {}
+        # family key → its versions newest first, with their digits as written
+        self._orders: dict[str, list[tuple[tuple[str, ...], FileEntry]]] = {}
+
+    def get(self, key: int) -> Member | None:
+        return self._members.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(
+        self, key: str, family: str, members: list[tuple[Version, tuple[str, ...], FileEntry]]
+    ) -> None:
+        """Rank family ``key`` (shown as ``family``), given newest first as (version, its
+        digits as written, file)."""
+        trust, now = self.trust, self.now
+        self._orders[key] = [(m[1], m[2]) for m in members]
+        trusted = trust.owners
+        # Versions above the one at hand that may rank anyone's (trusted owners), and per
+        # other owner those that may rank only that owner's; the same for the versions above
+        # it within its run of equal numbers, per spelling of those numbers.
+        above_any = 0
+        above_own: dict[int, int] = {}
+        i = 0
+        while i < len(members):
+            j = i
+            while j < len(members) and members[j][0] == members[i][0]:
+                j += 1
+            spelt: dict[tuple[str, ...], tuple[int, dict[int, int]]] = {}
+            for k in range(i, j):
+                _, digits, f = members[k]
+                run_any, run_own = spelt.get(digits, (0, {}))
+                count = above_any + run_any
+                if f.uid not in trusted:
+                    count += above_own.get(f.uid, 0) + run_own.get(f.uid, 0)
+                self._members[id(f)] = Member(family, count + 1, k, key)
+                if trust.doubt(f, now) is None:
+                    if f.uid in trusted:
+                        run_any += 1
+                    else:
+                        run_own = {**run_own, f.uid: run_own.get(f.uid, 0) + 1}
+                    spelt[digits] = (run_any, run_own)
+            for k in range(i, j):
+                f = members[k][2]
+                if trust.doubt(f, now) is None:
+                    if f.uid in trusted:
+                        above_any += 1
+                    else:
+                        above_own[f.uid] = above_own.get(f.uid, 0) + 1
+            i = j
+
+    def uncounted(self, entry: FileEntry, limit: int = 3, look: int = 64) -> list[str]:
+        """Up to ``limit`` of the newer versions that do not count against ``entry``, nearest
+        first, each as "path (why)"; at most ``look`` of them are looked at."""
+        member = self._members.get(id(entry))
+        if member is None:
+            return []
+        order = self._orders[member.key]
+        mine = order[member.newer][0]
+        found: list[str] = []
+        for digits, g in order[max(0, member.newer - look) : member.newer][::-1]:
+            why = self.trust.distrust(g, entry, self.now)
+            if why is None and digits != mine and _version(digits) == _version(mine):
+                why = "the same version, written otherwise"
+            if why is not None:
+                found.append(f"{display(g.path)} ({why})")
+                if len(found) == limit:
+                    break
+        return found
+
+    def notable(self, entry: FileEntry) -> bool:
+        """Whether why() says more than how many newer versions there are: some do not count,
+        or this one does not count for others."""
+        member = self._members.get(id(entry))
+        if member is None:
+            return False
+        return (
+            member.newer != member.rank - 1
+            or entry.uid not in self.trust.owners
+            or self.trust.doubt(entry, self.now) is not None
+        )
+
+    def why(self, entry: FileEntry) -> str | None:
+        """Why ``entry`` ranks where it does, for ``ocrd list``; None if it is in no family."""
+        member = self._members.get(id(entry))
+        if member is None:
+            return None
+        counted = member.rank - 1
+        text = "newest version" if member.newer == 0 else f"{counted} newer version(s) count"
+        left = member.newer - counted
+        if left:
+            shown = self.uncounted(entry)
+            more = ", …" if len(shown) < left else ""
+            text += f"; {left} newer not counted: {', '.join(shown)}{more}"
+        own = self.trust.doubt(entry, self.now)
+        if own is not None:
+            text += f"; ranks no other version ({own})"
+        elif entry.uid not in self.trust.owners:
+            text += f"; ranks only versions of its own owner (uid {entry.uid})"
+        return text
 
 
 Version = tuple[tuple[int, str], ...]
 
 
-def _version(text: str) -> Version:
-    """The numbers in ``text``, each as (digit count, digits) without leading zeros: compared
-    as numbers, whatever their length (int() refuses more than 4300 digits)."""
-    return tuple((len(n), n) for n in (d.lstrip("0") for d in _DIGITS.findall(text)))
+def _version(digits: tuple[str, ...]) -> Version:
+    """Runs of digits, each as (digit count, digits) without leading zeros: compared as
+    numbers, whatever their length (int() refuses more than 4300 digits)."""
+    return tuple((len(n), n) for n in (d.lstrip("0") for d in digits))
 
 
 class Versions:
     """The versions present in one plan (ocrd.retention.versions), ranked at most once per
-    Families however many rules and floors ask: ranking sorts every family."""
+    Families however many rules and floors ask: ranking sorts every family. ``trust`` and
+    ``now``: whose versions count against whose (ocrd.trust)."""
 
-    __slots__ = ("_ranked", "files")
+    __slots__ = ("_ranked", "files", "now", "trust")
 
-    def __init__(self, files: list[FileEntry]) -> None:
+    def __init__(self, files: list[FileEntry], trust: Trust, now: float) -> None:
         self.files = files
-        self._ranked: dict[Families, dict[int, Member]] = {}
+        self.trust = trust
+        self.now = now
+        self._ranked: dict[Families, Ranking] = {}
 
-    def ranked(self, families: Families) -> dict[int, Member]:
+    def ranked(self, families: Families) -> Ranking:
         found = self._ranked.get(families)
         if found is None:
-            found = self._ranked[families] = families.rank(self.files)
+            found = self._ranked[families] = families.rank(self.files, self.trust, self.now)
         return found

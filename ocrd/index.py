@@ -8,10 +8,10 @@ from collections.abc import Iterable, Iterator
 
 from ocrd.inventory import FileEntry
 
-# size, mtime, atime, ctime, dev, ino, is_link: 49 bytes in one bytes object, where a
+# size, mtime, atime, ctime, dev, ino, is_link, uid: 53 bytes in one bytes object, where a
 # FileEntry with its float and int objects costs ~330 bytes. The daemon holds one per file
 # for as long as it runs; the planner gets FileEntry values back only for what it looks at.
-_RECORD = struct.Struct("=qdddQQ?")
+_RECORD = struct.Struct("=qdddQQ?I")
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:
@@ -26,8 +26,9 @@ def _parent(key: bytes) -> bytes:
 
 
 class Index:
-    """path → record, plus the file count and byte total that STATUS reports, kept up to date
-    on every change instead of summed on every status line.
+    """path → record, plus the file count and byte total that STATUS reports, and the regular
+    files per owner uid (what may vouch that a model stays: ocrd.retention.refuse_all), kept
+    up to date on every change instead of summed when asked.
 
     Records are kept per directory, and each directory knows its subdirectories, so dropping
     a directory's subtree costs what the subtree holds, not what the whole index holds: a
@@ -39,6 +40,7 @@ class Index:
         self._count = 0
         self.files = 0  # regular files (symlinks are indexed but not counted)
         self.bytes = 0
+        self.owners: dict[int, int] = {}  # uid → regular files it owns
         for e in entries:
             self.put(e)
 
@@ -64,6 +66,7 @@ class Index:
         if not entry.is_link:
             self.files += 1
             self.bytes += entry.size
+            self.owners[entry.uid] = self.owners.get(entry.uid, 0) + 1
 
     def get(self, path: bytes) -> FileEntry | None:
         key, name = _split(path)
@@ -80,10 +83,7 @@ class Index:
         if record is None:
             return
         self._count -= 1
-        size, *_, is_link = _RECORD.unpack(record)
-        if not is_link:
-            self.files -= 1
-            self.bytes -= size
+        self._uncount(record)
         if not names:
             self._prune(key)
 
@@ -98,10 +98,7 @@ class Index:
             stack.extend(self._subdirs.pop(key, ()))
             for record in self._dirs.pop(key, {}).values():
                 self._count -= 1
-                size, *_, is_link = _RECORD.unpack(record)
-                if not is_link:
-                    self.files -= 1
-                    self.bytes -= size
+                self._uncount(record)
         if prefix:
             parent = _parent(prefix)
             siblings = self._subdirs.get(parent)
@@ -115,6 +112,18 @@ class Index:
         self._dirs.clear()
         self._subdirs.clear()
         self._count = self.files = self.bytes = 0
+        self.owners.clear()
+
+    def _uncount(self, record: bytes) -> None:
+        size, *_, is_link, uid = _RECORD.unpack(record)
+        if not is_link:
+            self.files -= 1
+            self.bytes -= size
+            left = self.owners[uid] - 1
+            if left:
+                self.owners[uid] = left
+            else:
+                del self.owners[uid]
 
     def entries(self) -> Iterator[FileEntry]:
         for key, names in self._dirs.items():

@@ -25,6 +25,9 @@ class FileEntry(NamedTuple):
     dev: int
     ino: int
     is_link: bool
+    # The owner's uid: whose word a file is when it ranks another (ocrd.trust). Entries made
+    # by hand (tests) default to root's.
+    uid: int = 0
 
     @property
     def name(self) -> bytes:
@@ -100,4 +103,5 @@ def entry_from_stat(rel: bytes, s: os.stat_result) -> FileEntry:
         s.st_dev,
         s.st_ino,
         stat.S_ISLNK(s.st_mode),
+        s.st_uid,
     )

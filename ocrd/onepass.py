@@ -8,10 +8,12 @@ The plan of a directory is the one the whole inventory would give it: the same r
 ``now`` for the whole pass, the same arrival evidence (ocrd.arrival, one stat per directory).
 Two answers need the whole walk, and wait for it:
 
-- The refusal of a plan that would delete every model file (``allow_delete_all``): deletions
-  by age or rank are held back until a model file that stays has been seen (in the first
-  directory, on any real host); until then only deletions by name go, which are never
-  refused. If the walk ends without one, the held deletions are the refused ones.
+- The refusal of deletions that would leave no model file that counts for them
+  (``allow_delete_all``, ocrd.retention.refuse_all): a deletion by age or rank is held back
+  until a model file that stays and counts for it has been seen (one of a trusted owner
+  counts for all, in the first directory on any real host; another for its owner's);
+  deletions by name go at once, they are never refused. If the walk ends with deletions
+  still held, those are the refused ones.
 - model_dir still being the directory the walk started from (rootdir.still_there): asked
   every ``recheck_s`` while the walk goes on and once at its end. If it was swapped, the
   groups already handed over are finished (and reported) and ModelDirMissing is raised.
@@ -64,29 +66,32 @@ def planned(
     arrivals = Arrivals(place.real)
     cache: dict[bytes, float] = {}
     named = rules.by_name
-    stays = allow_delete_all  # whether a model file that stays was seen (or none need be)
-    held: list[Decision] = []  # deletions by age or rank, until then
-    early: list[Decision] = []  # deletions by name made until then
+    doubt, trusted = rules.trust.doubt, rules.trust.owners
+    stays: dict[int, int] = {}  # per owner uid, the model files seen that stay and may vouch
+    everyone = allow_delete_all  # whether a trusted owner's file stays (or none need)
+    held: dict[int, list[Decision]] = {}  # per owner uid, deletions by age or rank no file
+    # seen so far counts for
 
     def deletions(files: list[FileEntry]) -> Iterator[list[Decision]]:
-        nonlocal stays, held, early
+        nonlocal everyone
         deleting: list[Decision] = []
         for d in plan(arrivals.apply(files, cache), rules, now).decisions:
-            if d.entry.is_link:
+            f = d.entry
+            if f.is_link:
                 continue
             walked.model_files += 1
             if d.verdict is Verdict.DELETE:
                 deleting.append(d)
+            elif doubt(f, now) is None:
+                stays[f.uid] = stays.get(f.uid, 0) + 1
+                everyone = everyone or f.uid in trusted
+        free = [d for uid in list(held) if everyone or uid in stays for d in held.pop(uid)]
+        for d in deleting:
+            if everyone or d.rule in named or d.entry.uid in stays:
+                free.append(d)
             else:
-                stays = True
-        if not stays:
-            held += [d for d in deleting if d.rule not in named]
-            deleting = [d for d in deleting if d.rule in named]
-            early += deleting
-        elif held:
-            yield from by_directory(held)
-            held, early = [], []
-        yield from by_directory(deleting)
+                held.setdefault(d.entry.uid, []).append(d)
+        yield from by_directory(free)
 
     told_unreadable = told_mounts = 0
 
@@ -109,8 +114,10 @@ def planned(
     tell()
     yield from deletions(waiting)
     if held:
+        waited = [d for group in held.values() for d in group]
         walked.refusal = refuse_all(
-            [*early, *held], walked.model_files, rules, allow=allow_delete_all
+            waited, walked.model_files, rules, allow=allow_delete_all, stays=stays
         )
-        if walked.refusal is None:  # not reached: with nothing that stays, it refuses
-            yield from by_directory(held)
+        refused = walked.refusal.paths if walked.refusal is not None else frozenset()
+        # Not reached: what is still held, no file seen counts for, and refuse_all agrees.
+        yield from by_directory([d for d in waited if d.entry.path not in refused])

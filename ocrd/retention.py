@@ -6,14 +6,15 @@ import fnmatch
 import re
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
 from ocrd.config import Retention, approx_duration, format_duration
-from ocrd.families import Families, Member, Versions
+from ocrd.families import DEFAULT_TRUST, Families, Ranking, Versions
 from ocrd.inventory import FileEntry, Inventory
+from ocrd.trust import Trust
 
 DAY = 86_400.0
 
@@ -86,6 +87,13 @@ class Selector(Protocol):
         """Files this rule keeps although a reader would expect it to delete them, each with
         why: the planner gives that as the reason of their "keep"."""
         return iter(())
+
+    def hold_among(
+        self, files: Iterable[FileEntry], now: float, present: Versions
+    ) -> Iterator[tuple[FileEntry, str]]:
+        """What the planner asks: ``held`` among the kept ``files``, ``present`` as for
+        select_among."""
+        return self.held(files, now)
 
     def after_clock_jump(self, at: float) -> Selector:
         """This rule with no file ageing from before ``at``, the moment the wall clock jumped
@@ -316,8 +324,8 @@ class KeepNewestRule(Selector):
     name: str = "keep_newest"
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
-        """Alone, ``files`` are all the versions there are."""
-        return self.select_among(files, now, Versions(versions(files)))
+        """Alone, ``files`` are all the versions there are, and root's files the trusted ones."""
+        return self.select_among(files, now, Versions(versions(files), DEFAULT_TRUST, now))
 
     def select_among(
         self, files: Sequence[FileEntry], now: float, present: Versions
@@ -331,6 +339,26 @@ class KeepNewestRule(Selector):
             if member is not None and member.rank > keep:
                 yield f, f"version {member.rank} of family {member.family!r}, keep_newest is {keep}"
 
+    def hold_among(
+        self, files: Iterable[FileEntry], now: float, present: Versions
+    ) -> Iterator[tuple[FileEntry, str]]:
+        """The versions that are not among the newest ``keep`` by name and date, kept because
+        some newer ones do not count against them (ocrd.trust), each with which."""
+        keep = self.keep
+        if keep <= 0:
+            return
+        ranked = present.ranked(self.families)
+        for f in files:
+            member = ranked.get(id(f))
+            if member is not None and member.rank <= keep <= member.newer:
+                yield (
+                    f,
+                    (
+                        f"version {member.rank} of family {member.family!r} as counted, "
+                        f"keep_newest is {keep}: {ranked.why(f)}"
+                    ),
+                )
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -342,12 +370,17 @@ class Rules:
     # The last-version floor: None, or the families within which no rule deletes the last
     # version still present (retention.keep_last_version, when families are in use).
     floor: Families | None = None
+    # Whose files rank or vouch for anyone's (ocrd.trust): root, model_dir's owner and
+    # retention.trusted_owners; anyone else's only for files of their own owner.
+    owners: frozenset[int] = frozenset({0})
     _patterns: tuple[tuple[str, str, bool], ...] = field(init=False, repr=False, compare=False)
+    trust: Trust = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # (as written, in NFC, holds "/"): normalised once, not per file.
         patterns = tuple((p, nfc(p), "/" in p) for p in self.whitelist)
         object.__setattr__(self, "_patterns", patterns)
+        object.__setattr__(self, "trust", Trust(self.owners, self.settle))
 
     @property
     def per_file(self) -> bool:
@@ -380,7 +413,8 @@ class Rules:
         return frozenset(s.name for s in self.selectors if s.by_name)
 
     @classmethod
-    def from_config(cls, retention: Retention, settle: float) -> Rules:
+    def from_config(cls, retention: Retention, settle: float, owner: int | None = None) -> Rules:
+        """``owner``: model_dir's owner uid (model_dir_owner), None if unknown."""
         selectors: list[Selector] = [InterruptedRule()]
         if retention.prefixes:
             selectors.append(PrefixRule(retention.prefixes))
@@ -390,7 +424,10 @@ class Rules:
         if retention.keep_newest and families is not None:
             selectors.append(KeepNewestRule(retention.keep_newest, families))
         floor = families if retention.keep_last_version else None
-        return cls(tuple(selectors), retention.whitelist, settle, floor)
+        owners = {0, *retention.trusted_owners}
+        if owner is not None:
+            owners.add(owner)
+        return cls(tuple(selectors), retention.whitelist, settle, floor, frozenset(owners))
 
     def whitelisted(self, entry: FileEntry) -> str | None:
         """The first whitelist pattern matching ``entry``: by name, or by relative path if the
@@ -447,7 +484,7 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     # A selected entry is found again by identity, not by value: hashing a whole FileEntry
     # per file costs more than the rule itself.
     position = {id(files[i]): i for i in undecided}
-    present = Versions(versions(files) if not rules.per_file else [])
+    present = Versions(versions(files) if not rules.per_file else [], rules.trust, now)
     for selector in rules.selectors:
         chosen = False
         for f, reason in selector.select_among([files[i] for i in undecided], now, present):
@@ -457,11 +494,12 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
             undecided = [i for i in undecided if decided[i] is None]
     if rules.floor is not None:
         _keep_last_versions(decided, files, present.ranked(rules.floor))
-    # A file kept only because it arrived late (or the clock jumped) says so.
+    # A file kept only because it arrived late (or the clock jumped, or newer versions do not
+    # count against it) says so.
     held: dict[int, str] = {}
     kept = [files[i] for i in undecided]
     for s in rules.selectors:
-        for f, why in s.held(kept, now):
+        for f, why in s.hold_among(kept, now, present):
             held.setdefault(id(f), why)
     for i in undecided:
         f = files[i]
@@ -480,44 +518,67 @@ def versions(files: Iterable[FileEntry]) -> list[FileEntry]:
 def _keep_last_versions(
     decided: list[Decision | None],
     files: Sequence[FileEntry],
-    ranked: dict[int, Member],
+    ranked: Ranking,
 ) -> None:
-    """The floor: in a family whose every version present is to be deleted, the newest of
-    them stays (retention.keep_last_version)."""
-    spared: dict[str, tuple[int, int]] = {}  # family → (rank, index) of its newest deletion
-    survives: set[str] = set()
+    """The floor (retention.keep_last_version): no rule deletes a family's last version. A
+    version that stays counts only for those it may vouch for (ocrd.trust: settled, not dated
+    ahead, owned by a trusted owner or by theirs): of the versions to be deleted that no
+    staying one vouches for, the newest stays, and vouches in turn for its owner's."""
+    trust, now = ranked.trust, ranked.now
+    going: dict[str, list[tuple[int, int]]] = {}  # family key → (position, index) to delete
+    vouched_all: set[str] = set()  # families where a trusted owner's version stays
+    vouched: dict[str, set[int]] = {}  # family key → other owners with a version that stays
+    staying: set[str] = set()  # families with any version that stays, trusted or not
     for i, f in enumerate(files):
         member = ranked.get(id(f))
         if member is None:
             continue
         d = decided[i]
         if d is not None and d.verdict is Verdict.DELETE:
-            best = spared.get(member.family)
-            if best is None or member.rank < best[0]:
-                spared[member.family] = (member.rank, i)
-        else:
-            survives.add(member.family)
-    for family, (_, i) in spared.items():
-        if family in survives:
+            going.setdefault(member.key, []).append((member.newer, i))
             continue
-        d = decided[i]
-        assert d is not None
-        decided[i] = Decision(
-            d.entry,
-            Verdict.KEEP,
-            "keep_last_version",
-            f"last version of family {family!r}: {d.rule} would delete it ({d.reason})",
-        )
+        staying.add(member.key)
+        if trust.doubt(f, now) is None:
+            if f.uid in trust.owners:
+                vouched_all.add(member.key)
+            else:
+                vouched.setdefault(member.key, set()).add(f.uid)
+    for key, deletions in going.items():
+        if key in vouched_all:
+            continue
+        owners = set(vouched.get(key, ()))
+        for _, i in sorted(deletions):
+            d = decided[i]
+            assert d is not None
+            f = d.entry
+            if f.uid in owners:
+                continue
+            member = ranked.get(id(f))
+            assert member is not None
+            why = f"last version of family {member.family!r}"
+            if key in staying:
+                why += " that counts for it (the versions that stay do not: ocrd list says why)"
+            decided[i] = Decision(
+                f,
+                Verdict.KEEP,
+                "keep_last_version",
+                f"{why}: {d.rule} would delete it ({d.reason})",
+            )
+            if trust.doubt(f, now) is None:
+                if f.uid in trust.owners:
+                    break
+                owners.add(f.uid)
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a plan's deletions by age or rank were refused: with them, no model file would be
-    left under model_dir."""
+    """Deletions by age or rank that were refused: with them, no model file that counts for
+    them (ocrd.trust) would be left under model_dir. ``paths``: those deletions."""
 
     would_delete: int
     would_free: int
     of_files: int
+    paths: frozenset[bytes] = field(default=frozenset(), repr=False, compare=False)
 
     def fields(self) -> dict[str, object]:
         return {
@@ -525,8 +586,10 @@ class Refusal:
             "would_delete": self.would_delete,
             "would_free": self.would_free,
             "of_files": self.of_files,
-            "detail": f"the plan would delete all {self.of_files} model file(s) under "
-            f"model_dir: the {self.would_delete} it would delete by age or rank are kept",
+            "detail": f"the plan would leave no model file under model_dir that counts for "
+            f"{self.would_delete} of its deletions by age or rank (of {self.of_files} model "
+            "file(s)): they are kept; a file counts if it is settled and owned by root, "
+            "model_dir's owner, a retention.trusted_owners user or the deleted file's owner",
             "action": "check the rules with 'ocrd list'; to allow it, set "
             "retention.allow_delete_all = true",
         }
@@ -538,36 +601,66 @@ def refuse_all(
     rules: Rules,
     *,
     allow: bool,
-    due: Iterable[bytes] = (),
+    stays: Mapping[int, int],
 ) -> Refusal | None:
-    """A Refusal if ``deletions`` (with the paths already ``due`` for deletion) would leave no
-    model file under model_dir and some of them are by a rule that judges by age or rank.
-    ``model_files`` counts the regular files there, all of them, also when only a batch of
-    them was planned (the daemon plans what changed). A file marked for deletion by its name
-    (Selector.by_name: a prefix, an interrupted deletion) is never refused: whoever named it
-    so asked for exactly that file's deletion; and without one deletion by age or rank there
-    is nothing to refuse."""
+    """A Refusal of the deletions by age or rank among ``deletions`` for which no model file
+    that stays counts: ``stays`` holds, per owner uid, the model files under model_dir that
+    neither these deletions nor any already due remove and that may vouch (Trust.doubt:
+    settled, not dated ahead; staying() counts them). A file of a trusted owner counts for
+    every deletion, any other file for its own owner's. ``model_files`` counts the regular
+    files under model_dir, all of them, also when only a batch of them was planned (the
+    daemon plans what changed). A file marked for deletion by its name (Selector.by_name: a
+    prefix, an interrupted deletion) is never refused: whoever named it so asked for exactly
+    that file's deletion; and without one deletion by age or rank there is nothing to
+    refuse."""
     named = rules.by_name
     chosen = [d for d in deletions if d.rule not in named]
     if allow or not chosen:
         return None
-    paths = {d.entry.path for d in deletions}
-    paths.update(due)
-    if len(paths) < model_files:
+    if any(stays.get(uid, 0) > 0 for uid in rules.trust.owners):
         return None
-    return Refusal(len(chosen), sum(d.entry.size for d in chosen), model_files)
+    lone = [d for d in chosen if stays.get(d.entry.uid, 0) <= 0]
+    if not lone:
+        return None
+    return Refusal(
+        len(lone),
+        sum(d.entry.size for d in lone),
+        model_files,
+        frozenset(d.entry.path for d in lone),
+    )
 
 
-def refused(the_plan: Plan, rules: Rules) -> Plan:
-    """``the_plan`` with its deletions by age or rank kept instead, naming the refusal: what
+def staying(decisions: Iterable[Decision], rules: Rules, now: float) -> dict[int, int]:
+    """Per owner uid, the model files a plan leaves that may vouch for a deletion: what
+    refuse_all takes as ``stays`` for a plan of every model file."""
+    doubt = rules.trust.doubt
+    stays: dict[int, int] = {}
+    for d in decisions:
+        f = d.entry
+        if d.verdict is not Verdict.DELETE and not f.is_link and doubt(f, now) is None:
+            stays[f.uid] = stays.get(f.uid, 0) + 1
+    return stays
+
+
+def left_after(owners: Mapping[int, int], gone: Iterable[FileEntry]) -> dict[int, int]:
+    """``owners`` (model files per uid, as the daemon's index counts them) less ``gone``."""
+    left = dict(owners)
+    for f in gone:
+        if not f.is_link and f.uid in left:
+            left[f.uid] -= 1
+    return left
+
+
+def refused(the_plan: Plan, refusal: Refusal) -> Plan:
+    """``the_plan`` with the refused deletions kept instead, naming the refusal: what
     ``ocrd list`` shows and what nothing deletes. Deletions by name still go."""
-    named = rules.by_name
-    why = "it would leave no model file under model_dir (retention.allow_delete_all)"
+    why = "no model file that counts for it would be left (retention.allow_delete_all)"
+    paths = refusal.paths
     return replace(
         the_plan,
         decisions=tuple(
             Decision(d.entry, Verdict.KEEP, "allow_delete_all", f"{d.rule}: {d.reason}; {why}")
-            if d.verdict is Verdict.DELETE and d.rule not in named
+            if d.verdict is Verdict.DELETE and d.entry.path in paths
             else d
             for d in the_plan.decisions
         ),

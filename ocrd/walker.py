@@ -155,6 +155,7 @@ def walk_batches(
                                     s.st_dev,
                                     s.st_ino,
                                     is_lnk(mode),
+                                    s.st_uid,
                                 ),
                             )
                         )

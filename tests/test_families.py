@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ocrd.config import Retention
-from ocrd.families import Families, Member
+from ocrd.families import DEFAULT_TRUST, Families, Member
 from ocrd.inventory import FileEntry
 from ocrd.retention import (
     InterruptedRule,
@@ -22,14 +22,18 @@ from ocrd.retention import (
     MaxAgeRule,
     Plan,
     PrefixRule,
+    Refusal,
     Rules,
     Selector,
     Verdict,
+    left_after,
     plan,
     refuse_all,
     refused,
     revisit_at,
+    staying,
 )
+from ocrd.trust import SKEW_S, Trust
 from tests.test_retention import (
     DAY,
     NOW,
@@ -41,9 +45,12 @@ from tests.test_retention import (
 )
 
 
-def ranks(files: Sequence[FileEntry], families: Families | None = None) -> dict[bytes, Member]:
-    ranked = (families or Families()).rank(files)
-    return {f.path: ranked[id(f)] for f in files if id(f) in ranked}
+def ranks(
+    files: Sequence[FileEntry], families: Families | None = None, trust: Trust = DEFAULT_TRUST
+) -> dict[bytes, Member]:
+    """path → (family, rank) of each ranked file, judged at NOW."""
+    ranked = (families or Families()).rank(files, trust, NOW)
+    return {f.path: Member(m.family, m.rank) for f in files if (m := ranked.get(id(f))) is not None}
 
 
 def newest_rules(
@@ -57,6 +64,7 @@ def newest_rules(
     settle: float = 0.0,
     age_from: Literal["arrival", "timestamp"] = "arrival",
     rule: bool = False,
+    owners: frozenset[int] = frozenset({0}),
 ) -> Rules:
     """As Rules.from_config builds them; ``rule``: a KeepNewestRule even for keep = 0 (off),
     for the oracle to read the families from."""
@@ -68,7 +76,7 @@ def newest_rules(
         selectors.append(MaxAgeRule(max_age, "mtime", age_from))
     if keep or rule:
         selectors.append(KeepNewestRule(keep, families))
-    return Rules(tuple(selectors), tuple(whitelist), settle, families if floor else None)
+    return Rules(tuple(selectors), tuple(whitelist), settle, families if floor else None, owners)
 
 
 # --- families and ranks ------------------------------------------------------------------------
@@ -154,6 +162,52 @@ def test_symlinks_and_names_differing_only_in_how_accents_are_stored() -> None:
     assert got == {nfd: Member("caf\u00e9-v#.bin", 1), nfc: Member("caf\u00e9-v#.bin", 2)}
 
 
+def test_only_versions_that_count_for_a_file_rank_it() -> None:
+    """A newer-looking version ranks a file lower only if settled, not dated ahead, and its
+    owner's or a trusted owner's (root, model_dir's owner, retention.trusted_owners)."""
+    victim = [entry(b"m-v2.bin")._replace(uid=1001), entry(b"m-v3.bin")._replace(uid=1001)]
+    planted = [
+        entry(b"m-v98.bin", age=0)._replace(uid=1002),
+        entry(b"m-v99.bin")._replace(uid=1002),
+    ]
+    trust = Trust(frozenset({0, 10}), settle=5.0)
+    got = ranks([*victim, *planted], trust=trust)
+    assert {p: m.rank for p, m in got.items()} == {
+        b"m-v99.bin": 1,
+        b"m-v98.bin": 2,  # settling, but its owner's m-v99 counts for it...
+        b"m-v3.bin": 1,  # ...and neither of the stranger's counts for the victim's versions
+        b"m-v2.bin": 2,
+    }
+    trusted = [entry(b"m-v99.bin")._replace(uid=10), entry(b"m-v98.bin", age=-DAY, ctime_age=DAY)]
+    got = ranks([*victim, *trusted], trust=trust)
+    assert got[b"m-v3.bin"].rank == 2  # a trusted owner's counts; one dated ahead does not
+    ranking = Families().rank([*victim, *planted], trust, NOW)
+    assert ranking.why(victim[0]) == (
+        "1 newer version(s) count; 2 newer not counted: m-v98.bin (untrusted: settling), "
+        "m-v99.bin (untrusted: owner uid 1002); ranks only versions of its own owner (uid 1001)"
+    )
+    assert (
+        ranking.why(planted[1]) == "newest version; ranks only versions of its own owner (uid 1002)"
+    )
+
+
+def test_the_same_version_written_otherwise_ranks_neither_below_the_other() -> None:
+    """v04 and v4: the name does not say which is newer; neither displaces the other."""
+    files = [entry(b"m-v04.bin", age=0), entry(b"m-v4.bin", age=DAY), entry(b"m-v3.bin")]
+    got = ranks(files)
+    assert {p: m.rank for p, m in got.items()} == {b"m-v04.bin": 1, b"m-v4.bin": 1, b"m-v3.bin": 3}
+    p = plan(files, newest_rules(1), NOW)
+    assert verdicts(p) == {
+        b"m-v04.bin": (Verdict.KEEP, None),
+        b"m-v4.bin": (Verdict.KEEP, None),
+        b"m-v3.bin": (Verdict.DELETE, "keep_newest"),
+    }
+    assert p.decisions[1].reason.endswith(
+        "0 newer version(s) count; 1 newer not counted: m-v04.bin (the same version, written "
+        "otherwise)"
+    )
+
+
 # --- keep_newest -------------------------------------------------------------------------------
 
 
@@ -169,22 +223,30 @@ def test_keep_newest_deletes_the_older_versions_and_says_which() -> None:
     assert p.deletions[0].reason == "version 3 of family 'm-v#.bin', keep_newest is 2"
 
 
-def test_whitelisted_and_settling_versions_take_their_rank_and_stay() -> None:
+def test_a_whitelisted_version_takes_its_rank_and_a_settling_one_none_yet() -> None:
     files = [
-        entry(b"m-v4.bin", age=1.0),  # settling: newest, takes rank 1
-        entry(b"m-v3.bin"),  # rank 2: kept with keep_newest = 2
+        entry(b"m-v5.bin"),  # whitelisted: protected, and the newest
+        entry(b"m-v4.bin", age=1.0),  # settling: it is being written, and ranks nothing yet
+        entry(b"m-v3.bin"),  # version 2 as counted: kept with keep_newest = 2
         entry(b"m-v2.keep"),  # not one family with the .bin ones
-        entry(b"m-v1.bin"),  # rank 3: deleted
-        entry(b"m-v0.bin"),  # rank 4, whitelisted: protected
+        entry(b"m-v1.bin"),  # version 3: deleted
     ]
-    r = newest_rules(2, whitelist=["m-v0.bin"], settle=5.0)
-    assert verdicts(plan(files, r, NOW)) == {
+    r = newest_rules(2, whitelist=["m-v5.bin"], settle=5.0)
+    p = plan(files, r, NOW)
+    assert verdicts(p) == {
+        b"m-v5.bin": (Verdict.PROTECTED, "whitelist"),
         b"m-v4.bin": (Verdict.SETTLING, None),
         b"m-v3.bin": (Verdict.KEEP, None),
         b"m-v2.keep": (Verdict.KEEP, None),
         b"m-v1.bin": (Verdict.DELETE, "keep_newest"),
-        b"m-v0.bin": (Verdict.PROTECTED, "whitelist"),
     }
+    assert p.decisions[2].reason == (
+        "version 2 of family 'm-v#.bin' as counted, keep_newest is 2: 1 newer version(s) "
+        "count; 1 newer not counted: m-v4.bin (untrusted: settling)"
+    )
+    # Settled, it ranks: m-v3.bin is version 3 from then on.
+    later = plan(files, r, NOW + 5.0)
+    assert verdicts(later)[b"m-v3.bin"] == (Verdict.DELETE, "keep_newest")
 
 
 def test_keep_newest_makes_the_daemon_plan_everything_and_never_revisits_by_time() -> None:
@@ -240,32 +302,50 @@ def test_without_families_a_lone_file_goes_as_before() -> None:
     }
 
 
-def test_a_settling_or_protected_version_is_a_version_left() -> None:
-    for r, newest in [
-        (newest_rules(0, max_age=30 * DAY, settle=5.0), entry(b"m-v2.bin", age=1.0)),
-        (newest_rules(0, max_age=30 * DAY, whitelist=["m-v2*"]), entry(b"m-v2.bin", age=40 * DAY)),
+def test_a_protected_version_is_a_version_left_a_settling_or_strangers_one_is_not() -> None:
+    aged = newest_rules(0, max_age=30 * DAY, settle=5.0, owners=frozenset({0, 10}))
+    victim = entry(b"m-v1.bin", age=40 * DAY)._replace(uid=1001)
+    protected = newest_rules(0, max_age=30 * DAY, whitelist=["m-v2*"])
+    p = plan([victim, entry(b"m-v2.bin", age=40 * DAY)], protected, NOW)
+    assert verdicts(p)[b"m-v1.bin"] == (Verdict.DELETE, "max_age")
+    for newest, counts in [
+        (entry(b"m-v2.bin", age=1.0), False),  # settling: it may never finish
+        (entry(b"m-v2.bin", age=-DAY, ctime_age=DAY), False),  # dated a day ahead
+        (entry(b"m-v2.bin", age=DAY)._replace(uid=1002), False),  # a stranger's
+        (entry(b"m-v2.bin", age=DAY)._replace(uid=1001), True),  # its owner's
+        (entry(b"m-v2.bin", age=DAY)._replace(uid=10), True),  # a trusted owner's
     ]:
-        p = plan([entry(b"m-v1.bin", age=40 * DAY), newest], r, NOW)
-        assert verdicts(p)[b"m-v1.bin"] == (Verdict.DELETE, "max_age")
+        p = plan([victim, newest], aged, NOW)
+        expected = (Verdict.DELETE, "max_age") if counts else (Verdict.KEEP, "keep_last_version")
+        assert verdicts(p)[b"m-v1.bin"] == expected, newest
+        if not counts:
+            why = p.decisions[0].reason
+            assert why.startswith("last version of family 'm-v#.bin' that counts for it")
 
 
 # --- deleting every model file -----------------------------------------------------------------
+
+
+def refusal_of(p: Plan, r: Rules, *, allow: bool = False) -> Refusal | None:
+    """refuse_all as ``ocrd clean`` asks it of a plan of every model file."""
+    models = sum(1 for d in p.decisions if not d.entry.is_link)
+    return refuse_all(p.deletions, models, r, allow=allow, stays=staying(p.decisions, r, p.now))
 
 
 def test_a_plan_deleting_every_model_file_by_age_or_rank_is_refused() -> None:
     files = [entry(b"a", age=40 * DAY), entry(b"b", size=5), entry(b"l", is_link=True)]
     r = newest_rules(0, max_age=DAY, floor=False)
     p = plan(files, r, NOW)
-    refusal = refuse_all(p.deletions, 2, r, allow=False)
+    refusal = refusal_of(p, r)
     assert refusal is not None
     assert (refusal.would_delete, refusal.would_free, refusal.of_files) == (2, 15, 2)
     assert refusal.fields()["reason"] == "every_model_file"
-    kept = refused(p, r)
+    kept = refused(p, refusal)
     assert kept.deletions == ()
     assert {d.rule for d in kept.decisions if not d.entry.is_link} == {"allow_delete_all"}
-    assert kept.decisions[0].reason.startswith("max_age: mtime age 40d > 1d; it would leave no ")
-    assert refuse_all(p.deletions, 2, r, allow=True) is None
-    assert refuse_all(p.deletions, 3, r, allow=False) is None  # one file is left
+    assert kept.decisions[0].reason.startswith("max_age: mtime age 40d > 1d; no model file ")
+    assert refusal_of(p, r, allow=True) is None
+    assert refusal_of(plan([*files, entry(b"c", age=0)], r, NOW), r) is None  # c is left
 
 
 def test_files_named_for_deletion_are_never_refused() -> None:
@@ -273,12 +353,12 @@ def test_files_named_for_deletion_are_never_refused() -> None:
     every model file by name is what the operator asked for; mixed with age, the named go."""
     r = newest_rules(0, prefixes=["old_"], max_age=30 * DAY, floor=False)
     named = plan([entry(b"old_a", age=0), entry(b"sub/.ocrd-deleting-12-3", age=0)], r, NOW)
-    assert refuse_all(named.deletions, 2, r, allow=False) is None
+    assert refusal_of(named, r) is None
     p = plan([entry(b"old_a", age=0), entry(b"m.bin", age=40 * DAY)], r, NOW)
-    refusal = refuse_all(p.deletions, 2, r, allow=False)
+    refusal = refusal_of(p, r)
     assert refusal is not None
     assert refusal.would_delete == 1
-    assert verdicts(refused(p, r)) == {
+    assert verdicts(refused(p, refusal)) == {
         b"old_a": (Verdict.DELETE, "prefix"),
         b"m.bin": (Verdict.KEEP, "allow_delete_all"),
     }
@@ -287,13 +367,45 @@ def test_files_named_for_deletion_are_never_refused() -> None:
 def test_the_refusal_weighs_a_batch_with_what_is_due_against_every_model_file() -> None:
     r = newest_rules(0, max_age=DAY, floor=False)
     (a,) = plan([entry(b"a")], r, NOW).deletions
-    assert refuse_all([a], 2, r, allow=False) is None  # the daemon planned a batch of one
-    assert refuse_all([a], 2, r, allow=False, due=[b"b"]) is not None
+    b = entry(b"b")
+    index = {0: 2}  # the daemon's index: two model files, root's
+    # the daemon planned a batch of one: b stays
+    assert refuse_all([a], 2, r, allow=False, stays=left_after(index, [a.entry])) is None
+    # b is due already: nothing stays
+    assert refuse_all([a], 2, r, allow=False, stays=left_after(index, [a.entry, b])) is not None
+
+
+def test_only_a_file_that_counts_for_a_deletion_lets_it_go() -> None:
+    """A stranger's file, or one settling or dated ahead, does not stand in for the last of
+    another owner's models: the deletion by age is refused, the stranger's own old file goes."""
+    r = newest_rules(0, max_age=DAY, floor=False, settle=60.0, owners=frozenset({0, 10}))
+    old_victim = entry(b"victim.bin", age=40 * DAY)._replace(uid=1001)
+    stranger = entry(b"planted.bin", age=3600)._replace(uid=1002)
+    settling_own = entry(b"victim-new.bin", age=1)._replace(uid=1001)
+    ahead = entry(b"victim-ahead.bin", age=-DAY, ctime_age=DAY)._replace(uid=1001)
+    p = plan([old_victim, stranger, settling_own, ahead], r, NOW)
+    refusal = refusal_of(p, r)
+    assert refusal is not None
+    assert refusal.paths == {b"victim.bin"}
+    # Its owner's own settled file counts for it; so does one of a trusted owner (uid 10).
+    for stays in (
+        entry(b"own.bin", age=3600)._replace(uid=1001),
+        entry(b"t.bin", age=3600)._replace(uid=10),
+    ):
+        assert refusal_of(plan([old_victim, stranger, stays], r, NOW), r) is None
+    # The stranger's own old file goes: its owner's planted file counts for it.
+    theirs = entry(b"theirs.bin", age=40 * DAY)._replace(uid=1002)
+    refusal = refusal_of(plan([old_victim, stranger, theirs], r, NOW), r)
+    assert refusal is not None
+    assert refusal.paths == {b"victim.bin"}
 
 
 # --- properties against an oracle --------------------------------------------------------------
 
-_PIECES = [b"m-v", b"m-", b"x", b".bin", b".keep", b"old_", b"\xff", b"1", b"2", b"10", b"007"]
+_PIECES = [
+    b"m-v", b"m-", b"x", b".bin", b".keep", b"old_", b"\xff", b"1", b"01", b"2", b"10", b"007",
+    b"7",
+]  # fmt: skip
 _name = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=4).map(b"".join)
 _dir = st.sampled_from([b"snap-1", b"snap-2", b"snap-10", b"d"])
 _path = st.one_of(
@@ -303,6 +415,7 @@ _path = st.one_of(
 )
 _offset = st.floats(min_value=-DAY, max_value=60 * DAY, allow_nan=False)
 _nows = st.floats(min_value=NOW - DAY, max_value=NOW + 2 * DAY, allow_nan=False)
+_uids = st.sampled_from([0, 0, 1001, 1002])
 
 
 @st.composite
@@ -318,6 +431,7 @@ def versioned(draw: st.DrawFn) -> list[FileEntry]:
             2049,
             ino,
             draw(st.integers(0, 9)) == 0,
+            draw(_uids),
         )
         for ino, path in enumerate(paths)
     ]
@@ -335,6 +449,7 @@ def newest_rule_sets(draw: st.DrawFn) -> Rules:
         whitelist=draw(st.lists(st.sampled_from(["*.keep", "snap-2/*", "x*"]), max_size=2)),
         settle=draw(st.sampled_from([0.0, 5.0, 3600.0])),
         age_from=draw(st.sampled_from(["arrival", "timestamp"])),
+        owners=draw(st.sampled_from([frozenset({0}), frozenset({0, 1001})])),
     )
 
 
@@ -355,21 +470,47 @@ def oracle_family(f: FileEntry, r: Rules) -> tuple[object, ...] | None:
     return None if found is None else (found["family"],)
 
 
-def oracle_ranks(files: Sequence[FileEntry], r: Rules) -> dict[bytes, int]:
-    """Newest first: numbers in the path (as numbers, left to right), then the later of mtime
-    and ctime ("arrival") or mtime alone, then the path — each by a separate stable sort."""
+def oracle_families(files: Sequence[FileEntry], r: Rules) -> list[list[FileEntry]]:
+    """Each family, newest first: numbers in the path (as numbers, left to right), then the
+    later of mtime and ctime ("arrival") or mtime alone, then the path — each by a separate
+    stable sort."""
     age_from = next(s.families.age_from for s in r.selectors if isinstance(s, KeepNewestRule))
-    out: dict[bytes, int] = {}
     groups: dict[tuple[object, ...], list[FileEntry]] = {}
     for f in files:
         if (key := oracle_family(f, r)) is not None:
             groups.setdefault(key, []).append(f)
+    out = []
     for members in groups.values():
         order = sorted(members, key=lambda f: f.path)
         stamp = (lambda f: max(f.mtime, f.ctime)) if age_from == "arrival" else lambda f: f.mtime
         order.sort(key=stamp, reverse=True)
         order.sort(key=lambda f: [int(n) for n in re.findall(rb"[0-9]+", f.path)], reverse=True)
-        out.update((f.path, i) for i, f in enumerate(order, 1))
+        out.append(order)
+    return out
+
+
+def counts_for(g: FileEntry, f: FileEntry, r: Rules, now: float) -> bool:
+    """Whether ``g`` may rank ``f`` or vouch for it: settled, not dated beyond the skew, and
+    owned by a trusted owner or by ``f``'s."""
+    if settling(g, r, now) or g.mtime > now + SKEW_S:
+        return False
+    return g.uid in r.owners or g.uid == f.uid
+
+
+def written_otherwise(g: FileEntry, f: FileEntry) -> bool:
+    """The same numbers, in other digits (``v07`` and ``v7``)."""
+    a, b = re.findall(rb"[0-9]+", g.path), re.findall(rb"[0-9]+", f.path)
+    return a != b and [int(n) for n in a] == [int(n) for n in b]
+
+
+def oracle_ranks(files: Sequence[FileEntry], r: Rules, now: float) -> dict[bytes, int]:
+    """1 + the versions before a file in its family's order that count for it."""
+    out: dict[bytes, int] = {}
+    for order in oracle_families(files, r):
+        for i, f in enumerate(order):
+            out[f.path] = 1 + sum(
+                1 for g in order[:i] if counts_for(g, f, r, now) and not written_otherwise(g, f)
+            )
     return out
 
 
@@ -377,7 +518,7 @@ def expected_verdicts(
     files: Sequence[FileEntry], r: Rules, now: float
 ) -> dict[bytes, tuple[Verdict, str | None]]:
     keep = max([s.keep for s in r.selectors if isinstance(s, KeepNewestRule)], default=0)
-    rank = oracle_ranks(files, r)
+    rank = oracle_ranks(files, r, now)
     out: dict[bytes, tuple[Verdict, str | None]] = {}
     for f in files:
         if f.is_link:
@@ -395,14 +536,15 @@ def expected_verdicts(
         else:
             out[f.path] = (Verdict.KEEP, None)
     if r.floor is not None:
-        by_family: dict[tuple[object, ...], list[FileEntry]] = {}
-        for f in files:
-            if (key := oracle_family(f, r)) is not None:
-                by_family.setdefault(key, []).append(f)
-        for members in by_family.values():
-            if all(out[f.path][0] is Verdict.DELETE for f in members):
-                newest = min(members, key=lambda f: rank[f.path])
-                out[newest.path] = (Verdict.KEEP, "keep_last_version")
+        # Newest first, a version to be deleted that no version staying counts for stays.
+        for order in oracle_families(files, r):
+            left = [f for f in order if out[f.path][0] is not Verdict.DELETE]
+            for f in order:
+                if out[f.path][0] is Verdict.DELETE and not any(
+                    counts_for(g, f, r, now) for g in left
+                ):
+                    out[f.path] = (Verdict.KEEP, "keep_last_version")
+                    left.append(f)
     return out
 
 
@@ -418,7 +560,7 @@ def test_keep_newest_keeps_the_newest_n_and_deletes_the_rest(
     files: list[FileEntry], r: Rules, now: float
 ) -> None:
     (rule,) = [s for s in r.selectors if isinstance(s, KeepNewestRule)]
-    rank = oracle_ranks(files, r)
+    rank = oracle_ranks(files, r, now)
     got = verdicts(plan(files, r, now))
     for f in files:
         verdict, by = got[f.path]
@@ -460,22 +602,25 @@ def test_with_the_floor_every_family_keeps_a_version(
 def test_no_plan_deletes_every_model_file_unless_allowed(
     files: list[FileEntry], r: Rules, now: float, allow: bool
 ) -> None:
-    """What `ocrd clean` does with a plan: if it would leave no model file, what it deletes by
-    age or rank stays; only what is named for deletion (prefix, interrupted) goes."""
+    """What `ocrd clean` does with a plan: what it deletes by age or rank goes only if a model
+    file that counts for it stays; what is named for deletion (prefix, interrupted) goes."""
     p = plan(files, r, now)
-    models = [f for f in files if not f.is_link]
-    refusal = refuse_all(p.deletions, len(models), r, allow=allow)
-    final = refused(p, r) if refusal is not None else p
-    gone = {d.entry.path for d in final.deletions}
+    refusal = refusal_of(p, r, allow=allow)
+    final = refused(p, refusal) if refusal is not None else p
     by_name = {"prefix", "interrupted"}
-    if not allow and any(d.rule not in by_name for d in final.deletions):
-        assert {f.path for f in models} - gone  # some model file is left
+    left = [d.entry for d in final.decisions if d.verdict is not Verdict.DELETE]
     if allow:
         assert final == p
-    assert gone <= {d.entry.path for d in p.deletions}
+    else:
+        for d in final.deletions:
+            if d.rule not in by_name:
+                assert any(not g.is_link and counts_for(g, d.entry, r, now) for g in left)
+    assert {d.entry.path for d in final.deletions} <= {d.entry.path for d in p.deletions}
     if refusal is not None:
-        assert {d.rule for d in final.deletions} <= by_name
-        assert {f.path for f in models} - gone
+        assert refusal.paths
+        assert all(
+            verdicts(final)[path] == (Verdict.KEEP, "allow_delete_all") for path in refusal.paths
+        )
 
 
 @pytest.mark.parametrize("keep", [1, 2])
@@ -499,16 +644,21 @@ def test_batch_by_batch_the_daemon_never_empties_model_dir_by_age(
     weighed against the whole index with what is due. What age deletes never empties it."""
     models = [entry(b"m%d" % i, age=age) for i, age in enumerate(ages)]
     r = newest_rules(0, max_age=DAY, floor=False, age_from="timestamp")
-    index = {f.path for f in models}
-    due: set[bytes] = set()
+    index = {f.path: f for f in models}
+    due: dict[bytes, FileEntry] = {}
     rest = list(models)
     for size, closes in [*batches, (len(models), True)]:
         batch, rest = rest[:size], rest[size:]
         p = plan(batch, r, NOW)
-        if refuse_all(p.deletions, len(index), r, allow=False, due=due) is not None:
-            p = refused(p, r)
-        due |= {d.entry.path for d in p.deletions}
+        owners = {0: len(index)}
+        stays = left_after(owners, {**due, **{d.entry.path: d.entry for d in p.deletions}}.values())
+        if (
+            refusal := refuse_all(p.deletions, len(index), r, allow=False, stays=stays)
+        ) is not None:
+            p = refused(p, refusal)
+        due |= {d.entry.path: d.entry for d in p.deletions}
         if closes:  # the batch window closes: what is due is deleted
-            index -= due
-            due = set()
+            for path in due:
+                del index[path]
+            due = {}
     assert index

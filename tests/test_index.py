@@ -18,6 +18,7 @@ entries = st.builds(
     dev=st.integers(0, 2**64 - 1),
     ino=st.integers(0, 2**64 - 1),
     is_link=st.booleans(),
+    uid=st.integers(0, 2**32 - 1),
 )
 
 
@@ -35,6 +36,10 @@ def test_round_trip_and_totals(items: list[FileEntry], removed: list[bytes]) -> 
     assert sorted(index.entries()) == sorted(expected.values())
     kept = [e for e in expected.values() if not e.is_link]
     assert (index.files, index.bytes) == (len(kept), sum(e.size for e in kept))
+    owners: dict[int, int] = {}
+    for e in kept:
+        owners[e.uid] = owners.get(e.uid, 0) + 1
+    assert index.owners == owners
 
 
 def test_forget_under_drops_a_subtree_only() -> None:
@@ -83,6 +88,7 @@ def test_any_sequence_matches_a_plain_dict_and_leaves_nothing_behind(
         index.pop(path)
     assert index._dirs == {}
     assert index._subdirs == {}
+    assert index.owners == {}
 
 
 def test_forgetting_an_unknown_directory_touches_nothing() -> None:

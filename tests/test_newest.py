@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
 from tests.harness import OcrdProcess
+from tests.worlds import World, as_user, make_world, root_only
 
 DAY = 86400
 
@@ -164,7 +170,9 @@ def test_clean_refuses_to_delete_every_model_file(tmp_path: Path, run_ocrd: Ocrd
         assert "allow_delete_all" in event["action"]
         assert snapshot(models) == before
     text = run_ocrd("clean", "-c", path)
-    assert "refused: the plan would delete all 2 model file(s)" in text.stdout
+    assert "refused: the plan would leave no model file under model_dir that counts for 2 " in (
+        text.stdout
+    )
     rows = json.loads(run_ocrd("list", "--json", "-c", path).stdout)
     assert {(r["verdict"], r["rule"]) for r in rows if not r["symlink"]} == {
         ("keep", "allow_delete_all")
@@ -198,8 +206,8 @@ def test_the_daemon_keeps_the_newest_version_as_versions_arrive(
     make_file(models, b"other-v7.bin", b"other")
     d = start(daemons, config(tmp_path, "keep_newest = 1\n", settle="1s"))
     assert d.deletions() == 0
-    # v2 arrives: while it settles it is already the newest (v1 is rank 2 at once), and once
-    # v1 is planned it goes, by keep_newest, and nothing else does.
+    # v2 arrives: once it has settled it counts as the newer version (ocrd.trust), and v1
+    # goes, by keep_newest, and nothing else does.
     make_file(models, b"m-v2.bin", b"two")
     deleted = d.event("model_deleted", path="m-v1.bin")
     assert (deleted["rule"], deleted["size"]) == ("keep_newest", 3)
@@ -311,3 +319,82 @@ def test_the_documented_family_example_loads_and_groups_as_it_says(
         "llama-3b-v7.gguf": ("llama-3b", 2, "delete"),
         "llama-8b-v2.gguf": ("llama-8b", 1, "keep"),
     }
+
+
+# --- who may steer a deletion ----------------------------------------------------------------
+
+VICTIM_UID, STRANGER_UID = 4343, 4444
+VICTIM = ("llama-3b-q4-v2.gguf", "llama-3b-q4-v3.gguf")
+PLANTED = ("llama-3b-q4-v98.gguf", "llama-3b-q4-v99.gguf")
+
+
+@pytest.fixture
+def shared() -> Iterator[World]:
+    """A sticky, world-writable model_dir (mode 1777, as /tmp): every user may add files,
+    none may delete another's. The victim's two versions are in it, a day old."""
+    with make_world() as w:
+        w.models.chmod(0o1777)
+        for name in VICTIM:
+            path = w.model(name, owner=VICTIM_UID)
+            os.utime(path, (time.time() - DAY, time.time() - DAY))
+        yield w
+
+
+def plant(world: World, *names: str) -> None:
+    """A stranger, who cannot delete the victim's files, touches newer-looking versions."""
+    argv = [*as_user(STRANGER_UID), "touch", *(str(world.models / n) for n in names)]
+    subprocess.run(argv, check=True, env=world.env)
+    for n in names:
+        assert (world.models / n).stat().st_uid == STRANGER_UID
+
+
+def shared_config(world: World, rescan: str = "10m") -> Path:
+    path = world.base / "config.toml"
+    path.write_text(
+        HEAD.format(settle="0s", rescan=rescan) + "keep_newest = 2\n" + "allow_delete_all = false\n"
+    )
+    path.chmod(0o644)
+    return path
+
+
+@root_only
+def test_a_strangers_newer_looking_files_do_not_make_clean_delete_anothers_versions(
+    shared: World, run_ocrd: OcrdRunner
+) -> None:
+    plant(shared, *PLANTED)
+    path = shared_config(shared)
+    cleaned = run_ocrd("clean", "--json", "-c", path)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout)["deleted"] == []
+    assert sorted(os.listdir(shared.models)) == sorted([*VICTIM, *PLANTED])
+    rows = {r["path"]: r for r in json.loads(run_ocrd("list", "--json", "-c", path).stdout)}
+    v3 = rows["llama-3b-q4-v3.gguf"]
+    assert (v3["verdict"], v3["rank"], v3["owner"]) == ("keep", 1, VICTIM_UID)
+    assert f"owner uid {STRANGER_UID}" in v3["rank_reason"]
+    assert (rows["llama-3b-q4-v2.gguf"]["verdict"], rows["llama-3b-q4-v2.gguf"]["rank"]) == (
+        "keep",
+        2,
+    )
+    text = run_ocrd("list", "-c", path).stdout
+    line = next(x for x in text.splitlines() if "llama-3b-q4-v3.gguf" in x)
+    assert f"untrusted: owner uid {STRANGER_UID}" in line
+
+
+@root_only
+def test_a_strangers_newer_looking_files_do_not_make_the_daemon_delete_anothers_versions(
+    shared: World, daemons: list[OcrdProcess]
+) -> None:
+    d = OcrdProcess(shared_config(shared, rescan="1s"))
+    daemons.append(d)
+    d.note("READY=1")
+    plant(shared, *PLANTED)
+    # Two full rescans after the planted files are there: the first plans them (and, were
+    # they trusted, deletes); the second sees what is left.
+    seen = len(d.events)
+    d.wait_for(
+        "two rescans after the planted files",
+        lambda: len([e for e in d.events[seen:] if e.get("trigger") == "rescan"]) >= 2,
+    )
+    assert d.stop()[0] == 0
+    assert d.deletions() == 0
+    assert sorted(os.listdir(shared.models)) == sorted([*VICTIM, *PLANTED])
