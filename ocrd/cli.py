@@ -18,7 +18,7 @@ from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
 from ocrd.families import Member, Ranking
 from ocrd.holders import lease_report
 from ocrd.human import size
-from ocrd.inventory import Inventory, display
+from ocrd.inventory import Inventory, display, printable
 from ocrd.onepass import Walked, planned
 from ocrd.outcomes import Recorder
 from ocrd.retention import (
@@ -204,7 +204,7 @@ def _print_list(
 
     def reason(d: Decision) -> str:
         why = blocked.get(d.entry.path)
-        return f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason
+        return printable(f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason)
 
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.
@@ -239,7 +239,9 @@ def _print_list(
                 "age_s": None,
                 "verdict": "skipped",
                 "rule": None,
-                "reason": f"mount point: another filesystem (device {device}), not entered",
+                "reason": printable(
+                    f"mount point: another filesystem (device {device}), not entered"
+                ),
                 "symlink": False,
                 "family": None,
                 "rank": None,
@@ -283,7 +285,9 @@ def _print_list(
     parts = [f"{v} {c[0]} ({_size(c[1])})" for v, c in sorted(counts.items())]
     out.append(f"{total} file(s): " + (", ".join(parts) if parts else "nothing under model_dir"))
     out += [
-        f"not entered: {display(rel)}  (mount point: another filesystem, device {device})"
+        printable(
+            f"not entered: {display(rel)}  (mount point: another filesystem, device {device})"
+        )
         for rel, device in mounts
     ]
     print("\n".join(out))
@@ -295,7 +299,12 @@ def _member(d: Decision, ranked: Ranking | None) -> dict[str, Any]:
     m: Member | None = ranked.get(id(d.entry)) if ranked is not None else None
     if m is None or ranked is None:
         return {"family": None, "rank": None, "rank_reason": None}
-    return {"family": m.family, "rank": m.rank, "rank_reason": ranked.why(d.entry)}
+    why = ranked.why(d.entry)
+    return {
+        "family": m.family,
+        "rank": m.rank,
+        "rank_reason": printable(why) if why is not None else None,
+    }
 
 
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
@@ -384,8 +393,8 @@ def _report(
     else:
         verb = "would delete" if dry_run else "deleted"
         lines = [f"{verb} {p}" for p in deleted]
-        lines += [f"skipped {s['path']} ({s['reason']})" for s in skipped]
-        lines += [f"failed  {f['path']} ({f['error']})" for f in failed]
+        lines += [f"skipped {s['path']} ({printable(str(s['reason']))})" for s in skipped]
+        lines += [f"failed  {f['path']} ({printable(str(f['error']))})" for f in failed]
         if refusal is not None:
             fields = refusal.fields()
             lines.append(f"refused: {fields['detail']}; {fields['action']}")

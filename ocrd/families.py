@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from ocrd.inventory import FileEntry, display
+from ocrd.inventory import FileEntry, display, display_text
 from ocrd.trust import Trust
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -18,7 +18,8 @@ _ANY_NUMBER = "\0"
 
 
 class Member(NamedTuple):
-    """A file's place in its family: the family's name; its rank (1 = newest), counting only
+    """A file's place in its family: the family's name (escaped as display() escapes paths);
+    its rank (1 = newest), counting only
     the newer versions that may rank it (ocrd.trust, and not the same version written
     otherwise); and ``newer``, how many versions are above it in the family's order, counted
     or not (its position: 0 = the first)."""
@@ -96,7 +97,8 @@ class Families:
             groups.setdefault(family, []).append((_version(digits), stamp, f, digits))
         ranking = Ranking(trust, now)
         for family, members in groups.items():
-            shown = family.replace(_ANY_NUMBER, "#")
+            # As paths are shown: escaped, one line, whatever the name holds.
+            shown = display_text(family.replace(_ANY_NUMBER, "#"))
             # Newest first: the largest numbers, then the latest stamp; ties by path, ascending.
             # A sort is stable also in reverse, so the path order set first survives the ties.
             members.sort(key=lambda m: m[2].path)

@@ -63,33 +63,46 @@ def display(path: bytes) -> str:
     """One unambiguous line for any file name: ``\\`` doubled, ``\\n``, ``\\t``; bytes that are
     not UTF-8 and ASCII control characters written as ``\\xNN``; any other character that does
     not print as ``\\uNNNN`` or ``\\UNNNNNNNN``. Plain names print unchanged."""
-    text = path.decode("utf-8", "surrogateescape")
+    return display_text(path.decode("utf-8", "surrogateescape"))
+
+
+def display_text(text: str) -> str:
+    """display() for a name already decoded (undecodable bytes as surrogates, as os.fsdecode
+    leaves them): a family's name, cut from a path."""
     if text.isprintable() and "\\" not in text:
         return text
-    out: list[str] = []
-    for ch in text:
-        code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif not ch.isprintable():
-            # \xNN is kept for ASCII: from 0x80 up it already means "a byte that is not UTF-8", so
-            # U+0085 and the lone byte 0x85 must not both print as \x85; and a fixed width per
-            # escape keeps U+E000 followed by "1" apart from U+E0001.
-            if code < 0x80:
-                out.append(f"\\x{code:02x}")
-            elif code <= 0xFFFF:
-                out.append(f"\\u{code:04x}")
-            else:
-                out.append(f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return "".join(_escape(ch, backslash=True) for ch in text)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that does not print escaped as display() escapes it,
+    and backslashes left as they are: for a line built of names display()ed already (a
+    reason), so that nothing in it reaches a terminal raw or starts a line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch, backslash=False) for ch in text)
+
+
+def _escape(ch: str, *, backslash: bool) -> str:
+    code = ord(ch)
+    if ch == "\\":
+        return "\\\\" if backslash else ch
+    if ch == "\n":
+        return "\\n"
+    if ch == "\t":
+        return "\\t"
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if ch.isprintable():
+        return ch
+    # \xNN is kept for ASCII: from 0x80 up it already means "a byte that is not UTF-8", so
+    # U+0085 and the lone byte 0x85 must not both print as \x85; and a fixed width per escape
+    # keeps U+E000 followed by "1" apart from U+E0001.
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def entry_from_stat(rel: bytes, s: os.stat_result) -> FileEntry:

@@ -337,7 +337,7 @@ class KeepNewestRule(Selector):
         for f in files:
             member = ranked.get(id(f))
             if member is not None and member.rank > keep:
-                yield f, f"version {member.rank} of family {member.family!r}, keep_newest is {keep}"
+                yield f, f"version {member.rank} of family '{member.family}', keep_newest is {keep}"
 
     def hold_among(
         self, files: Iterable[FileEntry], now: float, present: Versions
@@ -354,7 +354,7 @@ class KeepNewestRule(Selector):
                 yield (
                     f,
                     (
-                        f"version {member.rank} of family {member.family!r} as counted, "
+                        f"version {member.rank} of family '{member.family}' as counted, "
                         f"keep_newest is {keep}: {ranked.why(f)}"
                     ),
                 )
@@ -555,7 +555,7 @@ def _keep_last_versions(
                 continue
             member = ranked.get(id(f))
             assert member is not None
-            why = f"last version of family {member.family!r}"
+            why = f"last version of family '{member.family}'"
             if key in staying:
                 why += " that counts for it (the versions that stay do not: ocrd list says why)"
             decided[i] = Decision(

@@ -188,3 +188,59 @@ def test_python_dash_m_ocrd(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert (result.returncode, result.stdout) == (0, f"ocrd {version('ocrd')}\n")
+
+
+# --- every column escaped ----------------------------------------------------------------------
+
+HOSTILE = [
+    b"m-v1.bin\nPROTECTED         0 B     0s  whitelist     1  forged.bin  (matches '*')  x",
+    b"\x1b[31mred-v2.bin",  # ESC: a terminal would turn the rest red
+    b"cr\rover-v3.bin",  # CR: a terminal would overwrite the line's start
+    b"tab\there-v1.bin",
+    "ls\u2028sep-v1.bin".encode(),  # a line separator to some viewers
+    "bidi\u202eevil-v1.bin".encode(),  # right-to-left override
+    b"\xff\x85-v1.bin",  # not UTF-8
+    b"back\\nslash-v1.bin",  # a backslash and an n: must not read as the newline above
+]
+
+
+@pytest.mark.parametrize("family", [None, "^(?P<family>[^-]*)-v(?P<version>[0-9]+)"])
+def test_every_column_of_the_audit_is_escaped(
+    tmp_path: Path, run_ocrd: OcrdRunner, family: str | None
+) -> None:
+    """Hostile names in every field a line shows (path, family, reason, prefix, whitelist
+    pattern): each file is one line, every line printable, no line forged."""
+    models = tmp_path / "models"
+    for name in HOSTILE:
+        make_file(models, name, b"x", age_s=40 * DAY)
+    make_file(models, b"old_\x1b]0;title\x07.bin", b"x")
+    retention = (
+        'keep_newest = 1\nallow_delete_all = true\nprefixes = ["old_", "cr\\r"]\n'
+        'whitelist = ["\\u001b[[]31m*"]\n'
+    )
+    if family is not None:
+        retention += f"family = '{family}'\n"
+    path = write_config(
+        tmp_path, f'model_dir = "models"\n[retention]\n{retention}[watch]\nsettle = "0s"\n'
+    )
+    listed = run_ocrd("list", "-c", path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.split("\n")
+    assert lines[-1] == ""
+    lines = lines[:-1]
+    assert len(lines) == 1 + len(HOSTILE) + 1 + 1  # header, files, summary
+    for line in lines:
+        assert line.isprintable(), line
+    protected = [x for x in lines if x.startswith("PROTECTED")]
+    assert len(protected) == 1
+    assert "\\x1b[31mred-v2.bin" in protected[0]
+    rows = json.loads(run_ocrd("list", "--json", "-c", path).stdout)
+    for row in rows:
+        for key in ("path", "family", "reason", "rank_reason"):
+            assert row[key] is None or row[key].isprintable(), (key, row[key])
+    for args in (["--dry-run"], []):
+        cleaned = run_ocrd("clean", *args, "-c", path)
+        assert cleaned.returncode == 0, cleaned.stderr
+        out = cleaned.stdout.split("\n")[:-1]
+        assert all(line.isprintable() for line in out), out
+        assert len(out) == len([x for x in lines if x.startswith("DELETE")]) + 1

@@ -271,6 +271,10 @@ def test_rules_from_config() -> None:
     r = Rules.from_config(Retention(family=r"(?P<family>\w+)-v"), 0.0)
     assert not [s for s in r.selectors if isinstance(s, KeepNewestRule)]
     assert r.floor is not None
+    # Whose files rank anyone's: root, model_dir's owner, and the configured owners.
+    assert r.trust.owners == {0}
+    r = Rules.from_config(Retention.model_validate({"trusted_owners": ["root", 77]}), 5.0, 42)
+    assert r.trust == Trust(frozenset({0, 42, 77}), 5.0)
 
 
 # --- the floor ---------------------------------------------------------------------------------

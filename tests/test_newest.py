@@ -287,6 +287,18 @@ def test_bad_values_of_the_new_keys_are_each_reported_with_their_key(
     code, lines, _ = check(tmp_path, run_ocrd, "keep_newest = 1.5\nfamily = ''\n")
     assert code == 78
     assert len(lines) == 2
+    code, lines, _ = check(
+        tmp_path, run_ocrd, 'trusted_owners = ["root", 4343, "no-such-user-ocrd", -1, 1.5]\n'
+    )
+    assert code == 78
+    assert lines == [
+        f'{where}trusted_owners[2]\': "no-such-user-ocrd" is no user on this host: write an '
+        "existing user name (getent passwd) or a numeric uid",
+        f"{where}trusted_owners[3]': -1 is not a uid: between 0 and 4294967294",
+        f"{where}trusted_owners[4]': 1.5 is not a user: write a user name or a numeric uid",
+    ]
+    code, lines, _ = check(tmp_path, run_ocrd, 'trusted_owners = ["root", 4343]\n')
+    assert code == 0, lines
 
 
 def test_rules_that_cannot_mean_what_they_say_are_warned_about(
