@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from ocrd import log
 from ocrd.errors import ConfigError
+from ocrd.regexlint import backtracking
 
 if TYPE_CHECKING:
     from ocrd.watch import Mount
@@ -112,6 +113,10 @@ def _check_family(pattern: object) -> str:
             f"{quote(pattern)} has no group named family: write the part that names the "
             r"family as (?P<family>...), e.g. '^(?P<family>.+)-v\d+\.gguf$'"
         )
+    # Searched in names any user with write access to model_dir chooses: no shape whose
+    # matching can take seconds on one of them (ocrd.regexlint).
+    if (slow := backtracking(pattern)) is not None:
+        raise ValueError(f"{quote(pattern)} can hang ocrd on a hostile file name: {slow}")
     return pattern
 
 

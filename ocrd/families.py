@@ -30,6 +30,11 @@ class Member(NamedTuple):
     key: str = ""  # the family as the ranking keys it (``family`` is how it is shown)
 
 
+# A path longer than this is matched against no family pattern (and is in no family): a
+# pattern that passes ocrd.regexlint may still take time quadratic in the text it searches,
+# and a hostile name should cost microseconds, not seconds. Real model paths are far shorter.
+MAX_MATCH_BYTES = 1024
+
 # Ranking with no owner given: root's files (what a FileEntry made by hand is) rank anyone's.
 DEFAULT_TRUST = Trust()
 
@@ -42,8 +47,10 @@ class Families:
       run of digits ignored, so ``llama-3.2-3b-q4-v3.gguf`` and ``llama-3.2-3b-q4-v4.gguf`` are
       one family, and so are ``snap-2026-01/model.gguf`` and ``snap-2026-02/model.gguf`` (one
       subdirectory per snapshot is the other way versions arrive). Every file is in one.
-    - ``pattern``: a regular expression searched in the relative path (as text); its named
-      group ``family`` is the family. A file it does not match is in no family: neither
+    - ``pattern``: a regular expression searched in the relative path (as text), if that is
+      at most MAX_MATCH_BYTES long; its named group ``family`` is the family (ocrd.regexlint
+      has refused the shapes that backtrack without end). A file it does not match, or
+      whose path is longer, is in no family: neither
       keep_newest nor the last-version floor looks at it. If it also has a group named
       ``version``, only the numbers in that group order the family's versions.
 
@@ -66,6 +73,8 @@ class Families:
             text = unicodedata.normalize("NFC", text)
         if self.pattern is None:
             return _DIGITS.sub(_ANY_NUMBER, text), text
+        if len(entry.path) > MAX_MATCH_BYTES:
+            return None
         found = self.pattern.search(text)
         if found is None:
             return None
