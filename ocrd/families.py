@@ -92,7 +92,7 @@ class Families:
         or its own owner; and not the same version written otherwise (``v04`` and ``v4``:
         which is newer, the name does not say). Counted in one pass per family, with running
         counts per owner: no pair of files is compared, whatever a family's size."""
-        groups: dict[str, list[tuple[Version, float, FileEntry, tuple[str, ...]]]] = {}
+        groups: dict[str, list[tuple[Version, tuple[str, ...], FileEntry, float]]] = {}
         arrival = self.age_from == "arrival"
         for f in files:
             if f.is_link:
@@ -103,7 +103,7 @@ class Families:
             family, version = key
             stamp = max(f.mtime, f.ctime) if arrival else f.mtime
             digits = tuple(_DIGITS.findall(version))
-            groups.setdefault(family, []).append((_version(digits), stamp, f, digits))
+            groups.setdefault(family, []).append((_version(digits), digits, f, stamp))
         ranking = Ranking(trust, now)
         for family, members in groups.items():
             # As paths are shown: escaped, one line, whatever the name holds.
@@ -111,8 +111,8 @@ class Families:
             # Newest first: the largest numbers, then the latest stamp; ties by path, ascending.
             # A sort is stable also in reverse, so the path order set first survives the ties.
             members.sort(key=lambda m: m[2].path)
-            members.sort(key=lambda m: (m[0], m[1]), reverse=True)
-            ranking.add(family, shown, [(m[0], m[3], m[2]) for m in members])
+            members.sort(key=lambda m: (m[0], m[3]), reverse=True)
+            ranking.add(family, shown, members)
         return ranking
 
 
@@ -125,8 +125,8 @@ class Ranking:
         self.trust = trust
         self.now = now
         self._members: dict[int, Member] = {}
-        # family key → its versions newest first, with their digits as written
-        self._orders: dict[str, list[tuple[tuple[str, ...], FileEntry]]] = {}
+        # family key → its versions newest first: (version, its digits as written, file, stamp)
+        self._orders: dict[str, list[Ranked]] = {}
 
     def get(self, key: int) -> Member | None:
         return self._members.get(key)
@@ -137,45 +137,49 @@ class Ranking:
     def __len__(self) -> int:
         return len(self._members)
 
-    def add(
-        self, key: str, family: str, members: list[tuple[Version, tuple[str, ...], FileEntry]]
-    ) -> None:
+    def add(self, key: str, family: str, members: list[Ranked]) -> None:
         """Rank family ``key`` (shown as ``family``), given newest first as (version, its
-        digits as written, file)."""
-        trust, now = self.trust, self.now
-        self._orders[key] = [(m[1], m[2]) for m in members]
-        trusted = trust.owners
-        # Versions above the one at hand that may rank anyone's (trusted owners), and per
-        # other owner those that may rank only that owner's; the same for the versions above
-        # it within its run of equal numbers, per spelling of those numbers.
+        digits as written, file, stamp)."""
+        self._orders[key] = members
+        trusted, doubt, now = self.trust.owners, self.trust.doubt, self.now
+        put = self._members.__setitem__
+        # The versions above the one at hand that count for anyone's (of trusted owners),
+        # and per other owner those that count only for that owner's; within a run of equal
+        # numbers, the same per spelling of them ([anyone's, per owner]).
         above_any = 0
         above_own: dict[int, int] = {}
-        i = 0
-        while i < len(members):
-            j = i
-            while j < len(members) and members[j][0] == members[i][0]:
+        i, n = 0, len(members)
+        while i < n:
+            version = members[i][0]
+            j = i + 1
+            while j < n and members[j][0] == version:
                 j += 1
-            spelt: dict[tuple[str, ...], tuple[int, dict[int, int]]] = {}
+            counts: list[int] = []  # of the run's versions, which count (1) or not (0)
+            spelt: dict[tuple[str, ...], tuple[list[int], dict[int, int]]] = {}
             for k in range(i, j):
-                _, digits, f = members[k]
-                run_any, run_own = spelt.get(digits, (0, {}))
-                count = above_any + run_any
-                if f.uid not in trusted:
-                    count += above_own.get(f.uid, 0) + run_own.get(f.uid, 0)
-                self._members[id(f)] = Member(family, count + 1, k, key)
-                if trust.doubt(f, now) is None:
-                    if f.uid in trusted:
-                        run_any += 1
+                _, digits, f, _ = members[k]
+                uid = f.uid
+                count = above_any
+                if uid not in trusted:
+                    count += above_own.get(uid, 0)
+                if j > i + 1:  # a run: only the same spelling counts
+                    run_any, run_own = spelt.setdefault(digits, ([0], {}))
+                    count += run_any[0] + (run_own.get(uid, 0) if uid not in trusted else 0)
+                put(id(f), Member(family, count + 1, k, key))
+                ok = doubt(f, now) is None
+                counts.append(ok)
+                if ok and j > i + 1:
+                    if uid in trusted:
+                        run_any[0] += 1
                     else:
-                        run_own = {**run_own, f.uid: run_own.get(f.uid, 0) + 1}
-                    spelt[digits] = (run_any, run_own)
+                        run_own[uid] = run_own.get(uid, 0) + 1
             for k in range(i, j):
-                f = members[k][2]
-                if trust.doubt(f, now) is None:
-                    if f.uid in trusted:
+                if counts[k - i]:
+                    uid = members[k][2].uid
+                    if uid in trusted:
                         above_any += 1
                     else:
-                        above_own[f.uid] = above_own.get(f.uid, 0) + 1
+                        above_own[uid] = above_own.get(uid, 0) + 1
             i = j
 
     def uncounted(self, entry: FileEntry, limit: int = 3, look: int = 64) -> list[str]:
@@ -185,9 +189,9 @@ class Ranking:
         if member is None:
             return []
         order = self._orders[member.key]
-        mine = order[member.newer][0]
+        mine = order[member.newer][1]
         found: list[str] = []
-        for digits, g in order[max(0, member.newer - look) : member.newer][::-1]:
+        for _, digits, g, _ in order[max(0, member.newer - look) : member.newer][::-1]:
             why = self.trust.distrust(g, entry, self.now)
             if why is None and digits != mine and _version(digits) == _version(mine):
                 why = "the same version, written otherwise"
@@ -230,6 +234,8 @@ class Ranking:
 
 
 Version = tuple[tuple[int, str], ...]
+# A version as ranked: (its version, its digits as written, the file, its date).
+Ranked = tuple[Version, tuple[str, ...], FileEntry, float]
 
 
 def _version(digits: tuple[str, ...]) -> Version:
