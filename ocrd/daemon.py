@@ -94,7 +94,7 @@ class Daemon:
 
     def install_signals(self) -> None:
         """(Re)install our handlers. Must follow the .NET runtime's own installation (at import
-        and at the first set_post_processor, ASPOSE_NOTES 2), or SIGTERM kills us with 143."""
+        and at the first set_post_processor: docs/aspose-engine.md §2), or SIGTERM exits 143."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (*signals.STOP, *signals.RELOAD):

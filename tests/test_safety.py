@@ -1,4 +1,4 @@
-"""Each promise of CONTRACT's Safety section, provoked for real against a running ``ocrd run``."""
+"""Each promise of docs/safety.md, provoked for real against a running ``ocrd run``."""
 
 from __future__ import annotations
 
