@@ -39,6 +39,7 @@ from ocrd.watch import (
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
 PROBE_WAIT_S = 2.0  # an inotify watch reports its probe in well under a millisecond
 PROBE_SYNC_S = 0.5  # how long arming waits for that report before the loop takes over
+MOUNTS_INSIDE = "mount points inside model_dir"
 MISSED_GRACE_S = 2.0  # a change this recent may still be on its way through the watch
 
 
@@ -107,7 +108,8 @@ class Mirror:
         self.model_dir, self.watch, self.place = model_dir, watch, pin(model_dir)
         if old[2] != self.place:
             self.arrivals = Arrivals(self.place.real)
-        if old != (self.model_dir, self.watch, self.place):
+        if old != (self.model_dir, self.watch, self.place) or self.floor:
+            # A reload also tries the watch the config asks for again, after a fallback.
             self.missing = False
             self.floor = 0
             self.arm()
@@ -154,8 +156,7 @@ class Mirror:
             # watchdog's inotify walks into every directory below its root, mounts included;
             # polling's walk is ocrd's to bound. One filesystem outweighs the cheaper watch.
             first = LADDER.index("polling")
-            why = f"mount points inside model_dir (e.g. {display(below[0])}): inotify would "
-            why += "watch inside them"
+            why = f"{MOUNTS_INSIDE} (e.g. {display(below[0])}): inotify would watch inside them"
             log.get().warning("watch_fallback", failed="inotify", observer="polling", why=why)
         for kind in LADDER[first:]:
             watcher = Watcher(
@@ -528,6 +529,11 @@ class Mirror:
         for rel, why in scan.unreadable:
             log.get().warning("scan_unreadable", path=display(rel), error=why)
         self._report_mounts(scan.mounts, full=True)
+        if not self.mounts and self.degraded is not None and MOUNTS_INSIDE in self.degraded:
+            # The mounts that made inotify unfit are gone: inotify again, with a rescan.
+            self.floor = 0
+            self.rearm_due = True
+            self.wake()
 
     def _report_mounts(self, found: list[tuple[bytes, str]], *, full: bool) -> None:
         """``mount_skipped`` once per mount point (and device) found inside model_dir: ocrd

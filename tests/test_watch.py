@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -56,6 +57,10 @@ def start(
     daemons.append(d)
     d.note("READY=1")
     return d
+
+
+def armed(d: OcrdProcess) -> list[dict[str, Any]]:
+    return [e for e in d.events if e["event"] == "watch_armed"]
 
 
 def status_lines(d: OcrdProcess) -> list[str]:
@@ -235,3 +240,55 @@ def test_a_file_the_watch_reported_is_not_counted_as_missed(
             pass
         mirror.adopt(scan, 0.0, 0.0)
     assert not _events(logs, "watch_blind"), logs
+
+
+# -- directory churn: the watch survives it, and never cries wolf ----------------------------
+
+
+def test_directories_swapped_under_each_others_names_never_kill_the_watch(
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+) -> None:
+    """P and Q leave model_dir and come back under each other's names, again and again:
+    watchdog's tree of watches is left with stale entries (it warns, and its thread may die).
+    The daemon says so, rescans, re-arms, and goes on deleting by event in both."""
+    for name in ("P", "Q"):
+        (models / name / "inner").mkdir(parents=True)
+        (models / name / "keep.bin").write_bytes(b"k")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    d = start(tmp_path, daemons)
+    for _ in range(20):
+        (models / "P").rename(stage / "P")
+        (models / "Q").rename(stage / "Q")
+        (stage / "Q").rename(models / "P")
+        (stage / "P").rename(models / "Q")
+    for rel in ("P", "P/inner", "Q", "Q/inner"):
+        (models / rel / "old_x.bin").write_bytes(b"x")
+        d.event("model_deleted", path=f"{rel}/old_x.bin")
+    assert "daemon_failed" not in d.names()
+    assert "watch_limit" not in d.names()
+    assert d.stop()[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
+def test_a_former_mount_point_is_watched_again_without_a_false_watch_limit(
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+) -> None:
+    """A tmpfs mounted inside model_dir, then unmounted and the config reloaded: the directory
+    it covered is a plain directory of model_dir again, watched by inotify, with no
+    watch_limit, and a file there goes by event."""
+    point = models / "scratch"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
+    try:
+        d = start(tmp_path, daemons)
+        assert d.event("watch_armed")["observer"] == "polling"  # one filesystem first
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    d.send(signal.SIGHUP)  # the reload's full scan finds no mount any more
+    d.event("config_reloaded")
+    d.wait_for("inotify again", lambda: armed(d)[-1]["observer"] == "inotify")
+    (point / "old_after.bin").write_bytes(b"x")
+    d.event("model_deleted", path="scratch/old_after.bin")
+    assert "watch_limit" not in d.names()
+    assert d.stop()[0] == 0
