@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import time
 import unicodedata
@@ -69,6 +70,18 @@ class Selector(Protocol):
         nothing changing but time; None if time alone never makes it select the file."""
         return None
 
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        """Foresight (docs/foresight.md): each of ``files`` that this rule selects at some
+        time, with the earliest wall-clock time from which it does, to the planner's own
+        comparison (-inf: at any time), when nothing changes but time: no file arrives or
+        changes, no rule changes. Once a rule selects a file it selects it from then on. A
+        file not yielded is one time alone never makes it select. ``present`` as in
+        select_among. A rule that answers nothing here is never foreseen to delete: the
+        safe default only for a rule that time alone does not drive."""
+        return iter(())
+
     @property
     def due_slack(self) -> float | None:
         """How late the daemon may look at a file after its due() time (revisits are grouped
@@ -113,6 +126,12 @@ class PrefixRule(Selector):
     @property
     def by_name(self) -> bool:
         return True
+
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        for f, _ in self.select(files, 0.0):  # a name selects at any time
+            yield f, -math.inf
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         # Names and prefixes are compared in NFC: "é" typed on one system and stored decomposed
@@ -164,6 +183,16 @@ class MaxAgeRule(Selector):
     def due(self, entry: FileEntry) -> float | None:
         # max_age deletes what is strictly older: look again just after the boundary.
         return self.since(entry) + self.max_age + 0.001
+
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        max_age, not_before = self.max_age, self.not_before
+        by_mtime, arrival = self.age_by == "mtime", self.age_from == "arrival"
+        for f in files:  # since(), inlined as in select()
+            stamp = f.mtime if by_mtime else f.atime
+            since = f.ctime if arrival and f.ctime > stamp else stamp
+            yield f, first_after(max(since, not_before), max_age, strictly=True)
 
     @property
     def due_slack(self) -> float | None:
@@ -289,6 +318,16 @@ class InterruptedRule(Selector):
     def due_slack(self) -> float | None:
         return 1.0
 
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        for f in files:
+            if self._private(f):
+                if f.ctime < self.started:
+                    yield f, -math.inf
+                else:
+                    yield f, first_after(f.ctime, self.GRACE_S, strictly=False)
+
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
             if self._private(f) and self._leftover(f, now):
@@ -330,6 +369,14 @@ class KeepNewestRule(Selector):
             member = ranked.get(id(f))
             if member is not None and member.rank > keep:
                 yield f, f"version {member.rank} of family {member.family!r}, keep_newest is {keep}"
+
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        """A rank does not change with time, and with no arrival it can only fall as older
+        versions go: a file past ``keep`` is due at any time, any other never by this rule."""
+        for f, _ in self.select_among(files, 0.0, present):
+            yield f, -math.inf
 
 
 @dataclass(frozen=True)
@@ -613,3 +660,173 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
             times.append(entry.mtime)
         return min(times) if times else None
     return None
+
+
+# -- foresight: when each file first comes due (docs/foresight.md) ----------------------------
+
+
+def first_after(start: float, span: float, *, strictly: bool) -> float:
+    """The earliest wall-clock time ``t`` with ``t - start > span`` (``strictly``) or
+    ``t - start >= span``, to the last bit of the float, as the planner compares: a pass at
+    that time decides as foreseen, and a pass a moment earlier does not."""
+    t = start + span  # within a step or two of the answer: the sum rounds
+    if not math.isfinite(t):
+        return t
+    up, down = math.inf, -math.inf
+    if strictly:
+        while t - start <= span:
+            t = math.nextafter(t, up)
+        while (below := math.nextafter(t, down)) - start > span:
+            t = below
+    else:
+        while t - start < span:
+            t = math.nextafter(t, up)
+        while (below := math.nextafter(t, down)) - start >= span:
+            t = below
+    return t
+
+
+class Due(NamedTuple):
+    """When a pass over today's files would first delete one, and by which rule. For a file
+    due at the time asked about, ``at`` is when it became due as far as its timestamps tell,
+    never before its arrival."""
+
+    at: float
+    rule: str
+
+
+def coming_due(
+    inventory: Inventory | Iterable[FileEntry] | Plan, rules: Rules, now: float
+) -> list[Due | None]:
+    """For each file, in order, when it first comes due at or after ``now`` under ``rules``
+    with nothing changing but time, or None if never: what plan() at that time decides, and
+    at no earlier time. Asks each rule (Selector.due_among), then settle, the whitelist and
+    the last-version floor; not the refusal to delete every model file, which needs every
+    file (LastToGo, due_at). Given the Plan of these files under ``rules`` at ``now``, it
+    reuses its whitelist verdicts (they do not change with time) instead of matching again."""
+    if isinstance(inventory, Plan):
+        files = tuple(d.entry for d in inventory.decisions)
+        candidates = [
+            d.entry
+            for d in inventory.decisions
+            if not d.entry.is_link and d.verdict is not Verdict.PROTECTED
+        ]
+    else:
+        files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
+        whitelisted = rules.whitelisted if rules.whitelist else None
+        candidates = [
+            f for f in files if not f.is_link and (whitelisted is None or whitelisted(f) is None)
+        ]
+    present = Versions(versions(files) if not rules.per_file else [])
+    # Each file's rules in the planner's order: from when each selects it, and its name.
+    by: dict[int, list[tuple[float, str]]] = {}
+    for s in rules.selectors:
+        for f, at in s.due_among(candidates, present):
+            by.setdefault(id(f), []).append((at, s.name))
+    settle = rules.settle
+    dues: list[Due | None] = []
+    for f in files:
+        times = by.get(id(f))
+        if times is None:
+            dues.append(None)
+            continue
+        start = min(at for at, _ in times) if len(times) > 1 else times[0][0]
+        # Not before its arrival (or now, if its arrival is ahead of our clock): a rule that
+        # selects at any time (a prefix) made it due when it came.
+        at = _settled_from(f, max(start, min(f.ctime, now)), settle)
+        if at <= now and settle > 0 and now - changed_at(f, now) < settle:
+            # Due before, settling again now (its future mtime came): due when that settles.
+            at = _settled_from(f, max(start, now), settle)
+        when = max(at, now)
+        for t, name in times:  # the first rule in order that selects it then decides
+            if t <= when:
+                dues.append(Due(at, name))
+                break
+    if rules.floor is not None:
+        _spare_last_versions(dues, files, present.ranked(rules.floor), now)
+    return dues
+
+
+def _settled_from(f: FileEntry, lo: float, settle: float) -> float:
+    """The first time from ``lo`` on at which ``f`` is not settling, as plan() judges it:
+    before a future mtime it settles from its ctime, from that mtime on from the later of
+    the two (changed_at)."""
+    if settle <= 0 or lo - changed_at(f, lo) >= settle:
+        return lo
+    first = max(lo, first_after(f.ctime, settle, strictly=False))
+    if first < f.mtime:
+        return first
+    return max(lo, f.mtime, first_after(max(f.mtime, f.ctime), settle, strictly=False))
+
+
+def _spare_last_versions(
+    dues: list[Due | None], files: Sequence[FileEntry], ranked: dict[int, Member], now: float
+) -> None:
+    """The last-version floor foreseen: once every version of a family is due, a pass keeps
+    its newest for good. So the newest never comes due if it is among the last to; if it
+    comes due earlier, a pass before the others come due deletes it (and a pass after them
+    keeps it: docs/foresight.md says what a daemon running all along does instead)."""
+    families: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        member = ranked.get(id(f))
+        if member is not None:
+            families.setdefault(member.family, []).append(i)
+    for members in families.values():
+        whens = [d.at for i in members if (d := dues[i]) is not None]
+        if len(whens) < len(members):
+            continue  # a version that never comes due survives: the floor never acts
+        last = max(max(at, now) for at in whens)
+        newest = min(members, key=lambda i: ranked[id(files[i])].rank)
+        due = dues[newest]
+        if due is not None and max(due.at, now) == last:
+            dues[newest] = None
+
+
+@dataclass
+class LastToGo:
+    """The refusal to delete every model file (refuse_all), foreseen: once every model file
+    is due, a pass would delete them all, so what it would delete by age or rank is kept. The
+    files that come due last, by age or rank, so never go. Fed one file at a time (add), so
+    that a pass that holds no list of its files (the daemon's) can foresee it too."""
+
+    named: frozenset[str]  # Rules.by_name: rules whose deletions are never refused
+    now: float
+    at: float = -math.inf  # when the last model file seen so far comes due
+    never: bool = False  # a model file never comes due: nothing is ever refused
+    refused_bytes: int = 0  # of the files coming due at ``at`` by age or rank
+
+    def add(self, f: FileEntry, due: Due | None) -> None:
+        if f.is_link:
+            return  # no model file
+        if due is None:
+            self.never = True
+            return
+        at = max(due.at, self.now)
+        if at > self.at:
+            self.at, self.refused_bytes = at, 0
+        if at == self.at and due.rule not in self.named:
+            self.refused_bytes += f.size
+
+    def refuses(self, due: Due) -> bool:
+        """Whether ``due`` (of a file added) is one the refusal keeps for good."""
+        return not self.never and max(due.at, self.now) == self.at and due.rule not in self.named
+
+
+def due_at(
+    inventory: Inventory | Iterable[FileEntry],
+    rules: Rules,
+    now: float,
+    *,
+    allow_delete_all: bool,
+) -> list[float | None]:
+    """For each file, in order, the first time at or after ``now`` at which a pass over
+    these files would delete it (for one due at ``now``, when it became due), or None if
+    never: coming_due, and the refusal unless ``allow_delete_all``."""
+    files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
+    dues = coming_due(files, rules, now)
+    if allow_delete_all:
+        return [d.at if d is not None else None for d in dues]
+    last = LastToGo(rules.by_name, now)
+    for f, d in zip(files, dues, strict=True):
+        last.add(f, d)
+    return [None if d is None or last.refuses(d) else d.at for d in dues]

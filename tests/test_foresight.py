@@ -1,0 +1,302 @@
+"""Foresight (docs/foresight.md): ``ocrd list --at``, ``due_at`` and ``ocrd_due_bytes``.
+
+The planner's part (ocrd/retention.py: coming_due, due_at) on plain values, with Hypothesis
+against plan() itself; the command on real files under tmp_path; the daemon in process on a
+FakeClock set ahead (as tests/test_clock_jump.py does) and as a real ``ocrd run``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from ocrd.families import Families
+from ocrd.inventory import FileEntry
+from ocrd.retention import (
+    InterruptedRule,
+    KeepNewestRule,
+    MaxAgeRule,
+    Plan,
+    PrefixRule,
+    Rules,
+    Selector,
+    Verdict,
+    coming_due,
+    due_at,
+    plan,
+    refuse_all,
+    refused,
+)
+
+NOW = 1_700_000_000.0
+DAY = 86400.0
+INF = math.inf
+
+
+def entry(
+    path: bytes, *, age: float = 0.0, ctime_age: float | None = None, size: int = 10
+) -> FileEntry:
+    """A file whose mtime and atime are ``age`` seconds before NOW, its ctime (arrival)
+    ``ctime_age`` (default: the same)."""
+    ctime = NOW - (age if ctime_age is None else ctime_age)
+    return FileEntry(path, size, NOW - age, NOW - age, ctime, 2049, hash(path), False)
+
+
+def max_age(days: float, age_from: Literal["arrival", "timestamp"] = "arrival") -> MaxAgeRule:
+    return MaxAgeRule(days * DAY, "mtime", age_from)
+
+
+def passed(files: Sequence[FileEntry], r: Rules, t: float, *, allow: bool) -> Plan:
+    """What a pass at ``t`` decides (ocrd list's plan): plan(), then the refusal to delete
+    every model file unless ``allow``."""
+    p = plan(files, r, t)
+    model_files = sum(1 for f in files if not f.is_link)
+    if refuse_all(p.deletions, model_files, r, allow=allow) is not None:
+        p = refused(p, r)
+    return p
+
+
+def deleted(files: Sequence[FileEntry], r: Rules, t: float, *, allow: bool = True) -> set[bytes]:
+    return {d.entry.path for d in passed(files, r, t, allow=allow).deletions}
+
+
+# --- the planner's part ----------------------------------------------------------------------
+
+
+def test_max_age_by_timestamp_is_due_max_age_after_it_to_the_last_bit() -> None:
+    f = entry(b"ten.bin", age=10 * DAY, ctime_age=0.0)
+    r = Rules((max_age(30, "timestamp"),))
+    (at,) = due_at([f], r, NOW, allow_delete_all=True)
+    assert at is not None
+    assert at == pytest.approx(f.mtime + 30 * DAY, abs=1e-6)
+    assert deleted([f], r, at) == {b"ten.bin"}
+    assert deleted([f], r, math.nextafter(at, -INF)) == set()
+
+
+def test_max_age_by_arrival_is_due_max_age_after_it_arrived() -> None:
+    """A file with a 20-day-old mtime that arrived 1 day ago is due in 29 days, not 10."""
+    f = entry(b"copied.bin", age=20 * DAY, ctime_age=DAY)
+    (at,) = due_at([f], Rules((max_age(30),)), NOW, allow_delete_all=True)
+    assert at == pytest.approx(f.ctime + 30 * DAY, abs=1e-6)
+
+
+def test_a_file_due_now_says_when_it_became_due() -> None:
+    """By age: when it crossed max_age. By name: when it arrived (or settled after)."""
+    old = entry(b"old.bin", age=40 * DAY)
+    named = entry(b"old_x.bin", age=3 * DAY)
+    r = Rules((PrefixRule(("old_",)), max_age(30)))
+    assert due_at([old, named], r, NOW, allow_delete_all=True) == [
+        pytest.approx(old.mtime + 30 * DAY, abs=1e-6),
+        named.ctime,
+    ]
+    fresh = entry(b"old_y.bin", age=600.0)  # changed 10 minutes ago, settle is an hour
+    settling = Rules((PrefixRule(("old_",)),), settle=3600.0)
+    (at,) = due_at([fresh], settling, NOW, allow_delete_all=True)
+    assert at is not None
+    assert at == pytest.approx(fresh.mtime + 3600.0, abs=1e-6)
+    assert at > NOW
+
+
+def test_never_due_whitelisted_symlinks_and_files_no_rule_names() -> None:
+    keep = entry(b"en.keep", age=400 * DAY)
+    link = entry(b"link", age=400 * DAY)._replace(is_link=True)
+    plain = entry(b"model.bin", age=400 * DAY)
+    r = Rules((PrefixRule(("old_",)),), whitelist=("*.keep",))
+    assert due_at([keep, link, plain], r, NOW, allow_delete_all=True) == [None, None, None]
+    r = Rules((max_age(30),), whitelist=("*.keep",))
+    assert due_at([keep, link], r, NOW, allow_delete_all=True) == [None, None]
+
+
+def test_keep_newest_ranks_do_not_change_with_time() -> None:
+    """With no arrival, a version past keep_newest is due now (since it arrived), the others
+    never by rank (m-3 is the newest version: the highest number)."""
+    versions = [entry(f"m-{v}.bin".encode(), age=(4 - v) * DAY) for v in (1, 2, 3)]
+    r = Rules((KeepNewestRule(2, Families()),))
+    assert due_at(versions, r, NOW, allow_delete_all=True) == [versions[0].ctime, None, None]
+
+
+def test_the_last_version_floor_keeps_the_newest_when_it_is_the_last_to_come_due() -> None:
+    """m-2 (the newer version) comes due after m-1: once both are due the floor keeps m-2."""
+    versions = [entry(b"m-1.bin", age=20 * DAY), entry(b"m-2.bin", age=10 * DAY)]
+    r = Rules((max_age(30),), floor=Families())
+    m1, m2 = due_at(versions, r, NOW, allow_delete_all=True)
+    assert m1 == pytest.approx(NOW + 10 * DAY, abs=1e-6)
+    assert m2 is None
+    assert deleted(versions, r, NOW + 40 * DAY) == {b"m-1.bin"}
+
+
+def test_the_newest_version_coming_due_first_is_due_then() -> None:
+    """m-2 (newer by its number) has the older mtime: a pass between the two due times
+    deletes it; a pass after both keeps it by the floor (docs/foresight.md: a daemon running
+    all along deletes it, and then keeps m-1 as the last version)."""
+    versions = [entry(b"m-1.bin", age=10 * DAY), entry(b"m-2.bin", age=20 * DAY)]
+    r = Rules((max_age(30),), floor=Families())
+    m1, m2 = due_at(versions, r, NOW, allow_delete_all=True)
+    assert m1 == pytest.approx(NOW + 20 * DAY, abs=1e-6)
+    assert m2 == pytest.approx(NOW + 10 * DAY, abs=1e-6)
+    assert deleted(versions, r, NOW + 15 * DAY) == {b"m-2.bin"}
+    assert deleted(versions, r, NOW + 40 * DAY) == {b"m-1.bin"}
+
+
+def test_the_refusal_keeps_what_comes_due_last_by_age() -> None:
+    """Two model files and nothing else: the second to come due would leave none."""
+    files = [entry(b"ten.bin", age=10 * DAY), entry(b"twenty.bin", age=20 * DAY)]
+    r = Rules((max_age(30),))
+    ten, twenty = due_at(files, r, NOW, allow_delete_all=False)
+    assert ten is None
+    assert twenty == pytest.approx(NOW + 10 * DAY, abs=1e-6)
+    both = due_at(files, r, NOW, allow_delete_all=True)
+    assert both == [pytest.approx(NOW + 20 * DAY, abs=1e-6), twenty]
+
+
+def test_a_rule_that_says_nothing_is_never_foreseen() -> None:
+    class Largest(Selector):
+        """Deletes the largest file: not driven by time, it answers nothing about it."""
+
+        name = "largest"
+
+        def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+            yield from ((f, "largest") for f in files[-1:])
+
+    assert coming_due([entry(b"a")], Rules((Largest(),)), NOW) == [None]
+
+
+# --- properties over generated inventories ---------------------------------------------------
+
+# Names that fall into families (digits ignored), carry the prefix, the whitelist's suffix or
+# an interrupted deletion's private name.
+_names = st.sampled_from(
+    [
+        b"m-1.bin",
+        b"m-2.bin",
+        b"m-3.bin",
+        b"old_m-4.bin",
+        b"old_x",
+        b"x.keep",
+        b"a.bin",
+        b"sub/m-1.bin",
+        b".ocrd-deleting-1-2",
+        b"sub/.ocrd-deleting-3-4",
+    ]
+)
+_offset = st.floats(min_value=-2 * DAY, max_value=60 * DAY, allow_nan=False)
+
+
+@st.composite
+def inventories(draw: st.DrawFn) -> list[FileEntry]:
+    paths = draw(st.lists(_names, max_size=8, unique=True))
+    return [
+        FileEntry(
+            path=path,
+            size=draw(st.integers(0, 100)),
+            mtime=NOW - draw(_offset),
+            atime=NOW - draw(_offset),
+            ctime=NOW - draw(_offset),
+            dev=2049,
+            ino=ino,
+            is_link=draw(st.integers(0, 3)) == 0,
+        )
+        for ino, path in enumerate(paths)
+    ]
+
+
+@st.composite
+def rule_sets(draw: st.DrawFn) -> Rules:
+    """Every rule ocrd has, in any order, with or without the last-version floor."""
+    selectors: list[Selector] = []
+    if draw(st.booleans()):
+        selectors.append(InterruptedRule(started=NOW + draw(st.sampled_from([-DAY, DAY]))))
+    if draw(st.booleans()):
+        selectors.append(PrefixRule(("old_",)))
+    if draw(st.booleans()):
+        selectors.append(
+            MaxAgeRule(
+                draw(st.sampled_from([60.0, DAY, 30 * DAY])),
+                draw(st.sampled_from(["mtime", "atime"])),
+                draw(st.sampled_from(["arrival", "timestamp"])),
+                draw(st.sampled_from([-INF, NOW - 20 * DAY, NOW + DAY])),
+            )
+        )
+    families = Families()
+    if draw(st.booleans()):
+        selectors.append(KeepNewestRule(draw(st.integers(1, 2)), families))
+    return Rules(
+        tuple(draw(st.permutations(selectors))),
+        tuple(draw(st.lists(st.sampled_from(["*.keep", "a*"]), max_size=1))),
+        draw(st.sampled_from([0.0, 5.0, 3600.0, 7 * DAY])),
+        families if draw(st.booleans()) else None,
+    )
+
+
+@given(
+    inventories(),
+    rule_sets(),
+    st.floats(NOW - DAY, NOW + 30 * DAY),
+    st.booleans(),
+    st.lists(st.floats(0.0, 90 * DAY), max_size=4),
+    st.floats(-2.0, 2.0),
+)
+@example(  # due exactly at a day's end, by atime, after a clock jump's mark
+    [FileEntry(b"m-1.bin", 0, NOW, NOW - DAY, NOW - DAY, 2049, 0, False)],
+    Rules((MaxAgeRule(DAY, "atime", "timestamp", NOW - 20 * DAY),)),
+    NOW,
+    True,
+    [],
+    0.0,
+)
+@example(  # due by name once settled, until its mtime came: settling again now, for a week
+    [FileEntry(b"old_x", 0, NOW - 2 * DAY, NOW, NOW - 20 * DAY, 2049, 0, False)],
+    Rules((PrefixRule(("old_",)),), settle=7 * DAY),
+    NOW,
+    True,
+    [],
+    0.0,
+)
+def test_a_pass_deletes_a_file_from_its_due_at_on_and_never_before(  # noqa: PLR0917
+    files: list[FileEntry],
+    r: Rules,
+    now: float,
+    allow: bool,
+    offsets: list[float],
+    nudge: float,
+) -> None:
+    """For every time t from now on: a pass at t deletes a file only if t >= its due_at, and
+    a pass at its due_at deletes it (it is the *first* time). From then on it is deleted,
+    but for the two cases docs/foresight.md names: a future mtime the clock reaches makes it
+    settle once more, and a floor judging every file together keeps it once the others are
+    due too (the newest version, or what would leave no model file)."""
+    dues = due_at(files, r, now, allow_delete_all=allow)
+    times = {now + o for o in offsets}
+    for due in dues:
+        if due is not None:
+            times |= {max(now, due), max(now, due + nudge), max(now, math.nextafter(due, -INF))}
+    for t in sorted(times):
+        for f, d, due in zip(files, passed(files, r, t, allow=allow).decisions, dues, strict=True):
+            if d.verdict is Verdict.DELETE:
+                assert due is not None, (f, d)
+                assert t >= due, (f, d, due)
+            elif due is not None and t >= due:
+                again = d.verdict is Verdict.SETTLING and f.mtime > due
+                assert again or d.rule in ("keep_last_version", "allow_delete_all"), (f, d, due)
+    for f, due in zip(files, dues, strict=True):
+        if due is not None:
+            first = passed(files, r, max(now, due), allow=allow)
+            assert next(d for d in first.decisions if d.entry is f).verdict is Verdict.DELETE
+
+
+@given(inventories(), rule_sets(), st.floats(NOW - DAY, NOW + 30 * DAY), st.floats(0.0, 90 * DAY))
+def test_per_file_rules_delete_exactly_from_due_at_on(
+    files: list[FileEntry], r: Rules, now: float, offset: float
+) -> None:
+    """Without the floors (no family floor, deleting every file allowed) and with no mtime
+    ahead of the clock, it is an iff: a pass at t >= now deletes a file iff t >= due_at."""
+    r = Rules(r.selectors, r.whitelist, r.settle)
+    files = [f._replace(mtime=min(f.mtime, now)) for f in files]
+    t = now + offset
+    for f, due in zip(files, due_at(files, r, now, allow_delete_all=True), strict=True):
+        (d,) = [d for d in plan(files, r, t).decisions if d.entry is f]
+        assert (d.verdict is Verdict.DELETE) == (due is not None and t >= due), (f, d, due)
