@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
+import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ocrd import __version__, log
 from ocrd.apply import InUse, Outcome, Status, apply, delete_groups, limited_check, probe
 from ocrd.arrival import Arrivals
-from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
+from ocrd.config import (
+    Config,
+    approx_duration,
+    default_path,
+    lint,
+    load,
+    log_warnings,
+    parse_duration,
+)
 from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
 from ocrd.families import Member
 from ocrd.holders import lease_report
@@ -26,6 +37,7 @@ from ocrd.retention import (
     Plan,
     Refusal,
     Rules,
+    due_at,
     family_rules,
     plan,
     refuse_all,
@@ -37,8 +49,18 @@ from ocrd.walker import collecting_paused, scan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     args.config = args.config or default_path()
+    now = time.time()  # the moment `list` looks from (and `list --at` looks ahead from)
+    at: float | None = None
+    if getattr(args, "at", None) is not None:
+        at = args.at.resolve(now)
+        if at < now:
+            parser.error(
+                f"argument --at: {args.at.text} is in the past (it is {_iso(now)} now): "
+                "give a later time, or +DURATION"
+            )
     if args.command == "run":
         # Imported here: the daemon pulls in watchdog, sdnotify and, above all, the .NET runtime,
         # none of which the one-shot commands need.
@@ -70,8 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            the_plan, inventory, _ = _plan(config, place)
+            the_plan, inventory, _ = _plan(config, place, now if at is None else at)
+            # In use is known for now only: a file held now shows so at any --at.
             blocked = _blocked(config, the_plan, place)
+            due = due_at(
+                [d.entry for d in the_plan.decisions],
+                Rules.from_config(config.retention, config.watch.settle),
+                now,
+                allow_delete_all=config.retention.allow_delete_all,
+            )
             families = family_rules(config.retention)
             ranked = (
                 families.rank(versions(d.entry for d in the_plan.decisions))
@@ -79,7 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else None
             )
             _print_list(
-                the_plan, args.json, config.retention.age_by, blocked, inventory, ranked=ranked
+                the_plan,
+                args.json,
+                config.retention.age_by,
+                blocked,
+                inventory,
+                ranked=ranked,
+                due=due,
+                ahead=None if at is None else args.at.text,
             )
             return 0
         return _clean(
@@ -111,21 +147,70 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", type=Path, default=None, help=config_help)
         if name in ("list", "clean"):
             p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "list":
+            p.add_argument(
+                "--at",
+                type=_ahead,
+                metavar="TIME",
+                help="the verdicts at TIME instead of now, if no file arrives or changes and "
+                "the config stays: +DURATION (+7d, +12h) or an ISO 8601 time (UTC if it has "
+                "no zone)",
+            )
         if name == "clean":
             p.add_argument("--dry-run", action="store_true", help="print, delete nothing")
     return parser
 
 
-def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None]:
-    """The plan, the inventory it came from (for its mount points), and whether the plan was
-    refused for deleting every model file (then it deletes nothing)."""
+class Ahead(NamedTuple):
+    """``list --at``: ``+DURATION`` from now, or a wall-clock time."""
+
+    text: str
+    seconds: float
+    relative: bool
+
+    def resolve(self, now: float) -> float:
+        return now + self.seconds if self.relative else self.seconds
+
+
+def _ahead(text: str) -> Ahead:
+    """``+7d``, ``+1h30m`` (config.parse_duration after the ``+``), or an ISO 8601 time:
+    ``2027-01-15``, ``2027-01-15T06:00``, ``2027-01-15T06:00:00+01:00`` (UTC if no zone)."""
+    if text.startswith("+"):
+        try:
+            return Ahead(text, parse_duration(text[1:]), relative=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (after the '+')") from None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither +DURATION (+7d, +12h) nor an ISO 8601 time (2027-01-15T06:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return Ahead(text, when.timestamp(), relative=False)
+
+
+def _iso(t: float) -> str:
+    """A wall-clock time as ISO 8601 UTC, to the second, rounded up: ``list --at`` that
+    time gives the verdict it stands for. Beyond the year 9999, 9999-12-31T23:59:59Z."""
+    last = calendar.timegm((9999, 12, 31, 23, 59, 59, 0, 0, 0))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(math.ceil(t), last)))
+
+
+def _plan(
+    config: Config, place: Place, now: float | None = None
+) -> tuple[Plan, Inventory, Refusal | None]:
+    """The plan at ``now`` (default: the current time), the inventory it came from (for its
+    mount points), and whether the plan was refused for deleting every model file (then it
+    deletes nothing)."""
     inventory = scan(place)
     _warn_walk(inventory.unreadable, inventory.mounts)
     rules = Rules.from_config(config.retention, config.watch.settle)
     with collecting_paused():  # a Decision per file, and no cycle among them
         # Files of a directory that was moved in arrived with it (ocrd.arrival).
         files = Arrivals(place.real).apply(inventory.files)
-        the_plan = plan(files, rules, time.time())
+        the_plan = plan(files, rules, time.time() if now is None else now)
     refusal = refuse_all(
         the_plan.deletions, inventory.file_count, rules, allow=config.retention.allow_delete_all
     )
@@ -178,11 +263,24 @@ def _print_list(
     inventory: Inventory | None = None,
     *,
     ranked: dict[int, Member] | None = None,
+    due: Sequence[float | None] | None = None,
+    ahead: str | None = None,
 ) -> None:
-    """``ranked``: each version's family and rank, when families are in use."""
+    """``ranked``: each version's family and rank, when families are in use. ``due``: each
+    decision's due_at (ocrd.retention.due_at), in the plan's order. ``ahead``: the plan is
+    for a later time than now (``list --at``), as the operator wrote it."""
     now = the_plan.now
     blocked = blocked or {}
     mounts = inventory.mounts if inventory is not None else ()
+    due_of = (
+        {id(d.entry): t for d, t in zip(the_plan.decisions, due, strict=True)}
+        if due is not None
+        else {}
+    )
+
+    def due_text(d: Decision) -> str | None:
+        t = due_of.get(id(d.entry))
+        return None if t is None else _iso(t)
 
     def verdict(d: Decision) -> str:
         return blocked.get(d.entry.path, d.verdict)
@@ -211,6 +309,8 @@ def _print_list(
                 "reason": reason(d),
                 "symlink": d.entry.is_link,
                 **_member(d, ranked),
+                # When a pass would first delete it under these rules; null: never.
+                "due_at": due_text(d),
             }
             for d in the_plan.decisions
         ]
@@ -228,6 +328,7 @@ def _print_list(
                 "family": None,
                 "rank": None,
                 "device": device,
+                "due_at": None,
             }
             for rel, device in mounts
         ]
@@ -239,6 +340,12 @@ def _print_list(
     rank = f"{'RANK':>4}  " if ranked is not None else ""
     family = "  FAMILY" if ranked is not None else ""
     out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  {rank}PATH  (REASON){family}"]
+    if ahead is not None:
+        out.insert(
+            0,
+            f"at {_iso(now)} ({ahead}), if no file arrives or changes and the config stays; "
+            "in use: as of now",
+        )
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         line = (
             f"{verdict(d).upper():<10} {_size(d.entry.size):>9} "

@@ -6,14 +6,24 @@ FakeClock set ahead (as tests/test_clock_jump.py does) and as a real ``ocrd run`
 
 from __future__ import annotations
 
+import calendar
+import io
+import json
 import math
+import os
+import time
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from ocrd import log
+from ocrd.clock import FakeClock
+from ocrd.config import load
+from ocrd.daemon import Daemon
 from ocrd.families import Families
 from ocrd.inventory import FileEntry
 from ocrd.retention import (
@@ -31,6 +41,7 @@ from ocrd.retention import (
     refuse_all,
     refused,
 )
+from tests.conftest import OcrdRunner, make_file, write_config
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -300,3 +311,264 @@ def test_per_file_rules_delete_exactly_from_due_at_on(
     for f, due in zip(files, due_at(files, r, now, allow_delete_all=True), strict=True):
         (d,) = [d for d in plan(files, r, t).decisions if d.entry is f]
         assert (d.verdict is Verdict.DELETE) == (due is not None and t >= due), (f, d, due)
+
+
+# --- ocrd list --at, on real files -----------------------------------------------------------
+
+TIMESTAMP = """\
+model_dir = "models"
+[retention]
+max_age = "30d"
+age_from = "{age_from}"
+whitelist = ["*.keep"]
+allow_delete_all = {allow}
+[watch]
+settle = "{settle}"
+[engine]
+enabled = false
+[log]
+format = "json"
+"""
+
+
+def tree(
+    tmp_path: Path,
+    *,
+    age_from: str = "timestamp",
+    keeper: bool = True,
+    allow: bool = False,
+    settle: str = "0s",
+) -> Path:
+    """Files aged 10 and 20 days (by mtime; arrived now) under max_age = "30d", and, with
+    ``keeper``, a whitelisted file that stays (so the refusal to delete every model file
+    does not come in)."""
+    models = tmp_path / "models"
+    make_file(models, b"ten.bin", b"1" * 10, age_s=10 * DAY)
+    make_file(models, b"twenty.bin", b"2" * 20, age_s=20 * DAY)
+    if keeper:
+        make_file(models, b"en.keep", b"k")
+    body = TIMESTAMP.format(age_from=age_from, allow=str(allow).lower(), settle=settle)
+    return write_config(tmp_path, body)
+
+
+def listed(run_ocrd: OcrdRunner, config: Path, *at: str) -> dict[str, dict[str, Any]]:
+    args = ["--at", *at] if at else []
+    result = run_ocrd("list", "-c", config, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return {row["path"]: row for row in json.loads(result.stdout)}
+
+
+def going(rows: dict[str, dict[str, Any]]) -> set[str]:
+    return {p for p, row in rows.items() if row["verdict"] == "delete"}
+
+
+def epoch(iso: str) -> int:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(t)))
+
+
+def test_list_at_says_which_goes_and_due_at_agrees(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
+    """The issue's case: aged 10 and 20 days under max_age = "30d" (by timestamp)."""
+    config = tree(tmp_path)
+    models = tmp_path / "models"
+    now = listed(run_ocrd, config)
+    assert going(now) == set()
+    assert now["en.keep"]["due_at"] is None
+    for name in ("ten.bin", "twenty.bin"):
+        assert now[name]["due_at"] == iso(os.stat(models / name).st_mtime + 30 * DAY)
+    assert going(listed(run_ocrd, config, "+5d")) == set()
+    assert going(listed(run_ocrd, config, "+15d")) == {"twenty.bin"}
+    assert going(listed(run_ocrd, config, "+40d")) == {"ten.bin", "twenty.bin"}
+    # Several --at against due_at: what goes at now + d is what is due by then. (The
+    # boundaries are a day away from each --at: the command's own now is a moment later.)
+    looked = time.time()
+    for days in (1, 9, 11, 19, 21, 29, 31, 400):
+        rows = listed(run_ocrd, config, f"+{days}d")
+        due = {
+            p
+            for p, row in now.items()
+            if row["due_at"] and epoch(row["due_at"]) <= looked + days * DAY
+        }
+        assert going(rows) == due, days
+        assert rows["ten.bin"]["due_at"] == now["ten.bin"]["due_at"]  # it does not move
+
+
+def test_list_at_due_at_itself_and_a_second_before(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
+    config = tree(tmp_path)
+    due = listed(run_ocrd, config)["twenty.bin"]["due_at"]
+    assert listed(run_ocrd, config, due)["twenty.bin"]["verdict"] == "delete"
+    before = iso(epoch(due) - 1)
+    assert listed(run_ocrd, config, before)["twenty.bin"]["verdict"] == "keep"
+    # The same instant with a zone: +02:00 is two hours earlier in UTC.
+    shifted = time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(epoch(due) + 7200))
+    assert listed(run_ocrd, config, shifted)["twenty.bin"]["verdict"] == "delete"
+
+
+def test_by_arrival_both_are_due_30_days_after_they_arrived(
+    tmp_path: Path, run_ocrd: OcrdRunner
+) -> None:
+    """The default (age_from = "arrival"): made now with old mtimes, both arrived now."""
+    config = tree(tmp_path, age_from="arrival")
+    models = tmp_path / "models"
+    rows = listed(run_ocrd, config)
+    for name in ("ten.bin", "twenty.bin"):
+        assert rows[name]["due_at"] == iso(os.stat(models / name).st_ctime + 30 * DAY)
+    assert going(listed(run_ocrd, config, "+29d")) == set()
+    assert going(listed(run_ocrd, config, "+31d")) == {"ten.bin", "twenty.bin"}
+
+
+def test_the_refusal_is_foreseen(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
+    """No file that stays: the last to come due would leave no model file, so it never is."""
+    config = tree(tmp_path, keeper=False)
+    rows = listed(run_ocrd, config)
+    assert rows["ten.bin"]["due_at"] is None
+    assert rows["twenty.bin"]["due_at"] is not None
+    assert going(listed(run_ocrd, config, "+15d")) == {"twenty.bin"}
+    at40 = listed(run_ocrd, config, "+40d")
+    assert going(at40) == set()
+    assert {row["rule"] for row in at40.values()} == {"allow_delete_all"}
+
+
+def test_the_text_view_says_which_time_it_is_for(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
+    config = tree(tmp_path)
+    before = time.time()
+    result = run_ocrd("list", "-c", config, "--at", "+15d")
+    assert result.returncode == 0, result.stderr
+    first, header, *rows = result.stdout.splitlines()
+    at = first.split()[1]
+    assert first.startswith("at ")
+    assert "(+15d)" in first
+    assert before + 15 * DAY <= epoch(at) <= time.time() + 15 * DAY + 1
+    assert header.startswith("VERDICT")
+    assert any(r.startswith("DELETE") and "twenty.bin" in r for r in rows)
+    # Without --at the view is as it always was.
+    plain = run_ocrd("list", "-c", config).stdout.splitlines()
+    assert plain[0].startswith("VERDICT")
+
+
+@pytest.mark.parametrize(
+    ("at", "says"),
+    [
+        ("2001-01-01T00:00:00Z", "is in the past"),
+        ("+7x", "is not a duration"),
+        ("+-7d", "is not a duration"),
+        ("7d", "neither +DURATION"),
+        ("tomorrow", "neither +DURATION"),
+    ],
+)
+def test_a_bad_time_exits_2_and_says_why(
+    tmp_path: Path, run_ocrd: OcrdRunner, at: str, says: str
+) -> None:
+    config = tree(tmp_path)
+    result = run_ocrd("list", "-c", config, "--at", at)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_in_use_is_now_and_settling_is_by_the_timestamps(
+    tmp_path: Path, run_ocrd: OcrdRunner
+) -> None:
+    """Under settle = "1h" every file, just made, settles now; a day on none does. A file
+    held open now is in_use at any --at: who will hold it then, ocrd cannot know."""
+    config = tree(tmp_path, settle="1h")
+    models = tmp_path / "models"
+    os.utime(models / "twenty.bin", (time.time() - 40 * DAY, time.time() - 40 * DAY))
+    now = listed(run_ocrd, config)
+    assert {row["verdict"] for p, row in now.items() if p != "en.keep"} == {"settling"}
+    settled = listed(run_ocrd, config, "+1d")
+    assert settled["twenty.bin"]["verdict"] == "delete"
+    assert settled["ten.bin"]["verdict"] == "keep"
+    with open(models / "twenty.bin", "rb"):
+        held = listed(run_ocrd, config, "+1d")
+    assert held["twenty.bin"]["verdict"] == "in_use"
+    assert "a process holds it" in held["twenty.bin"]["reason"]
+    # Settling pushes due_at to its end: an hour after the file was made.
+    made = os.stat(models / "twenty.bin").st_ctime
+    assert now["twenty.bin"]["due_at"] == iso(made + 3600)
+
+
+def test_the_json_rows_keep_their_shape(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
+    config = tree(tmp_path)
+    result = run_ocrd("list", "-c", config, "--json", "--at", "+40d")
+    rows = json.loads(result.stdout)
+    assert isinstance(rows, list)
+    keys = set(json.loads(run_ocrd("list", "-c", config, "--json").stdout)[0])
+    assert all(set(row) == keys for row in rows)
+    assert "due_at" in keys
+
+
+# --- the daemon, in process, with its clock set ahead ----------------------------------------
+
+
+class World:
+    """A Daemon on the tree, its clock a FakeClock that starts ``ahead`` seconds from now."""
+
+    def __init__(self, config: Path, ahead: float) -> None:
+        self.models = config.parent / "models"
+        self.out = io.StringIO()
+        log.configure("info", "json", stream=self.out)
+        self.clock = FakeClock(wall=time.time() + ahead, mono=1000.0)
+        self.daemon = Daemon(load(config), clock=self.clock)
+        self.daemon.mirror.arm()
+        self.daemon._rescan_all("startup")
+
+    def step(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.daemon._after_wake()
+
+    @property
+    def deleted(self) -> set[str]:
+        rows = [json.loads(line) for line in self.out.getvalue().splitlines()]
+        return {e["path"] for e in rows if e["event"] == "model_deleted"}
+
+
+@pytest.fixture
+def worlds() -> Iterator[list[World]]:
+    made: list[World] = []
+    yield made
+    for w in made:
+        w.daemon.mirror.stop()
+    log.configure("info", "json")
+
+
+@pytest.mark.parametrize("keeper", [True, False])
+def test_a_daemon_40_days_on_deletes_what_list_at_40d_says(
+    tmp_path: Path, run_ocrd: OcrdRunner, worlds: list[World], keeper: bool
+) -> None:
+    config = tree(tmp_path, keeper=keeper)
+    foreseen = going(listed(run_ocrd, config, "+40d"))
+    assert foreseen == ({"ten.bin", "twenty.bin"} if keeper else set())
+    worlds.append(World(config, 40 * DAY))
+    assert worlds[0].deleted == foreseen
+    assert {p.name for p in (tmp_path / "models").iterdir()} == (
+        {"en.keep"} if keeper else {"ten.bin", "twenty.bin"}
+    )
+
+
+@pytest.mark.parametrize("keeper", [True, False])
+def test_a_daemon_running_all_along_deletes_each_file_at_its_due_at(
+    tmp_path: Path, run_ocrd: OcrdRunner, worlds: list[World], keeper: bool
+) -> None:
+    """From now on, a FakeClock that runs: each file goes within the revisit slack
+    (max_age / 10000) after its due_at, none before it, and one due_at says never stays."""
+    config = tree(tmp_path, keeper=keeper)
+    dues = {p: row["due_at"] for p, row in listed(run_ocrd, config).items()}
+    w = World(config, 0.0)
+    worlds.append(w)
+    slack = 30 * DAY / 10_000
+    for name in ("twenty.bin", "ten.bin"):
+        due = dues[name]
+        if due is None:
+            continue
+        w.step(epoch(due) - 2 - w.clock.time())
+        assert name not in w.deleted
+        w.step(2 + slack + 1)
+        assert name in w.deleted
+    w.step(400 * DAY)
+    assert w.deleted == {p for p, due in dues.items() if due is not None}
+    assert w.deleted == ({"ten.bin", "twenty.bin"} if keeper else {"twenty.bin"})
