@@ -282,13 +282,16 @@ class Daemon:
         self.scheduler.clear_revisits()
         started = time.perf_counter()
         now = self.clock.time()
-        self.totals.census.begin()
+        census = self.totals.census
+        census.begin()
+        allow_delete_all = self.config.retention.allow_delete_all
         deletions: list[Decision] = []
         whole: list[FileEntry] = []
         try:
             for batch in scan:
                 if self.rules.per_file:
-                    batch_plan = self.totals.census.add(plan(batch, self.rules, now))
+                    batch_plan = census.add(plan(batch, self.rules, now))
+                    census.foresee(batch_plan, self.rules, allow_delete_all=allow_delete_all)
                     deletions.extend(self._note_revisits(batch_plan))
                 else:
                     whole.extend(batch)
@@ -311,7 +314,9 @@ class Daemon:
         )
         self.mirror.report(scan)
         if not self.rules.per_file:
-            deletions = self._note_revisits(self.totals.census.add(plan(whole, self.rules, now)))
+            whole_plan = census.add(plan(whole, self.rules, now))
+            census.foresee(whole_plan, self.rules, allow_delete_all=allow_delete_all)
+            deletions = self._note_revisits(whole_plan)
         if self.config.retention.dry_run:
             self.batcher.keep_reports(deletions)
         self.batcher.submit(Plan(tuple(deletions), now), self.rules, at_once=True)

@@ -95,6 +95,16 @@ class TotalsCollector(Collector):
                 size.add_metric([str(verdict)], b)
             yield files
             yield size
+        if t.census.due_bytes is not None:
+            due = GaugeMetricFamily(
+                "ocrd_due_bytes",
+                "Bytes of model files that come due for deletion within this long of the last "
+                "full pass, if no file arrives or changes (due_at in ocrd list --json).",
+                labels=["within"],
+            )
+            for within, nbytes in t.census.due_bytes.items():
+                due.add_metric([within], nbytes)
+            yield due
         if t.full_pass_at is not None and t.full_pass_s is not None:
             yield GaugeMetricFamily(
                 "ocrd_last_full_pass_timestamp_seconds",

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from ocrd import log
 from ocrd.clock import FakeClock
@@ -41,7 +42,9 @@ from ocrd.retention import (
     refuse_all,
     refused,
 )
+from ocrd.stats import Totals
 from tests.conftest import OcrdRunner, make_file, write_config
+from tests.harness import OcrdProcess
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -572,3 +575,64 @@ def test_a_daemon_running_all_along_deletes_each_file_at_its_due_at(
     w.step(400 * DAY)
     assert w.deleted == {p for p, due in dues.items() if due is not None}
     assert w.deleted == ({"ten.bin", "twenty.bin"} if keeper else {"twenty.bin"})
+
+
+# --- ocrd_due_bytes ------------------------------------------------------------------------
+
+METRICS = """\
+model_dir = "models"
+[retention]
+prefixes = ["old_"]
+max_age = "30d"
+age_from = "timestamp"
+whitelist = ["*.keep"]
+[watch]
+settle = "0s"
+[engine]
+enabled = false
+[log]
+format = "json"
+[metrics]
+textfile = "ocrd.prom"
+"""
+
+
+def test_due_bytes_counts_what_comes_due_within_each_horizon(
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+) -> None:
+    """A real ``ocrd run``: by mtime, due in 12 hours (1 byte), 5 days (10), 20 days (100);
+    one due now (deleted by the pass: its verdict counts it, not this) and one never."""
+    make_file(models, b"half_day.bin", b"a", age_s=29.5 * DAY)
+    make_file(models, b"five_days.bin", b"b" * 10, age_s=25 * DAY)
+    make_file(models, b"twenty_days.bin", b"c" * 100, age_s=10 * DAY)
+    make_file(models, b"old_now.bin", b"d" * 1000)
+    make_file(models, b"en.keep", b"e" * 10000, age_s=400 * DAY)
+    d = OcrdProcess(write_config(tmp_path, METRICS))
+    daemons.append(d)
+    d.note("READY=1")
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for family in text_string_to_metric_families((tmp_path / "ocrd.prom").read_text())
+        for s in family.samples
+    }
+    assert samples[("ocrd_due_bytes", (("within", "1d"),))] == 1
+    assert samples[("ocrd_due_bytes", (("within", "7d"),))] == 11
+    assert samples[("ocrd_due_bytes", (("within", "30d"),))] == 111
+
+
+def test_due_bytes_leaves_out_what_the_refusal_keeps() -> None:
+    """Two model files only: the one coming due last would leave none, so it never goes."""
+    totals = Totals()
+    census = totals.census
+    census.active = True
+    files = [entry(b"ten.bin", age=25 * DAY, size=1), entry(b"twenty.bin", age=28 * DAY, size=10)]
+    r = Rules((max_age(30),))
+    census.begin()
+    census.foresee(plan(files[:1], r, NOW), r, allow_delete_all=False)  # batches, as a walk
+    census.foresee(plan(files[1:], r, NOW), r, allow_delete_all=False)
+    totals.full_pass("startup", NOW, 0.1)
+    assert census.due_bytes == {"1d": 0, "7d": 10, "30d": 10}
+    census.begin()
+    census.foresee(plan(files, r, NOW), r, allow_delete_all=True)
+    census.commit()
+    assert census.due_bytes == {"1d": 0, "7d": 11, "30d": 11}
