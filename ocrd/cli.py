@@ -49,18 +49,10 @@ from ocrd.walker import collecting_paused, scan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     args.config = args.config or default_path()
     now = time.time()  # the moment `list` looks from (and `list --at` looks ahead from)
-    at: float | None = None
-    if getattr(args, "at", None) is not None:
-        at = args.at.resolve(now)
-        if at < now:
-            parser.error(
-                f"argument --at: {args.at.text} is in the past (it is {_iso(now)} now): "
-                "give a later time, or +DURATION"
-            )
+    at: float | None = args.at.resolve(now) if getattr(args, "at", None) is not None else None
     if args.command == "run":
         # Imported here: the daemon pulls in watchdog, sdnotify and, above all, the .NET runtime,
         # none of which the one-shot commands need.
@@ -188,6 +180,11 @@ def _ahead(text: str) -> Ahead:
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    now = time.time()
+    if when.timestamp() < now:
+        raise argparse.ArgumentTypeError(
+            f"{text} is in the past (it is {_iso(now)} now): give a later time, or +DURATION"
+        )
     return Ahead(text, when.timestamp(), relative=False)
 
 
