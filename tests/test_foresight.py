@@ -374,7 +374,7 @@ def iso(t: float) -> str:
 
 
 def test_list_at_says_which_goes_and_due_at_agrees(tmp_path: Path, run_ocrd: OcrdRunner) -> None:
-    """The issue's case: aged 10 and 20 days under max_age = "30d" (by timestamp)."""
+    """Aged 10 and 20 days under max_age = "30d" (by timestamp): which goes when."""
     config = tree(tmp_path)
     models = tmp_path / "models"
     now = listed(run_ocrd, config)
