@@ -22,7 +22,15 @@ from ocrd.apply import (
     probe_each,
 )
 from ocrd.arrival import Arrivals
-from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
+from ocrd.config import (
+    SYSTEM_CONFIG,
+    Config,
+    approx_duration,
+    default_path,
+    lint,
+    load,
+    log_warnings,
+)
 from ocrd.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing, NoAccess
 from ocrd.families import Member
 from ocrd.holders import lease_report
@@ -122,9 +130,9 @@ def _again(args: argparse.Namespace) -> list[str]:
     ]
 
 
-EPILOG = """\
+EPILOG = f"""\
 config file: -c PATH, else $OCRD_CONFIG, else ./config.toml if it exists, else
-/etc/ocrd/config.toml (where `make install` puts it).
+{SYSTEM_CONFIG} (where `make install` puts it).
 
 exit status:
   0   done (run: stopped by SIGTERM or SIGINT)
@@ -144,7 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ocrd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = "config file (default: $OCRD_CONFIG, else ./config.toml)"
+    config_help = (
+        "config file (default: $OCRD_CONFIG, else ./config.toml if it exists, else "
+        f"{SYSTEM_CONFIG})"
+    )
     for name, text in (
         ("run", "the daemon, in the foreground"),
         (

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ocrd.watch import Mount
 
 DEFAULT_CONFIG = "config.toml"
+SYSTEM_CONFIG = Path("/etc/ocrd/config.toml")  # where `make install` puts it
 MAX_BYTES = 1 << 20  # a real config is a few hundred bytes; this bounds what a wrong -c reads
 MAX_DEPTH = 16  # tables and arrays inside each other; the schema itself needs 3
 INT32_MAX = 2**31 - 1  # the engine's integers are .NET Int32: larger ones raise OverflowError
@@ -223,8 +224,15 @@ class Config(_Section):
 
 
 def default_path() -> Path:
-    """``$OCRD_CONFIG``, else ``config.toml`` in the working directory."""
-    return Path(os.environ.get("OCRD_CONFIG") or DEFAULT_CONFIG)
+    """The config when no ``-c`` names one: ``$OCRD_CONFIG``, else ``config.toml`` in the
+    working directory if there is one, else the installed SYSTEM_CONFIG if there is one, else
+    ``config.toml`` (for the error message to name)."""
+    if named := os.environ.get("OCRD_CONFIG"):
+        return Path(named)
+    here = Path(DEFAULT_CONFIG)
+    if not os.path.lexists(here) and os.path.lexists(SYSTEM_CONFIG):
+        return SYSTEM_CONFIG
+    return here
 
 
 def load(path: Path) -> Config:

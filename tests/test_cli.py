@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from ocrd import cli
+from ocrd import config as config_module
 from ocrd.errors import EXIT_NOPERM
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
 from tests.worlds import APP_UID, OCRD_UID, as_user, held, make_world, root_only
@@ -66,8 +68,8 @@ def models_of(config: Path) -> Path:
     return config.parent / "models"
 
 
-def run_json(run_ocrd: OcrdRunner, *args: str | os.PathLike[str]) -> Any:
-    result = run_ocrd(*args)
+def run_json(run_ocrd: OcrdRunner, *args: str | os.PathLike[str], **how: Any) -> Any:
+    result = run_ocrd(*args, **how)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
     assert result.stdout.count("\n") == 1, "one JSON document on one line"
@@ -270,3 +272,31 @@ def test_exit_statuses_are_in_the_help(run_ocrd: OcrdRunner) -> None:
     text = run_ocrd("--help").stdout
     assert "\n  77  " in text
     assert "\n  78  " in text
+
+
+# -- which config, without -c ------------------------------------------------------------
+
+
+def test_without_c_the_config_is_ocrd_config_then_cwd_then_etc(
+    config: Path,
+    run_ocrd: OcrdRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    other = write_config(elsewhere, 'model_dir = "."\n[engine]\nenabled = false\n')
+    # ./config.toml, where there is one: the one in config's directory.
+    rows = run_json(run_ocrd, "list", "--json", cwd=config.parent)
+    assert {r["path"] for r in rows} == set(EXPECTED)
+    # $OCRD_CONFIG before it.
+    rows = run_json(run_ocrd, "list", "--json", cwd=config.parent, env={"OCRD_CONFIG": str(other)})
+    assert {r["path"] for r in rows} == {"config.toml"}
+    # Neither: the installed one (its path is a module constant, patched here in-process).
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", config)
+    monkeypatch.delenv("OCRD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no config.toml here
+    assert cli.main(["check"]) == 0
+    assert capsys.readouterr().out.startswith(f"{config}: ok: ")
+    assert cli.main(["list", "--json"]) == 0
+    assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
