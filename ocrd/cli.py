@@ -1,4 +1,4 @@
-"""The command line: ``ocrd run | check | list | clean | --version``, as CONTRACT.md says."""
+"""The command line: ``ocrd run | check | list | clean | --version``, as docs/contract.md says."""
 
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ class Retention(_Section):
     age_by: Literal["mtime", "atime"] = "mtime"
     # Where a file's age counts from: "arrival" = the later of its age_by timestamp and its
     # arrival in model_dir (a copy or an archive keeps a vendor's old mtime, it is still new
-    # here); "timestamp" = the age_by timestamp alone (the rule before this key existed).
+    # here); "timestamp" = the age_by timestamp alone.
     age_from: Literal["arrival", "timestamp"] = "arrival"
     whitelist: tuple[Glob, ...] = Field(default=(), strict=False)
     dry_run: bool = False

@@ -68,6 +68,12 @@ class TotalsCollector(Collector):
             "ocrd_rescans", "Periodic full rescans (watch.rescan).", value=t.full_passes["rescan"]
         )
         yield GaugeMetricFamily(
+            "ocrd_watch_degraded",
+            "1 while the watch is not the one the config asks for, or not proven to deliver "
+            "events (STATUS says why), else 0.",
+            value=0 if t.degraded is None else 1,
+        )
+        yield GaugeMetricFamily(
             "ocrd_config_rejected",
             "1 while the last reload was rejected or held (the old rules are in force), else 0.",
             value=0 if t.rejected_at is None else 1,

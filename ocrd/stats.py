@@ -98,6 +98,7 @@ class Totals:
         self.rejected_config = ""
         self.rejected_held = False
         self.census = Census()
+        self.degraded: str | None = None  # why the watch is not the one asked for, or unproven
         self.generation = 0  # changes whenever anything above does
 
     # -- what happened -------------------------------------------------------------------
@@ -140,6 +141,11 @@ class Totals:
         if (cycles, downtime_s) != (self.engine_cycles, self.engine_downtime_s):
             self.engine_cycles = cycles
             self.engine_downtime_s = downtime_s
+            self.generation += 1
+
+    def watch(self, degraded: str | None) -> None:
+        if degraded != self.degraded:
+            self.degraded = degraded
             self.generation += 1
 
     def rejected(
@@ -186,6 +192,8 @@ class Totals:
             )
         if missing is not None:
             parts.append(f"model_dir {missing} is missing; waiting for it")
+        elif self.degraded is not None:
+            parts.append(f"watch degraded ({self.degraded})")
         else:
             parts.append(f"{count(files, 'file')} ({size(nbytes)}) in model_dir")
         if self.last is not None and self.last_at is not None:

@@ -29,6 +29,7 @@ from tests.harness import OcrdProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The example config of docs/contract.md: every config written for it keeps loading.
 CONTRACT_EXAMPLE = """\
 model_dir = "models"               # the directory that holds the model files
 
