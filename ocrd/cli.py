@@ -215,13 +215,17 @@ _BLOCKED = {
 }
 
 
+_SKIPPED = {"changed": "it changed since the scan", "vanished": "it is gone since the scan"}
+
+
 def _blocked(config: Config, the_plan: Plan, place: Place) -> dict[bytes, str]:
-    """Files the plan would delete that the deleter would skip right now as in use (or of
-    unknown holders): ``list`` shows them with that verdict instead of "delete"."""
+    """Files the plan would delete that a deletion would not delete right now, and why: in use
+    (or of unknown holders), which ``list`` shows as the verdict instead of "delete"; or
+    another skip or failure (``clean --dry-run``'s), which it adds to the reason."""
     return {
         o.decision.entry.path: o.detail
         for o in _checked(config, the_plan.deletions, place)
-        if o.detail in _BLOCKED
+        if o.status is not Status.WOULD_DELETE and o.detail is not None
     }
 
 
@@ -255,11 +259,12 @@ def _print_list(
     mounts = inventory.mounts if inventory is not None else ()
 
     def verdict(d: Decision) -> str:
-        return blocked.get(d.entry.path, d.verdict)
+        why = blocked.get(d.entry.path)
+        return why if why in _BLOCKED else d.verdict
 
     def reason(d: Decision) -> str:
         why = blocked.get(d.entry.path)
-        return f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason
+        return f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}" if why else d.reason
 
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.

@@ -300,3 +300,36 @@ def test_without_c_the_config_is_ocrd_config_then_cwd_then_etc(
     assert capsys.readouterr().out.startswith(f"{config}: ok: ")
     assert cli.main(["list", "--json"]) == 0
     assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
+
+
+@root_only
+def test_list_says_why_a_deletion_would_fail_as_clean_dry_run_does() -> None:
+    """A member of group ocrd may read model_dir but not delete from it: ``list`` keeps the
+    verdict the rules give and says why it would fail, where ``clean --dry-run`` reports it."""
+    with make_world() as world:
+        os.chown(world.models, OCRD_UID, OCRD_UID)
+        world.models.chmod(0o2750)
+        world.model("old_a.bin", owner=OCRD_UID)
+        config = world.config()
+        member = ["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", f"--groups={OCRD_UID}"]
+
+        def ocrd(*args: str) -> Any:
+            result = subprocess.run(
+                [*member, *world.python, "-m", "ocrd", *args, "--json", "-c", str(config)],
+                capture_output=True,
+                text=True,
+                env=world.env,
+                cwd=world.base,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        (row,) = ocrd("list")
+        report = ocrd("clean", "--dry-run")
+    why = "Permission denied: the directory is not writable"
+    assert report["failed"] == [{"path": "old_a.bin", "error": why}]
+    assert report["deleted"] == []
+    assert (row["verdict"], row["rule"]) == ("delete", "prefix")
+    assert row["reason"].endswith(f", but {why}"), row["reason"]
