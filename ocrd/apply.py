@@ -256,16 +256,27 @@ def by_directory(deletions: Iterable[Decision]) -> deque[list[Decision]]:
 
 def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Iterator[Outcome]:
     """Every check a deletion makes, and no deletion: WOULD_DELETE for a file that would go
-    now, else the skip it would meet (``ocrd list`` shows files in use with their own verdict).
-    A lease taken to ask is let go at once."""
-    if not plan.deletions:
-        return
-    ignore_lease_breaks()
-    with DirFds(os.fsencode(model_dir)) as dirs:
-        for d in plan.deletions:
+    now, else the skip it would meet. A lease taken to ask is let go at once."""
+    return probe_each(plan.deletions, model_dir, in_use)
+
+
+def probe_each(
+    deletions: Iterable[Decision], model_dir: os.PathLike[str] | str, in_use: InUse
+) -> Iterator[Outcome]:
+    """probe() for ``deletions`` that may be made while the first are probed (ocrd.onepass):
+    ``ocrd list`` and ``ocrd clean --dry-run`` both ask this."""
+    dirs: DirFds | None = None
+    try:
+        for d in deletions:
+            if dirs is None:
+                ignore_lease_breaks()
+                dirs = DirFds(os.fsencode(model_dir))
             checked = _check(dirs, d, in_use, probe=True)
             assert isinstance(checked, Outcome)  # a probe never keeps a file open
             yield checked
+    finally:
+        if dirs is not None:
+            dirs.close()
 
 
 class _Checked(NamedTuple):

@@ -8,15 +8,25 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ocrd import __version__, log
-from ocrd.apply import InUse, Outcome, Status, apply, delete_groups, limited_check, probe
+from ocrd.access import denied
+from ocrd.apply import (
+    InUse,
+    Outcome,
+    Status,
+    apply,
+    delete_groups,
+    limited_check,
+    probe_each,
+)
 from ocrd.arrival import Arrivals
 from ocrd.config import (
+    SYSTEM_CONFIG,
     Config,
     approx_duration,
     default_path,
@@ -25,7 +35,7 @@ from ocrd.config import (
     log_warnings,
     parse_duration,
 )
-from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
+from ocrd.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing, NoAccess
 from ocrd.families import Member
 from ocrd.holders import lease_report
 from ocrd.human import size
@@ -61,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args.config)
     try:
         config = load(args.config)
+    except NoAccess as exc:
+        print(f"ocrd {args.command}: {exc.denial.advice(_again(args))}", file=sys.stderr)
+        return EXIT_NOPERM
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
@@ -116,15 +129,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelDirMissing as exc:
         print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except PermissionError:
+        # model_dir was readable when the config was loaded; if it no longer is, say so as
+        # load() would have. Any other refusal is not ours to explain: it crashes loudly.
+        denial = denied(config.model_dir)
+        if denial is None:
+            raise
+        print(f"ocrd {args.command}: {denial.advice(_again(args))}", file=sys.stderr)
+        return EXIT_NOPERM
+
+
+def _again(args: argparse.Namespace) -> list[str]:
+    """This very command, with the config it used named (sudo drops $OCRD_CONFIG)."""
+    flags = [f for f in ("json", "dry_run") if getattr(args, f, False)]
+    return [
+        "ocrd",
+        args.command,
+        "-c",
+        str(args.config.absolute()),
+        *(f"--{f.replace('_', '-')}" for f in flags),
+        *(["--at", args.at.text] if getattr(args, "at", None) is not None else []),
+    ]
+
+
+EPILOG = f"""\
+config file: -c PATH, else $OCRD_CONFIG, else ./config.toml if it exists, else
+{SYSTEM_CONFIG} (where `make install` puts it).
+
+exit status:
+  0   done (run: stopped by SIGTERM or SIGINT)
+  1   any other fatal error (run)
+  2   a bad argument, such as a list --at TIME in the past
+  77  this user may not read model_dir (check, list, clean); the message names
+      who may: run it as root or as model_dir's owner, or join its group
+  78  the config is invalid, or model_dir is missing
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ocrd", description="Keeps an Aspose OCR AI model directory tidy and safe."
+        prog="ocrd",
+        description="Keeps an Aspose OCR AI model directory tidy and safe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ocrd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = "config file (default: $OCRD_CONFIG, else ./config.toml)"
+    config_help = (
+        "config file (default: $OCRD_CONFIG, else ./config.toml if it exists, else "
+        f"{SYSTEM_CONFIG})"
+    )
     for name, text in (
         ("run", "the daemon, in the foreground"),
         (
@@ -238,18 +292,33 @@ _BLOCKED = {
 }
 
 
+_SKIPPED = {"changed": "it changed since the scan", "vanished": "it is gone since the scan"}
+
+
 def _blocked(config: Config, the_plan: Plan, place: Place) -> dict[bytes, str]:
-    """Files the plan would delete that the deleter would skip right now as in use (or of
-    unknown holders): ``list`` shows them with that verdict instead of "delete"."""
-    if config.retention.dry_run:
-        return {}
-    unknown = config.retention.unknown_holders
-    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
+    """Files the plan would delete that a deletion would not delete right now, and why: in use
+    (or of unknown holders), which ``list`` shows as the verdict instead of "delete"; or
+    another skip or failure (``clean --dry-run``'s), which it adds to the reason."""
     return {
         o.decision.entry.path: o.detail
-        for o in probe(the_plan, str(place), in_use)
-        if o.detail in _BLOCKED
+        for o in _checked(config, the_plan.deletions, place)
+        if o.status is not Status.WOULD_DELETE and o.detail is not None
     }
+
+
+def _checked(config: Config, deletions: Iterable[Decision], place: Place) -> Iterator[Outcome]:
+    """What a deletion of each of ``deletions`` would meet now, deleting nothing: the one
+    answer behind ``list``'s verdicts and ``clean --dry-run``'s report. Under
+    ``retention.dry_run`` nothing is asked: the daemon then reports every planned deletion as
+    model_would_be_deleted, without checking for holders."""
+    if config.retention.dry_run:
+        return (Outcome(d, Status.WOULD_DELETE) for d in deletions)
+    return probe_each(deletions, str(place), _in_use(config))
+
+
+def _in_use(config: Config) -> InUse:
+    unknown = config.retention.unknown_holders
+    return InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
 
 
 def _print_list(
@@ -280,11 +349,12 @@ def _print_list(
         return None if t is None else _iso(t)
 
     def verdict(d: Decision) -> str:
-        return blocked.get(d.entry.path, d.verdict)
+        why = blocked.get(d.entry.path)
+        return why if why in _BLOCKED else d.verdict
 
     def reason(d: Decision) -> str:
         why = blocked.get(d.entry.path)
-        return f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason
+        return f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}" if why else d.reason
 
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.
@@ -381,15 +451,17 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
     """One pass. Where every rule judges each file alone, each directory is deleted from as
     soon as the walk has planned it (ocrd.onepass); else the whole plan comes first."""
     logger = log.get()
-    unknown = config.retention.unknown_holders
-    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
     rules = Rules.from_config(config.retention, config.watch.settle)
     recorder = Recorder(keep=True)
     if not rules.per_file:
         the_plan, inventory, refusal = _plan(config, place)
         if refusal is not None:
             logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
-        for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
+        for o in (
+            _checked(config, the_plan.deletions, place)
+            if dry_run
+            else apply(the_plan, str(place), in_use=_in_use(config))
+        ):
             recorder.record(o)
         _report(recorder, refusal, inventory.mounts, dry_run=dry_run, as_json=as_json)
         return 0
@@ -403,9 +475,9 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
         news=_warn_walk,
     )
     outcomes = (
-        (Outcome(d, Status.WOULD_DELETE) for group in groups for d in group)
+        _checked(config, (d for group in groups for d in group), place)
         if dry_run
-        else delete_groups(groups, str(place), in_use=in_use)
+        else delete_groups(groups, str(place), in_use=_in_use(config))
     )
     try:
         for o in outcomes:

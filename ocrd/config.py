@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ocrd import log
-from ocrd.errors import ConfigError
+from ocrd import access, log
+from ocrd.errors import ConfigError, NoAccess
 
 if TYPE_CHECKING:
     from ocrd.watch import Mount
 
 DEFAULT_CONFIG = "config.toml"
+SYSTEM_CONFIG = Path("/etc/ocrd/config.toml")  # where `make install` puts it
 MAX_BYTES = 1 << 20  # a real config is a few hundred bytes; this bounds what a wrong -c reads
 MAX_DEPTH = 16  # tables and arrays inside each other; the schema itself needs 3
 INT32_MAX = 2**31 - 1  # the engine's integers are .NET Int32: larger ones raise OverflowError
@@ -223,8 +224,15 @@ class Config(_Section):
 
 
 def default_path() -> Path:
-    """``$OCRD_CONFIG``, else ``config.toml`` in the working directory."""
-    return Path(os.environ.get("OCRD_CONFIG") or DEFAULT_CONFIG)
+    """The config when no ``-c`` names one: ``$OCRD_CONFIG``, else ``config.toml`` in the
+    working directory if there is one, else the installed SYSTEM_CONFIG if there is one, else
+    ``config.toml`` (for the error message to name)."""
+    if named := os.environ.get("OCRD_CONFIG"):
+        return Path(named)
+    here = Path(DEFAULT_CONFIG)
+    if not os.path.lexists(here) and os.path.lexists(SYSTEM_CONFIG):
+        return SYSTEM_CONFIG
+    return here
 
 
 def load(path: Path) -> Config:
@@ -379,8 +387,13 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         raw = {k: v for k, v in raw.items() if k != "path"}
     base = path.absolute().parent
     model_dir = raw.get("model_dir")
+    denied: NoAccess | None = None
     if isinstance(model_dir, str):
-        problems.extend(_model_dir_problems(name, model_dir, base))
+        try:
+            problems.extend(_model_dir_problems(name, model_dir, base))
+        except NoAccess as exc:  # the rest is still checked: a wrong key is worth knowing too
+            denied = exc
+            problems.extend(exc.problems)
         raw = {**raw, "model_dir": _resolve(base, model_dir)}
     elif "model_dir" in raw:
         problems.append(f"{name}: at 'model_dir': {_show(model_dir)} is not a path: write a string")
@@ -404,6 +417,8 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         config = None
     if config is not None and not problems and (atime := _atime_problem(config)) is not None:
         problems.append(f"{name}: at 'retention.age_by': {atime}")
+    if denied is not None and problems == list(denied.problems):
+        raise denied  # the config is fine, this user may not read model_dir: exit 77, not 78
     if problems:
         raise ConfigError(sorted(set(problems), key=problems.index))
     assert config is not None
@@ -452,6 +467,13 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
     # The resolved path is shown whole (PATH_MAX bounds it): its last components are the very
     # thing the operator has to fix, and shortening would cut exactly those off.
     shown = quote(resolved, limit=4096)
+    # First: exists() cannot tell "absent" from "not yours to see".
+    if (denial := access.denied(resolved)) is not None:
+        raise NoAccess(
+            f"{where}: {shown} cannot be read by {access.me()}: {denial.why()}: run ocrd as a "
+            "user who may read it",
+            denial,
+        )
     if not resolved.exists():
         return [f"{where}: {shown} does not exist; create it or fix the path"]
     if not resolved.is_dir():

@@ -164,6 +164,8 @@ class Mirror:
             )
             try:
                 watcher.start()
+            except Stopped:
+                return  # SIGTERM while polling took its first snapshot: the loop exits
             except Unavailable as exc:
                 if exc.errno in (errno.ENOSPC, errno.EMFILE):
                     self.limit_hit = str(exc)

@@ -67,9 +67,8 @@ def status_lines(d: OcrdProcess) -> list[str]:
     return [n for _, n in d.notes if n.startswith("STATUS=")]
 
 
-@pytest.mark.parametrize(
-    ("observer", "engine"), [("inotify", False), ("polling", False), ("auto", True)]
-)
+@pytest.mark.parametrize("engine", [False, True], ids=["engine_off", "engine_on"])
+@pytest.mark.parametrize("observer", ["auto", "polling"])
 def test_a_new_file_is_deleted_by_event(
     tmp_path: Path, models: Path, daemons: list[OcrdProcess], observer: str, engine: bool
 ) -> None:
