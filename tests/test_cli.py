@@ -333,3 +333,26 @@ def test_list_says_why_a_deletion_would_fail_as_clean_dry_run_does() -> None:
     assert report["deleted"] == []
     assert (row["verdict"], row["rule"]) == ("delete", "prefix")
     assert row["reason"].endswith(f", but {why}"), row["reason"]
+
+
+def test_a_reader_that_goes_away_costs_no_traceback(tmp_path: Path) -> None:
+    """`ocrd list | head -1`: the pipe closes long before the listing ends."""
+    models = tmp_path / "models"
+    for i in range(5000):
+        make_file(models, f"m{i:05d}.bin".encode())
+    config = write_config(tmp_path, 'model_dir = "models"\n[engine]\nenabled = false\n')
+    from tests.harness import ocrd_argv
+
+    listing = subprocess.Popen(
+        [*ocrd_argv(), "list", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None
+    assert listing.stderr is not None
+    assert listing.stdout.readline().startswith(b"VERDICT")
+    listing.stdout.close()
+    with listing.stderr:
+        stderr = listing.stderr.read()
+    assert listing.wait(timeout=30) == 141
+    assert b"Traceback" not in stderr, stderr
