@@ -23,7 +23,7 @@ from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
 from ocrd.walker import scan
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
-from tests.worlds import APP_UID, OCRD_UID, as_user, held, make_world, root_only
+from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
 
 def plan_old(model_dir: Path) -> Plan:
@@ -572,20 +572,18 @@ def test_freed_bytes_count_only_files_whose_last_link_went(model_dir: Path, outs
     assert (outside / "kept-elsewhere.bin").read_bytes() == b"b" * 1000
 
 
-def _clean_in_pid_namespace(config: Path, *, uid: int | None = None) -> subprocess.Popen[str]:
-    """``ocrd clean`` as PID 1 of a PID namespace of its own, as in a container."""
+def _clean_in_pid_namespace(
+    config: Path, *, uid: int | None = None, world: World | None = None
+) -> subprocess.Popen[str]:
+    """``ocrd clean`` as PID 1 of a PID namespace of its own, as in a container; as user
+    ``uid``, with CAP_LEASE as the unit grants it, through ``world``'s interpreter."""
+    ocrd = [*world.python, "-m", "ocrd"] if world is not None else ocrd_argv()
     return subprocess.Popen(
-        [
-            *as_user(uid, lease_cap=True, pid_ns=True),
-            *ocrd_argv(),
-            "clean",
-            "--json",
-            "-c",
-            str(config),
-        ],
+        [*as_user(uid, lease_cap=True, pid_ns=True), *ocrd, "clean", "--json", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=world.env if world is not None else None,
     )
 
 
@@ -628,7 +626,7 @@ def test_squatted_private_names_stop_no_deletion(tmp_path: Path) -> None:
         subprocess.run(squat, check=True)
         due = [world.model(f"old_{i}.gguf", owner=APP_UID) for i in range(20)]
         before = {k: v for k, v in snapshot(world.models).items() if k.startswith(b".ocrd-")}
-        proc = _clean_in_pid_namespace(world.config(), uid=OCRD_UID)
+        proc = _clean_in_pid_namespace(world.config(), uid=OCRD_UID, world=world)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         report = json.loads(out)
@@ -656,7 +654,14 @@ def test_interrupted_finishes_only_ocrds_own_leftovers(tmp_path: Path) -> None:
             subprocess.run([*as_user(APP_UID), "touch", str(world.models / inside)], check=True)
             squats += [name, inside]
         before = {k: v for k, v in snapshot(world.models).items() if k != b"."}
-        proc = _clean_in_pid_namespace(world.config(), uid=OCRD_UID)
+        listing = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "list", "--json", "-c"]
+        listing.append(str(world.config()))
+        listed = subprocess.run(listing, capture_output=True, text=True, check=True, env=world.env)
+        rows = {row["path"]: row for row in json.loads(listed.stdout)}
+        assert rows[ours % (1, 1)]["verdict"] == "foreign"
+        assert rows[ours % (3, 3)]["verdict"] == "delete"
+        assert "not a name ocrd made" in rows[".ocrd-deleting-1-0"]["reason"]
+        proc = _clean_in_pid_namespace(world.config(), uid=OCRD_UID, world=world)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert json.loads(out)["deleted"] == [ours % (3, 3)]
