@@ -289,6 +289,7 @@ _BLOCKED = {
     "in_use": "a process holds it open or mapped",
     "in_use_unknown": "no lease, and /proc cannot tell who holds it: kept "
     "(retention.unknown_holders)",
+    "foreign": "it is another user's, not ocrd's own leftover: left alone",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -337,6 +338,59 @@ def _who(mode: int) -> str:
     return " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
 
 
+SERVICE_USER = "ocrd"  # the user the shipped unit runs as (systemd/ocrd.sysusers)
+
+
+def _trusted() -> tuple[frozenset[int], frozenset[int]]:
+    """The uids and gids that may write where ocrd writes: root, the user and group ocrd runs
+    as, and the service user and its group (so that ``ocrd check`` run as root judges as the
+    daemon will)."""
+    uids, gids = {0, os.geteuid()}, {0, os.getegid()}
+    with suppress(KeyError):
+        service = pwd.getpwnam(SERVICE_USER)
+        uids.add(service.pw_uid)
+        gids.add(service.pw_gid)
+    return frozenset(uids), frozenset(gids)
+
+
+def writers_beyond(st: os.stat_result) -> str | None:
+    """Who, besides root and ocrd's own user, may create, rename or remove entries in the
+    directory ``st`` describes (and so plant a link or a file where ocrd writes), or None.
+    A group may write only if it is root's or ocrd's own, with no other user in it; the
+    sticky bit does not help: it stops no one from creating a name ocrd is about to use."""
+    uids, gids = _trusted()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in uids:
+        return f"owned by uid {st.st_uid}, neither root nor ocrd's user"
+    if mode & 0o002:
+        return f"writable by others (mode {mode:04o})"
+    if mode & 0o020:
+        if st.st_gid not in gids:
+            return f"writable by group {st.st_gid}, which is not ocrd's (mode {mode:04o})"
+        if (other := _other_member(st.st_gid, uids)) is not None:
+            return f"writable by group {st.st_gid}, which has {other} in it (mode {mode:04o})"
+    return None
+
+
+def _other_member(gid: int, uids: frozenset[int]) -> str | None:
+    """A user in group ``gid`` (by the group's list, or as their own group) outside ``uids``."""
+    try:
+        members = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        members = []
+    for member in members:
+        try:
+            uid = pwd.getpwnam(member).pw_uid
+        except KeyError:
+            return f"the unknown user {member!r}"
+        if uid not in uids:
+            return f"user {member!r}"
+    for user in pwd.getpwall():
+        if user.pw_gid == gid and user.pw_uid not in uids:
+            return f"user {user.pw_name!r}"
+    return None
+
+
 _KINDS = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -495,7 +549,53 @@ def _textfile_problems(name: str, value: str, base: Path) -> list[str]:
         return [f"{where}: directory {quote(resolved.parent, limit=4096)} does not exist"]
     if resolved.is_dir():
         return [f"{where}: {shown} is a directory; name the file, e.g. ocrd.prom"]
-    return []
+    return _textfile_dir_problems(where, resolved.parent)
+
+
+def _textfile_dir_problems(where: str, directory: Path) -> list[str]:
+    """ocrd writes the textfile as root, perhaps (the README's advice on overlayfs): no one
+    else may be able to choose what that write lands on. The writer (ocrd.metrics) never
+    follows a link at the directory or in it; here, the directory must be writable by root
+    and ocrd only, and every directory above it that is looked up through (all but its
+    parent, whose entry the writer opens without following a link) must be one only they can
+    change, as for the config's own directories."""
+    shown = quote(directory, limit=4096)
+    if directory.is_symlink():
+        real = quote(os.path.realpath(directory), limit=4096)
+        return [
+            f"{where}: the directory {shown} is a symbolic link (to {real}): ocrd writes "
+            "through no link; name the directory itself"
+        ]
+    try:
+        who = writers_beyond(os.stat(directory))
+    except OSError as exc:
+        return [f"{where}: cannot stat the directory {shown}: {exc.strerror or exc}"]
+    problems = []
+    if who is not None:
+        problems.append(
+            f"{where}: the directory {shown} is {who}: whoever may write it can plant links "
+            "where ocrd writes; chown root:root and chmod 0755 the directory, or use a "
+            "directory only root and ocrd's user can write"
+        )
+    uids, _ = _trusted()
+    above = {*directory.parent.parents, *Path(os.path.realpath(directory)).parent.parents}
+    for parent in sorted(above, key=lambda p: len(p.parts)):
+        try:
+            ds = os.stat(parent)
+        except OSError:
+            continue
+        if ds.st_uid not in uids:
+            who = f"owned by uid {ds.st_uid}"
+        elif ds.st_mode & 0o022 and not ds.st_mode & stat.S_ISVTX:
+            mode = stat.S_IMODE(ds.st_mode)
+            who = f"writable by {_who(ds.st_mode)} without the sticky bit (mode {mode:04o})"
+        else:
+            continue
+        problems.append(
+            f"{where}: the directory {plain(parent)} above it is {who}, who could swap the "
+            "path for a link; chown root:root and chmod go-w it, or move the textfile"
+        )
+    return problems
 
 
 _SYSTEM_DIRS = (

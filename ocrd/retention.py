@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
+from ocrd import private
 from ocrd.config import Retention, approx_duration, format_duration
 from ocrd.families import Families, Member, Versions
 from ocrd.inventory import FileEntry, Inventory
@@ -272,16 +273,21 @@ def _utc(t: float) -> str:
         return f"{t:.0f}"
 
 
-INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
+INTERRUPTED = "interrupted"  # the rule's name, which ocrd.apply asks for its owner check
 PROCESS_STARTED = time.time()  # private names older than this process are no live ocrd's own
 
 
 @dataclass(frozen=True)
 class InterruptedRule(Selector):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
-    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first, and deletes it under that
-    name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had passed every
-    check already; it is planned again, and checked again, under this rule.
+    checked file, ocrd renames it to a private name first (ocrd.private), and deletes it
+    under that name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had
+    passed every check already; it is planned again, and checked again, under this rule.
+
+    Only a regular file whose name is in ocrd's own format is one: a link, or anything else
+    named ``.ocrd-deleting-*``, is someone's imitation, kept and listed as such (directories
+    are no file of the plan at all). That the file is ocrd's own uid's is asked where the
+    file is opened (ocrd.apply), as the planner sees no owners.
 
     A name given before this process started (by ctime, which the rename set) is a leftover;
     a younger one only once it is GRACE_S old: it may belong to an ocrd that is deleting right
@@ -290,13 +296,13 @@ class InterruptedRule(Selector):
     it back."""
 
     started: float = PROCESS_STARTED
-    name: str = "interrupted"
+    name: str = INTERRUPTED
 
     GRACE_S = 60.0
 
     @staticmethod
     def _private(f: FileEntry) -> bool:
-        return INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) is not None
+        return not f.is_link and private.parse(f.name) is not None
 
     def _leftover(self, f: FileEntry, now: float) -> bool:
         return f.ctime < self.started or now - f.ctime >= self.GRACE_S
@@ -335,8 +341,11 @@ class InterruptedRule(Selector):
 
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if self._private(f) and not self._leftover(f, now):
-                yield f, f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s"
+            if self._private(f):
+                if not self._leftover(f, now):
+                    yield f, f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s"
+            elif private.looks_private(f.name):
+                yield f, "named like ocrd's private names, but not a name ocrd made: left alone"
 
 
 @dataclass(frozen=True)
@@ -518,10 +527,9 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
 
 def versions(files: Iterable[FileEntry]) -> list[FileEntry]:
     """What a ranking rule and the floor count as versions: the model files, not symlinks and
-    not the leftovers of an interrupted deletion (their private names are no model's)."""
-    return [
-        f for f in files if not f.is_link and not INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2])
-    ]
+    not the leftovers of an interrupted deletion, nor anything named like them (a private name
+    is no model's, ocrd.private)."""
+    return [f for f in files if not f.is_link and not private.looks_private(f.name)]
 
 
 def _keep_last_versions(

@@ -272,7 +272,7 @@ def test_files_named_for_deletion_are_never_refused() -> None:
     """A prefix (or an interrupted deletion's private name) marks that very file: deleting
     every model file by name is what the operator asked for; mixed with age, the named go."""
     r = newest_rules(0, prefixes=["old_"], max_age=30 * DAY, floor=False)
-    named = plan([entry(b"old_a", age=0), entry(b"sub/.ocrd-deleting-12-3", age=0)], r, NOW)
+    named = plan([entry(b"old_a", age=0), entry(b"sub/" + PRIVATE % 3, age=0)], r, NOW)
     assert refuse_all(named.deletions, 2, r, allow=False) is None
     p = plan([entry(b"old_a", age=0), entry(b"m.bin", age=40 * DAY)], r, NOW)
     refusal = refuse_all(p.deletions, 2, r, allow=False)
@@ -293,13 +293,16 @@ def test_the_refusal_weighs_a_batch_with_what_is_due_against_every_model_file() 
 
 # --- properties against an oracle --------------------------------------------------------------
 
+PRIVATE = b".ocrd-deleting-cce882604d4f-1-0a1b2c3d-%08x"  # as ocrd.private makes them
 _PIECES = [b"m-v", b"m-", b"x", b".bin", b".keep", b"old_", b"\xff", b"1", b"2", b"10", b"007"]
 _name = st.lists(st.sampled_from(_PIECES), min_size=1, max_size=4).map(b"".join)
 _dir = st.sampled_from([b"snap-1", b"snap-2", b"snap-10", b"d"])
 _path = st.one_of(
     _name,
     st.tuples(_dir, _name).map(b"/".join),
-    st.sampled_from([b".ocrd-deleting-1-2", b"d/.ocrd-deleting-3-4"]),
+    st.sampled_from(
+        [PRIVATE % 2, b"d/" + PRIVATE % 4, b".ocrd-deleting-1-2", b"d/.ocrd-deleting-x"]
+    ),
 )
 _offset = st.floats(min_value=-DAY, max_value=60 * DAY, allow_nan=False)
 _nows = st.floats(min_value=NOW - DAY, max_value=NOW + 2 * DAY, allow_nan=False)
@@ -339,13 +342,22 @@ def newest_rule_sets(draw: st.DrawFn) -> Rules:
 
 
 def interrupted(f: FileEntry) -> bool:
+    """A private name in ocrd's format (see PRIVATE); an imitation is only not a version."""
+    name = f.path.rsplit(b"/", 1)[-1]
+    return (
+        re.fullmatch(rb"\.ocrd-deleting-[0-9a-f]{12}-[0-9]+-[0-9a-f]{8}-[0-9a-f]{8}", name)
+        is not None
+    )
+
+
+def named_privately(f: FileEntry) -> bool:
     return f.path.rsplit(b"/", 1)[-1].startswith(b".ocrd-deleting-")
 
 
 def oracle_family(f: FileEntry, r: Rules) -> tuple[object, ...] | None:
     """Independently of ocrd.families: the default family is the tuple of what lies between
     the numbers of the (NFC) path; a pattern's is its group named family."""
-    if f.is_link or interrupted(f):
+    if f.is_link or named_privately(f):
         return None
     text = unicodedata.normalize("NFC", os.fsdecode(f.path))
     families = next(s.families for s in r.selectors if isinstance(s, KeepNewestRule))
