@@ -61,7 +61,7 @@ lock: | need-python
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build
 
-.PHONY: need-python need-root
+.PHONY: need-python need-root need-bindir
 need-python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON): apt-get install python3 python3-venv" >&2; exit 1; }
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "need venv support: apt-get install python3-venv" >&2; exit 1; }
@@ -71,10 +71,11 @@ need-root:
 
 # ocrd in its own venv (Debian's Python is "externally managed": no pip install into it), the
 # `ocrd` command on PATH, the unit, its user (sysusers.d) and model directory (tmpfiles.d), and
-# a default /etc/ocrd/config.toml only if there is none; then `ocrd check` on that config.
-# Run it again to upgrade; then `systemctl restart ocrd`. PIP_ARGS is passed to pip, e.g.
-# PIP_ARGS="--no-index --find-links /srv/wheels" on a host without an index.
-install: need-root need-python
+# a default /etc/ocrd/config.toml only if there is none; then `ocrd check` on that config, and
+# a running ocrd.service is restarted onto the new code (or it says why not). Run it again to
+# upgrade. PIP_ARGS is passed to pip, e.g. PIP_ARGS="--no-index --find-links /srv/wheels" on a
+# host without an index.
+install: need-root need-python need-bindir
 	@command -v systemd-sysusers >/dev/null || { echo "need systemd (systemd-sysusers, systemd-tmpfiles)" >&2; exit 1; }
 	$(PYTHON) -m venv $(PREFIX)/venv
 	$(PREFIX)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) \
@@ -99,15 +100,52 @@ install: need-root need-python
 		    -e 's|^format = "auto"  |format = "json"  |' config.toml > $(CONFDIR)/config.toml.new && \
 		chmod 0644 $(CONFDIR)/config.toml.new && mv $(CONFDIR)/config.toml.new $(CONFDIR)/config.toml; }
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	$(BINDIR)/ocrd check -c $(CONFDIR)/config.toml
+	@$(BINDIR)/ocrd check -c $(CONFDIR)/config.toml || { \
+		echo "$(CONFDIR)/config.toml is invalid: ocrd.service was not restarted; fix it, then: systemctl restart ocrd" >&2; \
+		exit 1; }
+	@if [ ! -d /run/systemd/system ]; then \
+		echo "systemd is not running here (no /run/systemd/system): nothing restarted; restart a running ocrd yourself"; \
+	elif systemctl is-active --quiet ocrd.service; then \
+		systemctl try-restart ocrd.service && echo "ocrd.service restarted: it runs the code just installed"; \
+	else \
+		echo "ocrd.service is not running, so not restarted: systemctl enable --now ocrd"; \
+	fi
 
-# Removes what install put in place. Keeps the operator's data and choices: /etc/ocrd, the
-# model directory /var/lib/ocrd and the user ocrd (remove them by hand if wanted).
+# The OCR-D framework ships a command named ocrd too: a $(BINDIR)/ocrd that is not our link is
+# never replaced (and uninstall removes only our link).
+need-bindir:
+	@if { [ -e $(BINDIR)/ocrd ] || [ -L $(BINDIR)/ocrd ]; } && \
+		[ "$$(readlink $(BINDIR)/ocrd)" != "$(PREFIX)/venv/bin/ocrd" ]; then \
+		echo "$(BINDIR)/ocrd exists and is not this install's link to $(PREFIX)/venv/bin/ocrd (another program of that name?): left alone, nothing installed. Put ocrd's command elsewhere, e.g. sudo make install BINDIR=/usr/local/sbin (the unit's ExecStart= follows BINDIR)" >&2; \
+		exit 1; \
+	fi
+
+# Removes what install and the metrics opt-in (systemd/README.md) put in place: the unit and
+# its metrics.conf drop-in, the metrics file the config names (ocrd wrote it; node_exporter
+# would serve it, stale, forever), the link (only if it is ours), the venv, the sysusers and
+# tmpfiles entries. Keeps the operator's data and choices: /etc/ocrd, the model directory
+# /var/lib/ocrd, the user ocrd, other drop-ins, and the textfile directory's group.
 uninstall: need-root
 	if [ -d /run/systemd/system ]; then systemctl disable --now ocrd.service 2>/dev/null || true; fi
-	rm -f $(UNITDIR)/ocrd.service $(LIBDIR)/sysusers.d/ocrd.conf $(LIBDIR)/tmpfiles.d/ocrd.conf
+	@prom=$$($(PYTHON) -c "$$METRICS_TEXTFILE" $(CONFDIR)/config.toml 2>/dev/null) || prom=; \
+	if [ -n "$$prom" ] && [ -f "$$prom" ] && [ ! -L "$$prom" ]; then echo "rm -f $$prom"; rm -f "$$prom"; fi
+	rm -f $(UNITDIR)/ocrd.service $(UNITDIR)/ocrd.service.d/metrics.conf
+	rmdir $(UNITDIR)/ocrd.service.d 2>/dev/null || true
+	rm -f $(LIBDIR)/sysusers.d/ocrd.conf $(LIBDIR)/tmpfiles.d/ocrd.conf
 	if [ "$$(readlink $(BINDIR)/ocrd)" = "$(PREFIX)/venv/bin/ocrd" ]; then rm -f $(BINDIR)/ocrd; fi
 	rm -rf $(PREFIX)/venv
 	rmdir $(PREFIX) 2>/dev/null || true
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(CONFDIR), /var/lib/ocrd and the user ocrd"
+
+# The config's [metrics] textfile, resolved as ocrd resolves it (against the config's
+# directory), if it ends in .prom; else nothing. Plain tomllib: the venv may be broken.
+define METRICS_TEXTFILE
+import os, sys, tomllib
+path = sys.argv[1]
+with open(path, "rb") as fh:
+    value = tomllib.load(fh).get("metrics", {}).get("textfile", "")
+if isinstance(value, str) and value.endswith(".prom"):
+    print(os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(value))))
+endef
+export METRICS_TEXTFILE

@@ -23,7 +23,6 @@ import dataclasses
 import errno
 import fcntl
 import heapq
-import itertools
 import os
 import signal
 import stat
@@ -36,10 +35,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
+from ocrd import log, private
 from ocrd.fanout import FanOut, Timer
 from ocrd.fsdirs import DirFds
 from ocrd.holders import Answer, Holders, Mounts, View, file_id, lease_blind, take_own
-from ocrd.retention import Decision, Plan
+from ocrd.inventory import display
+from ocrd.retention import INTERRUPTED, Decision, Plan
 from ocrd.walker import collecting_paused
 
 
@@ -256,16 +257,27 @@ def by_directory(deletions: Iterable[Decision]) -> deque[list[Decision]]:
 
 def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Iterator[Outcome]:
     """Every check a deletion makes, and no deletion: WOULD_DELETE for a file that would go
-    now, else the skip it would meet (``ocrd list`` shows files in use with their own verdict).
-    A lease taken to ask is let go at once."""
-    if not plan.deletions:
-        return
-    ignore_lease_breaks()
-    with DirFds(os.fsencode(model_dir)) as dirs:
-        for d in plan.deletions:
+    now, else the skip it would meet. A lease taken to ask is let go at once."""
+    return probe_each(plan.deletions, model_dir, in_use)
+
+
+def probe_each(
+    deletions: Iterable[Decision], model_dir: os.PathLike[str] | str, in_use: InUse
+) -> Iterator[Outcome]:
+    """probe() for ``deletions`` that may be made while the first are probed (ocrd.onepass):
+    ``ocrd list`` and ``ocrd clean --dry-run`` both ask this."""
+    dirs: DirFds | None = None
+    try:
+        for d in deletions:
+            if dirs is None:
+                ignore_lease_breaks()
+                dirs = DirFds(os.fsencode(model_dir))
             checked = _check(dirs, d, in_use, probe=True)
             assert isinstance(checked, Outcome)  # a probe never keeps a file open
             yield checked
+    finally:
+        if dirs is not None:
+            dirs.close()
 
 
 class _Checked(NamedTuple):
@@ -341,6 +353,10 @@ def _check_open(
         or now.st_mtime != entry.mtime
     ):
         return Outcome(d, Status.SKIPPED, "changed")
+    if d.rule == INTERRUPTED and now.st_uid != os.geteuid():
+        # A leftover is finished only if it is ocrd's own (its uid): anyone may name a file
+        # like a private one, and a stranger's file is not ocrd's to finish.
+        return Outcome(d, Status.SKIPPED, "foreign")
     if probe and (cannot := _cannot_unlink(fd, parent, now.st_uid)) is not None:
         return Outcome(d, Status.FAILED, cannot)
     answer = holders.check(fd, parent, now.st_ino)
@@ -397,13 +413,21 @@ class _Behind:
 
     unlink() takes a name, and another file can be renamed over that name between our check
     and the unlink: it would be deleted in its place. So each checked file is first renamed to
-    a name only we use, in the same directory (atomic; no other file can take it), and the
-    inode found there is compared with the checked one; a stranger found there is put back
-    under its name ("changed"), not deleted. The verified file then waits under the private
-    name, its lease still held, and the next file's rename over that name is its deletion:
-    one directory operation per file, as a plain unlink is (measured in bench/RESULTS*.md),
-    not two. finish() unlinks the last one. Just before a waiting file goes, its lease is
-    asked once more: if a process is opening it meanwhile, it is put back ("in_use").
+    a name only we use, in the same directory (ocrd.private: unique to this process, on any
+    host, in any PID namespace), and the inode found there is compared with the checked one;
+    a stranger found there is put back under its name ("changed"), not deleted. The verified
+    file then waits under the private name, its lease still held, and the next file's rename
+    over that name is its deletion: one directory operation per file, as a plain unlink is
+    (measured in bench/RESULTS*.md), not two. finish() unlinks the last one. Just before a
+    waiting file goes, its lease is asked once more: if a process is opening it meanwhile, it
+    is put back ("in_use").
+
+    A private name is taken only where nothing is (private.claim: a squatter's entry, of any
+    kind, is logged as ``private_name_taken`` and passed over for a fresh name), and nothing
+    is renamed over it, unlinked or linked from it unless the entry there is still the very
+    file we left waiting (same device and inode; we hold it open, so the inode cannot be
+    reused meanwhile). An entry that is not is a stranger's: left alone, and the waiting file
+    is reported "vanished" (it is no longer where we left it).
 
     A waiting file's directory is our own fd (a dup), so it never depends on DirFds' cache.
     If the work ends early (an error, or the consumer went away) the waiting file is put
@@ -411,10 +435,12 @@ class _Behind:
     left; rule ``interrupted`` deletes it on the next pass (it was due, and checked).
     """
 
+    CLAIMS = 8  # fresh names tried for one file before it is given up (each one was taken)
+
     def __init__(self, timer: Timer | None) -> None:
         self.timer = timer
         self.dir_fd = -1
-        self.private = b""
+        self.private = b""  # the name self.waiting waits under
         self.waiting: _Checked | None = None
 
     def take(self, c: _Checked) -> tuple[Outcome, ...]:
@@ -423,13 +449,17 @@ class _Behind:
         unless it now waits."""
         if self.dir_fd < 0:
             self.dir_fd = os.dup(c.parent)
-            self.private = _private_name()
         settled: list[Outcome] = []
         if self.waiting is not None and self.waiting.opening():
             settled.append(self._put_back_waiting("in_use"))
+        if self.waiting is not None and not self._still_waiting():
+            settled.append(self._lost())
         began = time.perf_counter()
         try:
-            os.rename(c.name, self.private, src_dir_fd=c.parent, dst_dir_fd=self.dir_fd)
+            if self.waiting is None:
+                self._claim(c)
+            else:
+                os.rename(c.name, self.private, src_dir_fd=c.parent, dst_dir_fd=self.dir_fd)
         except OSError as exc:
             _close(c.fd)
             if isinstance(exc, FileNotFoundError):
@@ -454,6 +484,59 @@ class _Behind:
         self.waiting = c
         return tuple(settled)
 
+    def _claim(self, c: _Checked) -> None:
+        """Rename ``c`` to a fresh private name where nothing is; a name someone else's entry
+        holds is logged and passed over. OSError if every name tried was taken."""
+        for _ in range(self.CLAIMS):
+            name = private.make()
+            try:
+                private.claim(c.parent, c.name, self.dir_fd, name)
+            except FileExistsError:
+                self._taken(c.decision, name)
+                continue
+            self.private = name
+            return
+        raise OSError(errno.EEXIST, f"{self.CLAIMS} private names in a row were taken")
+
+    def _taken(self, d: Decision, name: bytes) -> None:
+        """Say what holds a private name we were about to use (it stays as it is)."""
+        where = d.entry.path.rpartition(b"/")[0]
+        path = display(where + b"/" + name if where else name)
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except OSError:
+            owner, kind = None, "gone again"
+        else:
+            owner, kind = st.st_uid, _KINDS.get(stat.S_IFMT(st.st_mode), "other")
+        log.get().warning(
+            "private_name_taken",
+            path=path,
+            owner=owner,
+            kind=kind,
+            action="left as it is; another private name is used",
+        )
+
+    def _still_waiting(self) -> bool:
+        """Whether the entry under our private name is still the file we left there."""
+        w = self.waiting
+        assert w is not None
+        try:
+            there = os.stat(self.private, dir_fd=self.dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return (there.st_dev, there.st_ino) == (w.now.st_dev, w.now.st_ino)
+
+    def _lost(self) -> Outcome:
+        """The waiting file is no longer under our private name: someone moved it, or renamed
+        their own entry over it. Whatever is there now is theirs and is left alone."""
+        w = self.waiting
+        assert w is not None
+        self.waiting = None
+        _close(w.fd)
+        if _exists(self.dir_fd, self.private):
+            self._taken(w.decision, self.private)
+        return Outcome(w.decision, Status.SKIPPED, "vanished")
+
     def finish(self) -> Outcome | None:
         """Delete the file still waiting, if any."""
         w = self.waiting
@@ -461,6 +544,8 @@ class _Behind:
             return None
         if w.opening():
             return self._put_back_waiting("in_use")
+        if not self._still_waiting():
+            return self._lost()
         self.waiting = None
         began = time.perf_counter()
         try:
@@ -501,6 +586,8 @@ class _Behind:
     def _put_back_waiting(self, why: str) -> Outcome:
         w = self.waiting
         assert w is not None
+        if not self._still_waiting():
+            return self._lost()
         self.waiting = None
         try:
             return self._put_back(w.decision, w.name, why)
@@ -512,25 +599,24 @@ class _Behind:
         try:
             _put_back(self.dir_fd, self.private, name)
         except OSError as exc:
-            self.private = _private_name()  # the old one still holds what could not go back
             return Outcome(d, Status.FAILED, exc.strerror or str(exc))
         return Outcome(d, Status.SKIPPED, why)
+
+
+_KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "directory",
+    stat.S_IFLNK: "symbolic link",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 def _close(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
-
-
-_PRIVATE = itertools.count()
-_PREFIX: list[bytes] = []  # b".ocrd-deleting-PID-", made once: getpid() is a syscall
-os.register_at_fork(after_in_child=_PREFIX.clear)
-
-
-def _private_name() -> bytes:
-    if not _PREFIX:
-        _PREFIX.append(b".ocrd-deleting-%d-" % os.getpid())
-    return b"%s%d" % (_PREFIX[0], next(_PRIVATE))
 
 
 def _put_back(parent: int, private: bytes, name: bytes) -> None:

@@ -1,20 +1,41 @@
-"""The command line: ``ocrd run | check | list | clean | --version``, as CONTRACT.md says."""
+"""The command line: ``ocrd run | check | list | clean | --version``, as docs/contract.md says."""
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
+import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ocrd import __version__, log
-from ocrd.apply import InUse, Outcome, Status, apply, delete_groups, limited_check, probe
+from ocrd.access import denied
+from ocrd.apply import (
+    InUse,
+    Outcome,
+    Status,
+    apply,
+    delete_groups,
+    limited_check,
+    probe_each,
+)
 from ocrd.arrival import Arrivals
-from ocrd.config import Config, approx_duration, default_path, lint, load, log_warnings
-from ocrd.errors import EXIT_CONFIG, ConfigError, ModelDirMissing
+from ocrd.config import (
+    SYSTEM_CONFIG,
+    Config,
+    approx_duration,
+    default_path,
+    lint,
+    load,
+    log_warnings,
+    parse_duration,
+)
+from ocrd.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing, NoAccess
 from ocrd.families import Member, Ranking
 from ocrd.holders import lease_report
 from ocrd.human import size
@@ -26,6 +47,7 @@ from ocrd.retention import (
     Plan,
     Refusal,
     Rules,
+    due_at,
     family_rules,
     plan,
     refuse_all,
@@ -41,6 +63,8 @@ from ocrd.walker import collecting_paused, scan
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.config = args.config or default_path()
+    now = time.time()  # the moment `list` looks from (and `list --at` looks ahead from)
+    at: float | None = args.at.resolve(now) if getattr(args, "at", None) is not None else None
     if args.command == "run":
         # Imported here: the daemon pulls in watchdog, sdnotify and, above all, the .NET runtime,
         # none of which the one-shot commands need.
@@ -49,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args.config)
     try:
         config = load(args.config)
+    except NoAccess as exc:
+        print(f"ocrd {args.command}: {exc.denial.advice(_again(args))}", file=sys.stderr)
+        return EXIT_NOPERM
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
@@ -72,8 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
         if args.command == "list":
-            the_plan, inventory, _, rules = _plan(config, place)
+            the_plan, inventory, _, rules = _plan(config, place, now if at is None else at)
+            # In use is known for now only: a file held now shows so at any --at.
             blocked = _blocked(config, the_plan, place)
+            due = due_at(
+                [d.entry for d in the_plan.decisions],
+                rules,
+                now,
+                allow_delete_all=config.retention.allow_delete_all,
+            )
             families = family_rules(config.retention)
             ranked = (
                 families.rank(
@@ -83,7 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else None
             )
             _print_list(
-                the_plan, args.json, config.retention.age_by, blocked, inventory, ranked=ranked
+                the_plan,
+                args.json,
+                config.retention.age_by,
+                blocked,
+                inventory,
+                ranked=ranked,
+                due=due,
+                ahead=None if at is None else args.at.text,
             )
             return 0
         return _clean(
@@ -92,15 +133,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelDirMissing as exc:
         print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except PermissionError:
+        # model_dir was readable when the config was loaded; if it no longer is, say so as
+        # load() would have. Any other refusal is not ours to explain: it crashes loudly.
+        denial = denied(config.model_dir)
+        if denial is None:
+            raise
+        print(f"ocrd {args.command}: {denial.advice(_again(args))}", file=sys.stderr)
+        return EXIT_NOPERM
+
+
+def _again(args: argparse.Namespace) -> list[str]:
+    """This very command, with the config it used named (sudo drops $OCRD_CONFIG)."""
+    flags = [f for f in ("json", "dry_run") if getattr(args, f, False)]
+    return [
+        "ocrd",
+        args.command,
+        "-c",
+        str(args.config.absolute()),
+        *(f"--{f.replace('_', '-')}" for f in flags),
+        *(["--at", args.at.text] if getattr(args, "at", None) is not None else []),
+    ]
+
+
+EPILOG = f"""\
+config file: -c PATH, else $OCRD_CONFIG, else ./config.toml if it exists, else
+{SYSTEM_CONFIG} (where `make install` puts it).
+
+exit status:
+  0   done (run: stopped by SIGTERM or SIGINT)
+  1   any other fatal error (run)
+  2   a bad argument, such as a list --at TIME in the past
+  77  this user may not read model_dir (check, list, clean); the message names
+      who may: run it as root or as model_dir's owner, or join its group
+  78  the config is invalid, or model_dir is missing
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ocrd", description="Keeps an Aspose OCR AI model directory tidy and safe."
+        prog="ocrd",
+        description="Keeps an Aspose OCR AI model directory tidy and safe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ocrd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = "config file (default: $OCRD_CONFIG, else ./config.toml)"
+    config_help = (
+        "config file (default: $OCRD_CONFIG, else ./config.toml if it exists, else "
+        f"{SYSTEM_CONFIG})"
+    )
     for name, text in (
         ("run", "the daemon, in the foreground"),
         (
@@ -115,22 +197,75 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", type=Path, default=None, help=config_help)
         if name in ("list", "clean"):
             p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "list":
+            p.add_argument(
+                "--at",
+                type=_ahead,
+                metavar="TIME",
+                help="the verdicts at TIME instead of now, if no file arrives or changes and "
+                "the config stays: +DURATION (+7d, +12h) or an ISO 8601 time (UTC if it has "
+                "no zone)",
+            )
         if name == "clean":
             p.add_argument("--dry-run", action="store_true", help="print, delete nothing")
     return parser
 
 
-def _plan(config: Config, place: Place) -> tuple[Plan, Inventory, Refusal | None, Rules]:
-    """The plan, the inventory it came from (for its mount points), whether some of its
-    deletions were refused for leaving no model file that counts for them (then they are
-    kept), and the rules that made it."""
+class Ahead(NamedTuple):
+    """``list --at``: ``+DURATION`` from now, or a wall-clock time."""
+
+    text: str
+    seconds: float
+    relative: bool
+
+    def resolve(self, now: float) -> float:
+        return now + self.seconds if self.relative else self.seconds
+
+
+def _ahead(text: str) -> Ahead:
+    """``+7d``, ``+1h30m`` (config.parse_duration after the ``+``), or an ISO 8601 time:
+    ``2027-01-15``, ``2027-01-15T06:00``, ``2027-01-15T06:00:00+01:00`` (UTC if no zone)."""
+    if text.startswith("+"):
+        try:
+            return Ahead(text, parse_duration(text[1:]), relative=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (after the '+')") from None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither +DURATION (+7d, +12h) nor an ISO 8601 time (2027-01-15T06:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = time.time()
+    if when.timestamp() < now:
+        raise argparse.ArgumentTypeError(
+            f"{text} is in the past (it is {_iso(now)} now): give a later time, or +DURATION"
+        )
+    return Ahead(text, when.timestamp(), relative=False)
+
+
+def _iso(t: float) -> str:
+    """A wall-clock time as ISO 8601 UTC, to the second, rounded up: ``list --at`` that
+    time gives the verdict it stands for. Beyond the year 9999, 9999-12-31T23:59:59Z."""
+    last = calendar.timegm((9999, 12, 31, 23, 59, 59, 0, 0, 0))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(math.ceil(t), last)))
+
+
+def _plan(
+    config: Config, place: Place, now: float | None = None
+) -> tuple[Plan, Inventory, Refusal | None, Rules]:
+    """The plan at ``now`` (default: the current time), the inventory it came from (for its
+    mount points), whether some of its deletions were refused for leaving no model file that
+    counts for them (then they are kept), and the rules that made it."""
     inventory = scan(place)
     _warn_walk(inventory.unreadable, inventory.mounts)
     rules = _rules(config, place)
     with collecting_paused():  # a Decision per file, and no cycle among them
         # Files of a directory that was moved in arrived with it (ocrd.arrival).
         files = Arrivals(place.real).apply(inventory.files)
-        the_plan = plan(files, rules, time.time())
+        the_plan = plan(files, rules, time.time() if now is None else now)
     refusal = refuse_all(
         the_plan.deletions,
         inventory.file_count,
@@ -168,21 +303,37 @@ _BLOCKED = {
     "in_use": "a process holds it open or mapped",
     "in_use_unknown": "no lease, and /proc cannot tell who holds it: kept "
     "(retention.unknown_holders)",
+    "foreign": "it is another user's, not ocrd's own leftover: left alone",
 }
 
 
+_SKIPPED = {"changed": "it changed since the scan", "vanished": "it is gone since the scan"}
+
+
 def _blocked(config: Config, the_plan: Plan, place: Place) -> dict[bytes, str]:
-    """Files the plan would delete that the deleter would skip right now as in use (or of
-    unknown holders): ``list`` shows them with that verdict instead of "delete"."""
-    if config.retention.dry_run:
-        return {}
-    unknown = config.retention.unknown_holders
-    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
+    """Files the plan would delete that a deletion would not delete right now, and why: in use
+    (or of unknown holders), which ``list`` shows as the verdict instead of "delete"; or
+    another skip or failure (``clean --dry-run``'s), which it adds to the reason."""
     return {
         o.decision.entry.path: o.detail
-        for o in probe(the_plan, str(place), in_use)
-        if o.detail in _BLOCKED
+        for o in _checked(config, the_plan.deletions, place)
+        if o.status is not Status.WOULD_DELETE and o.detail is not None
     }
+
+
+def _checked(config: Config, deletions: Iterable[Decision], place: Place) -> Iterator[Outcome]:
+    """What a deletion of each of ``deletions`` would meet now, deleting nothing: the one
+    answer behind ``list``'s verdicts and ``clean --dry-run``'s report. Under
+    ``retention.dry_run`` nothing is asked: the daemon then reports every planned deletion as
+    model_would_be_deleted, without checking for holders."""
+    if config.retention.dry_run:
+        return (Outcome(d, Status.WOULD_DELETE) for d in deletions)
+    return probe_each(deletions, str(place), _in_use(config))
+
+
+def _in_use(config: Config) -> InUse:
+    unknown = config.retention.unknown_holders
+    return InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
 
 
 def _print_list(
@@ -193,18 +344,34 @@ def _print_list(
     inventory: Inventory | None = None,
     *,
     ranked: Ranking | None = None,
+    due: Sequence[float | None] | None = None,
+    ahead: str | None = None,
 ) -> None:
-    """``ranked``: each version's family and rank, when families are in use."""
+    """``ranked``: each version's family and rank, when families are in use. ``due``: each
+    decision's due_at (ocrd.retention.due_at), in the plan's order. ``ahead``: the plan is
+    for a later time than now (``list --at``), as the operator wrote it."""
     now = the_plan.now
     blocked = blocked or {}
     mounts = inventory.mounts if inventory is not None else ()
+    due_of = (
+        {id(d.entry): t for d, t in zip(the_plan.decisions, due, strict=True)}
+        if due is not None
+        else {}
+    )
+
+    def due_text(d: Decision) -> str | None:
+        t = due_of.get(id(d.entry))
+        return None if t is None else _iso(t)
 
     def verdict(d: Decision) -> str:
-        return blocked.get(d.entry.path, d.verdict)
+        why = blocked.get(d.entry.path)
+        return why if why in _BLOCKED else d.verdict
 
     def reason(d: Decision) -> str:
         why = blocked.get(d.entry.path)
-        return printable(f"{d.reason}, but {_BLOCKED[why]}" if why else d.reason)
+        return printable(
+            f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}" if why else d.reason
+        )
 
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.
@@ -227,6 +394,8 @@ def _print_list(
                 "symlink": d.entry.is_link,
                 "owner": d.entry.uid,
                 **_member(d, ranked),
+                # When a pass would first delete it under these rules; null: never.
+                "due_at": due_text(d),
             }
             for d in the_plan.decisions
         ]
@@ -248,6 +417,7 @@ def _print_list(
                 "rank_reason": None,
                 "owner": None,
                 "device": device,
+                "due_at": None,
             }
             for rel, device in mounts
         ]
@@ -259,6 +429,12 @@ def _print_list(
     rank = f"{'RANK':>4}  " if ranked is not None else ""
     family = "  FAMILY" if ranked is not None else ""
     out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  {rank}PATH  (REASON){family}"]
+    if ahead is not None:
+        out.insert(
+            0,
+            f"at {_iso(now)} ({ahead}), if no file arrives or changes and the config stays; "
+            "in use: as of now",
+        )
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         line = (
             f"{verdict(d).upper():<10} {_size(d.entry.size):>9} "
@@ -311,15 +487,17 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
     """One pass. Where every rule judges each file alone, each directory is deleted from as
     soon as the walk has planned it (ocrd.onepass); else the whole plan comes first."""
     logger = log.get()
-    unknown = config.retention.unknown_holders
-    in_use = InUse(unknown=unknown, on_limited=lambda view: limited_check(logger, view, unknown))
     rules = _rules(config, place)
     recorder = Recorder(keep=True)
     if not rules.per_file:
         the_plan, inventory, refusal, _ = _plan(config, place)
         if refusal is not None:
             logger.warning("deletion_refused", dry_run=dry_run, **refusal.fields())
-        for o in apply(the_plan, str(place), dry_run=dry_run, in_use=in_use):
+        for o in (
+            _checked(config, the_plan.deletions, place)
+            if dry_run
+            else apply(the_plan, str(place), in_use=_in_use(config))
+        ):
             recorder.record(o)
         _report(recorder, refusal, inventory.mounts, dry_run=dry_run, as_json=as_json)
         return 0
@@ -333,9 +511,9 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
         news=_warn_walk,
     )
     outcomes = (
-        (Outcome(d, Status.WOULD_DELETE) for group in groups for d in group)
+        _checked(config, (d for group in groups for d in group), place)
         if dry_run
-        else delete_groups(groups, str(place), in_use=in_use)
+        else delete_groups(groups, str(place), in_use=_in_use(config))
     )
     try:
         for o in outcomes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -15,14 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ocrd import log
-from ocrd.errors import ConfigError
+from ocrd import access, log
+from ocrd.errors import ConfigError, NoAccess
 from ocrd.regexlint import backtracking
 
 if TYPE_CHECKING:
     from ocrd.watch import Mount
 
 DEFAULT_CONFIG = "config.toml"
+SYSTEM_CONFIG = Path("/etc/ocrd/config.toml")  # where `make install` puts it
 MAX_BYTES = 1 << 20  # a real config is a few hundred bytes; this bounds what a wrong -c reads
 MAX_DEPTH = 16  # tables and arrays inside each other; the schema itself needs 3
 INT32_MAX = 2**31 - 1  # the engine's integers are .NET Int32: larger ones raise OverflowError
@@ -172,7 +174,7 @@ class Retention(_Section):
     age_by: Literal["mtime", "atime"] = "mtime"
     # Where a file's age counts from: "arrival" = the later of its age_by timestamp and its
     # arrival in model_dir (a copy or an archive keeps a vendor's old mtime, it is still new
-    # here); "timestamp" = the age_by timestamp alone (the rule before this key existed).
+    # here); "timestamp" = the age_by timestamp alone.
     age_from: Literal["arrival", "timestamp"] = "arrival"
     whitelist: tuple[Glob, ...] = Field(default=(), strict=False)
     dry_run: bool = False
@@ -252,8 +254,15 @@ class Config(_Section):
 
 
 def default_path() -> Path:
-    """``$OCRD_CONFIG``, else ``config.toml`` in the working directory."""
-    return Path(os.environ.get("OCRD_CONFIG") or DEFAULT_CONFIG)
+    """The config when no ``-c`` names one: ``$OCRD_CONFIG``, else ``config.toml`` in the
+    working directory if there is one, else the installed SYSTEM_CONFIG if there is one, else
+    ``config.toml`` (for the error message to name)."""
+    if named := os.environ.get("OCRD_CONFIG"):
+        return Path(named)
+    here = Path(DEFAULT_CONFIG)
+    if not os.path.lexists(here) and os.path.lexists(SYSTEM_CONFIG):
+        return SYSTEM_CONFIG
+    return here
 
 
 def load(path: Path) -> Config:
@@ -358,6 +367,59 @@ def _who(mode: int) -> str:
     return " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if mode & bit)
 
 
+SERVICE_USER = "ocrd"  # the user the shipped unit runs as (systemd/ocrd.sysusers)
+
+
+def _trusted() -> tuple[frozenset[int], frozenset[int]]:
+    """The uids and gids that may write where ocrd writes: root, the user and group ocrd runs
+    as, and the service user and its group (so that ``ocrd check`` run as root judges as the
+    daemon will)."""
+    uids, gids = {0, os.geteuid()}, {0, os.getegid()}
+    with suppress(KeyError):
+        service = pwd.getpwnam(SERVICE_USER)
+        uids.add(service.pw_uid)
+        gids.add(service.pw_gid)
+    return frozenset(uids), frozenset(gids)
+
+
+def writers_beyond(st: os.stat_result) -> str | None:
+    """Who, besides root and ocrd's own user, may create, rename or remove entries in the
+    directory ``st`` describes (and so plant a link or a file where ocrd writes), or None.
+    A group may write only if it is root's or ocrd's own, with no other user in it; the
+    sticky bit does not help: it stops no one from creating a name ocrd is about to use."""
+    uids, gids = _trusted()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in uids:
+        return f"owned by uid {st.st_uid}, neither root nor ocrd's user"
+    if mode & 0o002:
+        return f"writable by others (mode {mode:04o})"
+    if mode & 0o020:
+        if st.st_gid not in gids:
+            return f"writable by group {st.st_gid}, which is not ocrd's (mode {mode:04o})"
+        if (other := _other_member(st.st_gid, uids)) is not None:
+            return f"writable by group {st.st_gid}, which has {other} in it (mode {mode:04o})"
+    return None
+
+
+def _other_member(gid: int, uids: frozenset[int]) -> str | None:
+    """A user in group ``gid`` (by the group's list, or as their own group) outside ``uids``."""
+    try:
+        members = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        members = []
+    for member in members:
+        try:
+            uid = pwd.getpwnam(member).pw_uid
+        except KeyError:
+            return f"the unknown user {member!r}"
+        if uid not in uids:
+            return f"user {member!r}"
+    for user in pwd.getpwall():
+        if user.pw_gid == gid and user.pw_uid not in uids:
+            return f"user {user.pw_name!r}"
+    return None
+
+
 _KINDS = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -408,8 +470,13 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         raw = {k: v for k, v in raw.items() if k != "path"}
     base = path.absolute().parent
     model_dir = raw.get("model_dir")
+    denied: NoAccess | None = None
     if isinstance(model_dir, str):
-        problems.extend(_model_dir_problems(name, model_dir, base))
+        try:
+            problems.extend(_model_dir_problems(name, model_dir, base))
+        except NoAccess as exc:  # the rest is still checked: a wrong key is worth knowing too
+            denied = exc
+            problems.extend(exc.problems)
         raw = {**raw, "model_dir": _resolve(base, model_dir)}
     elif "model_dir" in raw:
         problems.append(f"{name}: at 'model_dir': {_show(model_dir)} is not a path: write a string")
@@ -433,6 +500,8 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         config = None
     if config is not None and not problems and (atime := _atime_problem(config)) is not None:
         problems.append(f"{name}: at 'retention.age_by': {atime}")
+    if denied is not None and problems == list(denied.problems):
+        raise denied  # the config is fine, this user may not read model_dir: exit 77, not 78
     if problems:
         raise ConfigError(sorted(set(problems), key=problems.index))
     assert config is not None
@@ -481,6 +550,13 @@ def _model_dir_problems(name: str, value: str, base: Path) -> list[str]:
     # The resolved path is shown whole (PATH_MAX bounds it): its last components are the very
     # thing the operator has to fix, and shortening would cut exactly those off.
     shown = quote(resolved, limit=4096)
+    # First: exists() cannot tell "absent" from "not yours to see".
+    if (denial := access.denied(resolved)) is not None:
+        raise NoAccess(
+            f"{where}: {shown} cannot be read by {access.me()}: {denial.why()}: run ocrd as a "
+            "user who may read it",
+            denial,
+        )
     if not resolved.exists():
         return [f"{where}: {shown} does not exist; create it or fix the path"]
     if not resolved.is_dir():
@@ -502,7 +578,53 @@ def _textfile_problems(name: str, value: str, base: Path) -> list[str]:
         return [f"{where}: directory {quote(resolved.parent, limit=4096)} does not exist"]
     if resolved.is_dir():
         return [f"{where}: {shown} is a directory; name the file, e.g. ocrd.prom"]
-    return []
+    return _textfile_dir_problems(where, resolved.parent)
+
+
+def _textfile_dir_problems(where: str, directory: Path) -> list[str]:
+    """ocrd writes the textfile as root, perhaps (the README's advice on overlayfs): no one
+    else may be able to choose what that write lands on. The writer (ocrd.metrics) never
+    follows a link at the directory or in it; here, the directory must be writable by root
+    and ocrd only, and every directory above it that is looked up through (all but its
+    parent, whose entry the writer opens without following a link) must be one only they can
+    change, as for the config's own directories."""
+    shown = quote(directory, limit=4096)
+    if directory.is_symlink():
+        real = quote(os.path.realpath(directory), limit=4096)
+        return [
+            f"{where}: the directory {shown} is a symbolic link (to {real}): ocrd writes "
+            "through no link; name the directory itself"
+        ]
+    try:
+        who = writers_beyond(os.stat(directory))
+    except OSError as exc:
+        return [f"{where}: cannot stat the directory {shown}: {exc.strerror or exc}"]
+    problems = []
+    if who is not None:
+        problems.append(
+            f"{where}: the directory {shown} is {who}: whoever may write it can plant links "
+            "where ocrd writes; chown root:root and chmod 0755 the directory, or use a "
+            "directory only root and ocrd's user can write"
+        )
+    uids, _ = _trusted()
+    above = {*directory.parent.parents, *Path(os.path.realpath(directory)).parent.parents}
+    for parent in sorted(above, key=lambda p: len(p.parts)):
+        try:
+            ds = os.stat(parent)
+        except OSError:
+            continue
+        if ds.st_uid not in uids:
+            who = f"owned by uid {ds.st_uid}"
+        elif ds.st_mode & 0o022 and not ds.st_mode & stat.S_ISVTX:
+            mode = stat.S_IMODE(ds.st_mode)
+            who = f"writable by {_who(ds.st_mode)} without the sticky bit (mode {mode:04o})"
+        else:
+            continue
+        problems.append(
+            f"{where}: the directory {plain(parent)} above it is {who}, who could swap the "
+            "path for a link; chown root:root and chmod go-w it, or move the textfile"
+        )
+    return problems
 
 
 _SYSTEM_DIRS = (

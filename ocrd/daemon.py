@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -97,7 +97,7 @@ class Daemon:
 
     def install_signals(self) -> None:
         """(Re)install our handlers. Must follow the .NET runtime's own installation (at import
-        and at the first set_post_processor, ASPOSE_NOTES 2), or SIGTERM kills us with 143."""
+        and at the first set_post_processor: docs/aspose-engine.md §2), or SIGTERM exits 143."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (*signals.STOP, *signals.RELOAD):
@@ -189,7 +189,7 @@ class Daemon:
         if log.busy():
             caps.append(LOG_PUMP_S)
         mono = self.clock.monotonic()
-        for at in (self.mirror.coverage_due, *self.batcher.deadlines()):
+        for at in (self.mirror.coverage_due, self.mirror.probe_due, *self.batcher.deadlines()):
             if at is not None:
                 caps.append(at - mono)
         return min(caps)
@@ -219,6 +219,7 @@ class Daemon:
     def _catch_up(self) -> None:
         """Bring the mirror up to date with what changed, and plan what changed (all of it,
         when the watch can no longer be trusted or the rescan period is up)."""
+        self.mirror.check_probe()
         root = self._check_root()
         if root in (Root.MISSING, Root.VANISHED):
             return
@@ -230,7 +231,14 @@ class Daemon:
         elif changes.lost or b"" in changes.dirs:
             self._rescan_all("events_lost")
         elif self.scheduler.rescan_due():
-            self._rescan_all("rescan")
+            # After a fallback, the watch the config asks for is tried again each period.
+            if self.mirror.retry_wanted():
+                self._rescan_all("rearmed")
+            else:
+                self.mirror.probe()
+                self._rescan_all("rescan")
+        elif changes.poll:
+            self._rescan_all("poll")  # no observer could be had: rescans stand in for one
         else:
             # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
             # entry the file has since outgrown (writes raise no event we listen to). All of
@@ -277,13 +285,16 @@ class Daemon:
         self.scheduler.clear_revisits()
         started = time.perf_counter()
         now = self.clock.time()
-        self.totals.census.begin()
+        census = self.totals.census
+        census.begin()
+        allow_delete_all = self.config.retention.allow_delete_all
         deletions: list[Decision] = []
         whole: list[FileEntry] = []
         try:
             for batch in scan:
                 if self.rules.per_file:
-                    batch_plan = self.totals.census.add(plan(batch, self.rules, now))
+                    batch_plan = census.add(plan(batch, self.rules, now))
+                    census.foresee(batch_plan, self.rules, allow_delete_all=allow_delete_all)
                     deletions.extend(self._note_revisits(batch_plan))
                 else:
                     whole.extend(batch)
@@ -306,7 +317,9 @@ class Daemon:
         )
         self.mirror.report(scan)
         if not self.rules.per_file:
-            deletions = self._note_revisits(self.totals.census.add(plan(whole, self.rules, now)))
+            whole_plan = census.add(plan(whole, self.rules, now))
+            census.foresee(whole_plan, self.rules, allow_delete_all=allow_delete_all)
+            deletions = self._note_revisits(whole_plan)
         if self.config.retention.dry_run:
             self.batcher.keep_reports(deletions)
         self.batcher.submit(Plan(tuple(deletions), now), self.rules, at_once=True)
@@ -434,8 +447,10 @@ class Daemon:
         return self.totals.status(index.files, index.bytes, missing, len(self.batcher.due))
 
     def _publish(self) -> None:
-        """The engine's own counts into the totals; the metrics file if anything moved."""
+        """The engine's and the watch's own state into the totals; the metrics file if
+        anything moved."""
         self.totals.engine(self.engine.cycles, self.engine.downtime_s)
+        self.totals.watch(self.mirror.degraded)
         self.metrics.publish()
 
     def _send_status(self) -> None:
@@ -499,6 +514,7 @@ def run(config_path: Path) -> int:
         runtime = load_runtime() if config.engine.enabled else None
         daemon = Daemon(config, runtime=runtime)
         daemons.append(daemon)
+        _woken.append(daemon.waker.wake)
         daemon.install_signals()
         signals.release()  # every handler is in place: what arrived meanwhile is delivered now
         return daemon.serve()
@@ -507,9 +523,12 @@ def run(config_path: Path) -> int:
         return 1
 
 
+_woken: list[Callable[[], None]] = []  # the loop to wake when a thread dies
+
+
 def _thread_failed(args: threading.ExceptHookArgs) -> None:
     """A thread's uncaught exception (the observer's, a library's) as a log line, not a bare
-    traceback on stderr; the main loop notices a dead watch by itself."""
+    traceback on stderr; the loop is woken to look at its watch at once."""
     thread = args.thread.name if args.thread is not None else None
     log.get().error(
         "thread_failed",
@@ -517,3 +536,5 @@ def _thread_failed(args: threading.ExceptHookArgs) -> None:
         error=repr(args.exc_value),
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
     )
+    for wake in _woken:
+        wake()

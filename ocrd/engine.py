@@ -22,17 +22,18 @@ from ocrd.errors import EngineBusy
 def load_runtime() -> Any:
     """Import ``aspose.ocr.ai`` with the environment its bundled .NET runtime needs.
 
-    Must run before the process installs its signal handlers (ASPOSE_NOTES 2: libcoreclr installs
-    its own SIGTERM/SIGINT handlers at import, bypassing any Python handler set earlier).
+    Must run before the process installs its signal handlers (docs/aspose-engine.md §2:
+    libcoreclr installs its own SIGTERM/SIGINT handlers at import, bypassing any Python handler
+    set earlier).
     """
-    # ASPOSE_NOTES 1: the bundled .NET Core 3.1 probes libicuuc.so.50-70 and aborts the whole
-    # process (exit 134, uncatchable) on Debian 12's ICU 72. Invariant globalization avoids ICU;
-    # it only takes effect if set before the first aspose.ocr import. An operator's own choice
-    # (CLR_ICU_VERSION_OVERRIDE, or an explicit value) is respected.
+    # docs/aspose-engine.md §1: the bundled .NET Core 3.1 probes libicuuc.so.50-70 and aborts
+    # the whole process (exit 134, uncatchable) on Debian 12's ICU 72. Invariant globalization
+    # avoids ICU; it only takes effect if set before the first aspose.ocr import. An operator's
+    # own choice (CLR_ICU_VERSION_OVERRIDE, or an explicit value) is respected.
     if "CLR_ICU_VERSION_OVERRIDE" not in os.environ:
         os.environ.setdefault("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
-    # ASPOSE_NOTES 5: the .NET heap grows to ~83 MB across engine restarts; a 4 MiB gen0 budget
-    # keeps it near 6 MB, which matters for a daemon that restarts the engine after every pass.
+    # docs/aspose-engine.md §5: the .NET heap grows to ~83 MB across engine restarts; a 4 MiB
+    # gen0 budget keeps it near 6 MB, which matters for a daemon that restarts the engine often.
     os.environ.setdefault("COMPlus_GCgen0size", "0x400000")
     from aspose.ocr import ai  # noqa: PLC0415 — the environment above must come first
 
@@ -71,7 +72,7 @@ class Supervisor:
         self._instance = None
         if settings.enabled and self._runtime is None:
             self._runtime = load_runtime()
-            self._after_native_call()  # the import re-took SIGTERM/SIGINT (ASPOSE_NOTES 2)
+            self._after_native_call()  # the import took the signals: docs/aspose-engine.md §2
         self.settings = settings
         self.model_dir = model_dir.absolute()
 
@@ -95,13 +96,15 @@ class Supervisor:
         error: str | None = None
         try:
             # Binds the instance to model_dir (get_local_path() answers it afterwards) and tries
-            # to load llama.cpp. Without the native library (ASPOSE_NOTES 7) that load fails, but
-            # the instance is bound and owned all the same; we say so once, then only at debug.
+            # to load llama.cpp. Without the native library (docs/aspose-engine.md §7) that load
+            # fails, but the instance is bound and owned all the same; we say so once, then only
+            # at debug.
             instance.set_post_processor(runtime.SpellCheckAIProcessor(), model)
         except RuntimeError as exc:
             error = _cause(str(exc))
         finally:
-            # ASPOSE_NOTES 2: the first set_post_processor call re-takes SIGINT/SIGQUIT/SIGCHLD.
+            # docs/aspose-engine.md §2: the first set_post_processor call re-takes SIGINT,
+            # SIGQUIT and SIGCHLD.
             self._after_native_call()
         self._instance = instance
         logger = log.get()

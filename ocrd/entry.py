@@ -3,6 +3,7 @@ anything heavy (see ocrd/signals.py); the one-shot commands keep the default dis
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -13,4 +14,12 @@ def main() -> int:
         signals.hold()
     from ocrd.cli import main as cli_main  # noqa: PLC0415
 
-    return cli_main()
+    try:
+        return cli_main()
+    except BrokenPipeError:
+        # The reader of stdout went away (`ocrd list | head`): what it did not read is not
+        # owed, and no traceback either. stdout goes to /dev/null so the interpreter's own
+        # flush at exit does not raise again; 141 is what a shell reports for SIGPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ocrd.access import Denial
 
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd shows it as "CONFIG"
+EXIT_NOPERM = 77  # EX_NOPERM: the user running ocrd may not read model_dir
 
 
 class OcrdError(Exception):
@@ -18,6 +23,15 @@ class ConfigError(OcrdError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(self.problems))
+
+
+class NoAccess(ConfigError):
+    """The user running ocrd may not read model_dir: the config may be right, but nothing can
+    be judged from here. ``denial`` says which directory stops them and who may."""
+
+    def __init__(self, problem: str, denial: Denial) -> None:
+        super().__init__([problem])
+        self.denial = denial
 
 
 class ModelDirMissing(OcrdError):

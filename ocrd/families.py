@@ -131,6 +131,10 @@ class Ranking:
     def get(self, key: int) -> Member | None:
         return self._members.get(key)
 
+    def position(self, entry: FileEntry) -> int:
+        """How many versions are above ``entry`` in its family's order (Member.newer)."""
+        return self._members[id(entry)].newer
+
     def __contains__(self, key: object) -> bool:
         return key in self._members
 
@@ -212,6 +216,23 @@ class Ranking:
             or entry.uid not in self.trust.owners
             or self.trust.doubt(entry, self.now) is not None
         )
+
+    def counted_from(self, entry: FileEntry, count: int) -> float | None:
+        """From when at least ``count`` newer versions count against ``entry`` (ocrd.trust:
+        each from when it is trusted), as far as time alone can make them; None if never."""
+        member = self._members.get(id(entry))
+        if member is None:
+            return None
+        order = self._orders[member.key]
+        mine = order[member.newer][1]
+        trust = self.trust
+        times = sorted(
+            trust.trusted_from(g)
+            for _, digits, g, _ in order[: member.newer]
+            if trust.stranger(g, entry) is None
+            and not (digits != mine and _version(digits) == _version(mine))
+        )
+        return times[count - 1] if len(times) >= count else None
 
     def why(self, entry: FileEntry) -> str | None:
         """Why ``entry`` ranks where it does, for ``ocrd list``; None if it is in no family."""

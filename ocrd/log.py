@@ -33,6 +33,7 @@ PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 FIRST_KEYS = ("timestamp", "level", "event")
 
 # What the last configure() chose, for lines written without structlog (signal handlers).
+_handlers: list[logging.Handler] = []  # the root logger's handlers configure() installed
 _emergency: dict[str, Any] = {"fd": 1, "journal": False}
 
 
@@ -329,9 +330,9 @@ def configure(
         )
     )
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_ocrd", False)]:
-        root.removeHandler(old)
-    handler._ocrd = True  # type: ignore[attr-defined]
+    while _handlers:
+        root.removeHandler(_handlers.pop())
+    _handlers.append(handler)
     root.addHandler(handler)
     root.setLevel(max(logging.WARNING, _LEVELS[level]))
     logging.captureWarnings(True)

@@ -3,15 +3,19 @@ node_exporter's textfile collector (no port: the unit keeps ``PrivateNetwork=yes
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ocrd import log
+from ocrd.config import writers_beyond
 from ocrd.retention import Verdict
 from ocrd.stats import Totals
 
@@ -68,6 +72,12 @@ class TotalsCollector(Collector):
             "ocrd_rescans", "Periodic full rescans (watch.rescan).", value=t.full_passes["rescan"]
         )
         yield GaugeMetricFamily(
+            "ocrd_watch_degraded",
+            "1 while the watch is not the one the config asks for, or not proven to deliver "
+            "events (STATUS says why), else 0.",
+            value=0 if t.degraded is None else 1,
+        )
+        yield GaugeMetricFamily(
             "ocrd_config_rejected",
             "1 while the last reload was rejected or held (the old rules are in force), else 0.",
             value=0 if t.rejected_at is None else 1,
@@ -89,6 +99,16 @@ class TotalsCollector(Collector):
                 size.add_metric([str(verdict)], b)
             yield files
             yield size
+        if t.census.due_bytes is not None:
+            due = GaugeMetricFamily(
+                "ocrd_due_bytes",
+                "Bytes of model files that come due for deletion within this long of the last "
+                "full pass, if no file arrives or changes (due_at in ocrd list --json).",
+                labels=["within"],
+            )
+            for within, nbytes in t.census.due_bytes.items():
+                due.add_metric([within], nbytes)
+            yield due
         if t.full_pass_at is not None and t.full_pass_s is not None:
             yield GaugeMetricFamily(
                 "ocrd_last_full_pass_timestamp_seconds",
@@ -127,25 +147,74 @@ class Metrics:
         self.totals.census.active = textfile is not None
 
     def publish(self) -> None:
-        """Write the textfile (temp file in the same directory, then rename: a scrape never
-        reads half a file) if the totals moved since the last write. A failure is logged once
-        per distinct error, never raised: metrics are not worth stopping retention for."""
+        """Write the textfile (write_textfile) if the totals moved since the last write. A
+        failure is logged once per distinct error, never raised: metrics are not worth
+        stopping retention for."""
         if self.textfile is None or self.totals.generation == self._written:
             return
-        # The unit's UMask=0027 would leave the file 0640, unreadable to node_exporter's own
-        # user; these numbers are no secret. The loop is the only thread that creates files.
-        old = os.umask(0o022)
         try:
-            write_to_textfile(str(self.textfile), self.registry)
+            write_textfile(self.textfile, generate_latest(self.registry))
         except OSError as exc:
             error = f"{type(exc).__name__}: {exc}"
             if error != self._failure:
                 self._failure = error
                 log.get().warning("metrics_write_failed", path=str(self.textfile), error=error)
             return
-        finally:
-            os.umask(old)
         if self._failure is not None:
             log.get().info("metrics_written", path=str(self.textfile))
             self._failure = None
         self._written = self.totals.generation
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_TRIES = 4  # fresh names tried when one is taken (only a squatter takes one)
+
+
+def temp_name(final: str) -> str:
+    """A name no one can guess, that node_exporter skips (not ``*.prom``)."""
+    return f".{final}.{secrets.token_hex(8)}.tmp"
+
+
+def write_textfile(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, atomically (a scrape never reads half a file), and
+    without following a link anywhere ocrd may be writing as root: the directory is opened
+    with O_NOFOLLOW and checked (config.writers_beyond: writable by root and ocrd only), the
+    temporary file is created in it exclusively (O_EXCL|O_NOFOLLOW: a link or file planted at
+    the name makes the open fail, not follow) under a name no one can guess, and renamed over
+    ``path`` within that directory: rename replaces a link at ``path``, never its target.
+    Mode 0644 whatever the umask (the unit's 0027 would hide it from node_exporter's user)."""
+    dir_fd = os.open(path.parent, DIR_FLAGS)
+    try:
+        who = writers_beyond(os.fstat(dir_fd))
+        if who is not None:
+            raise PermissionError(
+                errno.EPERM, f"the directory is {who}: not written (see ocrd check)", str(path)
+            )
+        temp, fd = _create(dir_fd, path.name)
+        try:
+            try:
+                os.fchmod(fd, 0o644)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _create(dir_fd: int, final: str) -> tuple[str, int]:
+    """A new temporary file beside ``final``: its name and an fd open for writing."""
+    for _ in range(TEMP_TRIES - 1):
+        temp = temp_name(final)
+        with suppress(FileExistsError):
+            return temp, os.open(temp, TEMP_FLAGS, 0o644, dir_fd=dir_fd)
+    temp = temp_name(final)
+    return temp, os.open(temp, TEMP_FLAGS, 0o644, dir_fd=dir_fd)

@@ -4,8 +4,10 @@ what an event claims."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,9 +23,24 @@ from ocrd.index import Index
 from ocrd.inventory import FileEntry, display, entry_from_stat
 from ocrd.rootdir import identify, open_root, pin
 from ocrd.walker import collecting_paused, scan_batches, walk
-from ocrd.watch import Changes, Watcher, watched_inodes
+from ocrd.watch import (
+    LADDER,
+    PROBE_PREFIX,
+    REMOTE_FS,
+    Changes,
+    Kind,
+    Unavailable,
+    Watcher,
+    filesystem_type,
+    mounts_below,
+    watched_inodes,
+)
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
+PROBE_WAIT_S = 2.0  # an inotify watch reports its probe in well under a millisecond
+PROBE_SYNC_S = 0.5  # how long arming waits for that report before the loop takes over
+MOUNTS_INSIDE = "mount points inside model_dir"
+MISSED_GRACE_S = 2.0  # a change this recent may still be on its way through the watch
 
 
 class Root(StrEnum):
@@ -74,7 +91,12 @@ class Mirror:
         self.root_id: tuple[int, int] | None = None
         self.missing = False
         self.watcher: Watcher | None = None
-        self.force_polling = False  # set once inotify could not cover the tree (auto only)
+        self.floor = 0  # LADDER index below which no watch is tried (it failed here) for now
+        self.degraded: str | None = None  # why the watch is not the one asked for, or unproven
+        self.blind = 0  # probes or rescans in a row that the watch of this kind did not report
+        self.rearm_due = False  # the watch was shown blind: arm anew at the next look
+        self.limit_hit: str | None = None  # inotify's instance or watch limit, until said
+        self.probe_due: float | None = None  # monotonic deadline of the probe that is out
         self.coverage_due: float | None = None  # when to check every directory is watched
         self.mounts: set[tuple[bytes, str]] = set()  # (path, device) not entered, as logged
 
@@ -86,9 +108,10 @@ class Mirror:
         self.model_dir, self.watch, self.place = model_dir, watch, pin(model_dir)
         if old[2] != self.place:
             self.arrivals = Arrivals(self.place.real)
-        if old != (self.model_dir, self.watch, self.place):
+        if old != (self.model_dir, self.watch, self.place) or self.floor:
+            # A reload also tries the watch the config asks for again, after a fallback.
             self.missing = False
-            self.force_polling = False
+            self.floor = 0
             self.arm()
 
     def where(self) -> dict[str, str]:
@@ -98,12 +121,21 @@ class Mirror:
             where["resolved"] = str(self.place)
         return where
 
+    def wanted(self) -> Kind:
+        """The watch the config asks for: "auto" is inotify, or polling on a network
+        filesystem, whose changes made on other hosts inotify never sees."""
+        if self.watch.observer != "auto":
+            return self.watch.observer
+        return "polling" if filesystem_type(self.place.real) in REMOTE_FS else "inotify"
+
     def arm(self) -> None:
-        """Watch model_dir (anew); if it is not there, it is missing."""
+        """Watch model_dir (anew), with the best watch that starts, and send the probe that
+        proves it; if model_dir is not there, it is missing."""
         if self.watcher is not None:
-            if self.watcher.failed and self.watch.observer == "auto":
-                self.force_polling = True  # inotify broke down once: polling, until a reload
             self.watcher.stop()
+            self.watcher = None
+        self.probe_due = None
+        self.rearm_due = False
         try:
             fd = open_root(self.place)
         except (ModelDirMissing, OSError):
@@ -112,18 +144,157 @@ class Mirror:
             return
         try:
             self.root_id = identify(fd)[:2]
+            self._start_watch(fd)
         finally:
             os.close(fd)
-        kind = "polling" if self.force_polling else self.watch.observer
-        self.watcher = Watcher(
-            self.place,
-            kind,
-            self.wake,
-            poll_interval=max(1.0, self.watch.settle),
-            tick=self.tick,
+
+    def _start_watch(self, root_fd: int) -> None:
+        wanted = self.wanted()
+        first = max(LADDER.index(wanted), self.floor)
+        why = self.degraded if first > LADDER.index(wanted) else None
+        if LADDER[first] == "inotify" and (below := mounts_below(self.place.real)):
+            # watchdog's inotify walks into every directory below its root, mounts included;
+            # polling's walk is ocrd's to bound. One filesystem outweighs the cheaper watch.
+            first = LADDER.index("polling")
+            why = f"{MOUNTS_INSIDE} (e.g. {display(below[0])}): inotify would watch inside them"
+            log.get().warning("watch_fallback", failed="inotify", observer="polling", why=why)
+        for kind in LADDER[first:]:
+            watcher = Watcher(
+                self.place, kind, self.wake, poll_interval=self.poll_interval(), tick=self.tick
+            )
+            try:
+                watcher.start()
+            except Stopped:
+                return  # SIGTERM while polling took its first snapshot: the loop exits
+            except Unavailable as exc:
+                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                    self.limit_hit = str(exc)
+                    self.coverage_due = self.clock.monotonic()  # said after the next scan
+                why = str(exc)
+                log.get().error(
+                    "watch_fallback",
+                    failed=kind,
+                    observer=LADDER[LADDER.index(kind) + 1],
+                    why=why,
+                )
+                continue
+            self.watcher = watcher
+            break
+        assert self.watcher is not None  # "rescan" always starts
+        kind = self.watcher.kind
+        self.floor = LADDER.index(kind) if kind != wanted else 0
+        self.degraded = None if kind == wanted else f"watching by {kind}: {why}"
+        if kind == "rescan":
+            self._proven(interval_s=self.poll_interval())
+            return
+        self._send_probe(root_fd)
+
+    def probe(self) -> None:
+        """Prove the watch again (a periodic rescan does): the probe goes out, and its outcome
+        is ``check_probe``'s."""
+        if self.watcher is None or self.watcher.kind == "rescan" or self.probe_due is not None:
+            return
+        try:
+            fd = open_root(self.place)
+        except (ModelDirMissing, OSError):
+            return  # check_root says so
+        try:
+            self._send_probe(fd)
+        finally:
+            os.close(fd)
+
+    def _send_probe(self, root_fd: int) -> None:
+        """The probe directory goes out. inotify reports it at once: it is waited for here
+        (briefly), so it is gone before anything else looks at model_dir; polling's answer comes
+        at its next snapshot, and the loop looks for it then."""
+        assert self.watcher is not None
+        kind = self.watcher.kind
+        unsent = self.watcher.send_probe(root_fd)
+        if unsent is not None:
+            self.degraded = self.degraded or f"watch unproven: {unsent}"
+            log.get().warning(
+                "watch_unproven",
+                observer=kind,
+                why=f"cannot make the probe directory in model_dir: {unsent}",
+                **self.where(),
+            )
+            return
+        wait = PROBE_WAIT_S if kind == "inotify" else 2 * self.poll_interval() + PROBE_WAIT_S
+        self.probe_due = self.clock.monotonic() + wait
+        if kind == "inotify" and self.watcher.probe_seen.wait(PROBE_SYNC_S):
+            self.check_probe()
+
+    def poll_interval(self) -> float:
+        return max(1.0, self.watch.settle)
+
+    def _proven(self, **extra: float) -> None:
+        assert self.watcher is not None
+        self.blind = 0
+        log.get().info(
+            "watch_armed",
+            model_dir=str(self.place),
+            observer=self.watcher.kind,
+            degraded=self.degraded,
+            **extra,
         )
-        used = self.watcher.start()
-        log.get().debug("watch_armed", model_dir=str(self.place), observer=used)
+
+    def check_probe(self) -> None:
+        """The probe's outcome, once there is one: the watch proven (``watch_armed``), or shown
+        blind (``watch_blind``): armed anew, and after a second miss the next watch down."""
+        watcher = self.watcher
+        if watcher is None or watcher.probe is None or self.probe_due is None:
+            return
+        seen = watcher.probe_seen.is_set()
+        if not seen and self.clock.monotonic() < self.probe_due:
+            return
+        self.probe_due = None
+        try:
+            fd = open_root(self.place)
+        except (ModelDirMissing, OSError):
+            watcher.probe = None  # model_dir went: check_root says so
+            return
+        try:
+            watcher.take_probe(fd)
+        finally:
+            os.close(fd)
+        if seen:
+            if self.degraded and self.degraded.startswith("watch unproven"):
+                self.degraded = None
+            self._proven()
+        else:
+            self._blind(watcher.kind, "the probe directory made at the top of model_dir")
+
+    def _blind(self, kind: Kind, missed: str, **extra: object) -> None:
+        step_down = self._strike(kind)
+        log.get().error(
+            "watch_blind",
+            observer=kind,
+            missed=missed,
+            action=f"watching by {LADDER[self.floor]}" if step_down else "arming anew",
+            **extra,
+        )
+        self.rearm_due = True
+        self.wake()
+
+    def _strike(self, kind: Kind) -> bool:
+        """One more failure of this kind of watch; True when it was the second in a row and
+        the next kind down takes over (until a reload or the next periodic rescan)."""
+        self.blind += 1
+        if self.blind < 2 or kind == "rescan":
+            return False
+        self.floor = LADDER.index(kind) + 1
+        self.degraded = f"{kind} failed twice in a row"
+        self.blind = 0
+        return True
+
+    def retry_wanted(self) -> bool:
+        """A periodic rescan tries the watch the config asks for again, after a fallback;
+        True if it armed anew."""
+        if self.floor == 0 or self.missing:
+            return False
+        self.floor = 0
+        self.arm()
+        return True
 
     def stop(self) -> None:
         if self.watcher is not None:
@@ -131,8 +302,9 @@ class Mirror:
 
     def check_root(self) -> Root:
         """Notices model_dir vanishing, returning, or being replaced (a new inode needs a new
-        watch), and a watch that died. model_dir is looked for at its pinned path without
-        following a symlink anywhere: a link put in its place is missing, whatever it points to."""
+        watch), and a watch that died or was shown blind. model_dir is looked for at its pinned
+        path without following a symlink anywhere: a link put in its place is missing,
+        whatever it points to."""
         try:
             fd = open_root(self.place)
         except (ModelDirMissing, OSError):
@@ -151,8 +323,14 @@ class Mirror:
             self.index.clear()
             self.pending.clear()
             return Root.VANISHED
-        if self.missing or ident[:2] != self.root_id or not (self.watcher and self.watcher.alive):
+        alive = self.watcher is not None and self.watcher.alive
+        if self.missing or ident[:2] != self.root_id or not alive or self.rearm_due:
             was_missing = self.missing
+            if not (was_missing or alive or self.rearm_due) and self.watcher is not None:
+                # The observer's thread died (a library error there is logged as
+                # thread_failed) or reported a failure: the same kind once more, then the next.
+                self.watcher.fail("the observer or its emitter thread stopped")
+                self._strike(self.watcher.kind)
             self.missing = False
             self.arm()
             if was_missing:
@@ -164,13 +342,27 @@ class Mirror:
 
     def check_coverage(self) -> bool:
         """Once due (a little after new directories came): True when directories were left
-        unwatched (max_user_watches reached: watchdog drops that error silently) and the watch
-        was re-armed as polling; it warns either way."""
+        unwatched and the watch was armed anew (or, the second time, as polling); it warns
+        either way. watchdog logs (and drops) a watch it could not add below the root."""
         if self.coverage_due is None or self.clock.monotonic() < self.coverage_due:
             return False
         self.coverage_due = None
+        limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
+        if self.limit_hit is not None:
+            why, self.limit_hit = self.limit_hit, None
+            log.get().warning(
+                "watch_limit",
+                directories=len(self.directories),
+                unwatched=len(self.directories),
+                example=".",
+                max_user_watches=limit,
+                error=why,
+                action="watching by polling; raise fs.inotify.max_user_watches (or "
+                "max_user_instances) to watch by inotify",
+            )
+            return False
         watched = watched_inodes()
-        if watched is None or self.watcher is None or self.watcher.used != "inotify":
+        if watched is None or self.watcher is None or self.watcher.kind != "inotify":
             return False
         unwatched = []
         with DirFds(self.place) as fds:
@@ -187,25 +379,25 @@ class Mirror:
                     unwatched.append(rel)
         if not unwatched:
             return False
-        switch = self.watch.observer == "auto"
+        at_limit = limit is not None and len(watched) >= limit - 1
+        self.floor = LADDER.index("polling") if at_limit else 0
+        if at_limit:
+            self.degraded = "inotify's watch limit (fs.inotify.max_user_watches) reached"
         log.get().warning(
-            "watch_limit",
+            "watch_limit" if at_limit else "watch_incomplete",
             directories=len(self.directories),
             unwatched=len(unwatched),
             example=display(unwatched[0]) or ".",
-            max_user_watches=_read_int("/proc/sys/fs/inotify/max_user_watches"),
-            action="switching to polling"
-            if switch
-            else f"relying on rescan every {self.watch.rescan:g}s; raise "
-            "fs.inotify.max_user_watches",
+            max_user_watches=limit,
+            action="watching by polling; raise fs.inotify.max_user_watches to watch by inotify"
+            if at_limit
+            else "arming the watch anew",
         )
-        if switch:
-            self.force_polling = True
-            self.arm()
-        return switch
+        self.arm()
+        return True
 
     def _check_coverage_soon(self) -> None:
-        if self.watcher is not None and self.watcher.used == "inotify":
+        if self.watcher is not None and self.watcher.kind == "inotify":
             self.coverage_due = self.clock.monotonic() + COVERAGE_DELAY_S
 
     def take_changes(self) -> Changes:
@@ -295,23 +487,55 @@ class Mirror:
     def scan(self) -> Scan:
         """A full scan, to be iterated: what the watcher marked so far and the pending paths
         are covered by it."""
-        self.take_changes()
+        scan = Scan(self)
+        scan.marked = self.take_changes()
+        w = self.watcher
+        if w is not None and w.alive and w.kind != "rescan" and not scan.marked.lost:
+            scan.watched_since = w.armed_at
         self.pending.clear()
-        return Scan(self)
+        return scan
 
     def adopt(self, scan: Scan, now: float, horizon: float) -> None:
         """A scan walked to its end: what it found replaces what the mirror held. Sightings of
         directories moved in are kept for ``horizon`` (no rule can be held back by older ones)."""
+        self._missed(scan)
         self.index = scan.index
-        self.directories = dict(scan.directories)
+        # A probe that is out (polling answers it at its next snapshot) is no directory of
+        # model_dir's: not counted, not checked for a watch.
+        self.directories = {d: i for d, i in scan.directories if not d.startswith(PROBE_PREFIX)}
         self.arrivals.keep_only(self.directories, now - horizon)
         self._check_coverage_soon()
+
+    def _missed(self, scan: Scan) -> None:
+        """A rescan that finds a file which arrived while the watch was armed, and which the
+        watch never reported, shows the watch blind to part of the tree."""
+        w = self.watcher
+        if scan.watched_since is None or w is None or not w.alive or self.rearm_due:
+            return
+        grace = MISSED_GRACE_S if w.kind == "inotify" else 2 * self.poll_interval()
+        marked = scan.marked
+        missed = [
+            path
+            for path in scan.index.arrived_since(
+                self.index, scan.watched_since + grace, scan.started - grace
+            )
+            if path not in marked.files and not _below_any(path, marked.dirs)
+        ]
+        if missed:
+            self._blind(
+                w.kind, "files a rescan found", files=len(missed), example=display(missed[0])
+            )
 
     def report(self, scan: Scan) -> None:
         """The places a full scan could not read, and the mount points it did not enter."""
         for rel, why in scan.unreadable:
             log.get().warning("scan_unreadable", path=display(rel), error=why)
         self._report_mounts(scan.mounts, full=True)
+        if not self.mounts and self.degraded is not None and MOUNTS_INSIDE in self.degraded:
+            # The mounts that made inotify unfit are gone: inotify again, with a rescan.
+            self.floor = 0
+            self.rearm_due = True
+            self.wake()
 
     def _report_mounts(self, found: list[tuple[bytes, str]], *, full: bool) -> None:
         """``mount_skipped`` once per mount point (and device) found inside model_dir: ocrd
@@ -344,6 +568,9 @@ class Scan:
         self.unreadable: list[tuple[bytes, str]] = []
         self.directories: list[tuple[bytes, int]] = []
         self.mounts: list[tuple[bytes, str]] = []
+        self.started = time.time()  # ctime is the kernel's wall clock
+        self.marked = Changes()  # what the watch had reported when the scan began
+        self.watched_since: float | None = None  # when the watch that ran all along started
 
     def __iter__(self) -> Iterator[list[FileEntry]]:
         arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import time
 import unicodedata
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
+from ocrd import private
 from ocrd.config import Retention, approx_duration, format_duration
 from ocrd.families import DEFAULT_TRUST, Families, Ranking, Versions
 from ocrd.inventory import FileEntry, Inventory
@@ -70,6 +72,18 @@ class Selector(Protocol):
         nothing changing but time; None if time alone never makes it select the file."""
         return None
 
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        """Foresight (docs/foresight.md): each of ``files`` that this rule selects at some
+        time, with the earliest wall-clock time from which it does, to the planner's own
+        comparison (-inf: at any time), when nothing changes but time: no file arrives or
+        changes, no rule changes. Once a rule selects a file it selects it from then on. A
+        file not yielded is one time alone never makes it select. ``present`` as in
+        select_among. A rule that answers nothing here is never foreseen to delete: the
+        safe default only for a rule that time alone does not drive."""
+        return iter(())
+
     @property
     def due_slack(self) -> float | None:
         """How late the daemon may look at a file after its due() time (revisits are grouped
@@ -122,6 +136,12 @@ class PrefixRule(Selector):
     def by_name(self) -> bool:
         return True
 
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        for f, _ in self.select(files, 0.0):  # a name selects at any time
+            yield f, -math.inf
+
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         # Names and prefixes are compared in NFC: "é" typed on one system and stored decomposed
         # by another (macOS, some archivers) is the same name to whoever wrote the rule.
@@ -172,6 +192,16 @@ class MaxAgeRule(Selector):
     def due(self, entry: FileEntry) -> float | None:
         # max_age deletes what is strictly older: look again just after the boundary.
         return self.since(entry) + self.max_age + 0.001
+
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        max_age, not_before = self.max_age, self.not_before
+        by_mtime, arrival = self.age_by == "mtime", self.age_from == "arrival"
+        for f in files:  # since(), inlined as in select()
+            stamp = f.mtime if by_mtime else f.atime
+            since = f.ctime if arrival and f.ctime > stamp else stamp
+            yield f, first_after(max(since, not_before), max_age, strictly=True)
 
     @property
     def due_slack(self) -> float | None:
@@ -251,16 +281,21 @@ def _utc(t: float) -> str:
         return f"{t:.0f}"
 
 
-INTERRUPTED = re.compile(rb"\.ocrd-deleting-\d+-\d+")
+INTERRUPTED = "interrupted"  # the rule's name, which ocrd.apply asks for its owner check
 PROCESS_STARTED = time.time()  # private names older than this process are no live ocrd's own
 
 
 @dataclass(frozen=True)
 class InterruptedRule(Selector):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
-    checked file, ocrd renames it to ``.ocrd-deleting-PID-N`` first, and deletes it under that
-    name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had passed every
-    check already; it is planned again, and checked again, under this rule.
+    checked file, ocrd renames it to a private name first (ocrd.private), and deletes it
+    under that name (ocrd.apply); a SIGKILL leaves the private name behind. Such a file had
+    passed every check already; it is planned again, and checked again, under this rule.
+
+    Only a regular file whose name is in ocrd's own format is one: a link, or anything else
+    named ``.ocrd-deleting-*``, is someone's imitation, kept and listed as such (directories
+    are no file of the plan at all). That the file is ocrd's own uid's is asked where the
+    file is opened (ocrd.apply), as the planner sees no owners.
 
     A name given before this process started (by ctime, which the rename set) is a leftover;
     a younger one only once it is GRACE_S old: it may belong to an ocrd that is deleting right
@@ -269,13 +304,13 @@ class InterruptedRule(Selector):
     it back."""
 
     started: float = PROCESS_STARTED
-    name: str = "interrupted"
+    name: str = INTERRUPTED
 
     GRACE_S = 60.0
 
     @staticmethod
     def _private(f: FileEntry) -> bool:
-        return INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2]) is not None
+        return not f.is_link and private.parse(f.name) is not None
 
     def _leftover(self, f: FileEntry, now: float) -> bool:
         return f.ctime < self.started or now - f.ctime >= self.GRACE_S
@@ -297,6 +332,16 @@ class InterruptedRule(Selector):
     def due_slack(self) -> float | None:
         return 1.0
 
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        for f in files:
+            if self._private(f):
+                if f.ctime < self.started:
+                    yield f, -math.inf
+                else:
+                    yield f, first_after(f.ctime, self.GRACE_S, strictly=False)
+
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
             if self._private(f) and self._leftover(f, now):
@@ -304,8 +349,11 @@ class InterruptedRule(Selector):
 
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         for f in files:
-            if self._private(f) and not self._leftover(f, now):
-                yield f, f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s"
+            if self._private(f):
+                if not self._leftover(f, now):
+                    yield f, f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s"
+            elif private.looks_private(f.name):
+                yield f, "named like ocrd's private names, but not a name ocrd made: left alone"
 
 
 @dataclass(frozen=True)
@@ -358,6 +406,25 @@ class KeepNewestRule(Selector):
                         f"keep_newest is {keep}: {ranked.why(f)}"
                     ),
                 )
+
+    def due_among(
+        self, files: Sequence[FileEntry], present: Versions
+    ) -> Iterator[tuple[FileEntry, float]]:
+        """A file past ``keep`` is due at any time (with no arrival its rank can only fall
+        as older versions go); any other once enough of the newer versions that do not count
+        against it yet come to count (ocrd.trust: they settle, their date comes), or never."""
+        keep = self.keep
+        if keep <= 0:
+            return
+        ranked = present.ranked(self.families)
+        for f in files:
+            member = ranked.get(id(f))
+            if member is None:
+                continue
+            if member.rank > keep:
+                yield f, -math.inf
+            elif member.newer >= keep and (at := ranked.counted_from(f, keep)) is not None:
+                yield f, at
 
 
 @dataclass(frozen=True)
@@ -509,10 +576,9 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
 
 def versions(files: Iterable[FileEntry]) -> list[FileEntry]:
     """What a ranking rule and the floor count as versions: the model files, not symlinks and
-    not the leftovers of an interrupted deletion (their private names are no model's)."""
-    return [
-        f for f in files if not f.is_link and not INTERRUPTED.fullmatch(f.path.rpartition(b"/")[2])
-    ]
+    not the leftovers of an interrupted deletion, nor anything named like them (a private name
+    is no model's, ocrd.private)."""
+    return [f for f in files if not f.is_link and not private.looks_private(f.name)]
 
 
 def _keep_last_versions(
@@ -706,3 +772,262 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
             times.append(entry.mtime)
         return min(times) if times else None
     return None
+
+
+# -- foresight: when each file first comes due (docs/foresight.md) ----------------------------
+
+
+def first_after(start: float, span: float, *, strictly: bool) -> float:
+    """The earliest wall-clock time ``t`` with ``t - start > span`` (``strictly``) or
+    ``t - start >= span``, to the last bit of the float, as the planner compares: a pass at
+    that time decides as foreseen, and a pass a moment earlier does not."""
+    t = start + span  # within a step or two of the answer: the sum rounds
+    if not math.isfinite(t):
+        return t
+    up, down = math.inf, -math.inf
+    if strictly:
+        while t - start <= span:
+            t = math.nextafter(t, up)
+        while (below := math.nextafter(t, down)) - start > span:
+            t = below
+    else:
+        while t - start < span:
+            t = math.nextafter(t, up)
+        while (below := math.nextafter(t, down)) - start >= span:
+            t = below
+    return t
+
+
+class Due(NamedTuple):
+    """When a pass over today's files would first delete one, and by which rule. For a file
+    due at the time asked about, ``at`` is when it became due as far as its timestamps tell,
+    never before its arrival."""
+
+    at: float
+    rule: str
+
+
+def coming_due(
+    inventory: Inventory | Iterable[FileEntry] | Plan, rules: Rules, now: float
+) -> list[Due | None]:
+    """For each file, in order, when it first comes due at or after ``now`` under ``rules``
+    with nothing changing but time, or None if never: what plan() at that time decides, and
+    at no earlier time. Asks each rule (Selector.due_among), then settle, the whitelist and
+    the last-version floor; not the refusal to delete every model file, which needs every
+    file (LastToGo, due_at). Given the Plan of these files under ``rules`` at ``now``, it
+    reuses its whitelist verdicts (they do not change with time) instead of matching again."""
+    if isinstance(inventory, Plan):
+        files = tuple(d.entry for d in inventory.decisions)
+        candidates = [
+            d.entry
+            for d in inventory.decisions
+            if not d.entry.is_link and d.verdict is not Verdict.PROTECTED
+        ]
+    else:
+        files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
+        whitelisted = rules.whitelisted if rules.whitelist else None
+        candidates = [
+            f for f in files if not f.is_link and (whitelisted is None or whitelisted(f) is None)
+        ]
+    present = Versions(versions(files) if not rules.per_file else [], rules.trust, now)
+    # Each file's rules in the planner's order: from when each selects it, and its name.
+    by: dict[int, list[tuple[float, str]]] = {}
+    for s in rules.selectors:
+        for f, at in s.due_among(candidates, present):
+            by.setdefault(id(f), []).append((at, s.name))
+    settle = rules.settle
+    dues: list[Due | None] = []
+    for f in files:
+        times = by.get(id(f))
+        if times is None:
+            dues.append(None)
+            continue
+        start = min(at for at, _ in times) if len(times) > 1 else times[0][0]
+        # Not before its arrival (or now, if its arrival is ahead of our clock): a rule that
+        # selects at any time (a prefix) made it due when it came.
+        at = _settled_from(f, max(start, min(f.ctime, now)), settle)
+        if at <= now and settle > 0 and now - changed_at(f, now) < settle:
+            # Due before, settling again now (its future mtime came): due when that settles.
+            at = _settled_from(f, max(start, now), settle)
+        when = max(at, now)
+        for t, name in times:  # the first rule in order that selects it then decides
+            if t <= when:
+                dues.append(Due(at, name))
+                break
+    if rules.floor is not None:
+        _spare_last_versions(dues, files, present.ranked(rules.floor), now)
+    return dues
+
+
+def _settled_from(f: FileEntry, lo: float, settle: float) -> float:
+    """The first time from ``lo`` on at which ``f`` is not settling, as plan() judges it:
+    before a future mtime it settles from its ctime, from that mtime on from the later of
+    the two (changed_at)."""
+    if settle <= 0 or lo - changed_at(f, lo) >= settle:
+        return lo
+    first = max(lo, first_after(f.ctime, settle, strictly=False))
+    if first < f.mtime:
+        return first
+    return max(lo, f.mtime, first_after(max(f.mtime, f.ctime), settle, strictly=False))
+
+
+FORESEEN_FAMILY = 512  # versions of one family beyond which the floor is not foreseen
+
+
+def _spare_last_versions(
+    dues: list[Due | None], files: Sequence[FileEntry], ranked: Ranking, now: float
+) -> None:
+    """The last-version floor foreseen: a version due at D is first deleted at the first
+    time from D on at which the floor (_keep_last_versions) would not keep it, judged at
+    every time anything changes: another version comes due (leaves the staying ones) or
+    comes to count (ocrd.trust). None if the floor keeps it for good. A family of more than
+    FORESEEN_FAMILY versions is left as the rules alone would have it (a cost of versions
+    squared)."""
+    trust = ranked.trust
+    families: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        member = ranked.get(id(f))
+        if member is not None:
+            families.setdefault(member.key, []).append(i)
+    for members in families.values():
+        if len(members) > FORESEEN_FAMILY or all(dues[i] is None for i in members):
+            continue
+        members.sort(key=lambda i: ranked.position(files[i]))  # newest first
+        before = {i: dues[i] for i in members}
+        times = sorted(
+            {max(d.at, now) for d in before.values() if d is not None}
+            | {at for i in members if (at := trust.trusted_from(files[i])) > now}
+        )
+        kept_at = [_floor_keeps(members, files, before, trust, t) for t in times]
+        for i in members:
+            due = before[i]
+            if due is None:
+                continue
+            start = max(due.at, now)
+            first = next(
+                (t for t, kept in zip(times, kept_at, strict=True) if t >= start and i not in kept),
+                None,
+            )
+            dues[i] = None if first is None else due if first == start else Due(first, due.rule)
+
+
+def _floor_keeps(
+    members: list[int],
+    files: Sequence[FileEntry],
+    dues: dict[int, Due | None],
+    trust: Trust,
+    t: float,
+) -> set[int]:
+    """The versions (of ``members``, newest first) the floor keeps at ``t`` when the rules
+    delete those due by then: as _keep_last_versions judges a plan."""
+    going = [i for i in members if (d := dues[i]) is not None and d.at <= t]
+    if not going:
+        return set()
+    gone = set(going)
+    trusted, everyone = trust.owners, False
+    owners: set[int] = set()
+    for i in members:
+        f = files[i]
+        if i not in gone and trust.doubt(f, t) is None:
+            if f.uid in trusted:
+                everyone = True
+                break
+            owners.add(f.uid)
+    kept: set[int] = set()
+    if everyone:
+        return kept
+    for i in going:
+        f = files[i]
+        if f.uid in owners:
+            continue
+        kept.add(i)
+        if trust.doubt(f, t) is None:
+            if f.uid in trusted:
+                break
+            owners.add(f.uid)
+    return kept
+
+
+_ANYONE = -1  # LastToGo's class of the files that count for anyone's (trusted owners')
+
+
+@dataclass
+class LastToGo:
+    """The refusal (refuse_all), foreseen: a deletion by age or rank goes at the first time,
+    from when it is due on, at which a model file that counts for it stays (ocrd.trust): one
+    not due by then, trusted by then, of a trusted owner or of the deleted file's owner; if
+    there is no such time, never. Fed one file at a time (add), so that a pass that holds no
+    list of its files (the daemon's) can foresee it too: per owner it keeps one time, and a
+    pair of times only for the files that do not count yet (settling, dated ahead: few).
+
+    ``at``, ``never`` and ``refused_bytes`` (for the metrics, ocrd.stats) tell the refusal
+    as one owner sees it: once every model file is due, the last to come due by age or rank
+    are kept for good."""
+
+    named: frozenset[str]  # Rules.by_name: rules whose deletions are never refused
+    now: float
+    trust: Trust = field(default_factory=Trust)
+    at: float = -math.inf  # when the last model file seen so far comes due
+    never: bool = False  # a model file never comes due: nothing is ever refused
+    refused_bytes: int = 0  # of the files coming due at ``at`` by age or rank
+    # per class (_ANYONE, or another owner's uid): the latest time until which a file that
+    # counts already stays (inf: it never comes due)
+    _until: dict[int, float] = field(default_factory=dict)
+    # per class: (from, until) of the files that stay and come to count only later
+    _pending: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def add(self, f: FileEntry, due: Due | None) -> None:
+        if f.is_link:
+            return  # no model file
+        until = math.inf if due is None else max(due.at, self.now)
+        group = _ANYONE if f.uid in self.trust.owners else f.uid
+        start = self.trust.trusted_from(f)
+        if start <= self.now:
+            if until > self._until.get(group, -math.inf):
+                self._until[group] = until
+        elif start < until:
+            self._pending.setdefault(group, []).append((start, until))
+        if due is None:
+            self.never = True
+            return
+        at = max(due.at, self.now)
+        if at > self.at:
+            self.at, self.refused_bytes = at, 0
+        if at == self.at and due.rule not in self.named:
+            self.refused_bytes += f.size
+
+    def when(self, f: FileEntry, due: Due) -> float | None:
+        """When a pass first deletes ``f`` (added, due ``due`` by the rules and the floor),
+        the refusal considered; None if it keeps it for good."""
+        if due.rule in self.named:
+            return due.at
+        start = max(due.at, self.now)
+        first: float | None = None
+        for group in {_ANYONE, f.uid if f.uid not in self.trust.owners else _ANYONE}:
+            if self._until.get(group, -math.inf) > start:
+                return due.at
+            for since, until in self._pending.get(group, ()):
+                t = max(since, start)
+                if t < until and (first is None or t < first):
+                    first = t
+        return None if first is None else due.at if first == start else first
+
+
+def due_at(
+    inventory: Inventory | Iterable[FileEntry],
+    rules: Rules,
+    now: float,
+    *,
+    allow_delete_all: bool,
+) -> list[float | None]:
+    """For each file, in order, the first time at or after ``now`` at which a pass over
+    these files would delete it (for one due at ``now``, when it became due), or None if
+    never: coming_due, and the refusal unless ``allow_delete_all``."""
+    files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
+    dues = coming_due(files, rules, now)
+    if allow_delete_all:
+        return [d.at if d is not None else None for d in dues]
+    last = LastToGo(rules.by_name, now, rules.trust)
+    for f, d in zip(files, dues, strict=True):
+        last.add(f, d)
+    return [None if d is None else last.when(f, d) for f, d in zip(files, dues, strict=True)]

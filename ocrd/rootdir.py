@@ -24,8 +24,8 @@ RESERVED_FDS = 64
 """fds left for everything that is not a directory of a walk: stdio, the inotify instance and
 its pipes, the notify socket, the .NET runtime's own, the in-use check's /proc reads."""
 DIR_FD_HOLDERS = 6
-"""Holders of directory fds at one time: the daemon's walk or DirFds, apply's 4 deleting
-threads (ocrd.fanout.FanOut) each with its own DirFds, and the watcher's walk in its thread."""
+"""Holders of directory fds at one time: a walk, the DirFds of the thread that deletes, the 3
+threads ocrd.fanout.FanOut may add (each with its own DirFds), and the watcher's walk."""
 MAX_DIR_FDS = 256  # more buys nothing: a walk needs one per level of depth it keeps open
 
 

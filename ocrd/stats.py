@@ -14,9 +14,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ocrd.human import count, size
-from ocrd.retention import Plan
+from ocrd.retention import DAY, LastToGo, Plan, Rules, coming_due
 
 PROBLEM_CHARS = 160  # a rejected reload's first problem, as STATUS= shows it
+# ocrd_due_bytes{within=...}: how far ahead of a full pass it counts what comes due then
+# (docs/foresight.md); what is due at the pass itself is its "delete" verdict.
+HORIZONS = (("1d", DAY), ("7d", 7 * DAY), ("30d", 30 * DAY))
 
 
 @dataclass
@@ -57,9 +60,35 @@ class Census:
         self.active = False
         self._building: dict[str, list[int]] = {}
         self.last: dict[str, tuple[int, int]] | None = None
+        # Bytes coming due within each of HORIZONS, at the last full pass.
+        self.due_bytes: dict[str, int] | None = None
+        self._due = [0] * len(HORIZONS)
+        self._going: LastToGo | None = None
+        self._allow_delete_all = False
 
     def begin(self) -> None:
         self._building = {}
+        self._due = [0] * len(HORIZONS)
+        self._going = None
+
+    def foresee(self, the_plan: Plan, rules: Rules, *, allow_delete_all: bool) -> None:
+        """Count the files of ``the_plan`` (one full pass's, in one plan or several) by when
+        they come due after it (ocrd.retention.coming_due), when active. The refusal to delete
+        every model file needs every file: it is weighed in commit()."""
+        if not self.active:
+            return
+        now = the_plan.now
+        if self._going is None:
+            self._going = LastToGo(rules.by_name, now, rules.trust)
+            self._allow_delete_all = allow_delete_all
+        going, due = self._going, self._due
+        dues = coming_due(the_plan, rules, now)
+        for f, d in zip((d.entry for d in the_plan.decisions), dues, strict=True):
+            going.add(f, d)
+            if d is not None and d.at > now:
+                for i, (_, span) in enumerate(HORIZONS):
+                    if d.at <= now + span:
+                        due[i] += f.size
 
     def add(self, the_plan: Plan) -> Plan:
         """Count the plan's verdicts (when active) and return the plan as given."""
@@ -76,7 +105,15 @@ class Census:
     def commit(self) -> None:
         if self.active:
             self.last = {v: (c[0], c[1]) for v, c in self._building.items()}
+            due, going = list(self._due), self._going
+            if going is not None and not self._allow_delete_all and not going.never:
+                # Every model file comes due: the last to, by age or rank, are kept for good.
+                for i, (_, span) in enumerate(HORIZONS):
+                    if going.now < going.at <= going.now + span:
+                        due[i] -= going.refused_bytes
+            self.due_bytes = {within: n for (within, _), n in zip(HORIZONS, due, strict=True)}
         self._building = {}
+        self._going = None
 
 
 class Totals:
@@ -98,6 +135,7 @@ class Totals:
         self.rejected_config = ""
         self.rejected_held = False
         self.census = Census()
+        self.degraded: str | None = None  # why the watch is not the one asked for, or unproven
         self.generation = 0  # changes whenever anything above does
 
     # -- what happened -------------------------------------------------------------------
@@ -140,6 +178,11 @@ class Totals:
         if (cycles, downtime_s) != (self.engine_cycles, self.engine_downtime_s):
             self.engine_cycles = cycles
             self.engine_downtime_s = downtime_s
+            self.generation += 1
+
+    def watch(self, degraded: str | None) -> None:
+        if degraded != self.degraded:
+            self.degraded = degraded
             self.generation += 1
 
     def rejected(
@@ -186,6 +229,8 @@ class Totals:
             )
         if missing is not None:
             parts.append(f"model_dir {missing} is missing; waiting for it")
+        elif self.degraded is not None:
+            parts.append(f"watch degraded ({self.degraded})")
         else:
             parts.append(f"{count(files, 'file')} ({size(nbytes)}) in model_dir")
         if self.last is not None and self.last_at is not None:

@@ -25,16 +25,20 @@ class Trust:
     owners: frozenset[int] = frozenset({0})
     settle: float = 0.0
 
+    def trusted_from(self, entry: FileEntry) -> float:
+        """From when ``entry`` may count for others: once ``settle`` has passed since both
+        its ctime (the kernel's own record of its last change) and its mtime, an mtime up to
+        SKEW_S ahead counting as now. A single time, so that whether it counts only ever
+        changes once (ocrd.retention.coming_due foresees it)."""
+        return max(entry.mtime - SKEW_S, entry.ctime) + self.settle
+
     def doubt(self, entry: FileEntry, now: float) -> str | None:
-        """Why ``entry`` vouches for no file at all right now, or None."""
-        if entry.mtime > now + SKEW_S:
+        """Why ``entry`` vouches for no file at all at ``now``, or None."""
+        if now >= self.trusted_from(entry):
+            return None
+        if entry.mtime - SKEW_S > now:
             return "untrusted: mtime in the future"
-        if self.settle > 0:
-            # As retention.changed_at: a future mtime counts from the ctime instead.
-            changed = entry.ctime if entry.mtime > now else max(entry.mtime, entry.ctime)
-            if now - changed < self.settle:
-                return "untrusted: settling"
-        return None
+        return "untrusted: settling"
 
     def stranger(self, entry: FileEntry, of: FileEntry) -> str | None:
         """Why ``entry``'s owner has no say over ``of``, or None."""

@@ -7,11 +7,11 @@ and cgroup namespaces; the host's own systemd (if any) and root filesystem are n
 
 Cache: ``$OCRD_TEST_ROOT`` or ``/var/cache/ocrd-test-root``, one directory per root_key() (the
 suite, ROOT_VERSION and a digest of the package list; bump ROOT_VERSION when _configure()
-changes), and beside it a wheelhouse per wheels_key() (pyproject's build and runtime
-requirements, built with this interpreter's pip): the container has no network, and its pip
-installs from there. Old roots and wheelhouses are left alone; ``clean`` removes them. The
-root is never booted writable: the test boots it with ``--volatile=overlay`` (a tmpfs over the
-read-only tree), so a test run cannot alter the cache.
+changes), and beside it a wheelhouse per wheels_key() (the files requirements/run.lock names,
+hashes checked, and pyproject's build requirements, fetched with this interpreter's pip): the
+container has no network, and its pip installs from there. Old roots and wheelhouses are
+left alone; ``clean`` removes them. The root is never booted writable: the test boots it with
+``--volatile=overlay`` (a tmpfs over the read-only tree), so a test run cannot alter the cache.
 
 The Debian mirror is the one this machine's apt already uses (``/etc/apt/sources.list*``), or
 ``$OCRD_TEST_MIRROR``; no host name is written here.
@@ -279,26 +279,30 @@ def build(*, verbose: bool = False) -> Path:
 # -- the wheelhouse --------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
+LOCK = REPO / "requirements" / "run.lock"
 
 
-def requirements() -> list[str]:
-    """What ``pip install .`` of this repository needs: the build backend and the dependencies."""
+def build_requirements() -> list[str]:
+    """What building ocrd (``pip install --no-deps .``) and the lock's sdists needs: the build
+    backend, and ``wheel``, which pip adds for an sdist without pyproject.toml (sdnotify)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    return [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+    return [*project["build-system"]["requires"], "wheel"]
 
 
 def wheels_key() -> str:
-    """The wheelhouse's cache key: the requirements and this interpreter's version (the root's
-    python3 is Debian 12's 3.11: the same wheel tags)."""
-    text = " ".join([f"{sys.version_info.major}.{sys.version_info.minor}", *requirements()])
+    """The wheelhouse's cache key: the lock, the build requirements and this interpreter's
+    version (the root's python3 is Debian 12's 3.11: the same wheel tags)."""
+    parts = [f"{sys.version_info.major}.{sys.version_info.minor}", *build_requirements()]
+    text = " ".join(parts) + "\n" + LOCK.read_text(encoding="utf-8")
     return f"wheels-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def wheelhouse(*, verbose: bool = False) -> Path:
-    """Wheels for every requirement, built once with this interpreter's pip and cached beside
-    the root (its own key: a new dependency needs new wheels, not a new Debian). The container
-    has no network; its pip installs from here, so the README's `make install` runs for real
-    without fetching anything."""
+    """The files of requirements/run.lock, exactly (``pip download --require-hashes``: the
+    very wheels and sdists whose hashes the lock holds), and the build requirements, fetched
+    once with this interpreter's pip and cached beside the root (its own key: a new lock needs
+    new files, not a new Debian). The container has no network; its pip installs from here, so
+    the README's `make install` installs from the lock for real without fetching anything."""
     target = cache_dir() / wheels_key()
     if (target / COMPLETE).is_file():
         return target
@@ -309,23 +313,27 @@ def wheelhouse(*, verbose: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         if verbose:
-            print(f"pip wheel {' '.join(requirements())} into {target}", file=sys.stderr)
+            wanted = f"{LOCK} {' '.join(build_requirements())}"
+            print(f"pip download {wanted} into {target}", file=sys.stderr)
         log = staging / "build.log"
-        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(staging)]
-        with log.open("a", encoding="utf-8") as out:
-            result = subprocess.run(
-                [*argv, *requirements()],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=1800,
-                check=False,
-            )
-        if result.returncode != 0:
-            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise RootUnavailable(f"pip wheel failed ({result.returncode}); log {log}:\n{tail}")
+        download = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(staging)]
+        for args in (["--require-hashes", "-r", str(LOCK)], build_requirements()):
+            with log.open("a", encoding="utf-8") as out:
+                result = subprocess.run(
+                    [*download, *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=1800,
+                    check=False,
+                )
+            if result.returncode != 0:
+                tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+                raise RootUnavailable(
+                    f"pip download failed ({result.returncode}); log {log}:\n{tail}"
+                )
         log.unlink()
-        (staging / COMPLETE).write_text(" ".join(requirements()) + "\n", encoding="utf-8")
+        (staging / COMPLETE).write_text(LOCK.read_text(encoding="utf-8"), encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return target

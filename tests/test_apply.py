@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -12,7 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from ocrd import private
 from ocrd.apply import InUse, Outcome, Status, apply
 from ocrd.fanout import FanOut
 from ocrd.holders import Answer
@@ -20,7 +23,7 @@ from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
 from ocrd.walker import scan
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
-from tests.worlds import held
+from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
 
 def plan_old(model_dir: Path) -> Plan:
@@ -515,6 +518,9 @@ def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
     )
     ino = planned.stat().st_ino
     calls = "renameat,renameat2,rename"
+    # strace counts each syscall apart. The first file of a directory claims its private name
+    # (renameat2 with RENAME_NOREPLACE); a later one renames over the waiting file (renameat).
+    slowed = calls if before == 0 else "renameat"
     proc = subprocess.Popen(
         [
             "strace",
@@ -523,7 +529,7 @@ def test_a_file_renamed_over_the_checked_one_is_put_back_not_deleted(
             "-o",
             "/dev/null",
             f"-etrace={calls}",
-            f"-einject={calls}:delay_enter=3000000:when={before + 1}",
+            f"-einject={slowed}:delay_enter=3000000:when=1",
             *ocrd_argv(),
             "clean",
             "--json",
@@ -564,3 +570,150 @@ def test_freed_bytes_count_only_files_whose_last_link_went(model_dir: Path, outs
     freed = {o.decision.entry.path: o.freed for o in apply(plan_old(model_dir), model_dir)}
     assert freed == {b"old_single.bin": 100, b"old_linked.bin": 0}
     assert (outside / "kept-elsewhere.bin").read_bytes() == b"b" * 1000
+
+
+def _clean_in_pid_namespace(
+    config: Path, *, uid: int | None = None, world: World | None = None
+) -> subprocess.Popen[str]:
+    """``ocrd clean`` as PID 1 of a PID namespace of its own, as in a container; as user
+    ``uid``, with CAP_LEASE as the unit grants it, through ``world``'s interpreter."""
+    ocrd = [*world.python, "-m", "ocrd"] if world is not None else ocrd_argv()
+    return subprocess.Popen(
+        [*as_user(uid, lease_cap=True, pid_ns=True), *ocrd, "clean", "--json", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=world.env if world is not None else None,
+    )
+
+
+@root_only
+def test_two_ocrds_with_the_same_pid_never_swap_files(tmp_path: Path, model_dir: Path) -> None:
+    """Two ``ocrd clean`` runs, each PID 1 of its own PID namespace, on one directory: each
+    file they do not delete keeps its own bytes, under its own name. A private name built
+    from the PID alone is the same for both: one renames a file over the other's waiting
+    file, and the other "puts back" that stranger under its own file's name."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n[watch]\nsettle = "0s"\n'
+        '[engine]\nenabled = false\n[log]\nlevel = "warning"\n'
+    )
+    names = [f"old_{i:05d}" for i in range(3000)]
+    for run in range(4):
+        for name in names:
+            (model_dir / name).write_bytes(name.encode() * 3)
+        runs = [_clean_in_pid_namespace(config) for _ in range(2)]
+        for proc in runs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode in (0, 1), err
+        for left in os.listdir(model_dir):
+            assert not left.startswith(".ocrd-deleting-"), f"run {run}: {left} left behind"
+            data = (model_dir / left).read_bytes()
+            assert data == left.encode() * 3, f"run {run}: {left} holds {data[:11]!r}"
+        for left in os.listdir(model_dir):
+            (model_dir / left).unlink()
+
+
+@root_only
+def test_squatted_private_names_stop_no_deletion(tmp_path: Path) -> None:
+    """Another user fills a sticky, world-writable model directory with directories named
+    like the private names ocrd used (``.ocrd-deleting-PID-N``, PID 1 in a container): every
+    due file still goes, and every squat stays as it was."""
+    with make_world() as world:
+        world.models.chmod(0o1777)
+        squats = [f".ocrd-deleting-1-{n}" for n in range(200)]
+        squat = [*as_user(APP_UID), "mkdir", *(str(world.models / s) for s in squats)]
+        subprocess.run(squat, check=True)
+        due = [world.model(f"old_{i}.gguf", owner=APP_UID) for i in range(20)]
+        before = {k: v for k, v in snapshot(world.models).items() if k.startswith(b".ocrd-")}
+        proc = _clean_in_pid_namespace(world.config(), uid=OCRD_UID, world=world)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        report = json.loads(out)
+        assert sorted(report["deleted"]) == sorted(p.name for p in due)
+        assert report["failed"] == []
+        assert sorted(os.listdir(world.models)) == sorted(squats)
+        assert {k: v for k, v in snapshot(world.models).items() if k != b"."} == before
+
+
+@root_only
+def test_interrupted_finishes_only_ocrds_own_leftovers(tmp_path: Path) -> None:
+    """Entries another user named like ocrd's private names, in any format: a file, a
+    directory, a file inside it. ``interrupted`` deletes none of them; a file that ocrd's
+    own run left under a private name (ocrd's uid, its format) goes."""
+    with make_world() as world:
+        world.models.chmod(0o1777)
+        ours = ".ocrd-deleting-cce882604d4f-%d-0a1b2c3d-0000%04d"
+        squats = [".ocrd-deleting-1-0", ours % (1, 1), ours % (2, 2)]
+        for name in squats:
+            world.model(name, owner=APP_UID)
+        world.model(ours % (3, 3), owner=OCRD_UID)  # a leftover of ocrd's own
+        for name in (".ocrd-deleting-4-0", ours % (5, 5)):
+            subprocess.run([*as_user(APP_UID), "mkdir", str(world.models / name)], check=True)
+            inside = f"{name}/{ours % (6, 6)}"
+            subprocess.run([*as_user(APP_UID), "touch", str(world.models / inside)], check=True)
+            squats += [name, inside]
+        before = {k: v for k, v in snapshot(world.models).items() if k != b"."}
+        listing = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "list", "--json", "-c"]
+        listing.append(str(world.config()))
+        listed = subprocess.run(listing, capture_output=True, text=True, check=True, env=world.env)
+        rows = {row["path"]: row for row in json.loads(listed.stdout)}
+        assert rows[ours % (1, 1)]["verdict"] == "foreign"
+        assert rows[ours % (3, 3)]["verdict"] == "delete"
+        assert "not a name ocrd made" in rows[".ocrd-deleting-1-0"]["reason"]
+        proc = _clean_in_pid_namespace(world.config(), uid=OCRD_UID, world=world)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["deleted"] == [ours % (3, 3)]
+        after = {k: v for k, v in snapshot(world.models).items() if k != b"."}
+        assert after == {k: v for k, v in before.items() if k != os.fsencode(ours % (3, 3))}
+
+
+def test_a_taken_private_name_is_passed_over_and_left_as_it_is(
+    model_dir: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever holds the private name ocrd is about to use (a directory, a file, a link to a
+    file outside) stays exactly as it is, is logged with its owner, and the file goes under
+    the next fresh name."""
+    squats = iter([b".squat-dir", b".squat-file", b".squat-link"])
+    fresh = (b".ocrd-mine-%d" % n for n in itertools.count())
+    monkeypatch.setattr(private, "make", lambda: next(squats, None) or next(fresh))
+    (model_dir / ".squat-dir").mkdir()
+    (model_dir / ".squat-dir" / "inside").write_bytes(b"theirs")
+    (model_dir / ".squat-file").write_bytes(b"theirs")
+    (outside / "target").write_bytes(b"precious")
+    (model_dir / ".squat-link").symlink_to(outside / "target")
+    for i in range(3):
+        make_file(model_dir, b"old_%d.bin" % i)
+    before = {k: v for k, v in snapshot(model_dir).items() if k.startswith(b".squat")}
+    with capture_logs() as logs:
+        outcomes = results(apply(plan_old(model_dir), model_dir))
+    assert outcomes == {b"old_%d.bin" % i: (Status.DELETED, None) for i in range(3)}
+    taken = [e for e in logs if e["event"] == "private_name_taken"]
+    assert [(e["path"], e["kind"], e["owner"]) for e in taken] == [
+        (".squat-dir", "directory", os.geteuid()),
+        (".squat-file", "file", os.geteuid()),
+        (".squat-link", "symbolic link", os.geteuid()),
+    ]
+    assert {k: v for k, v in snapshot(model_dir).items() if k != b"."} == before
+    assert (outside / "target").read_bytes() == b"precious"
+
+
+def test_a_stranger_put_under_our_private_name_is_never_deleted(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who learns the private name renames their own file over the one waiting there:
+    ocrd does not rename over, unlink or put back the stranger; the file it had left there is
+    reported as gone from where it was."""
+    for i in range(3):
+        make_file(model_dir, b"sub/old_%d.bin" % i)
+    (model_dir / "theirs.bin").write_bytes(b"theirs")
+    outcomes = apply(plan_old(model_dir), model_dir)
+    first = next(outcomes)  # the first file went; the second waits under the private name
+    (waiting,) = private_names(model_dir)
+    os.rename(model_dir / "theirs.bin", model_dir / "sub" / waiting)
+    rest = results(outcomes)
+    assert first.status is Status.DELETED
+    assert sorted(rest.values()) == [(Status.DELETED, None), (Status.SKIPPED, "vanished")]
+    assert (model_dir / "sub" / waiting).read_bytes() == b"theirs"
+    assert sorted(os.listdir(model_dir / "sub")) == [waiting]

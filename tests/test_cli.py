@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
+from ocrd import cli
+from ocrd import config as config_module
+from ocrd.errors import EXIT_NOPERM
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
+from tests.worlds import APP_UID, OCRD_UID, as_user, held, make_world, root_only
 
 DAY = 86400
 
@@ -64,8 +68,8 @@ def models_of(config: Path) -> Path:
     return config.parent / "models"
 
 
-def run_json(run_ocrd: OcrdRunner, *args: str | os.PathLike[str]) -> Any:
-    result = run_ocrd(*args)
+def run_json(run_ocrd: OcrdRunner, *args: str | os.PathLike[str], **how: Any) -> Any:
+    result = run_ocrd(*args, **how)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
     assert result.stdout.count("\n") == 1, "one JSON document on one line"
@@ -188,6 +192,170 @@ def test_python_dash_m_ocrd(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert (result.returncode, result.stdout) == (0, f"ocrd {version('ocrd')}\n")
+
+
+# -- one verdict for one question: ``list`` and ``clean --dry-run`` --------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["", 'family = "^(?P<family>)"\n'],  # one family: the last-version floor weighs them all
+    ids=["per-file rules", "rules over the whole plan"],
+)
+def test_list_and_clean_dry_run_agree_on_a_file_in_use(
+    config: Path, run_ocrd: OcrdRunner, extra: str
+) -> None:
+    write_config(config.parent, CONFIG.replace("[retention]\n", f"[retention]\n{extra}"))
+    listed_free = {
+        r["path"]: r["verdict"] for r in run_json(run_ocrd, "list", "-c", config, "--json")
+    }
+    models = models_of(config)
+    with held(models / "old_a.bin", "open"):
+        rows = run_json(run_ocrd, "list", "-c", config, "--json")
+        report = run_json(run_ocrd, "clean", "-c", config, "--dry-run", "--json")
+        text = run_ocrd("clean", "-c", config, "--dry-run")
+    verdicts = {r["path"]: r["verdict"] for r in rows}
+    assert verdicts["old_a.bin"] == "in_use"
+    assert {"path": "old_a.bin", "reason": "in_use"} in report["skipped"]
+    assert "old_a.bin" not in report["deleted"]
+    # Every other file: "delete" in the list exactly when "would delete" in the dry run.
+    assert set(report["deleted"]) == {p for p, v in verdicts.items() if v == "delete"}
+    assert set(report["deleted"]) == {p for p, v in listed_free.items() if v == "delete"} - {
+        "old_a.bin"
+    }
+    assert "skipped old_a.bin (in_use)" in text.stdout.splitlines()
+    assert "would delete old_a.bin" not in text.stdout.splitlines()
+    assert (models / "old_a.bin").exists()
+
+
+# -- a user who cannot read model_dir --------------------------------------------------------
+
+
+@root_only
+@pytest.mark.parametrize("closed", ["model_dir", "its parent"])
+@pytest.mark.parametrize(
+    "command", [["check"], ["list"], ["list", "--json"], ["clean"], ["clean", "--dry-run"]]
+)
+def test_a_user_who_cannot_read_model_dir_is_told_what_to_do(
+    closed: str, command: list[str]
+) -> None:
+    with make_world() as world:
+        state = world.base / "state"
+        models = state / "models"
+        models.mkdir(parents=True)
+        for directory in (state, models):
+            os.chown(directory, OCRD_UID, OCRD_UID)
+        (models if closed == "model_dir" else state).chmod(0o750)
+        (models / "old_a.bin").write_bytes(b"a")
+        config = world.config(model_dir=str(models))
+        result = subprocess.run(
+            [*as_user(APP_UID), *world.python, "-m", "ocrd", *command, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            env=world.env,
+            cwd=world.base,
+            timeout=60,
+            check=False,
+        )
+        assert (models / "old_a.bin").exists()
+    assert result.returncode == EXIT_NOPERM, result.stderr
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "Traceback" not in line
+    assert str(models) in line
+    # What to do: run it as the owner (sudo -u, the very command), or join the group.
+    assert f"sudo -u '#{OCRD_UID}' ocrd {command[0]} -c {config}" in line, line
+    assert f"gid {OCRD_UID}" in line, line
+
+
+def test_exit_statuses_are_in_the_help(run_ocrd: OcrdRunner) -> None:
+    text = run_ocrd("--help").stdout
+    assert "\n  77  " in text
+    assert "\n  78  " in text
+
+
+# -- which config, without -c ------------------------------------------------------------
+
+
+def test_without_c_the_config_is_ocrd_config_then_cwd_then_etc(
+    config: Path,
+    run_ocrd: OcrdRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    other = write_config(elsewhere, 'model_dir = "."\n[engine]\nenabled = false\n')
+    # ./config.toml, where there is one: the one in config's directory.
+    rows = run_json(run_ocrd, "list", "--json", cwd=config.parent)
+    assert {r["path"] for r in rows} == set(EXPECTED)
+    # $OCRD_CONFIG before it.
+    rows = run_json(run_ocrd, "list", "--json", cwd=config.parent, env={"OCRD_CONFIG": str(other)})
+    assert {r["path"] for r in rows} == {"config.toml"}
+    # Neither: the installed one (its path is a module constant, patched here in-process).
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", config)
+    monkeypatch.delenv("OCRD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no config.toml here
+    assert cli.main(["check"]) == 0
+    assert capsys.readouterr().out.startswith(f"{config}: ok: ")
+    assert cli.main(["list", "--json"]) == 0
+    assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
+
+
+@root_only
+def test_list_says_why_a_deletion_would_fail_as_clean_dry_run_does() -> None:
+    """A member of group ocrd may read model_dir but not delete from it: ``list`` keeps the
+    verdict the rules give and says why it would fail, where ``clean --dry-run`` reports it."""
+    with make_world() as world:
+        os.chown(world.models, OCRD_UID, OCRD_UID)
+        world.models.chmod(0o2750)
+        world.model("old_a.bin", owner=OCRD_UID)
+        config = world.config()
+        member = ["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", f"--groups={OCRD_UID}"]
+
+        def ocrd(*args: str) -> Any:
+            result = subprocess.run(
+                [*member, *world.python, "-m", "ocrd", *args, "--json", "-c", str(config)],
+                capture_output=True,
+                text=True,
+                env=world.env,
+                cwd=world.base,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        (row,) = ocrd("list")
+        report = ocrd("clean", "--dry-run")
+    why = "Permission denied: the directory is not writable"
+    assert report["failed"] == [{"path": "old_a.bin", "error": why}]
+    assert report["deleted"] == []
+    assert (row["verdict"], row["rule"]) == ("delete", "prefix")
+    assert row["reason"].endswith(f", but {why}"), row["reason"]
+
+
+def test_a_reader_that_goes_away_costs_no_traceback(tmp_path: Path) -> None:
+    """`ocrd list | head -1`: the pipe closes long before the listing ends."""
+    models = tmp_path / "models"
+    for i in range(5000):
+        make_file(models, f"m{i:05d}.bin".encode())
+    config = write_config(tmp_path, 'model_dir = "models"\n[engine]\nenabled = false\n')
+    from tests.harness import ocrd_argv
+
+    listing = subprocess.Popen(
+        [*ocrd_argv(), "list", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None
+    assert listing.stderr is not None
+    assert listing.stdout.readline().startswith(b"VERDICT")
+    listing.stdout.close()
+    with listing.stderr:
+        stderr = listing.stderr.read()
+    assert listing.wait(timeout=30) == 141
+    assert b"Traceback" not in stderr, stderr
 
 
 # --- every column escaped ----------------------------------------------------------------------

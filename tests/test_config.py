@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ocrd import config as config_module
 from ocrd.config import (
     INT32_MAX,
     MAX_BYTES,
@@ -28,6 +29,7 @@ from tests.harness import OcrdProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The example config of docs/contract.md: every config written for it keeps loading.
 CONTRACT_EXAMPLE = """\
 model_dir = "models"               # the directory that holds the model files
 
@@ -369,13 +371,23 @@ def test_relative_model_dir_is_missing_even_if_cwd_has_it(
     assert f'"{conf_dir / "only_in_cwd"}" does not exist' in problem
 
 
-def test_default_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$OCRD_CONFIG, else ./config.toml if there is one, else the installed one."""
+    system = write_config(tmp_path / "etc", 'model_dir = "/"\n')
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", system)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OCRD_CONFIG", raising=False)
-    assert default_path() == Path("config.toml")
-    monkeypatch.setenv("OCRD_CONFIG", "/etc/ocrd/config.toml")
-    assert default_path() == Path("/etc/ocrd/config.toml")
+    assert default_path() == system
     monkeypatch.setenv("OCRD_CONFIG", "")
+    assert default_path() == system
+    write_config(tmp_path, 'model_dir = "."\n')
     assert default_path() == Path("config.toml")
+    monkeypatch.setenv("OCRD_CONFIG", "/elsewhere/ocrd.toml")
+    assert default_path() == Path("/elsewhere/ocrd.toml")
+    monkeypatch.delenv("OCRD_CONFIG")
+    (tmp_path / "config.toml").unlink()
+    system.unlink()
+    assert default_path() == Path("config.toml")  # none at all: the message names ./config.toml
 
 
 # --- through the real `ocrd check` -----------------------------------------------------------

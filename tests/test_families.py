@@ -356,7 +356,7 @@ def test_files_named_for_deletion_are_never_refused() -> None:
     """A prefix (or an interrupted deletion's private name) marks that very file: deleting
     every model file by name is what the operator asked for; mixed with age, the named go."""
     r = newest_rules(0, prefixes=["old_"], max_age=30 * DAY, floor=False)
-    named = plan([entry(b"old_a", age=0), entry(b"sub/.ocrd-deleting-12-3", age=0)], r, NOW)
+    named = plan([entry(b"old_a", age=0), entry(b"sub/" + PRIVATE % 3, age=0)], r, NOW)
     assert refusal_of(named, r) is None
     p = plan([entry(b"old_a", age=0), entry(b"m.bin", age=40 * DAY)], r, NOW)
     refusal = refusal_of(p, r)
@@ -406,6 +406,7 @@ def test_only_a_file_that_counts_for_a_deletion_lets_it_go() -> None:
 
 # --- properties against an oracle --------------------------------------------------------------
 
+PRIVATE = b".ocrd-deleting-cce882604d4f-1-0a1b2c3d-%08x"  # as ocrd.private makes them
 _PIECES = [
     b"m-v", b"m-", b"x", b".bin", b".keep", b"old_", b"\xff", b"1", b"01", b"2", b"10", b"007",
     b"7",
@@ -415,7 +416,9 @@ _dir = st.sampled_from([b"snap-1", b"snap-2", b"snap-10", b"d"])
 _path = st.one_of(
     _name,
     st.tuples(_dir, _name).map(b"/".join),
-    st.sampled_from([b".ocrd-deleting-1-2", b"d/.ocrd-deleting-3-4"]),
+    st.sampled_from(
+        [PRIVATE % 2, b"d/" + PRIVATE % 4, b".ocrd-deleting-1-2", b"d/.ocrd-deleting-x"]
+    ),
 )
 _offset = st.floats(min_value=-DAY, max_value=60 * DAY, allow_nan=False)
 _nows = st.floats(min_value=NOW - DAY, max_value=NOW + 2 * DAY, allow_nan=False)
@@ -458,13 +461,22 @@ def newest_rule_sets(draw: st.DrawFn) -> Rules:
 
 
 def interrupted(f: FileEntry) -> bool:
+    """A private name in ocrd's format (see PRIVATE); an imitation is only not a version."""
+    name = f.path.rsplit(b"/", 1)[-1]
+    return (
+        re.fullmatch(rb"\.ocrd-deleting-[0-9a-f]{12}-[0-9]+-[0-9a-f]{8}-[0-9a-f]{8}", name)
+        is not None
+    )
+
+
+def named_privately(f: FileEntry) -> bool:
     return f.path.rsplit(b"/", 1)[-1].startswith(b".ocrd-deleting-")
 
 
 def oracle_family(f: FileEntry, r: Rules) -> tuple[object, ...] | None:
     """Independently of ocrd.families: the default family is the tuple of what lies between
     the numbers of the (NFC) path; a pattern's is its group named family."""
-    if f.is_link or interrupted(f):
+    if f.is_link or named_privately(f):
         return None
     text = unicodedata.normalize("NFC", os.fsdecode(f.path))
     families = next(s.families for s in r.selectors if isinstance(s, KeepNewestRule))
@@ -494,9 +506,9 @@ def oracle_families(files: Sequence[FileEntry], r: Rules) -> list[list[FileEntry
 
 
 def counts_for(g: FileEntry, f: FileEntry, r: Rules, now: float) -> bool:
-    """Whether ``g`` may rank ``f`` or vouch for it: settled, not dated beyond the skew, and
-    owned by a trusted owner or by ``f``'s."""
-    if settling(g, r, now) or g.mtime > now + SKEW_S:
+    """Whether ``g`` may rank ``f`` or vouch for it: settle has passed since its ctime and its
+    mtime (less the skew allowed), and it is owned by a trusted owner or by ``f``'s."""
+    if now - max(g.ctime, g.mtime - SKEW_S) < r.settle or g.mtime - SKEW_S > now:
         return False
     return g.uid in r.owners or g.uid == f.uid
 

@@ -3,13 +3,17 @@ could not see everything."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from ocrd.holders import Answer, Holders, View, file_id, take
+import pytest
+
+from ocrd.holders import Answer, Holders, View, file_id, lease_report, take
 from tests.worlds import held
 
 
@@ -118,3 +122,30 @@ def test_a_view_that_does_not_return_in_time_is_unknown(tmp_path: Path) -> None:
     assert "has not returned" in again.limits[0]
     with open(fake / "self" / "mountinfo", "wb"):
         pass  # lets the stuck walk finish
+
+
+def test_the_lease_probe_of_ocrd_check_opens_nothing_outside_model_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ocrd check`` (often run as root) opens one model file to try a lease. A directory on
+    the way swapped for a link after it was listed must not lead that open elsewhere: here
+    to a FIFO outside, where the lease would fail and the report would be wrong."""
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    (models / "sub").mkdir(parents=True)
+    (models / "sub" / "model.bin").write_bytes(b"GGUF")
+    outside.mkdir()
+    os.mkfifo(outside / "model.bin")
+    listing = os.scandir
+
+    def swapped_after_listing(target: Any) -> Any:
+        with listing(target) as it:
+            entries = list(it)
+        if any(e.name in ("model.bin", b"model.bin") for e in entries):
+            (models / "sub").rename(models / "moved")
+            (models / "sub").symlink_to(outside)
+        return contextlib.nullcontext(iter(entries))
+
+    monkeypatch.setattr(os, "scandir", swapped_after_listing)
+    report = lease_report(models)
+    monkeypatch.undo()
+    assert "a lease was granted on a model file" in report

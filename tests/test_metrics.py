@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import threading
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
+from ocrd import metrics
+from ocrd.stats import Totals
 from tests.conftest import OcrdRunner
 from tests.harness import OcrdProcess
+from tests.worlds import OCRD_UID, as_user, make_world, root_only
 
 CONFIG = """\
 model_dir = "models"
@@ -29,6 +37,7 @@ format = "json"
 [metrics]
 textfile = "{textfile}"
 """
+OTHER_GID = 4343  # a group and user that are neither root nor ocrd's
 UMASK_027 = ["sh", "-c", 'umask 027 && exec "$@"', "sh"]  # the unit's UMask=0027
 
 
@@ -151,3 +160,117 @@ def test_textfile_is_validated(tmp_path: Path, models: Path, run_ocrd: OcrdRunne
     assert "does not end in .prom" in result.stderr
     config.write_text('model_dir = "models"\n[metrics]\ntextfile = "ocrd.prom"\n')
     assert run_ocrd("check", "-c", config).returncode == 0
+
+
+def _secret(tmp_path: Path) -> Path:
+    """A root-only file outside the textfile directory: what a planted link points at."""
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root only\n")
+    secret.chmod(0o600)
+    return secret
+
+
+def test_a_link_planted_where_the_writer_writes_is_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Links at the names the textfile writer uses: the final name, the temporary name a
+    previous write showed (``ocrd.prom.PID.TID`` for prometheus_client's writer), and the
+    temporary name the writer is about to use. None leads the write anywhere."""
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    secret = _secret(tmp_path)
+    prom = prom_dir / "ocrd.prom"
+    prom.symlink_to(secret)
+    (prom_dir / f"ocrd.prom.{os.getpid()}.{threading.get_ident()}").symlink_to(secret)
+    if hasattr(metrics, "temp_name"):
+        planted = [metrics.temp_name("ocrd.prom"), metrics.temp_name("ocrd.prom")]
+        for name in planted:
+            (prom_dir / name).symlink_to(secret)
+        names = iter([*planted, ".ocrd.prom.fresh"])
+        monkeypatch.setattr(metrics, "temp_name", lambda final: next(names))
+    totals = Totals()
+    totals.deleted(100, "prefix")
+    with capture_logs() as logs:
+        metrics.Metrics(totals, prom).publish()
+    assert secret.read_bytes() == b"root only\n"
+    assert not prom.is_symlink()
+    assert _value(prom, "ocrd_deleted_bytes_total", rule="prefix") == 100
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644
+    assert [e["event"] for e in logs] == []
+
+
+def test_a_textfile_directory_swapped_for_a_link_is_not_written_through(
+    tmp_path: Path,
+) -> None:
+    secret_dir = tmp_path / "etc"
+    secret_dir.mkdir()
+    prom_dir = tmp_path / "prom"
+    prom_dir.symlink_to(secret_dir)
+    with capture_logs() as logs:
+        metrics.Metrics(Totals(), prom_dir / "ocrd.prom").publish()
+    assert os.listdir(secret_dir) == []
+    (failed,) = logs
+    assert failed["event"] == "metrics_write_failed"
+
+
+@root_only
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775, 0o757])
+def test_a_textfile_directory_others_may_write_is_refused(
+    tmp_path: Path, models: Path, run_ocrd: OcrdRunner, mode: int
+) -> None:
+    """Whoever may write the directory may plant links and files where ocrd writes, as root
+    perhaps: the directory must be writable by root and ocrd's own user only."""
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    os.chown(prom_dir, 0, OTHER_GID)
+    prom_dir.chmod(mode)
+    config = tmp_path / "config.toml"
+    config.write_text(f'model_dir = "models"\n[metrics]\ntextfile = "{prom_dir}/ocrd.prom"\n')
+    result = run_ocrd("check", "-c", config)
+    assert result.returncode == 78, result.stderr
+    assert "at 'metrics.textfile'" in result.stderr
+    assert "chown root:root and chmod 0755" in result.stderr
+
+
+@root_only
+def test_a_textfile_directory_owned_by_another_user_is_refused(
+    tmp_path: Path, models: Path, run_ocrd: OcrdRunner
+) -> None:
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    os.chown(prom_dir, OTHER_GID, OTHER_GID)
+    prom_dir.chmod(0o755)
+    config = tmp_path / "config.toml"
+    config.write_text(f'model_dir = "models"\n[metrics]\ntextfile = "{prom_dir}/ocrd.prom"\n')
+    result = run_ocrd("check", "-c", config)
+    assert result.returncode == 78, result.stderr
+    assert f"owned by uid {OTHER_GID}" in result.stderr
+
+
+@root_only
+def test_the_documented_setup_passes_the_check() -> None:
+    """systemd/README.md: node_exporter's directory (root's, 0755) given to ocrd's group,
+    ``chgrp ocrd; chmod g+w``, checked as the user ocrd runs as, whose group it is."""
+    with make_world() as world:
+        prom_dir = world.base / "node-exporter"
+        prom_dir.mkdir()
+        os.chown(prom_dir, 0, OCRD_UID)
+        prom_dir.chmod(0o775)
+        config = world.config(f'[metrics]\ntextfile = "{prom_dir}/ocrd.prom"\n')
+        check = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "check", "-c", str(config)]
+        result = subprocess.run(check, capture_output=True, text=True, env=world.env, check=False)
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_reload_onto_a_directory_others_may_write_is_rejected(
+    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+) -> None:
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    d = _start(tmp_path, daemons, str(prom_dir / "ocrd.prom"), engine="false")
+    d.note("READY=1")
+    prom_dir.chmod(0o777)
+    d.send(signal.SIGHUP)
+    rejected = d.event("config_rejected")
+    assert any("metrics.textfile" in e and "writable by" in e for e in rejected["errors"])
+    assert d.stop()[0] == 0

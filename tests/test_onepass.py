@@ -40,7 +40,7 @@ def varied_tree(models: Path, seed: int) -> None:
             if kind < 0.15
             else b"m_%d.keep" % n
             if kind < 0.22
-            else b".ocrd-deleting-1-%d" % n
+            else b".ocrd-deleting-cce882604d4f-1-0a1b2c3d-%08x" % n
             if kind < 0.24
             else b"m_%d.bin" % n
         )

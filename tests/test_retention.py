@@ -413,26 +413,49 @@ def test_rules_from_config() -> None:
     assert Rules.from_config(Retention(), settle=0.0).selectors == (InterruptedRule(),)
 
 
+# Private names as ocrd.private makes them: boot id, PID, this process's token, a fresh token.
+OURS = b".ocrd-deleting-cce882604d4f-%d-0a1b2c3d-%08x"
+
+
 def test_a_deletion_interrupted_between_rename_and_unlink_is_finished_later() -> None:
     grace = InterruptedRule.GRACE_S
     files = [
-        entry(b".ocrd-deleting-123-4", ctime_age=grace),
-        entry(b"sub/.ocrd-deleting-9-0", ctime_age=DAY),
-        entry(b".ocrd-deleting-x"),
-        entry(b"a.ocrd-deleting-1-2"),
-        entry(b".ocrd-deleting-77-1", ctime_age=5),  # another ocrd's, in hand now
-        entry(b".ocrd-deleting-78-1", ctime_age=20),  # from before we started: a leftover
+        entry(OURS % (123, 4), ctime_age=grace),
+        entry(b"sub/" + OURS % (9, 0), ctime_age=DAY),
+        entry(b"a" + OURS % (1, 2)),
+        entry(OURS % (77, 1), ctime_age=5),  # another ocrd's, in hand now
+        entry(OURS % (78, 1), ctime_age=20),  # from before we started: a leftover
     ]
     rules = Rules((InterruptedRule(started=NOW - 10),))
     p = plan(files, rules, NOW)
     assert {d.entry.path: d.rule for d in p.deletions} == {
-        b".ocrd-deleting-123-4": "interrupted",
-        b"sub/.ocrd-deleting-9-0": "interrupted",
-        b".ocrd-deleting-78-1": "interrupted",
+        OURS % (123, 4): "interrupted",
+        b"sub/" + OURS % (9, 0): "interrupted",
+        OURS % (78, 1): "interrupted",
     }
-    young = next(d for d in p.decisions if d.entry.path == b".ocrd-deleting-77-1")
+    young = next(d for d in p.decisions if d.entry.path == OURS % (77, 1))
     assert "deleting it right now" in young.reason
     assert revisit_at(young, rules, NOW) == NOW - 5 + grace  # due once the grace is over
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b".ocrd-deleting-123-4",  # the PID alone: any container's PID 1 has it too
+        b".ocrd-deleting-x",
+        b".ocrd-deleting-cce882604d4f-1-0a1b2c3d",
+        b".ocrd-deleting-cce882604d4f-1-0a1b2c3d-0000000g",
+        (OURS % (1, 2)) + b"-3",
+        b".ocrd-deleting-CCE882604D4F-1-0A1B2C3D-00000002",
+    ],
+)
+def test_a_name_like_a_private_one_but_not_in_its_format_is_left_alone(name: bytes) -> None:
+    """Only a name in ocrd's own format is an interrupted deletion: anything else named
+    ``.ocrd-deleting-*`` is someone's squat, kept and listed as such, and ranks as no version."""
+    files = [entry(name, ctime_age=DAY), entry(b"sub/" + name, ctime_age=DAY)]
+    p = plan(files, Rules((InterruptedRule(started=NOW - 10),)), NOW)
+    assert p.deletions == ()
+    assert all("not a name ocrd made" in d.reason for d in p.decisions)
 
 
 def test_plan_deletions_lists_only_deletes() -> None:

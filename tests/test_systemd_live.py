@@ -42,6 +42,7 @@ from typing import IO, Any, NoReturn
 import pytest
 
 from tests import systemd_root
+from tests.test_systemd import stated_exposure
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "systemd" / "README.md"
@@ -55,7 +56,15 @@ BOOT_S = 90.0
 WAIT_S = 30.0
 PRIORITY = {"debug": "7", "info": "6", "warning": "4", "error": "3"}
 # What the clone needs for `make install` (and nothing of this machine's: no .venv, no caches).
-CLONE = ("Makefile", "pyproject.toml", "README.md", "config.toml", "ocrd", "systemd")
+CLONE = (
+    "Makefile",
+    "pyproject.toml",
+    "README.md",
+    "config.toml",
+    "ocrd",
+    "requirements",
+    "systemd",
+)
 
 RULES = f"""\
 model_dir = "{MODELS}"
@@ -423,7 +432,14 @@ def test_install_as_the_readme_says(box: Container) -> None:
     assert user[5:] == ["/var/lib/ocrd", "/usr/sbin/nologin"], user
     assert int(user[2]) < 1000, user  # a system user, as sysusers.d makes it
     models = box.run(["stat", "-c", "%U:%G %a", MODELS]).stdout.strip()
-    assert models == "ocrd:ocrd 750", models
+    assert models == "ocrd:ocrd 2750", models  # group ocrd reads; new files keep the group
+    # What was tested is what was installed: every pin of the lock, exactly.
+    frozen = _ok(box.run(["/opt/ocrd/venv/bin/python", "-m", "pip", "freeze"]), "freeze", box)
+    assert _pins((REPO / "requirements/run.lock").read_text()) <= _pins(frozen), frozen
+    # Installed, ocrd finds /etc/ocrd/config.toml without -c.
+    check = _ok(box.run(["ocrd", "check"]), "ocrd check without -c", box)
+    assert check.startswith(f"{CONFIG}: ok: "), check
+    assert json.loads(_ok(box.run(["ocrd", "list", "--json"]), "ocrd list", box)) == []
     exec_start = box.show("ExecStart")["ExecStart"]
     assert "path=/usr/local/bin/ocrd" in exec_start, exec_start
     shown = box.show("ActiveState", "SubState", "NRestarts", "WatchdogUSec", "StatusText")
@@ -435,6 +451,50 @@ def test_install_as_the_readme_says(box: Container) -> None:
     assert "ocrd.service" not in verify.stderr, verify.stderr
     assert _has_event(box, "daemon_started", config=CONFIG, model_dir=MODELS)
     assert _has_event(box, "engine_started", model_dir=MODELS)
+    # The exposure systemd/README.md states for the unit as it runs is the measured one.
+    security = _ok(box.run(["systemd-analyze", "security", "--no-pager", "ocrd.service"]), "", box)
+    found = re.search(r"Overall exposure level for ocrd.service: (\d+\.\d+)", security)
+    assert found, security
+    assert found.group(1) == stated_exposure("live"), security[-3000:]
+
+
+def _pins(text: str) -> set[tuple[str, str]]:
+    """(normalised name, version) of each ``name==version`` line (a lock, or pip freeze)."""
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", text, re.MULTILINE)
+    return {(re.sub(r"[-_.]+", "-", name).lower(), version) for name, version in pins}
+
+
+def test_the_ocr_service_reads_the_models_through_group_ocrd(box: Container) -> None:
+    """The README's way for the OCR service's account: group ocrd. Before it, that account
+    cannot even list model_dir; after, it reads a model ocrd's user made and one root made
+    with a tight umask (setgid: the file has group ocrd). An admin outside the group who runs
+    ``ocrd list`` is told in one line what to do (exit 77), not shown a traceback."""
+    for user in ("ocr", "admin"):
+        made = box.run(["useradd", "--system", "--no-create-home", user])
+        assert made.returncode == 0 or "already exists" in made.stderr, made.stderr
+    box.add_model("en_shared.bin", "s")
+    made = box.sh(f"umask 027 && printf r > {MODELS}/en_root.bin")
+    assert made.returncode == 0, made.stderr
+    assert box.run(["stat", "-c", "%U:%G %a", f"{MODELS}/en_root.bin"]).stdout.split() == [
+        "root:ocrd",
+        "640",
+    ]
+    denied = box.run(["cat", f"{MODELS}/en_shared.bin"], user="ocr")
+    assert denied.returncode != 0, denied.stdout
+    assert "Permission denied" in denied.stderr, denied.stderr
+
+    listed = box.run(["ocrd", "list", "-c", CONFIG], user="admin")
+    assert listed.returncode == 77, listed
+    (line,) = listed.stderr.splitlines()
+    assert f"sudo -u ocrd ocrd list -c {CONFIG}" in line, line
+    assert "join group ocrd: sudo usermod -aG ocrd admin" in line, line
+
+    (join,) = readme_block("Let the OCR service read the models")
+    _ok(box.sh(join), join, box)
+    for name, content in (("en_shared.bin", "s"), ("en_root.bin", "r")):
+        read = box.run(["cat", f"{MODELS}/{name}"], user="ocr")
+        assert (read.returncode, read.stdout) == (0, content), read
+    box.run(["rm", f"{MODELS}/en_shared.bin", f"{MODELS}/en_root.bin"])  # later tests count
 
 
 def test_deletes_reloads_and_tells(box: Container) -> None:
@@ -632,19 +692,45 @@ def test_stop(box: Container) -> None:
     assert engine[-1] == "engine_freed", names
 
 
-def test_reinstall_keeps_the_config_and_uninstall_keeps_the_data(box: Container) -> None:
+def test_reinstall_restarts_keeps_the_config_and_uninstall_keeps_the_data(box: Container) -> None:
     before = hashlib.sha256(box.read(CONFIG).encode()).hexdigest()
-    _ok(box.sh("sudo make install", cwd=SRC, timeout=300), "make install again", box)
+    # Over a stopped service: installed, and said so; not started.
+    again = _ok(box.sh("sudo make install", cwd=SRC, timeout=300), "make install again", box)
+    assert "ocrd.service is not running, so not restarted" in again, again
+    assert box.show("ActiveState")["ActiveState"] == "inactive"
+    # Over a running one: restarted onto the new code.
+    _ok(box.run(["systemctl", "start", "ocrd"], timeout=60), "systemctl start", box)
+    pid = box.show("MainPID")["MainPID"]
+    again = _ok(box.sh("sudo make install", cwd=SRC, timeout=300), "make install over it", box)
+    assert "ocrd.service restarted" in again, again
+    shown = box.show("ActiveState", "MainPID")
+    assert shown["ActiveState"] == "active", shown
+    assert shown["MainPID"] not in (pid, "0"), (pid, shown)
     assert hashlib.sha256(box.read(CONFIG).encode()).hexdigest() == before
+
+    prom = "/var/lib/prometheus/node-exporter/ocrd.prom"
+    drop_in = "/etc/systemd/system/ocrd.service.d/metrics.conf"
+    assert box.exists(prom)  # the metrics opt-in, above
+    assert box.exists(drop_in)
     _ok(box.sh("sudo make uninstall", cwd=SRC, timeout=120), "make uninstall", box)
     for gone in (
         "/usr/local/bin/ocrd",
         "/opt/ocrd",
         "/etc/systemd/system/ocrd.service",
+        "/etc/systemd/system/ocrd.service.d",
         "/usr/local/lib/sysusers.d/ocrd.conf",
         "/usr/local/lib/tmpfiles.d/ocrd.conf",
+        prom,
     ):
         assert not box.exists(gone), gone
-    for kept in (CONFIG, f"{MODELS}/en_model.bin"):
+    for kept in (CONFIG, f"{MODELS}/en_model.bin", "/var/lib/prometheus/node-exporter"):
         assert box.exists(kept), kept
     assert box.run(["getent", "passwd", "ocrd"]).returncode == 0
+
+    # Another program's /usr/local/bin/ocrd (OCR-D's) is never replaced.
+    box.write("/usr/local/bin/ocrd", "#!/bin/sh\necho OCR-D\n")
+    refused = box.sh("sudo make install", cwd=SRC, timeout=120)
+    assert refused.returncode != 0, refused.stdout
+    assert "BINDIR=" in refused.stderr, refused.stderr
+    assert box.read("/usr/local/bin/ocrd") == "#!/bin/sh\necho OCR-D\n"
+    assert not box.exists("/opt/ocrd/venv")
