@@ -124,7 +124,7 @@ need-bindir:
 # its metrics.conf drop-in, the metrics file the config names (ocrd wrote it; node_exporter
 # would serve it, stale, forever), the link (only if it is ours), the venv, the sysusers and
 # tmpfiles entries. Keeps the operator's data and choices: /etc/ocrd, the model directory
-# /var/lib/ocrd, the user ocrd, other drop-ins, and the textfile directory's group.
+# /var/lib/ocrd, the user ocrd, other drop-ins, and the textfile directory's owner.
 uninstall: need-root
 	if [ -d /run/systemd/system ]; then systemctl disable --now ocrd.service 2>/dev/null || true; fi
 	@prom=$$($(PYTHON) -c "$$METRICS_TEXTFILE" $(CONFDIR)/config.toml 2>/dev/null) || prom=; \

@@ -249,13 +249,13 @@ def test_a_textfile_directory_owned_by_another_user_is_refused(
 
 @root_only
 def test_the_documented_setup_passes_the_check() -> None:
-    """systemd/README.md: node_exporter's directory (root's, 0755) given to ocrd's group,
-    ``chgrp ocrd; chmod g+w``, checked as the user ocrd runs as, whose group it is."""
+    """systemd/README.md: node_exporter's directory (root's, 0755) given to ocrd's user,
+    ``chown ocrd; chmod 0755``, checked as the user ocrd runs as."""
     with make_world() as world:
         prom_dir = world.base / "node-exporter"
         prom_dir.mkdir()
-        os.chown(prom_dir, 0, OCRD_UID)
-        prom_dir.chmod(0o775)
+        os.chown(prom_dir, OCRD_UID, 0)
+        prom_dir.chmod(0o755)
         config = world.config(f'[metrics]\ntextfile = "{prom_dir}/ocrd.prom"\n')
         check = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "check", "-c", str(config)]
         result = subprocess.run(check, capture_output=True, text=True, env=world.env, check=False)
