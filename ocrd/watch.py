@@ -257,8 +257,10 @@ class Watcher:
         if rel.startswith(b".."):
             return
         with self._lock:
+            first = not self._changes  # the loop is woken once per batch of marks
             (self._changes.dirs if is_dir else self._changes.files).add(b"" if rel == b"." else rel)
-        self._on_change()
+        if first:
+            self._on_change()
 
     def mark_lost(self) -> None:
         with self._lock:
