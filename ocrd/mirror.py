@@ -67,7 +67,7 @@ class Mirror:
         self.clock = clock
         self.wake = wake
         self.tick = tick
-        self.arrivals = Arrivals(self.place.real)  # directories moved in: their files arrived
+        self.arrivals = Arrivals(self.place.real)  # what was seen arriving, and when
         self.index = Index()
         self.directories: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.pending: set[bytes] = set()  # files to look at again at the next refresh
@@ -258,7 +258,7 @@ class Mirror:
                         continue
                     except Stopped:
                         break  # SIGTERM: the loop exits; the index no longer matters
-                    self.arrivals.saw(rel, st, self.clock.time())
+                    self.arrivals.saw(rel, self.clock.time(), empty=not sub.files)
                     prefix = rel + b"/"
                     for where, why in sub.unreadable:
                         log.get().warning(
@@ -274,6 +274,9 @@ class Mirror:
                         self.index.put(found)
                         done.touched.add(found.path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    prior = self.index.get(rel)
+                    if stat.S_ISREG(st.st_mode) and (prior is None or prior.ino != st.st_ino):
+                        self.arrivals.saw_file(rel, st, self.clock.time())
                     self.index.put(entry_from_stat(rel, st))
                     done.touched.add(rel)
                 else:
@@ -299,12 +302,12 @@ class Mirror:
         self.pending.clear()
         return Scan(self)
 
-    def adopt(self, scan: Scan, now: float, horizon: float) -> None:
-        """A scan walked to its end: what it found replaces what the mirror held. Sightings of
-        directories moved in are kept for ``horizon`` (no rule can be held back by older ones)."""
+    def adopt(self, scan: Scan) -> None:
+        """A scan walked to its end: what it found replaces what the mirror held, and the
+        sightings of what is gone are dropped."""
         self.index = scan.index
         self.directories = dict(scan.directories)
-        self.arrivals.keep_only(self.directories, now - horizon)
+        self.arrivals.keep_only(self.directories, self.index, self.root_id)
         self._check_coverage_soon()
 
     def report(self, scan: Scan) -> None:
@@ -339,6 +342,10 @@ class Scan:
     def __init__(self, mirror: Mirror) -> None:
         self.place = mirror.place
         self.arrivals = mirror.arrivals
+        self.clock = mirror.clock
+        # A directory this scan meets that the mirror did not hold (or held under another
+        # inode) arrived unannounced: compared only with a full picture of the same model_dir.
+        self.known = mirror.directories if mirror.arrivals.pictured == mirror.root_id else None
         self.tick = mirror.tick
         self.index = Index()
         self.unreadable: list[tuple[bytes, str]] = []
@@ -347,13 +354,20 @@ class Scan:
 
     def __iter__(self) -> Iterator[list[FileEntry]]:
         arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival
+        met = 0  # directories handed to arrivals.found so far
         with collecting_paused():
             for found in scan_batches(
                 self.place, self.unreadable, self.directories, mounts=self.mounts, tick=self.tick
             ):
+                if self.known is not None:
+                    # Before the batch's arrivals are applied: its directory is among these.
+                    self.arrivals.found(self.directories[met:], self.known, self.clock.time())
+                    met = len(self.directories)
                 for e in found:
                     self.index.put(e)
                 yield self.arrivals.apply(found, arrived)
+            if self.known is not None:
+                self.arrivals.found(self.directories[met:], self.known, self.clock.time())
 
 
 def _unreadable(rel: bytes, exc: OSError) -> None:

@@ -105,7 +105,7 @@ def test_a_full_scan_yields_batches_and_replaces_what_the_mirror_held(
     batches = list(scan)
     assert sorted(len(b) for b in batches) == [1, 1, 1]  # one directory's files at a time
     assert b"stale.bin" in mirror.index  # nothing replaced until adopted
-    mirror.adopt(scan, FakeClock().time(), horizon=0.0)
+    mirror.adopt(scan)
     assert sorted(e.path for e in mirror.entries()) == [b"a/b/two.bin", b"a/one.bin", b"top.bin"]
     assert set(mirror.directories) == {b"", b"a", b"a/b"}
     assert mirror.index.files == 3
@@ -117,7 +117,7 @@ def test_the_root_vanishing_and_returning_is_noticed_once_each(
     models = tmp_path / "models"
     (models / "m.bin").write_bytes(b"x")
     mirror.arm()
-    mirror.adopt(_scanned(mirror), FakeClock().time(), horizon=0.0)
+    mirror.adopt(_scanned(mirror))
     assert mirror.check_root() is Root.OK
     os.rename(models, tmp_path / "away")
     assert mirror.check_root() is Root.VANISHED
