@@ -242,10 +242,14 @@ class Mirror:
                 is_dir = st is not None and stat.S_ISDIR(st.st_mode)
                 if not is_dir and (rel in changes.dirs or rel in self.directories):
                     done.forgotten += self._forget_tree(rel)  # a directory gone or now a file
+                    self.arrivals.forget(rel)
                 if st is None:
                     self.index.pop(rel)
                     done.gone.append(rel)
                 elif is_dir:
+                    # Arrived unless the mirror holds it already, as this very inode: then
+                    # what it saw arrive there stays as it was.
+                    arrived = self.directories.get(rel) != st.st_ino
                     self.index.pop(rel)
                     done.forgotten += self._forget_tree(rel)
                     try:
@@ -258,7 +262,8 @@ class Mirror:
                         continue
                     except Stopped:
                         break  # SIGTERM: the loop exits; the index no longer matters
-                    self.arrivals.saw(rel, self.clock.time(), empty=not sub.files)
+                    if arrived:
+                        self.arrivals.saw(rel, self.clock.time(), empty=not sub.files)
                     prefix = rel + b"/"
                     for where, why in sub.unreadable:
                         log.get().warning(
@@ -286,7 +291,6 @@ class Mirror:
     def _forget_tree(self, rel: bytes) -> int:
         """Forget directory ``rel`` and all below it; how many indexed paths went with it."""
         prefix = rel + b"/"
-        self.arrivals.forget(rel)
         forgotten = self.index.forget_under(prefix)  # costs what the subtree holds
         if rel in self.directories:  # a directory just made is not: mkdir storms cost nothing
             for stale in [p for p in self.directories if p == rel or p.startswith(prefix)]:
