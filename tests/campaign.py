@@ -48,7 +48,9 @@ from tests.worlds import APP_UID, as_user, held, make_world
 
 DAY = 86_400.0
 INF = float("inf")
-EPS = 0.002  # log timestamps carry microseconds; ocrd's own clock reads are never earlier
+# The kernel stamps ctime and mtime from its coarse clock, up to one tick (10 ms at HZ=100)
+# behind time.time() read just before the call: a move's ctime may precede the "before" taken.
+EPS = 0.012
 WATCHDOG_USEC = 4_000_000
 WHITELIST = ("*.keep",)
 
@@ -198,16 +200,18 @@ def _ts(event: dict[str, Any]) -> float:
 
 
 class SlowWriter:
-    """Holds a file open for writing and appends to it every 50 ms until stopped."""
+    """Holds a file open for writing and appends to it every ``every`` seconds until stopped:
+    more often than settle (it never settles), or less (it settles while still being written)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, every: float) -> None:
+        self.every = every
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # never creates: ocrd may be first
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stopping.wait(0.05):
+        while not self.stopping.wait(self.every):
             with contextlib.suppress(OSError):
                 os.write(self.fd, b".")
 
@@ -462,15 +466,16 @@ class Campaign:
             found = [d for d in found if not any(m.startswith(d + "/") for m in mounted)]
         return found
 
-    def _name(self) -> str:
+    def _name(self, prefix: str | None = None) -> str:
         self.next_id += 1
-        prefix = self.rng.choice(["old_", "old_", "", "", "tmp_"])
+        if prefix is None:
+            prefix = self.rng.choice(["old_", "old_", "", "", "tmp_"])
         suffix = self.rng.choice([".bin", ".bin", ".gguf", ".keep"])
         return f"{prefix}m{self.next_id}{suffix}"
 
-    def op_create(self, where: str | None = None) -> Model | None:
+    def op_create(self, where: str | None = None, prefix: str | None = None) -> Model | None:
         d = where if where is not None else self.rng.choice(["", "", *self._dirs()])
-        rel = os.path.join(d, self._name())
+        rel = os.path.join(d, self._name(prefix))
         back = self.rng.choice([0.0, 0.0, 3600.0, 60 * DAY])
         before = time.time()
         path = self.models_dir / rel
@@ -500,11 +505,11 @@ class Campaign:
         m.touched_ub = time.time()
 
     def op_slow_write(self) -> None:
-        m = self.op_create()
+        m = self.op_create(prefix=self.rng.choice(self.file_rules.prefixes))  # a rule names it
         if m is None:
             return
         try:
-            writer = SlowWriter(self.models_dir / m.path)
+            writer = SlowWriter(self.models_dir / m.path, self.rng.choice([0.05, 3.0]))
         except OSError:
             return
         m.holds.append([time.time(), INF])
@@ -655,7 +660,11 @@ class Campaign:
         if not files:
             return
         m = self.rng.choice(files)
-        other = self.root and self.rng.random() < 0.5
+        try:
+            readable = os.lstat(self.models_dir / m.path).st_mode & 0o004
+        except OSError:
+            return
+        other = self.root and readable and self.rng.random() < 0.5
         how = self.rng.choice(["open", "mmap"] if other else ["open", "mmap", "write"])
         with contextlib.suppress(OSError):
             if how == "mmap" and os.lstat(self.models_dir / m.path).st_size == 0:
