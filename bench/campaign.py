@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tests.campaign import OPS, Campaign, Result, replay_command
 
@@ -25,6 +26,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=90, help="operations per seed")
     parser.add_argument(
         "--engine-every", type=int, default=4, help="every Nth seed runs with [engine] on (0: none)"
+    )
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        default=Path("/tmp/ocrd-campaign"),
+        help="where a failing seed leaves its operations and ocrd's log",
     )
     parser.add_argument(
         "--off", default="", help=f"operations switched off, comma-separated: {', '.join(OPS)}"
@@ -41,7 +48,7 @@ def main() -> int:
     results: list[Result] = []
     for seed in range(args.first, args.first + args.seeds):
         engine = args.engine_every > 0 and seed % args.engine_every == 0
-        r = Campaign(seed, args.steps, engine=engine, off=off).run()
+        r = Campaign(seed, args.steps, engine=engine, off=off, dump=args.dump).run()
         results.append(r)
         stop = f"{r.stop_s:.2f}" if r.stop_s is not None else "-"
         print(
@@ -66,6 +73,8 @@ def main() -> int:
         print(f"switched off: {', '.join(sorted(off))}")
     for r in failed:
         print(f"replay: {replay_command(r.seed, args.steps, r.engine, off)}")
+    if failed:
+        print(f"operations and logs of the failing seeds: {args.dump}/seed-N.ops, .log")
     return 1 if failed else 0
 
 

@@ -247,7 +247,10 @@ class Campaign:
         off: frozenset[str] = frozenset(),
         rescan: float = 3.0,
         log: Callable[[str], None] | None = None,
+        dump: Path | None = None,
     ) -> None:
+        """``dump``: a directory where a seed that fails leaves its operations (seed-N.ops)
+        and ocrd's stdout (seed-N.log)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.steps = steps
@@ -266,6 +269,8 @@ class Campaign:
         self.rules_log: list[tuple[int, RuleSet]] = []  # (event index from which, rules)
         self.file_rules: RuleSet = self._random_rules()
         self.d: OcrdProcess | None = None
+        self.dump = dump
+        self.trace: list[str] = []
 
     # -- the world -------------------------------------------------------------------------
 
@@ -288,9 +293,22 @@ class Campaign:
             try:
                 self._campaign(stack)
             except _Crash as exc:
-                self.result.crash = str(exc).splitlines()[0][:300].splitlines()[0][:300]
+                self.result.crash = str(exc).splitlines()[0][:300]
+            if self.dump is not None and not self.result.ok:
+                self._dump(self.dump)
         self.result.seconds = time.monotonic() - started
         return self.result
+
+    def note(self, text: str) -> None:
+        self.trace.append(f"{time.time():.3f} step {self.step} {text}")
+
+    def _dump(self, where: Path) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        (where / f"seed-{self.seed}.ops").write_text("\n".join(self.trace) + "\n")
+        if self.d is not None:
+            with self.d.cond:
+                lines = "".join(self.d.lines)
+            (where / f"seed-{self.seed}.log").write_text(lines)
 
     def _make_outside(self) -> None:
         out = self.base / "outside"
@@ -338,6 +356,7 @@ class Campaign:
             self.step = step
             op = self.rng.choices(names, weights)[0]
             self.result.ops[op] = self.result.ops.get(op, 0) + 1
+            self.note(op)
             getattr(self, f"op_{op}")()
             for h in [h for h in self.holders if h.release_step <= self.step]:
                 self._release(h)
@@ -348,6 +367,7 @@ class Campaign:
     # -- the oracle ------------------------------------------------------------------------
 
     def violation(self, text: str) -> None:
+        self.note(f"VIOLATION {text}")
         self.say(f"seed {self.seed} step {self.step}: VIOLATION {text}")
         self.result.violations.append(f"step {self.step}: {text}")
 
@@ -543,6 +563,7 @@ class Campaign:
             os.rename(pkg, self.models_dir / rel)
         except OSError:
             return
+        self.note(f"moved {pkg.name} in as {rel}")
         if changed if changed is not None else self.rng.random() < 0.6:
             # A download tool's marker, written at once: the package's mtime is its ctime again.
             marker = self.models_dir / rel / ".complete"
@@ -564,6 +585,7 @@ class Campaign:
             os.makedirs(self.models_dir / rel)
         except OSError:
             return
+        self.note(f"made {rel}")
         if self.rng.random() < 0.7:
             self.op_create(rel)
 
