@@ -59,13 +59,10 @@ class Arrivals:
         # same directory compares what it finds with the mirror's directories of then.
         self.pictured: tuple[int, int] | None = None
 
-    def saw(self, rel_dir: bytes, at: float, *, empty: bool = False) -> None:
+    def saw(self, rel_dir: bytes, at: float) -> None:
         """The directory ``rel_dir`` appeared under model_dir (moved in, or made) and was seen
-        at wall time ``at``, which is no earlier than its arrival. An ``empty`` one (no file
-        below it) is not remembered: whatever comes into it later arrives with a ctime of its
-        own (create, rename and link all set it), or is a directory seen arriving in turn. So
-        a storm of mkdirs costs no memory here."""
-        if rel_dir and not empty:
+        at wall time ``at``, which is no earlier than its arrival."""
+        if rel_dir:
             self.dirs[rel_dir] = max(at, self.dirs.get(rel_dir, at))
 
     def saw_file(self, rel: bytes, st: os.stat_result, at: float) -> None:
@@ -75,14 +72,38 @@ class Arrivals:
             self.files[rel] = max(at, self.files.get(rel, at))
 
     def found(
-        self, dirs: Iterable[tuple[bytes, int]], known: Mapping[bytes, int], at: float
+        self,
+        dirs: Iterable[tuple[bytes, int]],
+        known: Mapping[bytes, int],
+        at: float,
+        holding: Iterable[bytes] | None = None,
     ) -> None:
-        """A full scan met ``dirs`` (path, inode) at ``at``: one not in ``known`` (the mirror's
-        directories when the scan began), or there under another inode, arrived while no event
-        said so (events lost, or taken by the scan itself)."""
-        for rel, ino in dirs:
-            if known.get(rel) != ino:
+        """A walk met ``dirs`` (path, inode) at ``at``: each one not in ``known`` (what the
+        mirror held before), or there under another inode, arrived since.
+
+        With ``holding`` (the paths of the files the walk found), only the topmost of the new
+        directories that have a file below them are remembered: their sighting dates all
+        below, and whatever comes into an empty directory later arrives with a ctime of its
+        own (create, rename and link all set it) or is a directory seen arriving in turn, so
+        a storm of mkdirs costs no memory here. Without it (a full scan, one directory at a
+        time), every new directory is."""
+        new = {rel for rel, ino in dirs if rel and known.get(rel) != ino}
+        if holding is None:
+            for rel in new:
                 self.saw(rel, at)
+            return
+        if not new:
+            return
+        tops = {rel for rel in new if rel.rpartition(b"/")[0] not in new}
+        looked: set[bytes] = set()
+        for path in holding:
+            d = path.rpartition(b"/")[0]
+            while d and d not in looked:
+                looked.add(d)
+                if d in tops:
+                    self.saw(d, at)
+                    break
+                d = d.rpartition(b"/")[0]
 
     def forget(self, rel_dir: bytes) -> None:
         """``rel_dir`` and everything under it is gone."""

@@ -247,9 +247,9 @@ class Mirror:
                     self.index.pop(rel)
                     done.gone.append(rel)
                 elif is_dir:
-                    # Arrived unless the mirror holds it already, as this very inode: then
-                    # what it saw arrive there stays as it was.
-                    arrived = self.directories.get(rel) != st.st_ino
+                    # What the mirror held there before: a directory it holds already, as the
+                    # very same inode, did not arrive again (its sighting stays as it was).
+                    known = self._held_under(rel)
                     self.index.pop(rel)
                     done.forgotten += self._forget_tree(rel)
                     try:
@@ -262,9 +262,13 @@ class Mirror:
                         continue
                     except Stopped:
                         break  # SIGTERM: the loop exits; the index no longer matters
-                    if arrived:
-                        self.arrivals.saw(rel, self.clock.time(), empty=not sub.files)
                     prefix = rel + b"/"
+                    self.arrivals.found(
+                        ((prefix + d if d else rel, ino) for d, ino in sub.directories),
+                        known,
+                        self.clock.time(),
+                        holding=(prefix + e.path for e in sub.files),
+                    )
                     for where, why in sub.unreadable:
                         log.get().warning(
                             "scan_unreadable", path=display(prefix + where), error=why
@@ -287,6 +291,13 @@ class Mirror:
                 else:
                     self.index.pop(rel)  # a fifo or socket: not a model
         return done
+
+    def _held_under(self, rel: bytes) -> dict[bytes, int]:
+        """The directories held at ``rel`` and below it, with their inodes."""
+        if rel not in self.directories:
+            return {}  # a directory just made: mkdir storms cost nothing
+        prefix = rel + b"/"
+        return {p: i for p, i in self.directories.items() if p == rel or p.startswith(prefix)}
 
     def _forget_tree(self, rel: bytes) -> int:
         """Forget directory ``rel`` and all below it; how many indexed paths went with it."""

@@ -218,3 +218,21 @@ def test_a_full_scan_dates_a_directory_it_finds_new(tmp_path: Path, later: Mirro
     assert planned[b"there/x/old.bin"] < found_at
     later.adopt(scan)
     assert later.arrivals.dirs == {b"pkg": found_at}
+
+
+def test_a_directory_arriving_below_one_named_late_is_dated(tmp_path: Path, later: Mirror) -> None:
+    """Events come late: the walk for ``a`` found ``a/b`` already, and ``a/b``'s own event
+    arrives with that of a package moved into it since. Walking ``a/b`` again (no arrival:
+    the mirror holds it as this inode) finds the package, which did arrive."""
+    models = tmp_path / "models"
+    later.arm()
+    later.adopt(_scanned(later))
+    (models / "a" / "b").mkdir(parents=True)
+    later.refresh(_changes(dirs={b"a"}))
+    assert later.arrivals.dirs == {}  # empty: nothing to date
+    (models / "a" / "b" / "pkg" / "sub").mkdir(parents=True)
+    (models / "a" / "b" / "pkg" / "sub" / "m.bin").write_bytes(b"m")
+    seen_at = later.clock.time()
+    later.refresh(_changes(dirs={b"a/b", b"a/b/pkg"}))
+    assert later.arrivals.dirs == {b"a/b/pkg": seen_at}  # the topmost new one holding a file
+    assert _ctimes(later)[b"a/b/pkg/sub/m.bin"] == seen_at
