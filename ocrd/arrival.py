@@ -44,8 +44,8 @@ class Arrivals:
     arriving (relative path → wall time), and each file seen arriving whose own ctime does not
     say so. Sightings are kept regardless of the rules in force (which a reload may change at
     any time) and dropped only when their directory or file is gone: one record per such
-    directory or file present, so memory follows the tree, not the churn. No time limit
-    applies, since no duration in a valid config (``max_age``, ``settle``) has an upper bound.
+    directory or file present, so memory follows the tree, not the churn. No limit by age: a
+    valid ``max_age`` may be up to 100 years, so such a limit would bound nothing.
 
     In memory only: a restart starts with none, and the files of a directory moved in and
     changed before it count from their own ctimes (docs/arrivals.md). A persistent store
