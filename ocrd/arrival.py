@@ -1,4 +1,4 @@
-"""When a file arrived in model_dir, as far as the filesystem (and this process) can tell.
+"""When a file arrived in model_dir: what the filesystem shows, and what this process saw.
 
 A file's own ctime is the kernel's record of its last status change: creating, renaming,
 linking or chmod-ing it sets it to the current time, and no tool can set it back (``tar -x``,
@@ -10,56 +10,119 @@ only, not of the files in it. So each directory strictly below model_dir adds it
   mtime and ctime to the same instant; a ctime later than the mtime means something else
   happened to the directory after its last change of contents: it was renamed (moved in),
   chmod-ed, chown-ed or had an extended attribute written. Each of these counts as an arrival
-  of everything under it (the safe side: such files wait longer).
-- the moment this process saw it arrive (a directory moved in while ``ocrd run`` watched,
-  recognised by the same ctime-after-mtime sign at that moment), kept in memory: a later
-  change of its contents (a file added, or deleted by ocrd) makes mtime equal ctime again and
-  hides the rename from the first rule.
+  of everything under it (the safe side: such files wait longer). This sign is fleeting: the
+  next change of the directory's contents (a download tool's marker written into it straight
+  after the move, a file ocrd deletes) makes mtime equal ctime again.
+- its sighting: the moment ``ocrd run`` saw the directory arrive. That is a fact this process
+  keeps (``Arrivals``), not one it derives again from the disk: once recorded, it stays
+  whatever changes inside the directory and whatever rules are in force, until the directory
+  is gone. A reload therefore never makes a file due earlier than the time it has really been
+  in model_dir.
 
-A file's arrival is the latest of its own ctime and the evidence of every directory above it;
-``entry.ctime`` is raised to it, so settle and ``age_from = "arrival"`` both count from it.
-model_dir's own ctime is not evidence (it changes with every file added at the top).
+A file's arrival is the latest of its own ctime, its own sighting (see ``Arrivals.saw_file``)
+and the evidence of every directory above it; ``entry.ctime`` is raised to it, so settle (for
+every rule) and ``age_from = "arrival"`` both count from it. model_dir's own ctime is not
+evidence (it changes with every file added at the top).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
 
 from ocrd.inventory import FileEntry
 
+# A file seen arriving whose own ctime is older than the sighting by more than this does not
+# vouch for its arrival (a file server's clock behind ours): its sighting is kept. Below it,
+# the ctime is the kernel's exact record and the sighting would only repeat it.
+CTIME_SLACK_S = 60.0
+
 
 class Arrivals:
-    """Directory evidence for one model_dir. ``seen`` holds the directories this process saw
-    arrive (relative path → wall time); ``forget``/``keep_only`` drop those that are gone."""
+    """The one owner of what this process saw arrive under one model_dir: each directory seen
+    arriving (relative path → wall time), and each file seen arriving whose own ctime does not
+    say so. Sightings are kept regardless of the rules in force (which a reload may change at
+    any time) and dropped only when their directory or file is gone: one record per such
+    directory or file present, so memory follows the tree, not the churn. No limit by age: a
+    valid ``max_age`` may be up to 100 years, so such a limit would bound nothing.
+
+    In memory only: a restart starts with none, and the files of a directory moved in and
+    changed before it count from their own ctimes (docs/arrivals.md). A persistent store
+    belongs behind this class."""
 
     def __init__(self, model_dir: os.PathLike[str] | str | bytes) -> None:
         self.root = os.fsencode(model_dir)
-        self.seen: dict[bytes, float] = {}
+        self.dirs: dict[bytes, float] = {}
+        self.files: dict[bytes, float] = {}
+        # model_dir's (device, inode) at the last full scan adopted: a later full scan of the
+        # same directory compares what it finds with the mirror's directories of then.
+        self.pictured: tuple[int, int] | None = None
 
-    def saw(self, rel_dir: bytes, st: os.stat_result, at: float) -> None:
-        """The directory ``rel_dir`` (its stat ``st``) appeared under model_dir at wall time
-        ``at``. Remembered only if it shows a status change after its contents' last change
-        (moved in, as opposed to made here by mkdir, whose files are new anyway): a storm of
-        mkdirs costs no memory here."""
-        if rel_dir and st.st_ctime > st.st_mtime:
-            self.seen[rel_dir] = max(at, self.seen.get(rel_dir, at))
+    def saw(self, rel_dir: bytes, at: float) -> None:
+        """The directory ``rel_dir`` appeared under model_dir (moved in, or made) and was seen
+        at wall time ``at``, which is no earlier than its arrival."""
+        if rel_dir:
+            self.dirs[rel_dir] = max(at, self.dirs.get(rel_dir, at))
+
+    def saw_file(self, rel: bytes, st: os.stat_result, at: float) -> None:
+        """The file ``rel`` (its stat ``st``) was seen arriving at ``at``. Remembered only if
+        its own ctime is older than that by more than CTIME_SLACK_S."""
+        if st.st_ctime < at - CTIME_SLACK_S:
+            self.files[rel] = max(at, self.files.get(rel, at))
+
+    def found(
+        self,
+        dirs: Iterable[tuple[bytes, int]],
+        known: Mapping[bytes, int],
+        at: float,
+        holding: Iterable[bytes] | None = None,
+    ) -> None:
+        """A walk met ``dirs`` (path, inode) at ``at``: each one not in ``known`` (what the
+        mirror held before), or there under another inode, arrived since.
+
+        With ``holding`` (the paths of the files the walk found), only the topmost of the new
+        directories that have a file below them are remembered: their sighting dates all
+        below, and whatever comes into an empty directory later arrives with a ctime of its
+        own (create, rename and link all set it) or is a directory seen arriving in turn, so
+        a storm of mkdirs costs no memory here. Without it (a full scan, one directory at a
+        time), every new directory is."""
+        new = {rel for rel, ino in dirs if rel and known.get(rel) != ino}
+        if holding is None:
+            for rel in new:
+                self.saw(rel, at)
+            return
+        if not new:
+            return
+        tops = {rel for rel in new if rel.rpartition(b"/")[0] not in new}
+        looked: set[bytes] = set()
+        for path in holding:
+            d = path.rpartition(b"/")[0]
+            while d and d not in looked:
+                looked.add(d)
+                if d in tops:
+                    self.saw(d, at)
+                    break
+                d = d.rpartition(b"/")[0]
 
     def forget(self, rel_dir: bytes) -> None:
-        """``rel_dir`` and everything under it is gone. Costs nothing for a directory not seen
-        arriving; sightings below one that was are dropped with it (others at the next scan)."""
-        if rel_dir in self.seen:
-            prefix = rel_dir + b"/"
-            for p in [p for p in self.seen if p == rel_dir or p.startswith(prefix)]:
-                del self.seen[p]
+        """``rel_dir`` and everything under it is gone."""
+        prefix = rel_dir + b"/"
+        for seen in (self.dirs, self.files):
+            if seen:
+                for p in [p for p in seen if p == rel_dir or p.startswith(prefix)]:
+                    del seen[p]
 
-    def keep_only(self, dirs: Container[bytes], before: float) -> None:
-        """After a full scan: forget sightings of directories not in ``dirs``, and those from
-        before ``before`` (now less the longest max_age and settle), which no rule can be held
-        back by any more."""
-        if self.seen:
-            self.seen = {p: t for p, t in self.seen.items() if p in dirs and t >= before}
+    def keep_only(
+        self, dirs: Container[bytes], files: Container[bytes], root: tuple[int, int] | None
+    ) -> None:
+        """After a full scan of model_dir ``root``: forget the sightings of directories not in
+        ``dirs`` and of files not in ``files``, which are gone."""
+        if self.dirs:
+            self.dirs = {p: t for p, t in self.dirs.items() if p in dirs}
+        if self.files:
+            self.files = {p: t for p, t in self.files.items() if p in files}
+        self.pictured = root
 
     def floor(self, rel_dir: bytes, cache: dict[bytes, float]) -> float:
         """The latest directory evidence for files directly in ``rel_dir`` (b"" = model_dir)."""
@@ -79,7 +142,7 @@ class Arrivals:
         return found
 
     def _own(self, rel_dir: bytes) -> float:
-        own = self.seen.get(rel_dir, float("-inf"))
+        own = self.dirs.get(rel_dir, float("-inf"))
         try:
             st = os.stat(self.root + b"/" + rel_dir, follow_symlinks=False)
         except OSError:
@@ -93,11 +156,14 @@ class Arrivals:
     def apply(
         self, entries: Iterable[FileEntry], cache: dict[bytes, float] | None = None
     ) -> list[FileEntry]:
-        """``entries`` with each ctime raised to its directories' evidence. ``cache`` may be
-        shared across calls of one pass (one stat per directory, not per file)."""
+        """``entries`` with each ctime raised to its arrival. ``cache`` may be shared across
+        calls of one pass (one stat per directory, not per file)."""
         cache = {} if cache is None else cache
+        files = self.files
         out = []
         for e in entries:
             floor = self.floor(e.path.rpartition(b"/")[0], cache)
+            if files:
+                floor = max(floor, files.get(e.path, floor))
             out.append(e._replace(ctime=floor) if floor > e.ctime else e)
         return out

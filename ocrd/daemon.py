@@ -303,7 +303,7 @@ class Daemon:
             return
         except Stopped:
             return  # SIGTERM mid-scan: the loop exits at once, nothing half-planned is applied
-        self.mirror.adopt(scan, now, self.rules.horizon)
+        self.mirror.adopt(scan)
         index = self.mirror.index
         self.future.keep_only(index)
         # Nothing is kept for a path that is gone.

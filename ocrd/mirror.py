@@ -84,7 +84,7 @@ class Mirror:
         self.clock = clock
         self.wake = wake
         self.tick = tick
-        self.arrivals = Arrivals(self.place.real)  # directories moved in: their files arrived
+        self.arrivals = Arrivals(self.place.real)  # what was seen arriving, and when
         self.index = Index()
         self.directories: dict[bytes, int] = {}  # every directory under model_dir → its inode
         self.pending: set[bytes] = set()  # files to look at again at the next refresh
@@ -365,6 +365,8 @@ class Mirror:
         if watched is None or self.watcher is None or self.watcher.kind != "inotify":
             return False
         unwatched = []
+        # self.directories is left as refresh and adopt wrote it: the arrivals compare its
+        # inodes with what a later refresh finds.
         with DirFds(self.place) as fds:
             for rel, ino in list(self.directories.items()):
                 if ino in watched:
@@ -372,9 +374,7 @@ class Mirror:
                 try:
                     now_ino = os.fstat(fds.open(rel)).st_ino
                 except OSError:
-                    del self.directories[rel]  # gone since we saw it; nothing to watch
-                    continue
-                self.directories[rel] = now_ino
+                    continue  # gone since we saw it; nothing to watch
                 if now_ino not in watched:
                     unwatched.append(rel)
         if not unwatched:
@@ -434,10 +434,14 @@ class Mirror:
                 is_dir = st is not None and stat.S_ISDIR(st.st_mode)
                 if not is_dir and (rel in changes.dirs or rel in self.directories):
                     done.forgotten += self._forget_tree(rel)  # a directory gone or now a file
+                    self.arrivals.forget(rel)
                 if st is None:
                     self.index.pop(rel)
                     done.gone.append(rel)
                 elif is_dir:
+                    # What the mirror held there before: a directory it holds already, as the
+                    # very same inode, did not arrive again (its sighting stays as it was).
+                    known = self._held_under(rel)
                     self.index.pop(rel)
                     done.forgotten += self._forget_tree(rel)
                     try:
@@ -450,8 +454,13 @@ class Mirror:
                         continue
                     except Stopped:
                         break  # SIGTERM: the loop exits; the index no longer matters
-                    self.arrivals.saw(rel, st, self.clock.time())
                     prefix = rel + b"/"
+                    self.arrivals.found(
+                        ((prefix + d if d else rel, ino) for d, ino in sub.directories),
+                        known,
+                        self.clock.time(),
+                        holding=(prefix + e.path for e in sub.files),
+                    )
                     for where, why in sub.unreadable:
                         log.get().warning(
                             "scan_unreadable", path=display(prefix + where), error=why
@@ -466,16 +475,25 @@ class Mirror:
                         self.index.put(found)
                         done.touched.add(found.path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    prior = self.index.get(rel)
+                    if stat.S_ISREG(st.st_mode) and (prior is None or prior.ino != st.st_ino):
+                        self.arrivals.saw_file(rel, st, self.clock.time())
                     self.index.put(entry_from_stat(rel, st))
                     done.touched.add(rel)
                 else:
                     self.index.pop(rel)  # a fifo or socket: not a model
         return done
 
+    def _held_under(self, rel: bytes) -> dict[bytes, int]:
+        """The directories held at ``rel`` and below it, with their inodes."""
+        if rel not in self.directories:
+            return {}  # a directory just made: mkdir storms cost nothing
+        prefix = rel + b"/"
+        return {p: i for p, i in self.directories.items() if p == rel or p.startswith(prefix)}
+
     def _forget_tree(self, rel: bytes) -> int:
         """Forget directory ``rel`` and all below it; how many indexed paths went with it."""
         prefix = rel + b"/"
-        self.arrivals.forget(rel)
         forgotten = self.index.forget_under(prefix)  # costs what the subtree holds
         if rel in self.directories:  # a directory just made is not: mkdir storms cost nothing
             for stale in [p for p in self.directories if p == rel or p.startswith(prefix)]:
@@ -495,15 +513,15 @@ class Mirror:
         self.pending.clear()
         return scan
 
-    def adopt(self, scan: Scan, now: float, horizon: float) -> None:
-        """A scan walked to its end: what it found replaces what the mirror held. Sightings of
-        directories moved in are kept for ``horizon`` (no rule can be held back by older ones)."""
+    def adopt(self, scan: Scan) -> None:
+        """A scan walked to its end: what it found replaces what the mirror held, and the
+        sightings of what is gone are dropped."""
         self._missed(scan)
         self.index = scan.index
         # A probe that is out (polling answers it at its next snapshot) is no directory of
         # model_dir's: not counted, not checked for a watch.
         self.directories = {d: i for d, i in scan.directories if not d.startswith(PROBE_PREFIX)}
-        self.arrivals.keep_only(self.directories, now - horizon)
+        self.arrivals.keep_only(self.directories, self.index, self.root_id)
         self._check_coverage_soon()
 
     def _missed(self, scan: Scan) -> None:
@@ -563,6 +581,10 @@ class Scan:
     def __init__(self, mirror: Mirror) -> None:
         self.place = mirror.place
         self.arrivals = mirror.arrivals
+        self.clock = mirror.clock
+        # A directory this scan meets that the mirror did not hold (or held under another
+        # inode) arrived unannounced: compared only with a full picture of the same model_dir.
+        self.known = mirror.directories if mirror.arrivals.pictured == mirror.root_id else None
         self.tick = mirror.tick
         self.index = Index()
         self.unreadable: list[tuple[bytes, str]] = []
@@ -574,13 +596,20 @@ class Scan:
 
     def __iter__(self) -> Iterator[list[FileEntry]]:
         arrived: dict[bytes, float] = {}  # one stat per directory for ocrd.arrival
+        met = 0  # directories handed to arrivals.found so far
         with collecting_paused():
             for found in scan_batches(
                 self.place, self.unreadable, self.directories, mounts=self.mounts, tick=self.tick
             ):
+                if self.known is not None:
+                    # Before the batch's arrivals are applied: its directory is among these.
+                    self.arrivals.found(self.directories[met:], self.known, self.clock.time())
+                    met = len(self.directories)
                 for e in found:
                     self.index.put(e)
                 yield self.arrivals.apply(found, arrived)
+            if self.known is not None:
+                self.arrivals.found(self.directories[met:], self.known, self.clock.time())
 
 
 def _unreadable(rel: bytes, exc: OSError) -> None:

@@ -91,12 +91,6 @@ class Selector(Protocol):
         None: this rule sets no time."""
         return None
 
-    @property
-    def horizon(self) -> float:
-        """How long after its arrival a file's verdict under this rule can still depend on
-        when it arrived (ocrd.arrival keeps sightings of directories moved in that long)."""
-        return 0.0
-
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         """Files this rule keeps although a reader would expect it to delete them, each with
         why: the planner gives that as the reason of their "keep"."""
@@ -208,10 +202,6 @@ class MaxAgeRule(Selector):
         """1/10000 of max_age, between 1 s and 5 min (30d: ~4 min): a kept file is looked at
         that much late at most after it crosses max_age."""
         return min(300.0, max(1.0, self.max_age / 10_000))
-
-    @property
-    def horizon(self) -> float:
-        return self.max_age
 
     def after_clock_jump(self, at: float) -> MaxAgeRule:
         return replace(self, not_before=max(self.not_before, at))
@@ -365,7 +355,7 @@ class KeepNewestRule(Selector):
     What the shell asks of a rule, it answers with Selector's defaults: it judges a family
     as a whole (not per file: the daemon plans everything when it is on), and its verdicts
     change only when a family does (a version arrives or goes), never with time alone, so it
-    is never due, holds no arrival horizon and is untouched by a clock jump."""
+    is never due and is untouched by a clock jump."""
 
     keep: int
     families: Families = field(default_factory=Families)
@@ -456,12 +446,6 @@ class Rules:
         what changed; a whole-inventory rule, or the last-version floor, makes it plan
         everything)."""
         return self.floor is None and all(s.per_file for s in self.selectors)
-
-    @property
-    def horizon(self) -> float:
-        """How long after its arrival a file's verdict can still depend on when it arrived:
-        the longest of the rules' horizons (max_age), or settle if longer."""
-        return max([self.settle, *(s.horizon for s in self.selectors)])
 
     def not_before(self, at: float) -> Rules:
         """These rules with no file ageing from before ``at`` (a clock jump, ocrd.timejump)."""

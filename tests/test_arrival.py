@@ -143,7 +143,7 @@ CONFIG = """\
 model_dir = "{models}"
 [retention]
 prefixes = ["old_"]
-max_age = "30d"
+{max_age}
 # Every model but the moved-in ones is old: these tests are about age, not about the refusal
 # to empty model_dir (tests/test_newest.py).
 allow_delete_all = true
@@ -151,6 +151,7 @@ allow_delete_all = true
 [watch]
 settle = "{settle}"
 rescan = "{rescan}"
+observer = "{observer}"
 [engine]
 enabled = false
 [log]
@@ -159,9 +160,19 @@ format = "json"
 
 
 def config(
-    base: Path, models: Path, *, settle: str = "0s", rescan: str = "10m", extra: str = ""
+    base: Path,
+    models: Path,
+    *,
+    settle: str = "0s",
+    rescan: str = "10m",
+    extra: str = "",
+    max_age: str | None = "30d",
+    observer: str = "auto",
 ) -> Path:
-    body = CONFIG.format(models=models, settle=settle, rescan=rescan, extra=extra)
+    age = "" if max_age is None else f'max_age = "{max_age}"'
+    body = CONFIG.format(
+        models=models, settle=settle, rescan=rescan, extra=extra, max_age=age, observer=observer
+    )
     return write_config(base / "conf", body)
 
 
@@ -252,6 +263,98 @@ def test_the_daemon_settles_a_moved_in_directory_and_keeps_its_old_models(
         assert deleted == {"there.bin", "pkg/old_sentinel.bin"}
         code, _ = d.stop()
         assert code == 0
+
+
+@root_only
+@pytest.mark.parametrize("seen_by", ["event", "rescan"])
+def test_a_package_moved_in_and_changed_at_once_keeps_its_arrival(
+    tmp_path: Path, daemons: list[OcrdProcess], seen_by: str
+) -> None:
+    """A download tool moves an extracted package in and writes its marker into it at once:
+    when the daemon looks, the package's mtime equals its ctime again, and nothing on disk says
+    it was moved in. The daemon saw it arrive, by the event or by the full scan that took the
+    event's place (a reload here), and that arrival holds: the sentinel settles from it, and
+    max_age counts from it."""
+    with ext4_image(tmp_path) as img:
+        models = prepare(tmp_path, img)
+        # Polling: what the daemon keeps once it saw the package is the point here, not how
+        # it saw it (the polling observer's events take the same path as inotify's).
+        cfg = config(tmp_path, models, settle="2s", rescan="3s", observer="polling")
+        d = OcrdProcess(cfg)
+        daemons.append(d)
+        d.event("model_deleted", path="there.bin", rule="max_age")
+        d.note("READY=1")
+
+        # Stopped, the daemon looks only once both are done: the sign is gone by then.
+        d.send(signal.SIGSTOP)
+        try:
+            moved_at = time.time()
+            install(tmp_path, img, models)
+            (models / "pkg" / ".complete").write_bytes(b"")
+            st = os.stat(models / "pkg")
+            assert st.st_mtime == st.st_ctime
+            if seen_by == "rescan":
+                d.send(signal.SIGHUP)  # the reload's full scan, not the event, finds pkg
+        finally:
+            d.send(signal.SIGCONT)
+        if seen_by == "rescan":
+            d.event("scan_completed", trigger="reload")
+        gone = d.event("model_deleted", path="pkg/old_sentinel.bin", rule="prefix")
+        assert _timestamp(gone) - moved_at >= 2.0 - 0.05, (moved_at, gone)
+        _after_a_rescan(d)
+        for rel in (*MOVED, "pkg/.complete"):
+            assert (models / rel).exists(), rel
+        deleted = {e["path"] for e in d.events if e.get("event") == "model_deleted"}
+        assert deleted == {"there.bin", "pkg/old_sentinel.bin"}
+        assert d.stop()[0] == 0
+
+
+@root_only
+def test_a_reload_that_adds_max_age_counts_from_the_arrival_the_daemon_saw(
+    tmp_path: Path, daemons: list[OcrdProcess]
+) -> None:
+    """The rules in force judge by name only, so when the package arrived nothing depended on
+    when it did; full scans came and went. A reload adding max_age must still count from the
+    arrival the daemon saw, not from the files' 60-day-old timestamps."""
+    with ext4_image(tmp_path) as img:
+        models = prepare(tmp_path, img)
+        guard = 'reload_guard = "100%"'  # the reload's deletions happen, or not, as ruled
+        rules = {"settle": "1s", "rescan": "1s", "extra": guard, "observer": "polling"}
+        cfg = config(tmp_path, models, max_age=None, **rules)
+        d = OcrdProcess(cfg)
+        daemons.append(d)
+        d.note("READY=1")
+        install(tmp_path, img, models)
+        # The prefix rule's deletion makes pkg's mtime equal its ctime: only the daemon's
+        # sighting says pkg is new now.
+        d.event("model_deleted", path="pkg/old_sentinel.bin", rule="prefix")
+        st = os.stat(models / "pkg")
+        assert st.st_mtime == st.st_ctime
+        _after_a_rescan(d)
+
+        config(tmp_path, models, max_age="30d", **rules)
+        d.send(signal.SIGHUP)
+        d.event("config_reloaded")
+        # Really there for 60 days: deleted at once under the new rule.
+        d.event("model_deleted", path="there.bin", rule="max_age")
+        _after_a_rescan(d)
+        for rel in MOVED:
+            assert (models / rel).exists(), rel
+        deleted = {e["path"] for e in d.events if e.get("event") == "model_deleted"}
+        assert deleted == {"there.bin", "pkg/old_sentinel.bin"}
+        assert d.stop()[0] == 0
+
+
+def _after_a_rescan(d: OcrdProcess) -> None:
+    """Wait for a periodic full scan that started after now."""
+    n = len(d.events)
+    d.wait_for(
+        "a periodic rescan",
+        lambda: any(
+            e.get("event") == "scan_completed" and e.get("trigger") == "rescan"
+            for e in d.events[n:]
+        ),
+    )
 
 
 def _timestamp(event: dict[str, Any]) -> float:

@@ -61,7 +61,7 @@ class Room:
     def scan_and_submit(self) -> None:
         scan = self.mirror.scan()
         entries = [e for batch in scan for e in batch]
-        self.mirror.adopt(scan, self.clock.time(), 0.0)
+        self.mirror.adopt(scan)
         self.batcher.submit(plan(entries, self.rules, self.clock.time()), self.rules, at_once=True)
 
 

@@ -4,6 +4,8 @@ than from what events claim; on real files, no subprocess."""
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,7 +107,7 @@ def test_a_full_scan_yields_batches_and_replaces_what_the_mirror_held(
     batches = list(scan)
     assert sorted(len(b) for b in batches) == [1, 1, 1]  # one directory's files at a time
     assert b"stale.bin" in mirror.index  # nothing replaced until adopted
-    mirror.adopt(scan, FakeClock().time(), horizon=0.0)
+    mirror.adopt(scan)
     assert sorted(e.path for e in mirror.entries()) == [b"a/b/two.bin", b"a/one.bin", b"top.bin"]
     assert set(mirror.directories) == {b"", b"a", b"a/b"}
     assert mirror.index.files == 3
@@ -117,7 +119,7 @@ def test_the_root_vanishing_and_returning_is_noticed_once_each(
     models = tmp_path / "models"
     (models / "m.bin").write_bytes(b"x")
     mirror.arm()
-    mirror.adopt(_scanned(mirror), FakeClock().time(), horizon=0.0)
+    mirror.adopt(_scanned(mirror))
     assert mirror.check_root() is Root.OK
     os.rename(models, tmp_path / "away")
     assert mirror.check_root() is Root.VANISHED
@@ -142,3 +144,95 @@ def _scanned(mirror: Mirror) -> Scan:
 
 def _stale() -> FileEntry:
     return FileEntry(b"stale.bin", 1, 0.0, 0.0, 0.0, 1, 1, False)
+
+
+# -- arrivals: what the mirror saw arrive, kept whatever happens inside ---------------------------
+
+
+@pytest.fixture
+def later(tmp_path: Path) -> Iterator[Mirror]:
+    """A mirror whose clock reads a day ahead: what it saw arrive dates a file later than its
+    own ctime, visibly."""
+    (tmp_path / "models").mkdir()
+    m = Mirror(
+        tmp_path / "models",
+        Watch.model_validate({"settle": "0s", "observer": "polling"}),
+        FakeClock(wall=time.time() + 86_400),
+        wake=lambda: None,
+        tick=lambda: False,
+    )
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def _ctimes(mirror: Mirror) -> dict[bytes, float]:
+    return {e.path: e.ctime for e in mirror.entries()}
+
+
+def test_a_directory_seen_arriving_keeps_its_arrival_whatever_changes_inside(
+    tmp_path: Path, later: Mirror
+) -> None:
+    models = tmp_path / "models"
+    later.arm()
+    later.adopt(_scanned(later))
+    (models / "pkg" / "sub").mkdir(parents=True)
+    (models / "pkg" / "sub" / "a.bin").write_bytes(b"a")
+    (models / "empty").mkdir()
+    seen_at = later.clock.time()
+    later.refresh(_changes(dirs={b"pkg", b"empty"}))
+    assert _ctimes(later)[b"pkg/sub/a.bin"] == seen_at
+    assert later.arrivals.dirs == {b"pkg": seen_at}  # an empty directory costs nothing
+    assert isinstance(later.clock, FakeClock)
+    later.clock.advance(60)
+    later.refresh(_changes(dirs={b"pkg"}))  # named again, the same inode: it did not arrive again
+    assert later.arrivals.dirs == {b"pkg": seen_at}
+    # Its contents change (a marker written, a file deleted): the sign on disk is gone.
+    (models / "pkg" / ".complete").write_bytes(b"")
+    st = os.stat(models / "pkg")
+    assert st.st_mtime == st.st_ctime
+    for _ in range(3):  # full scans, months apart, whatever the rules: it stays
+        later.clock.advance(40 * 86_400)
+        later.adopt(_scanned(later))
+        assert _ctimes(later)[b"pkg/sub/a.bin"] == seen_at
+    shutil.rmtree(models / "pkg")
+    later.adopt(_scanned(later))
+    assert later.arrivals.dirs == {}  # gone: forgotten
+
+
+def test_a_full_scan_dates_a_directory_it_finds_new(tmp_path: Path, later: Mirror) -> None:
+    """A directory that arrived while no event said so (lost, or taken by the scan itself)."""
+    models = tmp_path / "models"
+    (models / "there" / "x").mkdir(parents=True)
+    (models / "there" / "x" / "old.bin").write_bytes(b"o")
+    later.arm()
+    later.adopt(_scanned(later))  # the first scan: nothing is new to a mirror that held nothing
+    assert later.arrivals.dirs == {}
+    (models / "pkg").mkdir()
+    (models / "pkg" / "a.bin").write_bytes(b"a")
+    found_at = later.clock.time()
+    scan = later.scan()
+    planned = {e.path: e.ctime for batch in scan for e in batch}  # as the pass plans them
+    assert planned[b"pkg/a.bin"] == found_at
+    assert planned[b"there/x/old.bin"] < found_at
+    later.adopt(scan)
+    assert later.arrivals.dirs == {b"pkg": found_at}
+
+
+def test_a_directory_arriving_below_one_named_late_is_dated(tmp_path: Path, later: Mirror) -> None:
+    """Events come late: the walk for ``a`` found ``a/b`` already, and ``a/b``'s own event
+    arrives with that of a package moved into it since. Walking ``a/b`` again (no arrival:
+    the mirror holds it as this inode) finds the package, which did arrive."""
+    models = tmp_path / "models"
+    later.arm()
+    later.adopt(_scanned(later))
+    (models / "a" / "b").mkdir(parents=True)
+    later.refresh(_changes(dirs={b"a"}))
+    assert later.arrivals.dirs == {}  # empty: nothing to date
+    (models / "a" / "b" / "pkg" / "sub").mkdir(parents=True)
+    (models / "a" / "b" / "pkg" / "sub" / "m.bin").write_bytes(b"m")
+    seen_at = later.clock.time()
+    later.refresh(_changes(dirs={b"a/b", b"a/b/pkg"}))
+    assert later.arrivals.dirs == {b"a/b/pkg": seen_at}  # the topmost new one holding a file
+    assert _ctimes(later)[b"a/b/pkg/sub/m.bin"] == seen_at

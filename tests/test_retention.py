@@ -229,13 +229,12 @@ class ExpiresRule(Selector):
 
 
 def test_a_rule_answers_for_itself_what_the_shell_asks() -> None:
-    """The rule protocol: per_file, due, due_slack, horizon and after_clock_jump come from the
+    """The rule protocol: per_file, due, due_slack and after_clock_jump come from the
     rules themselves, so a new rule class is all a new rule needs; what a rule leaves unsaid
     is the safe side (planned with the whole inventory, never due by time alone)."""
     big, small = entry(b"big.bin", size=100), entry(b"small.bin", size=10)
     budget = Rules((PrefixRule(("old_",)), LargestRule(50)))
     assert not budget.per_file  # the daemon plans the whole index for it
-    assert budget.horizon == 0.0
     assert budget.due_slack == 1.0
     assert budget.not_before(NOW).selectors == budget.selectors
     decided = {d.entry.path: d for d in plan([big, small], budget, NOW).decisions}
@@ -244,7 +243,6 @@ def test_a_rule_answers_for_itself_what_the_shell_asks() -> None:
 
     expires = Rules((ExpiresRule(NOW + 60), MaxAgeRule(30 * DAY, "mtime")))
     assert expires.per_file
-    assert expires.horizon == 30 * DAY
     assert expires.due_slack == min(7.0, 30 * DAY / 10_000)
     (d,) = plan([entry(b"m.bin", age=DAY)], expires, NOW).decisions
     assert d.verdict is Verdict.KEEP

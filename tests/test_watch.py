@@ -206,12 +206,12 @@ def test_a_rescan_that_finds_files_the_watch_never_reported_says_the_watch_is_bl
         scan = mirror.scan()
         for _ in scan:
             pass
-        mirror.adopt(scan, 0.0, 0.0)
+        mirror.adopt(scan)
         (top / "sub" / "old_unseen.bin").write_bytes(b"x")
         scan = mirror.scan()
         for _ in scan:
             pass
-        mirror.adopt(scan, 0.0, 0.0)
+        mirror.adopt(scan)
     blind = _events(logs, "watch_blind")
     assert len(blind) == 1, logs
     assert (blind[0]["files"], blind[0]["example"]) == (1, "sub/old_unseen.bin")
@@ -237,7 +237,7 @@ def test_a_file_the_watch_reported_is_not_counted_as_missed(
         scan = mirror.scan()
         for _ in scan:
             pass
-        mirror.adopt(scan, 0.0, 0.0)
+        mirror.adopt(scan)
     assert not _events(logs, "watch_blind"), logs
 
 
