@@ -14,11 +14,8 @@ from tests.campaign import Campaign, replay_command, seeds_from_env
 
 STEPS = int(os.environ.get("OCRD_CAMPAIGN_STEPS", "40"))
 ENGINE = os.environ.get("OCRD_CAMPAIGN_ENGINE") == "1"
-# Switched off unless OCRD_CAMPAIGN_OFF says otherwise (set it empty to run every operation):
-# a directory replaced by another under its name makes watchdog's inotify watch group raise
-# KeyError, which ocrd/watch.py does not survive yet.
-KNOWN_CRASHES = "replace"
-OFF = frozenset(filter(None, os.environ.get("OCRD_CAMPAIGN_OFF", KNOWN_CRASHES).split(",")))
+# Every operation runs unless OCRD_CAMPAIGN_OFF names some to switch off.
+OFF = frozenset(filter(None, os.environ.get("OCRD_CAMPAIGN_OFF", "").split(",")))
 
 
 @pytest.mark.parametrize("seed", seeds_from_env([1, 2, 3]))
