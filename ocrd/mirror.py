@@ -25,7 +25,6 @@ from ocrd.rootdir import identify, open_root, pin
 from ocrd.walker import collecting_paused, scan_batches, walk
 from ocrd.watch import (
     LADDER,
-    PROBE_PREFIX,
     REMOTE_FS,
     Changes,
     Kind,
@@ -350,10 +349,13 @@ class Mirror:
         limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
         if self.limit_hit is not None:
             why, self.limit_hit = self.limit_hit, None
+            # The probe that polling has not answered yet is no directory of model_dir's.
+            probe = self.watcher.probe if self.watcher is not None else None
+            count = len(self.directories) - (probe in self.directories)
             log.get().warning(
                 "watch_limit",
-                directories=len(self.directories),
-                unwatched=len(self.directories),
+                directories=count,
+                unwatched=count,
                 example=".",
                 max_user_watches=limit,
                 error=why,
@@ -518,9 +520,7 @@ class Mirror:
         sightings of what is gone are dropped."""
         self._missed(scan)
         self.index = scan.index
-        # A probe that is out (polling answers it at its next snapshot) is no directory of
-        # model_dir's: not counted, not checked for a watch.
-        self.directories = {d: i for d, i in scan.directories if not d.startswith(PROBE_PREFIX)}
+        self.directories = dict(scan.directories)
         self.arrivals.keep_only(self.directories, self.index, self.root_id)
         self._check_coverage_soon()
 

@@ -10,6 +10,7 @@ import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
@@ -131,6 +132,7 @@ class Watcher:
         self._log_hook = _WatchdogWarnings(self)
         self.armed_at = 0.0  # wall time the watch started delivering (for the rescan check)
         self.probe: bytes | None = None  # the probe's name while one is out
+        self._probes: deque[bytes] = deque(maxlen=4)  # the latest probes' names
         self.probe_seen = threading.Event()
         self.failed: str | None = None  # why the observer broke down, once it did
 
@@ -214,6 +216,7 @@ class Watcher:
         for _ in range(8):  # a name someone else made first is not ours: another one
             name = PROBE_PREFIX + f"{os.getpid()}-{secrets.token_hex(8)}".encode()
             self.probe = name  # before the mkdir: its event may come before mkdir returns
+            self._probes.append(name)  # its removal's event is known for ours too
             try:
                 os.mkdir(name, 0o700, dir_fd=root_fd)
             except FileExistsError:
@@ -239,9 +242,11 @@ class Watcher:
             log.get().warning("watch_probe_left", path=os.fsdecode(name), error=exc.strerror)
 
     def _saw(self, path: bytes) -> bool:
-        """Whether ``path`` is the probe (seen: the watch works); probes are never marked."""
-        name = path.rpartition(b"/")[2]
-        if not name.startswith(PROBE_PREFIX):
+        """Whether ``path`` is a probe of this watcher's, at the top of model_dir (the one out
+        is then seen: the watch works). Its own events are not marked; anything inside it, or
+        any other entry with a probe-like name, is a change like any other."""
+        top, _, name = path.rpartition(b"/")
+        if top != self.root or name not in self._probes:
             return False
         if name == self.probe:
             self.probe_seen.set()

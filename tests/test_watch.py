@@ -25,6 +25,7 @@ from ocrd import mirror as mirror_module
 from ocrd.clock import FakeClock
 from ocrd.config import Watch
 from ocrd.mirror import Mirror, Root
+from ocrd.rootdir import open_root, pin
 from ocrd.watch import PROBE_PREFIX, Watcher
 from tests.harness import OcrdProcess
 
@@ -291,3 +292,29 @@ def test_a_former_mount_point_is_watched_again_without_a_false_watch_limit(
     d.event("model_deleted", path="scratch/old_after.bin")
     assert "watch_limit" not in d.names()
     assert d.stop()[0] == 0
+
+
+def test_only_the_probe_itself_goes_unmarked(tmp_path: Path) -> None:
+    """Someone may move a package into the probe while it is out (polling leaves it out for
+    seconds): what is inside it is a change like any other, and so is any other probe-like
+    name; only the probe's own entry is the watch's business."""
+    models = tmp_path / "models"
+    models.mkdir()
+    watcher = Watcher(pin(models), "inotify", lambda: None)
+    fd = open_root(watcher.place)
+    try:
+        assert watcher.send_probe(fd) is None
+        probe = watcher.probe
+        assert probe is not None
+        top = watcher.root + b"/"
+        watcher.mark(top + probe, True)
+        watcher.mark(top + probe + b"/pkg/a.bin", False)
+        watcher.mark(top + PROBE_PREFIX + b"1-squatted", True)
+        changes = watcher.take()
+        assert changes.dirs == {PROBE_PREFIX + b"1-squatted"}
+        assert changes.files == {probe + b"/pkg/a.bin"}
+        assert watcher.probe_seen.is_set()
+        watcher.take_probe(fd)
+    finally:
+        os.close(fd)
+    assert os.listdir(models) == []
