@@ -147,7 +147,10 @@ class Watcher:
             return
         observer: BaseObserver
         if self.kind == "polling":
-            dev = os.stat(self.root, follow_symlinks=False).st_dev
+            try:
+                dev = os.stat(self.root, follow_symlinks=False).st_dev
+            except OSError as exc:  # gone meanwhile: check_root says so
+                raise Unavailable(self.kind, exc) from exc
             observer = PollingObserverVFS(
                 _lstat, self._listdir(dev), polling_interval=self.poll_interval
             )
