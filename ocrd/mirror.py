@@ -155,8 +155,10 @@ class Mirror:
             # watchdog's inotify walks into every directory below its root, mounts included;
             # polling's walk is ocrd's to bound. One filesystem outweighs the cheaper watch.
             first = LADDER.index("polling")
+            said = self.degraded is not None and MOUNTS_INSIDE in self.degraded
             why = f"{MOUNTS_INSIDE} (e.g. {display(below[0])}): inotify would watch inside them"
-            log.get().warning("watch_fallback", failed="inotify", observer="polling", why=why)
+            if not said:  # said once, not again at each periodic retry
+                log.get().warning("watch_fallback", failed="inotify", observer="polling", why=why)
         for kind in LADDER[first:]:
             watcher = Watcher(
                 self.place, kind, self.wake, poll_interval=self.poll_interval(), tick=self.tick
