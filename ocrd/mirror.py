@@ -421,11 +421,18 @@ class Mirror:
         what a path is (file or directory) is not trusted — polling reports a reused inode as a
         move, directory to file — each path is looked at on disk."""
         done = Refreshed()
+        # A file in a directory the mirror does not hold came with that directory, whatever
+        # order its events came in (polling reports a tree's files before its directories):
+        # the topmost such directory is walked, and so dated, as if its own event had come.
+        dirs = set(changes.dirs)
+        for rel in changes.files:
+            if (top := _unheld_top(rel, self.directories)) is not None:
+                dirs.add(top)
         with DirFds(self.place) as fds:
-            for rel in changes.dirs | changes.files:
+            for rel in dirs | changes.files:
                 if not rel:
                     continue  # model_dir itself: check_root's business
-                if _below_any(rel, changes.dirs):
+                if _below_any(rel, dirs):
                     continue  # that directory is forgotten and walked whole below
                 try:
                     st = fds.stat(rel)
@@ -436,7 +443,7 @@ class Mirror:
                     _unreadable(rel, exc)
                     continue
                 is_dir = st is not None and stat.S_ISDIR(st.st_mode)
-                if not is_dir and (rel in changes.dirs or rel in self.directories):
+                if not is_dir and (rel in dirs or rel in self.directories):
                     done.forgotten += self._forget_tree(rel)  # a directory gone or now a file
                     self.arrivals.forget(rel)
                 if st is None:
@@ -616,6 +623,19 @@ class Scan:
 
 def _unreadable(rel: bytes, exc: OSError) -> None:
     log.get().warning("scan_unreadable", path=display(rel), error=exc.strerror or str(exc))
+
+
+def _unheld_top(rel: bytes, held: dict[bytes, int]) -> bytes | None:
+    """The topmost directory above ``rel`` that ``held`` does not hold, if any (none before
+    the first full scan, which holds model_dir itself)."""
+    if b"" not in held:
+        return None
+    top = None
+    d = rel.rpartition(b"/")[0]
+    while d and d not in held:
+        top = d
+        d = d.rpartition(b"/")[0]
+    return top
 
 
 def _below_any(rel: bytes, dirs: set[bytes]) -> bool:

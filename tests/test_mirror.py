@@ -236,3 +236,27 @@ def test_a_directory_arriving_below_one_named_late_is_dated(tmp_path: Path, late
     later.refresh(_changes(dirs={b"a/b", b"a/b/pkg"}))
     assert later.arrivals.dirs == {b"a/b/pkg": seen_at}  # the topmost new one holding a file
     assert _ctimes(later)[b"a/b/pkg/sub/m.bin"] == seen_at
+
+
+def test_a_file_whose_directory_came_unannounced_is_dated_with_that_directory(
+    tmp_path: Path, mirror: Mirror
+) -> None:
+    """Polling reports a tree's files before its directories: a package moved in and written
+    into at once (its directory's mtime past its ctime, so the directory itself no longer says
+    it was moved) is dated at its sighting even when only a file's event has come so far."""
+    models = tmp_path / "models"
+    mirror.adopt(_scanned(mirror))
+    staged = tmp_path / "staging" / "pkg"
+    staged.mkdir(parents=True)
+    (staged / "old_a.bin").write_bytes(b"a")
+    os.utime(staged / "old_a.bin", (1_000_000, 1_000_000))
+    os.rename(staged, models / "pkg")
+    (models / "pkg" / "marker").write_bytes(b"m")  # the package's mtime moves past its ctime
+    st = os.stat(models / "pkg")
+    os.utime(models / "pkg", ns=(st.st_atime_ns, st.st_ctime_ns + 1_000_000_000))
+    assert isinstance(mirror.clock, FakeClock)
+    mirror.clock.wall = time.time() + 1000  # a sighting is told from the file's own times
+    done = mirror.refresh(_changes(files={b"pkg/old_a.bin"}))
+    assert done.touched == {b"pkg/old_a.bin", b"pkg/marker"}  # the directory was walked whole
+    (entry,) = mirror.entries({b"pkg/old_a.bin"})
+    assert entry.ctime >= mirror.clock.time()  # dated at its sighting, not by its own times
