@@ -229,9 +229,12 @@ class Mirror:
         return max(1.0, self.watch.settle)
 
     def _proven(self, **extra: float) -> None:
+        """Said at info once per arming; the periodic rescans' proofs at debug."""
         assert self.watcher is not None
         self.blind = 0
-        log.get().info(
+        again = self.watcher.proven
+        self.watcher.proven = True
+        (log.get().debug if again else log.get().info)(
             "watch_armed",
             model_dir=str(self.place),
             observer=self.watcher.kind,

@@ -134,6 +134,7 @@ class Watcher:
         self.probe: bytes | None = None  # the probe's name while one is out
         self._probes: deque[bytes] = deque(maxlen=4)  # the latest probes' names
         self.probe_seen = threading.Event()
+        self.proven = False  # its probe came through at least once
         self.failed: str | None = None  # why the observer broke down, once it did
 
     def start(self) -> None:
