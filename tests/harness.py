@@ -46,6 +46,22 @@ def ocrd_argv() -> list[str]:
     return [script] if script else [sys.executable, "-m", "ocrd"]
 
 
+def with_user_limit(setting: str, value: int) -> list[str]:
+    """A command prefix: run in a user namespace of its own where /proc/sys/user/``setting``
+    (max_inotify_watches, max_inotify_instances, ...) is ``value``. The limit is real for that
+    process and leaves the host's untouched."""
+    script = f'echo {value} > /proc/sys/user/{setting} && exec "$@"'
+    return ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh"]
+
+
+def user_limits_work() -> bool:
+    """Whether with_user_limit works here (unshare present, user namespaces allowed)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = [*with_user_limit("max_inotify_watches", 5), "true"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
 class NotReady(Exception):
     """``ocrd run`` exited before READY=1, or sent none in time."""
 

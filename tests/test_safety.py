@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import OcrdProcess
+from tests.harness import OcrdProcess, user_limits_work, with_user_limit
 
 CONFIG = """\
 model_dir = "models"
@@ -234,22 +234,8 @@ def test_sigterm_mid_batch_exits_0_fast_and_sigkill_restart_completes(
     assert third.stop()[0] == 0
 
 
-def _with_watch_limit(limit: int) -> list[str]:
-    """Run a command in a user namespace of its own whose max_inotify_watches is ``limit``:
-    the limit is real for that process and leaves the host's untouched."""
-    script = f'echo {limit} > /proc/sys/user/max_inotify_watches && exec "$@"'
-    return ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh"]
-
-
-def _user_namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run([*_with_watch_limit(5), "true"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
 needs_userns = pytest.mark.skipif(
-    not _user_namespaces_work(), reason="cannot set a watch limit in a private user namespace"
+    not user_limits_work(), reason="cannot set a watch limit in a private user namespace"
 )
 
 
@@ -262,7 +248,13 @@ def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
     for i in range(40):
         (models / f"d{i:02d}").mkdir()
     rescan = "10m" if observer == "auto" else "2s"
-    d = start(daemons, tmp_path, rescan=rescan, observer=observer, prefix=_with_watch_limit(20))
+    d = start(
+        daemons,
+        tmp_path,
+        rescan=rescan,
+        observer=observer,
+        prefix=with_user_limit("max_inotify_watches", 20),
+    )
     d.note("READY=1")
     warning = d.event("watch_limit")
     assert warning["unwatched"] >= 20

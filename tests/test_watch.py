@@ -9,7 +9,6 @@ module against the newest releases pyproject.toml allows."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from ocrd.config import Watch
 from ocrd.mirror import Mirror, Root
 from ocrd.rootdir import open_root, pin
 from ocrd.watch import PROBE_PREFIX, Watcher
-from tests.harness import OcrdProcess
+from tests.harness import OcrdProcess, user_limits_work, with_user_limit
 
 CONFIG = """\
 model_dir = "models"
@@ -89,27 +88,11 @@ def test_a_new_file_is_deleted_by_event(
     assert d.stop()[0] == 0
 
 
-def _in_userns(setting: str, value: int) -> list[str]:
-    """A command in a user namespace of its own where /proc/sys/user/``setting`` is ``value``:
-    real for that process, the host's own limit untouched."""
-    script = f'echo {value} > /proc/sys/user/{setting} && exec "$@"'
-    return ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh"]
-
-
-def _userns_limits_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        [*_in_userns("max_inotify_instances", 0), "true"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _userns_limits_work(), reason="cannot set inotify limits in a userns")
+@pytest.mark.skipif(not user_limits_work(), reason="cannot set inotify limits in a userns")
 def test_with_every_inotify_instance_taken_polling_takes_over_says_so_and_deletes(
     tmp_path: Path, models: Path, daemons: list[OcrdProcess]
 ) -> None:
-    d = start(tmp_path, daemons, prefix=_in_userns("max_inotify_instances", 0))
+    d = start(tmp_path, daemons, prefix=with_user_limit("max_inotify_instances", 0))
     fallback = d.event("watch_fallback")
     assert (fallback["failed"], fallback["observer"]) == ("inotify", "polling")
     armed = d.event("watch_armed")
