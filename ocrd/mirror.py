@@ -38,7 +38,6 @@ from ocrd.watch import (
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
 PROBE_WAIT_S = 2.0  # an inotify watch reports its probe in well under a millisecond
 PROBE_SYNC_S = 0.5  # how long arming waits for that report before the loop takes over
-MOUNTS_INSIDE = "mount points inside model_dir"
 MISSED_GRACE_S = 2.0  # a change this recent may still be on its way through the watch
 
 
@@ -92,6 +91,8 @@ class Mirror:
         self.watcher: Watcher | None = None
         self.floor = 0  # LADDER index below which no watch is tried (it failed here) for now
         self.degraded: str | None = None  # why the watch is not the one asked for, or unproven
+        self.for_mounts = False  # polling because mount points are inside model_dir
+        self.unproven = False  # the probe could not be made
         self.blind = 0  # probes or rescans in a row that the watch of this kind did not report
         self.rearm_due = False  # the watch was shown blind: arm anew at the next look
         self.limit_hit: str | None = None  # inotify's instance or watch limit, until said
@@ -151,12 +152,14 @@ class Mirror:
         wanted = self.wanted()
         first = max(LADDER.index(wanted), self.floor)
         why = self.degraded if first > LADDER.index(wanted) else None
+        said, self.for_mounts, self.unproven = self.for_mounts, False, False
         if LADDER[first] == "inotify" and (below := mounts_below(self.place.real)):
             # watchdog's inotify walks into every directory below its root, mounts included;
             # polling's walk is ocrd's to bound. One filesystem outweighs the cheaper watch.
             first = LADDER.index("polling")
-            said = self.degraded is not None and MOUNTS_INSIDE in self.degraded
-            why = f"{MOUNTS_INSIDE} (e.g. {display(below[0])}): inotify would watch inside them"
+            self.for_mounts = True
+            why = f"mount points inside model_dir (e.g. {display(below[0])}): inotify would "
+            why += "watch inside them"
             if not said:  # said once, not again at each periodic retry
                 log.get().warning("watch_fallback", failed="inotify", observer="polling", why=why)
         for kind in LADDER[first:]:
@@ -212,7 +215,9 @@ class Mirror:
         kind = self.watcher.kind
         unsent = self.watcher.send_probe(root_fd)
         if unsent is not None:
-            self.degraded = self.degraded or f"watch unproven: {unsent}"
+            if self.degraded is None:  # a fallback's reason stays the one said
+                self.unproven = True
+                self.degraded = f"watch unproven: {unsent}"
             log.get().warning(
                 "watch_unproven",
                 observer=kind,
@@ -262,7 +267,8 @@ class Mirror:
         finally:
             os.close(fd)
         if seen:
-            if self.degraded and self.degraded.startswith("watch unproven"):
+            if self.unproven:
+                self.unproven = False
                 self.degraded = None
             self._proven()
         else:
@@ -561,7 +567,7 @@ class Mirror:
         for rel, why in scan.unreadable:
             log.get().warning("scan_unreadable", path=display(rel), error=why)
         self._report_mounts(scan.mounts, full=True)
-        if not self.mounts and self.degraded is not None and MOUNTS_INSIDE in self.degraded:
+        if not self.mounts and self.for_mounts:
             # The mounts that made inotify unfit are gone: inotify again, with a rescan.
             self.floor = 0
             self.rearm_due = True
