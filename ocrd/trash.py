@@ -621,7 +621,7 @@ def _made_dir(parent: int, part: bytes, mode: int, uid: int, gid: int) -> None:
 def clear_entry(efd: int, trash_fd: int, eid: bytes) -> None:
     """Remove an entry that holds no file: its record, then its directory. Only under the
     entry's lock, and only once ``data`` is gone: the order keeps "data exists" the truth."""
-    if _exists(efd, DATA):
+    if taken(efd, DATA):
         return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(RECORD, dir_fd=efd)
@@ -629,7 +629,7 @@ def clear_entry(efd: int, trash_fd: int, eid: bytes) -> None:
         os.rmdir(eid, dir_fd=trash_fd)
 
 
-def _exists(dir_fd: int, rel: bytes) -> bool:
+def taken(dir_fd: int, rel: bytes) -> bool:
     """Whether anything is at ``rel`` below ``dir_fd``, looked up without following links (a
     link on the way means something is in the way)."""
     parent_rel, _, name = rel.rpartition(b"/")
