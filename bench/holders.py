@@ -1,6 +1,6 @@
 """What the in-use checks cost, with P extra processes each holding the file: the kernel's answer
-(one write lease attempt, ocrd.apply's first check) and the /proc fallback's view
-(ocrd.holders.take), against `lsof -t` and `fuser` on one file as the peers.
+(one write lease attempt, ocrd.ops.delete's first check) and the /proc fallback's view
+(ocrd.fs.holders.take), against `lsof -t` and `fuser` on one file as the peers.
 
     python -m bench.holders [--procs 0,500,2000]
 """
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ocrd.holders import Answer, file_id, take
+from ocrd.fs.holders import Answer, file_id, take
 
 
 def _time(fn: object, repeat: int = 5) -> list[float]:

@@ -20,7 +20,7 @@ from bench.modes import Mode
 from bench.peers import MAX_AGE
 from bench.sections.live import DEFAULT_RESCAN
 from bench.tree import PREFIX
-from ocrd.fanout import FanOut
+from ocrd.ops.fanout import FanOut
 from tests.harness import ocrd_argv
 
 FAN_OUT: FanOut[object, object] = FanOut()  # ocrd's defaults, as the report states them

@@ -2,7 +2,7 @@
 
 Sections (the method and its fairness rules are written into the report, under "Method"):
 
-1. initial scan: ``ocrd.walker.scan`` vs ``find -type f -printf``;
+1. initial scan: ``ocrd.fs.scan.scan`` vs ``find -type f -printf``;
 2. one retention pass: ``ocrd clean`` vs systemd-tmpfiles, tmpreaper and ``find -delete``;
 3. latency of a running ``ocrd run``: file created → ``model_deleted`` logged;
 4. idle CPU and RSS per indexed file of ``ocrd run``;

@@ -442,8 +442,8 @@ def test_atime_ageing_under_a_day_is_warned_about_on_relatime(
 
 
 def _scan(models: Path) -> dict[bytes, Any]:
-    from ocrd.arrival import Arrivals
-    from ocrd.walker import scan
+    from ocrd.fs.arrival import Arrivals
+    from ocrd.fs.scan import scan
 
     return {e.path: e for e in Arrivals(models).apply(scan(models).files)}
 
@@ -493,7 +493,7 @@ def test_directory_evidence_is_found_at_any_depth(tmp_path: Path) -> None:
 
 @root_only
 def test_mount_options_are_read_for_a_mount_point_with_a_space(tmp_path: Path) -> None:
-    from ocrd.watch import mount_of
+    from ocrd.fs.procfs import mount_of
 
     mnt = tmp_path / "with space"
     mnt.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.rootdir import walk_dirs
+from ocrd.fs.walk import walk_dirs
 from tests.conftest import OcrdRunner, make_file, write_config
 from tests.harness import OcrdProcess, ocrd_argv
 

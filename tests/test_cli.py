@@ -1,4 +1,4 @@
-"""ocrd/cli.py: the one-shot commands, run as the real ``ocrd`` command against tmp_path."""
+"""ocrd/cli/main.py: the one-shot commands, run as the real ``ocrd`` command against tmp_path."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from ocrd import cli
-from ocrd import config as config_module
-from ocrd.errors import EXIT_NOPERM
+from ocrd.base.errors import EXIT_NOPERM
+from ocrd.cli import main as cli
+from ocrd.config import schema as config_module
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
 from tests.worlds import APP_UID, OCRD_UID, as_user, held, make_world, root_only
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from ocrd import log
-from ocrd.clock import FakeClock
-from ocrd.config import load
-from ocrd.daemon import Daemon
-from ocrd.retention import Decision, Verdict
+from ocrd.base import log
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import load
+from ocrd.daemon.loop import Daemon
+from ocrd.rules.retention import Decision, Verdict
 from tests.conftest import make_file, write_config
 
 DAY = 86400.0

@@ -1,4 +1,5 @@
-"""ocrd/config.py: config.toml becomes a frozen Config, or one ConfigError naming every problem."""
+"""ocrd/config/schema.py: config.toml becomes a frozen Config, or one ConfigError naming every
+problem."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ocrd import config as config_module
-from ocrd.config import (
+from ocrd.base.errors import EXIT_CONFIG, ConfigError
+from ocrd.config import schema as config_module
+from ocrd.config.schema import (
     INT32_MAX,
     MAX_BYTES,
     MAX_DEPTH,
@@ -23,7 +25,6 @@ from ocrd.config import (
     load,
     parse_duration,
 )
-from ocrd.errors import EXIT_CONFIG, ConfigError
 from tests.conftest import OcrdRunner, write_config
 from tests.harness import OcrdProcess
 

@@ -15,8 +15,8 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocrd.config import INT32_MAX, MAX_BYTES, MAX_DEPTH, Config, load
-from ocrd.errors import ConfigError
+from ocrd.base.errors import ConfigError
+from ocrd.config.schema import INT32_MAX, MAX_BYTES, MAX_DEPTH, Config, load
 from tests.harness import ocrd_argv
 
 KEYS: dict[str, list[str]] = {

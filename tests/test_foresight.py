@@ -1,6 +1,6 @@
 """Foresight (docs/foresight.md): ``ocrd list --at``, ``due_at`` and ``ocrd_due_bytes``.
 
-The planner's part (ocrd/retention.py: coming_due, due_at) on plain values, with Hypothesis
+The planner's part (ocrd/rules/retention.py: coming_due, due_at) on plain values, with Hypothesis
 against plan() itself; the command on real files under tmp_path; the daemon in process on a
 FakeClock set ahead (as tests/test_clock_jump.py does) and as a real ``ocrd run``."""
 
@@ -21,13 +21,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocrd import log
-from ocrd.clock import FakeClock
-from ocrd.config import load
-from ocrd.daemon import Daemon
-from ocrd.families import Families
-from ocrd.inventory import FileEntry
-from ocrd.retention import (
+from ocrd.base import log
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import load
+from ocrd.daemon.loop import Daemon
+from ocrd.fs.inventory import FileEntry
+from ocrd.ops.stats import Totals
+from ocrd.rules.families import Families
+from ocrd.rules.retention import (
     InterruptedRule,
     KeepNewestRule,
     MaxAgeRule,
@@ -43,7 +44,6 @@ from ocrd.retention import (
     refused,
     staying,
 )
-from ocrd.stats import Totals
 from tests.conftest import OcrdRunner, make_file, write_config
 from tests.harness import OcrdProcess
 
@@ -215,7 +215,7 @@ def inventories(draw: st.DrawFn) -> list[FileEntry]:
             dev=2049,
             ino=ino,
             is_link=draw(st.integers(0, 3)) == 0,
-            uid=draw(st.sampled_from([0, 0, 1001, 1002])),  # whose word a file is: ocrd.trust
+            uid=draw(st.sampled_from([0, 0, 1001, 1002])),  # whose word a file is: ocrd.rules.trust
         )
         for ino, path in enumerate(paths)
     ]

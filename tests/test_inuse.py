@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ocrd.holders import Answer, file_id, take
+from ocrd.fs.holders import Answer, file_id, take
 from tests.harness import OcrdProcess, ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
@@ -218,7 +218,7 @@ def test_at_the_fd_limit_a_held_model_is_never_deleted(world: World) -> None:
         script = (
             "import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))\n"
-            "from ocrd.cli import main\n"
+            "from ocrd.cli.main import main\n"
             "sys.exit(main(['clean', '--json', '-c', sys.argv[1]]))\n"
         )
         result = subprocess.run(

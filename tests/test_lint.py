@@ -1,4 +1,5 @@
-"""ocrd/config.py's lint and system-directory refusal: rules that cannot mean what they say."""
+"""ocrd/config/schema.py's lint and system-directory refusal: rules that cannot mean what they
+say."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.config import Lint, lint, load
-from ocrd.errors import EXIT_CONFIG, ConfigError
+from ocrd.base.errors import EXIT_CONFIG, ConfigError
+from ocrd.config.schema import Lint, lint, load
 from tests.conftest import OcrdRunner, write_config
 from tests.harness import OcrdProcess
 

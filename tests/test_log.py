@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrd import log
+from ocrd.base import log
 from tests.harness import ocrd_argv
 
 LINE = re.compile(r"^(?:<(\d)>)?(\{.*\})$")
@@ -192,7 +192,7 @@ def test_a_line_for_a_signal_handler_needs_no_logger() -> None:
 def test_a_thread_that_dies_is_a_json_line(
     captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocrd.daemon import _thread_failed
+    from ocrd.daemon.loop import _thread_failed
 
     monkeypatch.setattr(threading, "excepthook", _thread_failed)
 
@@ -213,7 +213,7 @@ def test_a_stalled_reader_costs_lines_counted_never_half_a_line() -> None:
     """A pipe nobody reads: writes never block, what does not fit is held up to a bound and
     then dropped and counted; once the reader is back, the held lines come out whole, then
     log_lines_dropped with the count."""
-    from ocrd.log import PENDING_MAX, LineWriter
+    from ocrd.base.log import PENDING_MAX, LineWriter
 
     read_end, write_end = os.pipe()
     try:

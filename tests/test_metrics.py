@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from ocrd import metrics
-from ocrd.stats import Totals
+from ocrd.daemon import metrics
+from ocrd.ops.stats import Totals
 from tests.conftest import OcrdRunner
 from tests.harness import OcrdProcess
 from tests.worlds import OCRD_UID, as_user, make_world, root_only

@@ -1,4 +1,4 @@
-"""ocrd/mirror.py: model_dir as the daemon knows it, brought up to date from the disk rather
+"""ocrd/watch/mirror.py: model_dir as the daemon knows it, brought up to date from the disk rather
 than from what events claim; on real files, no subprocess."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.clock import FakeClock
-from ocrd.config import Watch
-from ocrd.inventory import FileEntry
-from ocrd.mirror import Mirror, Root, Scan
-from ocrd.watch import Changes
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import Watch
+from ocrd.fs.inventory import FileEntry
+from ocrd.watch.mirror import Mirror, Root, Scan
+from ocrd.watch.observer import Changes
 
 
 @pytest.fixture

@@ -206,7 +206,7 @@ def test_the_daemon_keeps_the_newest_version_as_versions_arrive(
     make_file(models, b"other-v7.bin", b"other")
     d = start(daemons, config(tmp_path, "keep_newest = 1\n", settle="1s"))
     assert d.deletions() == 0
-    # v2 arrives: once it has settled it counts as the newer version (ocrd.trust), and v1
+    # v2 arrives: once it has settled it counts as the newer version (ocrd.rules.trust), and v1
     # goes, by keep_newest, and nothing else does.
     make_file(models, b"m-v2.bin", b"two")
     deleted = d.event("model_deleted", path="m-v1.bin")

@@ -1,4 +1,4 @@
-"""ocrd/onepass.py and FanOut.run over groups made as they are taken: ``ocrd clean`` deletes
+"""ocrd/ops/stream.py and FanOut.run over groups made as they are taken: ``ocrd clean`` deletes
 each directory as soon as its walk has planned it, with the verdicts of the whole plan."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.errors import ModelDirMissing
-from ocrd.fanout import FanOut, Timer
-from ocrd.fsdirs import DirFds
-from ocrd.onepass import Walked, planned
-from ocrd.retention import MaxAgeRule, PrefixRule, Rules
-from ocrd.rootdir import pin
-from ocrd.walker import scan
+from ocrd.base.errors import ModelDirMissing
+from ocrd.fs.dirfds import DirFds
+from ocrd.fs.place import pin
+from ocrd.fs.scan import scan
+from ocrd.ops.fanout import FanOut, Timer
+from ocrd.ops.stream import Walked, planned
+from ocrd.rules.retention import MaxAgeRule, PrefixRule, Rules
 from tests.conftest import OcrdRunner, make_file, write_config
 from tests.test_cli import CONFIG  # prefix old_, 30 days by mtime, whitelist *.keep
 

@@ -1,4 +1,4 @@
-"""ocrd/retention.py: the pure planner, on plain FileEntry values (no disk)."""
+"""ocrd/rules/retention.py: the pure planner, on plain FileEntry values (no disk)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ocrd.clock import FakeClock
-from ocrd.config import Retention
-from ocrd.inventory import FileEntry, Inventory
-from ocrd.retention import (
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import Retention
+from ocrd.fs.inventory import FileEntry, Inventory
+from ocrd.rules.retention import (
     InterruptedRule,
     MaxAgeRule,
     Plan,
@@ -411,7 +411,7 @@ def test_rules_from_config() -> None:
     assert Rules.from_config(Retention(), settle=0.0).selectors == (InterruptedRule(),)
 
 
-# Private names as ocrd.private makes them: boot id, PID, this process's token, a fresh token.
+# Private names as ocrd.fs.private makes them: boot id, PID, this process's token, a fresh token.
 OURS = b".ocrd-deleting-cce882604d4f-%d-0a1b2c3d-%08x"
 
 

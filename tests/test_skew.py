@@ -8,9 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from ocrd.inventory import FileEntry
-from ocrd.retention import Decision, Verdict
-from ocrd.skew import FutureMtimes
+from ocrd.daemon.skew import FutureMtimes
+from ocrd.fs.inventory import FileEntry
+from ocrd.rules.retention import Decision, Verdict
 from tests.conftest import OcrdRunner, write_config
 from tests.harness import OcrdProcess
 

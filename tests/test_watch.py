@@ -1,6 +1,6 @@
-"""ocrd/watch.py and the watch's lifecycle in ocrd/mirror.py: a watch that works deletes a new
-file by event, a watch that cannot be had gives way to one that works and says so, and a watch
-that is blind is found out (by its probe, or by a rescan) and replaced.
+"""ocrd/watch/observer.py and the watch's lifecycle in ocrd/watch/mirror.py: a watch that works
+deletes a new file by event, a watch that cannot be had gives way to one that works and says
+so, and a watch that is blind is found out (by its probe, or by a rescan) and replaced.
 
 The daemon tests run a real ``ocrd run`` with a rescan period of an hour: a deletion within the
 test's wait can only come from the watch. The fresh-resolve smoke (.ci/fresh-resolve) runs this
@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd import mirror as mirror_module
-from ocrd.clock import FakeClock
-from ocrd.config import Watch
-from ocrd.mirror import Mirror, Root
-from ocrd.rootdir import open_root, pin
-from ocrd.watch import PROBE_PREFIX, Watcher
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import Watch
+from ocrd.fs.place import open_root, pin
+from ocrd.watch import mirror as mirror_module
+from ocrd.watch.mirror import Mirror, Root
+from ocrd.watch.observer import PROBE_PREFIX, Watcher
 from tests.harness import OcrdProcess, user_limits_work, with_user_limit
 
 CONFIG = """\
