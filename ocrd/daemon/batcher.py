@@ -189,7 +189,7 @@ class Batcher:
         finally:
             # Not reached (a stop or a reload came first): looked at again, under whatever
             # rules are in force by then, at the next step.
-            self.mirror.pending |= left
+            self.mirror.look_again(left)
             # The engine stays freed while deletions keep coming; it starts again after a
             # quiet engine.restart_after (a free with nothing left to wait for restarts now).
             self.restart_at = self.clock.monotonic() + self.config.engine.restart_after
@@ -207,7 +207,7 @@ class Batcher:
 
     def gone(self, path: bytes) -> None:
         """``path`` is no model any more (deleted, vanished): nothing is kept for it."""
-        self.mirror.index.pop(path)
+        self.mirror.gone(path)
         self.forget(path)
         self.scheduler.gone()
 

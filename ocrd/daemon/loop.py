@@ -246,8 +246,7 @@ class Daemon:
             # entry the file has since outgrown (writes raise no event we listen to). All of
             # them are looked at again on disk before planning: the disk is the truth.
             self.batcher.lift(changes.files)
-            changes.files |= self.scheduler.due_revisits() | self.mirror.pending
-            self.mirror.pending.clear()
+            changes.files |= self.scheduler.due_revisits() | self.mirror.take_pending()
             refreshed = self.mirror.refresh(changes)
             for path in refreshed.gone:
                 self.batcher.forget(path)

@@ -412,6 +412,19 @@ class Mirror:
         if self.watcher is not None and self.watcher.kind == "inotify":
             self.coverage_due = self.clock.monotonic() + COVERAGE_DELAY_S
 
+    def look_again(self, paths: Iterable[bytes]) -> None:
+        """``paths`` are looked at again on disk at the next refresh."""
+        self.pending |= set(paths)
+
+    def take_pending(self) -> set[bytes]:
+        """The paths to look at again, handed over once."""
+        taken, self.pending = self.pending, set()
+        return taken
+
+    def gone(self, path: bytes) -> None:
+        """``path`` is no model any more (deleted, vanished): out of the index."""
+        self.index.pop(path)
+
     def take_changes(self) -> Changes:
         """What the watcher marked since the last call."""
         return self.watcher.take() if self.watcher is not None else Changes()
