@@ -192,7 +192,7 @@ def test_a_line_for_a_signal_handler_needs_no_logger() -> None:
 def test_a_thread_that_dies_is_a_json_line(
     captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocrd.daemon.loop import _thread_failed
+    from ocrd.daemon.run import _thread_failed
 
     monkeypatch.setattr(threading, "excepthook", _thread_failed)
 

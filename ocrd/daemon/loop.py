@@ -7,33 +7,30 @@ The rooms it drives: the mirror of model_dir (ocrd.watch.mirror), when work is d
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.clock import Clock, SystemClock
-from ocrd.base.errors import EXIT_CONFIG, ConfigError, EngineBusy, ModelDirMissing, Stopped
+from ocrd.base.errors import ConfigError, EngineBusy, ModelDirMissing, Stopped
 from ocrd.config.schema import Config, load, log_warnings
 from ocrd.daemon import signals
 from ocrd.daemon.batcher import Batcher
-from ocrd.daemon.engine import Supervisor, load_runtime
+from ocrd.daemon.engine import Supervisor
 from ocrd.daemon.metrics import Metrics
 from ocrd.daemon.notify import Notifier
 from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.skew import FutureMtimes
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.daemon.waker import Waker
-from ocrd.fs.inventory import FileEntry, display
-from ocrd.fs.place import raise_fd_limit
+from ocrd.fs.inventory import FileEntry
 from ocrd.ops.stats import Totals
+from ocrd.rules.reload import changed_keys, changed_values, widening
 from ocrd.rules.retention import Decision, Plan, Rules, Verdict, plan, revisit_at
 from ocrd.rules.trust import model_dir_owner
 from ocrd.watch.mirror import Mirror, Root
@@ -76,7 +73,7 @@ class Daemon:
             config.watch,
             self.clock,
             wake=self.waker.wake,
-            tick=self._should_stop,
+            tick=self._tick,
         )
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.totals = Totals()  # STATUS= and the metrics file read it
@@ -88,7 +85,7 @@ class Daemon:
             totals=self.totals,
             clock=self.clock,
             clock_guard=self.clock_guard,
-            stop=self._should_stop,
+            stop=self._tick,
             wake=self.waker.wake,
         )
         self.metrics = Metrics(self.totals, config.metrics.textfile)
@@ -119,13 +116,18 @@ class Daemon:
             self.stop_signal = signum
         self.waker.wake()
 
-    def _should_stop(self) -> bool:
-        """Asked between files of a batch: also where the watchdog is fed during long passes.
-        A reload stops the batch too: the rules may now keep what is left of it, so nothing
-        more is deleted until the reload has planned again."""
+    def _tick(self) -> bool:
+        """The heartbeat of a long walk or batch, asked between directories and files: feeds
+        systemd's watchdog, writes the log lines held meanwhile, and answers _should_stop."""
         self._ping()
         if log.busy():
             log.pump()
+        return self._should_stop()
+
+    def _should_stop(self) -> bool:
+        """Whether a walk or batch in hand stops now. A reload stops the batch too: the rules may
+        now keep what is left of it, so nothing more is deleted until the reload has planned
+        again."""
         return (
             self.stop_signal is not None
             or self.reload_requested
@@ -396,8 +398,8 @@ class Daemon:
         self.log.info(
             "config_reloaded",
             config=str(new.path),
-            changed=_diff(old, new),
-            values=_values(old, new),
+            changed=changed_keys(old, new),
+            values=changed_values(old, new),
         )
         log_warnings(new)
         self.totals.reloaded()
@@ -406,39 +408,23 @@ class Daemon:
         self.notifier.ready(self._status())
 
     def _widening(self, new: Config) -> dict[str, Any] | None:
-        """Why a reload must wait for the operator, or None: its rules would delete, beyond what
-        the rules in force delete, more than retention.reload_guard of the models by count or
-        by bytes (at least two files: one file is no mass deletion). A typo such as
-        max_age = "1s" deletes everything within a second; this gives it a second look."""
-        guard = new.retention.reload_guard
+        """Why a reload must wait for the operator, or None (ocrd.rules.reload.widening)."""
         index = self.mirror.index
-        if guard >= 1 or new.retention.dry_run or not index.files:
+        if new.retention.reload_guard >= 1 or new.retention.dry_run or not index.files:
             return None
-        now = self.clock.time()
-        entries = self.mirror.entries()
-        before = {d.entry.path for d in plan(entries, self.rules, now).deletions}
-        if self.config.retention.dry_run:
-            before = set()
         rules = Rules.from_config(
             new.retention, new.watch.settle, model_dir_owner(new.model_dir)
         ).not_before(self.clock_guard.not_before)
-        extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
-        files, size = index.files, index.bytes
-        extra_bytes = sum(d.entry.size for d in extra)
-        if len(extra) < 2 or (len(extra) <= guard * files and extra_bytes <= guard * size):
-            return None
-        return {
-            "would_delete": len(extra),
-            "would_free": extra_bytes,
-            "of_files": files,
-            "of_bytes": size,
-            "guard": f"{guard:.0%}",
-            "changed": _diff(self.config, new),
-            "values": _values(self.config, new),
-            "sample": [display(d.entry.path) for d in extra[:5]],
-            "action": "the rules in force stay; to apply the new ones, run 'ocrd clean -c "
-            f"{new.path}' yourself (then reload), or raise retention.reload_guard",
-        }
+        return widening(
+            self.config,
+            new,
+            self.mirror.entries(),
+            self.rules,
+            rules,
+            files=index.files,
+            size=index.bytes,
+            now=self.clock.time(),
+        )
 
     # -- status ----------------------------------------------------------------------------
 
@@ -461,81 +447,3 @@ class Daemon:
         if status != self.status_sent:
             self.status_sent = status
             self.notifier.status(status)
-
-
-def _diff(old: Config, new: Config) -> list[str]:
-    a, b = old.model_dump(), new.model_dump()
-    return sorted(_changed_keys(a, b, ""))
-
-
-def _values(old: Config, new: Config) -> dict[str, list[Any]]:
-    """Each changed key with its old and new value, as JSON can carry them."""
-    a = json.loads(old.model_dump_json())
-    b = json.loads(new.model_dump_json())
-    out = {}
-    for key in _diff(old, new):
-        va, vb = a, b
-        for part in key.split("."):
-            va = va.get(part) if isinstance(va, dict) else None
-            vb = vb.get(part) if isinstance(vb, dict) else None
-        out[key] = [va, vb]
-    return out
-
-
-def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:
-    for key in a.keys() | b.keys():
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            yield from _changed_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            yield f"{prefix}{key}"
-
-
-def run(config_path: Path) -> int:
-    """``ocrd run``: 0 after SIGTERM/SIGINT, 78 for an invalid config at start, 1 otherwise.
-    Every outcome is a log line (JSON off a TTY), start-up config errors and crashes included."""
-    try:
-        config = load(config_path)
-    except ConfigError as exc:
-        log.configure()  # the config's own [log] is unknown: the defaults
-        log.get().error("config_invalid", config=str(config_path), errors=list(exc.problems))
-        return EXIT_CONFIG
-    daemons: list[Daemon] = []
-
-    def went_away() -> None:
-        for d in daemons:
-            d.log_went_away()
-
-    log.configure(config.log.level, config.log.format, daemon=True, on_closed=went_away)
-    threading.excepthook = _thread_failed
-    before, after = raise_fd_limit()
-    log.get().debug("fd_limit", soft_before=before, soft=after)
-    try:
-        # The runtime is imported before any signal handler is installed: see install_signals.
-        runtime = load_runtime() if config.engine.enabled else None
-        daemon = Daemon(config, runtime=runtime)
-        daemons.append(daemon)
-        _woken.append(daemon.waker.wake)
-        daemon.install_signals()
-        signals.release()  # every handler is in place: what arrived meanwhile is delivered now
-        return daemon.serve()
-    except Exception as exc:  # noqa: BLE001 — logged loudly, exit 1, systemd restarts us
-        log.get().exception("daemon_failed", error=repr(exc))
-        return 1
-
-
-_woken: list[Callable[[], None]] = []  # the loop to wake when a thread dies
-
-
-def _thread_failed(args: threading.ExceptHookArgs) -> None:
-    """A thread's uncaught exception (the observer's, a library's) as a log line, not a bare
-    traceback on stderr; the loop is woken to look at its watch at once."""
-    thread = args.thread.name if args.thread is not None else None
-    log.get().error(
-        "thread_failed",
-        thread=thread,
-        error=repr(args.exc_value),
-        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
-    )
-    for wake in _woken:
-        wake()
