@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     from ocrd.cli import main as cli
-    from ocrd.config.schema import load
+    from ocrd.config.load import load
     from ocrd.fs.scan import scan
     from ocrd.ops.delete import apply
     from ocrd.rules.retention import Rules, plan

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ocrd.base.clock import FakeClock
-from ocrd.config.schema import validate
+from ocrd.config.load import validate
 from ocrd.daemon.batcher import Batcher
 from ocrd.daemon.engine import Supervisor
 from ocrd.daemon.scheduler import Scheduler

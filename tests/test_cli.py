@@ -14,7 +14,7 @@ import pytest
 
 from ocrd.base.errors import EXIT_NOPERM
 from ocrd.cli import main as cli
-from ocrd.config import schema as config_module
+from ocrd.config import load as config_module
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
 from tests.worlds import APP_UID, OCRD_UID, as_user, held, make_world, root_only
 

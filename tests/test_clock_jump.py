@@ -16,7 +16,7 @@ import pytest
 
 from ocrd.base import log
 from ocrd.base.clock import FakeClock
-from ocrd.config.schema import load
+from ocrd.config.load import load
 from ocrd.daemon.loop import Daemon
 from ocrd.rules.retention import Decision, Verdict
 from tests.conftest import make_file, write_config

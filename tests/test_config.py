@@ -14,17 +14,11 @@ import pytest
 from pydantic import ValidationError
 
 from ocrd.base.errors import EXIT_CONFIG, ConfigError
-from ocrd.config import schema as config_module
-from ocrd.config.schema import (
-    INT32_MAX,
-    MAX_BYTES,
-    MAX_DEPTH,
-    Config,
-    default_path,
-    format_duration,
-    load,
-    parse_duration,
-)
+from ocrd.config import load as config_module
+from ocrd.config.durations import INT32_MAX, format_duration, parse_duration
+from ocrd.config.load import default_path, load
+from ocrd.config.schema import Config
+from ocrd.config.trusted import MAX_BYTES, MAX_DEPTH
 from tests.conftest import OcrdRunner, write_config
 from tests.harness import OcrdProcess
 

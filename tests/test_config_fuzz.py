@@ -16,7 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ocrd.base.errors import ConfigError
-from ocrd.config.schema import INT32_MAX, MAX_BYTES, MAX_DEPTH, Config, load
+from ocrd.config.durations import INT32_MAX
+from ocrd.config.load import load
+from ocrd.config.schema import Config
+from ocrd.config.trusted import MAX_BYTES, MAX_DEPTH
 from tests.harness import ocrd_argv
 
 KEYS: dict[str, list[str]] = {

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ocrd.base import log
 from ocrd.base.clock import FakeClock
-from ocrd.config.schema import load
+from ocrd.config.load import load
 from ocrd.daemon.loop import Daemon
 from ocrd.fs.inventory import FileEntry
 from ocrd.ops.stats import Totals

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ocrd.base.errors import EXIT_CONFIG, ConfigError
-from ocrd.config.schema import Lint, lint, load
+from ocrd.config.lint import Lint, lint
+from ocrd.config.load import load
 from tests.conftest import OcrdRunner, write_config
 from tests.harness import OcrdProcess
 

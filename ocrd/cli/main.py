@@ -14,15 +14,10 @@ from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing
 from ocrd.cli.show import iso, print_list, print_report
-from ocrd.config.schema import (
-    SYSTEM_CONFIG,
-    Config,
-    default_path,
-    lint,
-    load,
-    log_warnings,
-    parse_duration,
-)
+from ocrd.config.durations import parse_duration
+from ocrd.config.lint import lint, log_warnings
+from ocrd.config.load import SYSTEM_CONFIG, default_path, load
+from ocrd.config.schema import Config
 from ocrd.fs.access import NoAccess, denied
 from ocrd.fs.holders import lease_report
 from ocrd.fs.place import Place, pin, raise_fd_limit

@@ -11,9 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ocrd.base.human import size
-from ocrd.config.schema import (
-    approx_duration,
-)
+from ocrd.config.durations import approx_duration
 from ocrd.fs.inventory import Inventory, display, printable
 from ocrd.ops.delete import (
     Status,

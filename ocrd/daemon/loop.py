@@ -18,7 +18,9 @@ from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.clock import Clock, SystemClock
 from ocrd.base.errors import ConfigError, EngineBusy, ModelDirMissing, Stopped
-from ocrd.config.schema import Config, load, log_warnings
+from ocrd.config.lint import log_warnings
+from ocrd.config.load import load
+from ocrd.config.schema import Config
 from ocrd.daemon import signals
 from ocrd.daemon.batcher import Batcher
 from ocrd.daemon.engine import Supervisor

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ocrd.base import log
-from ocrd.config.schema import writers_beyond
+from ocrd.config.trusted import writers_beyond
 from ocrd.ops.stats import Totals
 from ocrd.rules.retention import Verdict
 

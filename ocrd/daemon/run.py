@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ocrd.base import log
 from ocrd.base.errors import EXIT_CONFIG, ConfigError
-from ocrd.config.schema import load
+from ocrd.config.load import load
 from ocrd.daemon import signals
 from ocrd.daemon.engine import load_runtime
 from ocrd.daemon.loop import Daemon

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol, cast
 
-from ocrd.config.schema import Retention, approx_duration, format_duration
+from ocrd.config.durations import approx_duration, format_duration
+from ocrd.config.schema import Retention
 from ocrd.fs import private
 from ocrd.fs.inventory import FileEntry, Inventory
 from ocrd.rules.families import DEFAULT_TRUST, Families, Ranking, Versions
