@@ -18,8 +18,10 @@ from structlog.testing import capture_logs
 from ocrd.fs import private
 from ocrd.fs.holders import Answer
 from ocrd.fs.scan import scan
-from ocrd.ops.delete import InUse, Outcome, Status, apply
+from ocrd.ops.delete import apply
 from ocrd.ops.fanout import FanOut
+from ocrd.ops.inuse import InUse
+from ocrd.ops.outcomes import Outcome, Status
 from ocrd.rules.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv

@@ -10,8 +10,8 @@ from structlog.testing import capture_logs
 from ocrd.config.schema import Retention
 from ocrd.fs.inventory import FileEntry
 from ocrd.fs.scan import scan
-from ocrd.ops.delete import Outcome, Status, apply
-from ocrd.ops.outcomes import Recorder
+from ocrd.ops.delete import apply
+from ocrd.ops.outcomes import Outcome, Recorder, Status
 from ocrd.rules.retention import Decision, Rules, Verdict, plan
 from tests.conftest import make_file
 

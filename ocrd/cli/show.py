@@ -13,10 +13,7 @@ from typing import Any
 from ocrd.base.human import size
 from ocrd.config.durations import approx_duration
 from ocrd.fs.inventory import Inventory, display, printable
-from ocrd.ops.delete import (
-    Status,
-)
-from ocrd.ops.outcomes import Recorder
+from ocrd.ops.outcomes import Recorder, Status
 from ocrd.rules.families import Member, Ranking
 from ocrd.rules.retention import (
     Decision,

@@ -14,8 +14,10 @@ from ocrd.daemon.engine import Supervisor
 from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.fs.holders import Holders, View
-from ocrd.ops.delete import InUse, Outcome, Status, apply, limited_check, probe
-from ocrd.ops.outcomes import Recorder, say_refused
+from ocrd.ops.check import probe
+from ocrd.ops.delete import apply
+from ocrd.ops.inuse import InUse, limited_check
+from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stats import Totals
 from ocrd.rules.retention import Decision, Plan, Refusal, Rules, guarded, left_after
 from ocrd.watch.mirror import Mirror

@@ -19,156 +19,24 @@ unless the operator chose otherwise (``retention.unknown_holders = "delete"``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import fcntl
-import heapq
 import os
-import signal
 import stat
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Literal, NamedTuple
 
 from ocrd.base import log
 from ocrd.base.collector import collecting_paused
 from ocrd.fs import private
 from ocrd.fs.dirfds import DirFds
-from ocrd.fs.holders import Answer, Holders, Mounts, View, file_id, lease_blind, take_own
 from ocrd.fs.inventory import display
+from ocrd.ops.check import Checked, check_file
+from ocrd.ops.emptied import remove_emptied
 from ocrd.ops.fanout import FanOut, Timer
-from ocrd.rules.retention import INTERRUPTED, Decision, Plan
-
-
-class Status(StrEnum):
-    DELETED = "deleted"
-    WOULD_DELETE = "would_delete"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-class Outcome(NamedTuple):
-    decision: Decision
-    status: Status
-    detail: str | None = None  # the skip reason, or the OS error
-    freed: int = 0  # bytes given back: the size, if the unlink removed the file's last link
-
-
-# Opening a file to lease it must not block: O_NONBLOCK makes a FIFO swapped in, or a file
-# under someone else's lease, answer at once instead of waiting.
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-
-
-@dataclass
-class InUse:
-    """How "no process holds this file" is established, shared by every deleting thread.
-
-    ``on_limited`` is called with the fallback's View the first time a file's fate depends on
-    an incomplete one, before that file's outcome: the caller's warning always comes before
-    anything that warning is about.
-    """
-
-    holders: Holders = field(default_factory=Holders)
-    unknown: Literal["keep", "delete"] = "keep"
-    on_limited: Callable[[View], None] = lambda view: None
-    mounts: Mounts = field(default_factory=Mounts)
-    _warned: bool = field(default=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _blind: dict[int, bool] = field(default_factory=dict, repr=False)
-
-    def check(self, fd: int | None, parent: int, ino: int) -> Answer:
-        """Whether any process holds the file we have open as ``fd`` (None: we may not even
-        open it) with inode ``ino`` in directory ``parent``. LEASED means free, and held free
-        by our lease until ``fd`` is closed."""
-        if fd is not None:
-            leased = _lease(fd)
-            if leased is None:
-                return Answer.HELD
-            if leased:
-                return Answer.LEASED
-        return self.by_proc(fd, parent, ino)
-
-    def by_proc(self, fd: int | None, parent: int, ino: int) -> Answer:
-        """The fallback: /proc, for a file we hold as ``fd`` or, when it could not even be
-        opened, known as inode ``ino`` in directory ``parent`` (a file is on its directory's
-        filesystem)."""
-        fid = file_id(fd, self.mounts) if fd is not None else None
-        if fid is None:
-            where = file_id(parent, self.mounts)
-            fid = None if where is None else (where[0], ino)
-        view = self.holders.view()
-        if fid is None:
-            view = View(limits=("/proc/self/fdinfo does not name the file's mount",))
-        answer = view.answer(fid) if fid is not None else Answer.UNKNOWN
-        if answer is Answer.UNKNOWN:
-            self._warn(view)
-        return answer
-
-    def mappings(self, fd: int, dev: int) -> Answer:
-        """For a file we hold leased as ``fd``, on device ``dev``: LEASED, unless it is on a
-        filesystem where a lease misses a process that only maps the file (overlayfs; see
-        holders.STACKED). There /proc must show no mapping, in a view taken now: our lease
-        makes every open() of the file wait, and a mapping needs an fd, so none can appear
-        while we hold it. A view that could not see every process: UNKNOWN."""
-        blind = self._blind.get(dev)
-        if blind is None:
-            blind = self._blind[dev] = lease_blind(fd, self.mounts)
-        if not blind:
-            return Answer.LEASED
-        fid = file_id(fd, self.mounts)
-        if fid is None:
-            view = View(limits=("/proc/self/fdinfo does not name the file's mount",))
-        else:
-            view = self.holders.refresh()
-        answer = view.answer(fid) if fid is not None else Answer.UNKNOWN
-        if answer is Answer.UNKNOWN:
-            self._warn(dataclasses.replace(view, limits=(STACKED_WHY, *view.limits)))
-        return Answer.LEASED if answer is Answer.FREE else answer
-
-    def _warn(self, view: View) -> None:
-        with self._lock:
-            if not self._warned:
-                self._warned = True
-                self.on_limited(view)
-
-
-STACKED_WHY = (
-    "model files on overlayfs or FUSE: a lease there does not see a process that only maps a "
-    "file (its fd closed), so every process's mappings must be read in /proc as well"
-)
-
-
-def limited_check(logger: Any, view: View, unknown: str) -> None:
-    """The warning that comes before any file is kept (or, if the operator chose so, deleted)
-    because no one could tell whether a process holds it."""
-    logger.warning(
-        "in_use_check_limited",
-        why=list(view.limits),
-        processes=view.processes,
-        action="keeping files whose holders are unknown (deletion_skipped in_use_unknown)"
-        if unknown == "keep"
-        else 'deleting them anyway: retention.unknown_holders = "delete"',
-        fix="keep model_dir off overlayfs/FUSE, or run ocrd where it can read every process's "
-        "/proc/PID/maps (as root, in the host's PID namespace)"
-        if STACKED_WHY in view.limits
-        else "grant CAP_LEASE (the shipped unit does) so the kernel answers for every file",
-    )
-
-
-def ignore_lease_breaks() -> None:
-    """A lease we hold is broken by the kernel with SIGIO, whose default action kills the
-    process (measured: exit -29 when another process opened a file we had leased). We hold a
-    lease for microseconds and never need the notice: ignored, the opener simply waits until
-    we let go. Must run in the main thread before the first lease."""
-    if signal.getsignal(signal.SIGIO) is not signal.SIG_IGN:
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("SIGIO must be ignored (from the main thread) before leasing")
-        signal.signal(signal.SIGIO, signal.SIG_IGN)
+from ocrd.ops.inuse import InUse, ignore_lease_breaks
+from ocrd.ops.outcomes import Outcome, Status
+from ocrd.rules.retention import Decision, Plan
 
 
 def apply(
@@ -233,7 +101,7 @@ def delete_groups(
                 if outcome.status is Status.DELETED:
                     emptied.add(_parent(outcome.decision))
                 yield outcome
-            _remove_emptied(dirs, emptied, stop)
+            remove_emptied(dirs, emptied, stop)
     finally:
         dirs.close()
 
@@ -256,133 +124,6 @@ def by_directory(deletions: Iterable[Decision]) -> deque[list[Decision]]:
     return deque(by_dir.values())
 
 
-def probe(plan: Plan, model_dir: os.PathLike[str] | str, in_use: InUse) -> Iterator[Outcome]:
-    """Every check a deletion makes, and no deletion: WOULD_DELETE for a file that would go
-    now, else the skip it would meet. A lease taken to ask is let go at once."""
-    return probe_each(plan.deletions, model_dir, in_use)
-
-
-def probe_each(
-    deletions: Iterable[Decision], model_dir: os.PathLike[str] | str, in_use: InUse
-) -> Iterator[Outcome]:
-    """probe() for ``deletions`` that may be made while the first are probed (ocrd.ops.stream):
-    ``ocrd list`` and ``ocrd clean --dry-run`` both ask this."""
-    dirs: DirFds | None = None
-    try:
-        for d in deletions:
-            if dirs is None:
-                ignore_lease_breaks()
-                dirs = DirFds(os.fsencode(model_dir))
-            checked = _check(dirs, d, in_use, probe=True)
-            assert isinstance(checked, Outcome)  # a probe never keeps a file open
-            yield checked
-    finally:
-        if dirs is not None:
-            dirs.close()
-
-
-class _Checked(NamedTuple):
-    """A file that passed every check and may go: open as ``fd`` (None when it could not even
-    be opened and /proc answered), ``leased`` by us or not (/proc answered), in directory
-    ``parent`` under ``name``, with the identity ``now`` that was checked."""
-
-    decision: Decision
-    parent: int
-    name: bytes
-    fd: int | None
-    leased: bool
-    now: os.stat_result
-
-    def opening(self) -> bool:
-        """Whether another process is opening the file right now (seen only through our
-        lease: its open() waits for us, and the kernel has begun to break the lease)."""
-        return self.leased and self.fd is not None and _opening(self.fd)
-
-
-def _check(dirs: DirFds, d: Decision, holders: InUse, *, probe: bool) -> Outcome | _Checked:
-    """Re-check one planned file just before it goes: still the planned regular file (device,
-    inode, size, mtime), reached without following any link, and held by no process. An
-    Outcome says why it stays (or, probing, that it would go); a _Checked hands over its fd."""
-    entry = d.entry
-    parent_rel, _, name = entry.path.rpartition(b"/")
-    try:
-        parent = dirs.open(parent_rel)
-    except FileNotFoundError:
-        return Outcome(d, Status.SKIPPED, "vanished")
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ESTALE):
-            return Outcome(d, Status.SKIPPED, "changed")
-        return Outcome(d, Status.FAILED, exc.strerror or str(exc))
-    try:
-        fd: int | None = os.open(name, FILE_FLAGS, dir_fd=parent)
-    except FileNotFoundError:
-        return Outcome(d, Status.SKIPPED, "vanished")
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-            return Outcome(d, Status.SKIPPED, "changed")  # now a link, or a socket
-        if exc.errno == errno.EWOULDBLOCK:
-            return Outcome(d, Status.SKIPPED, "in_use")  # another process holds a lease on it
-        if exc.errno not in (errno.EACCES, errno.EPERM):
-            return Outcome(d, Status.FAILED, exc.strerror or str(exc))
-        fd = None  # not ours to read: no lease, so /proc must answer (below)
-    handed_over = False
-    try:
-        result = _check_open(d, parent, name, fd, holders=holders, probe=probe)
-        handed_over = isinstance(result, _Checked)
-        return result
-    finally:
-        if fd is not None and not handed_over:
-            os.close(fd)  # lets go of the lease
-
-
-def _check_open(
-    d: Decision, parent: int, name: bytes, fd: int | None, *, holders: InUse, probe: bool
-) -> Outcome | _Checked:
-    entry = d.entry
-    try:
-        now = (
-            os.fstat(fd) if fd is not None else os.stat(name, dir_fd=parent, follow_symlinks=False)
-        )
-    except FileNotFoundError:
-        return Outcome(d, Status.SKIPPED, "vanished")
-    except OSError as exc:
-        return Outcome(d, Status.FAILED, exc.strerror or str(exc))
-    if (
-        not stat.S_ISREG(now.st_mode)
-        or (now.st_dev, now.st_ino) != (entry.dev, entry.ino)
-        or now.st_size != entry.size
-        or now.st_mtime != entry.mtime
-    ):
-        return Outcome(d, Status.SKIPPED, "changed")
-    if d.rule == INTERRUPTED and now.st_uid != os.geteuid():
-        # A leftover is finished only if it is ocrd's own (its uid): anyone may name a file
-        # like a private one, and a stranger's file is not ocrd's to finish.
-        return Outcome(d, Status.SKIPPED, "foreign")
-    if probe and (cannot := _cannot_unlink(fd, parent, now.st_uid)) is not None:
-        return Outcome(d, Status.FAILED, cannot)
-    answer = holders.check(fd, parent, now.st_ino)
-    if answer is Answer.LEASED and fd is not None:
-        answer = holders.mappings(fd, now.st_dev)
-    if answer is Answer.HELD and probe and fd is not None and held_by_us(fd, holders.mounts):
-        # Held by ocrd's own process, i.e. its engine: the very thing a free is for.
-        return Outcome(d, Status.WOULD_DELETE, "held_by_engine")
-    if answer is Answer.HELD:
-        return Outcome(d, Status.SKIPPED, "in_use")
-    if answer is Answer.UNKNOWN and holders.unknown == "keep":
-        return Outcome(d, Status.SKIPPED, "in_use_unknown")
-    if probe and answer is Answer.LEASED and fd is not None and _opening(fd):
-        return Outcome(d, Status.SKIPPED, "in_use")  # a deletion asks just before the file goes
-    if probe:
-        return Outcome(d, Status.WOULD_DELETE)
-    return _Checked(d, parent, name, fd, answer is Answer.LEASED, now)
-
-
-def _opening(fd: int) -> bool:
-    """Whether another process is opening the file we hold leased as ``fd`` right now: its
-    open() waits for us, and the kernel has begun to break our lease."""
-    return fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
-
-
 def _empty(
     dirs: DirFds,
     group: list[Decision],
@@ -397,7 +138,7 @@ def _empty(
         for d in group:
             if pause():
                 break
-            checked = _check(dirs, d, holders, probe=False)
+            checked = check_file(dirs, d, holders, probe=False)
             if isinstance(checked, Outcome):
                 yield checked
             else:
@@ -442,9 +183,9 @@ class _Behind:
         self.timer = timer
         self.dir_fd = -1
         self.private = b""  # the name self.waiting waits under
-        self.waiting: _Checked | None = None
+        self.waiting: Checked | None = None
 
-    def take(self, c: _Checked) -> tuple[Outcome, ...]:
+    def take(self, c: Checked) -> tuple[Outcome, ...]:
         """The file ``c`` goes under the private name; the outcomes this settled: the file
         that was waiting there (deleted by the rename, or put back first), and ``c`` itself
         unless it now waits."""
@@ -485,7 +226,7 @@ class _Behind:
         self.waiting = c
         return tuple(settled)
 
-    def _claim(self, c: _Checked) -> None:
+    def _claim(self, c: Checked) -> None:
         """Rename ``c`` to a fresh private name where nothing is; a name someone else's entry
         holds is logged and passed over. OSError if every name tried was taken."""
         for _ in range(self.CLAIMS):
@@ -572,7 +313,7 @@ class _Behind:
                 os.close(self.dir_fd)
                 self.dir_fd = -1
 
-    def _gone(self, w: _Checked) -> Outcome:
+    def _gone(self, w: Checked) -> Outcome:
         # Closing our fd is where a deleted file is really freed (it held the inode), so it is
         # timed with the unlink: on ext4 with discard it is most of a deletion's cost.
         began = time.perf_counter()
@@ -645,92 +386,3 @@ def _exists(parent: int, name: bytes) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as _IOR('f', 1, long) on 64-bit
-FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
-
-
-def _cannot_unlink(fd: int | None, parent: int, owner: int) -> str | None:
-    """Why an unlink is bound to fail whatever the engine does, or None: a directory we may not
-    write, or an immutable or append-only file or directory (chattr +i / +a). ``owner``: the
-    file's uid, from the identity check's fstat."""
-    if not os.access(".", os.W_OK, dir_fd=parent, effective_ids=True):
-        return "Permission denied: the directory is not writable"
-    me = os.geteuid()
-    if me != 0 and fd is not None:
-        ds = os.fstat(parent)
-        if ds.st_mode & stat.S_ISVTX and me not in (ds.st_uid, owner):
-            return "Operation not permitted: a sticky directory, and the file is another user's"
-    for what, target in (("file", fd), ("directory", parent)):
-        if target is None:
-            continue
-        try:
-            buf = fcntl.ioctl(target, FS_IOC_GETFLAGS, b"\0" * 8)
-        except OSError:
-            continue  # a filesystem without inode flags: nothing to fear from them
-        flags = int.from_bytes(buf[:4], sys.byteorder)
-        if flags & FS_IMMUTABLE_FL:
-            return f"Operation not permitted: the {what} is immutable (chattr +i)"
-        if flags & FS_APPEND_FL and what == "directory":
-            return "Operation not permitted: the directory is append-only (chattr +a)"
-        if flags & FS_APPEND_FL:
-            return "Operation not permitted: the file is append-only (chattr +a)"
-    return None
-
-
-def held_by_us(fd: int, mounts: Mounts) -> bool:
-    """Whether this process has the file of ``fd`` mapped or open on another fd."""
-    me = file_id(fd, mounts)
-    return me is not None and me in take_own(skip_fd=fd, mounts=mounts)
-
-
-def _lease(fd: int) -> bool | None:
-    """True: we hold a write lease, so no other open file description of the file exists.
-    None: one does (EAGAIN): the file is in use. False: no lease can be had here (EINVAL: the
-    filesystem has none, e.g. NFS; EACCES: another user's file and no CAP_LEASE; leases
-    disabled by fs.leases-enable)."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-    except OSError as exc:
-        if exc.errno == errno.EAGAIN:
-            return None
-        return False
-    return True
-
-
-def _remove_emptied(
-    dirs: DirFds, emptied: set[bytes], stop: Callable[[], bool] = lambda: False
-) -> None:
-    """rmdir each directory we deleted from, then its parents, deepest first; a directory that
-    is not empty (or was replaced) stays. rmdir is atomic, so a file that just arrived is safe.
-
-    A heap orders them (a scan for the deepest per rmdir was quadratic in their number). After
-    each rmdir its parent is tried at once, reached through ``..`` of the directory in hand and
-    checked against the identity seen from the root (DirFds.parent): a chain emptied from the
-    bottom is climbed a step at a time, not re-walked from the root per level (quadratic in the
-    depth). A parent that still holds a sibling waiting in the heap is tried again when that
-    sibling goes. ``stop`` is asked between directories."""
-    heap = [(-rel.count(b"/"), rel) for rel in emptied if rel]
-    heapq.heapify(heap)
-    while heap:
-        if stop():
-            return
-        _, rel = heapq.heappop(heap)
-        parent_rel, _, name = rel.rpartition(b"/")
-        try:
-            parent = dirs.open(parent_rel)
-            dirs.forget(rel)
-            os.rmdir(name, dir_fd=parent)
-        except OSError:
-            continue
-        while parent_rel and not stop():
-            rel = parent_rel
-            parent_rel, _, name = rel.rpartition(b"/")
-            try:
-                up = dirs.parent(rel, parent)
-                dirs.forget(rel)
-                os.rmdir(name, dir_fd=up)
-            except OSError:
-                break
-            parent = up

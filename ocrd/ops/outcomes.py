@@ -4,12 +4,13 @@ the daemon alike."""
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
+from typing import NamedTuple
 
 from ocrd.base import log
 from ocrd.fs.inventory import display
-from ocrd.ops.delete import Outcome, Status
 from ocrd.ops.stats import Totals
-from ocrd.rules.retention import Refusal
+from ocrd.rules.retention import Decision, Refusal
 
 
 class Recorder:
@@ -57,3 +58,17 @@ def say_refused(refusal: Refusal, *, dry_run: bool) -> None:
     """``deletion_refused``: the plan would have left no model file, so its deletions by age or
     rank were not done. ``ocrd clean`` and the daemon both say it here."""
     log.get().warning("deletion_refused", dry_run=dry_run, **refusal.fields())
+
+
+class Status(StrEnum):
+    DELETED = "deleted"
+    WOULD_DELETE = "would_delete"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Outcome(NamedTuple):
+    decision: Decision
+    status: Status
+    detail: str | None = None  # the skip reason, or the OS error
+    freed: int = 0  # bytes given back: the size, if the unlink removed the file's last link

@@ -18,8 +18,10 @@ from ocrd.fs.arrival import Arrivals
 from ocrd.fs.inventory import Inventory, display
 from ocrd.fs.place import Place
 from ocrd.fs.scan import scan, unreadable
-from ocrd.ops.delete import InUse, Outcome, Status, apply, delete_groups, limited_check, probe_each
-from ocrd.ops.outcomes import Recorder, say_refused
+from ocrd.ops.check import probe_each
+from ocrd.ops.delete import apply, delete_groups
+from ocrd.ops.inuse import InUse, limited_check
+from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stream import Walked, planned
 from ocrd.rules.retention import Decision, Plan, Refusal, Rules, guarded, plan, staying
 from ocrd.rules.trust import model_dir_owner
