@@ -22,7 +22,9 @@ from ocrd.ops.delete import apply
 from ocrd.ops.fanout import FanOut
 from ocrd.ops.inuse import InUse
 from ocrd.ops.outcomes import Outcome, Status
-from ocrd.rules.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
+from ocrd.rules.decision import Decision, Plan, Verdict
+from ocrd.rules.retention import Rules, plan
+from ocrd.rules.selectors import PrefixRule
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only

@@ -18,7 +18,7 @@ from ocrd.base import log
 from ocrd.base.clock import FakeClock
 from ocrd.config.load import load
 from ocrd.daemon.loop import Daemon
-from ocrd.rules.retention import Decision, Verdict
+from ocrd.rules.decision import Decision, Verdict
 from tests.conftest import make_file, write_config
 
 DAY = 86400.0

@@ -15,24 +15,12 @@ from hypothesis import strategies as st
 
 from ocrd.config.schema import Retention
 from ocrd.fs.inventory import FileEntry
+from ocrd.rules.decision import Plan, Verdict
 from ocrd.rules.families import DEFAULT_TRUST, Families, Member
-from ocrd.rules.retention import (
-    InterruptedRule,
-    KeepNewestRule,
-    MaxAgeRule,
-    Plan,
-    PrefixRule,
-    Refusal,
-    Rules,
-    Selector,
-    Verdict,
-    left_after,
-    plan,
-    refuse_all,
-    refused,
-    revisit_at,
-    staying,
-)
+from ocrd.rules.leftovers import InterruptedRule
+from ocrd.rules.refusal import Refusal, left_after, refuse_all, refused, staying
+from ocrd.rules.retention import Rules, plan, revisit_at
+from ocrd.rules.selectors import KeepNewestRule, MaxAgeRule, PrefixRule, Selector
 from ocrd.rules.trust import SKEW_S, Trust
 from tests.test_retention import (
     DAY,

@@ -27,23 +27,13 @@ from ocrd.config.load import load
 from ocrd.daemon.loop import Daemon
 from ocrd.fs.inventory import FileEntry
 from ocrd.ops.stats import Totals
+from ocrd.rules.decision import Plan, Verdict
 from ocrd.rules.families import Families
-from ocrd.rules.retention import (
-    InterruptedRule,
-    KeepNewestRule,
-    MaxAgeRule,
-    Plan,
-    PrefixRule,
-    Rules,
-    Selector,
-    Verdict,
-    coming_due,
-    due_at,
-    plan,
-    refuse_all,
-    refused,
-    staying,
-)
+from ocrd.rules.foresight import coming_due, due_at
+from ocrd.rules.leftovers import InterruptedRule
+from ocrd.rules.refusal import refuse_all, refused, staying
+from ocrd.rules.retention import Rules, plan
+from ocrd.rules.selectors import KeepNewestRule, MaxAgeRule, PrefixRule, Selector
 from tests.conftest import OcrdRunner, make_file, write_config
 from tests.harness import OcrdProcess
 

@@ -19,7 +19,8 @@ from ocrd.fs.place import pin
 from ocrd.fs.scan import scan
 from ocrd.ops.fanout import FanOut, Timer
 from ocrd.ops.stream import Walked, planned
-from ocrd.rules.retention import MaxAgeRule, PrefixRule, Rules
+from ocrd.rules.retention import Rules
+from ocrd.rules.selectors import MaxAgeRule, PrefixRule
 from tests.conftest import OcrdRunner, make_file, write_config
 from tests.test_cli import CONFIG  # prefix old_, 30 days by mtime, whitelist *.keep
 

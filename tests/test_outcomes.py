@@ -12,7 +12,8 @@ from ocrd.fs.inventory import FileEntry
 from ocrd.fs.scan import scan
 from ocrd.ops.delete import apply
 from ocrd.ops.outcomes import Outcome, Recorder, Status
-from ocrd.rules.retention import Decision, Rules, Verdict, plan
+from ocrd.rules.decision import Decision, Verdict
+from ocrd.rules.retention import Rules, plan
 from tests.conftest import make_file
 
 

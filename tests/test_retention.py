@@ -17,17 +17,10 @@ from hypothesis import strategies as st
 from ocrd.base.clock import FakeClock
 from ocrd.config.schema import Retention
 from ocrd.fs.inventory import FileEntry, Inventory
-from ocrd.rules.retention import (
-    InterruptedRule,
-    MaxAgeRule,
-    Plan,
-    PrefixRule,
-    Rules,
-    Selector,
-    Verdict,
-    plan,
-    revisit_at,
-)
+from ocrd.rules.decision import Plan, Verdict
+from ocrd.rules.leftovers import InterruptedRule
+from ocrd.rules.retention import Rules, plan, revisit_at
+from ocrd.rules.selectors import MaxAgeRule, PrefixRule, Selector
 
 NOW = 1_700_000_000.0
 DAY = 86400.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ocrd.daemon.skew import FutureMtimes
 from ocrd.fs.inventory import FileEntry
-from ocrd.rules.retention import Decision, Verdict
+from ocrd.rules.decision import Decision, Verdict
 from tests.conftest import OcrdRunner, write_config
 from tests.harness import OcrdProcess
 

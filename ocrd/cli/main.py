@@ -23,11 +23,9 @@ from ocrd.fs.holders import lease_report
 from ocrd.fs.place import Place, pin, raise_fd_limit
 from ocrd.ops import passes
 from ocrd.ops.passes import Cleaned, whole_plan
-from ocrd.rules.retention import (
-    due_at,
-    family_rules,
-    versions,
-)
+from ocrd.rules.foresight import due_at
+from ocrd.rules.retention import family_rules
+from ocrd.rules.selectors import versions
 
 
 def main(argv: Sequence[str] | None = None) -> int:

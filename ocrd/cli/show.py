@@ -14,12 +14,9 @@ from ocrd.base.human import size
 from ocrd.config.durations import approx_duration
 from ocrd.fs.inventory import Inventory, display, printable
 from ocrd.ops.outcomes import Recorder, Status
+from ocrd.rules.decision import Decision, Plan
 from ocrd.rules.families import Member, Ranking
-from ocrd.rules.retention import (
-    Decision,
-    Plan,
-    Refusal,
-)
+from ocrd.rules.refusal import Refusal
 
 
 def iso(t: float) -> str:
@@ -52,7 +49,7 @@ def print_list(
     ahead: str | None = None,
 ) -> None:
     """``ranked``: each version's family and rank, when families are in use. ``due``: each
-    decision's due_at (ocrd.rules.retention.due_at), in the plan's order. ``ahead``: the plan is
+    decision's due_at (ocrd.rules.foresight.due_at), in the plan's order. ``ahead``: the plan is
     for a later time than now (``list --at``), as the operator wrote it."""
     now = the_plan.now
     blocked = blocked or {}

@@ -19,7 +19,9 @@ from ocrd.ops.delete import apply
 from ocrd.ops.inuse import InUse, limited_check
 from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stats import Totals
-from ocrd.rules.retention import Decision, Plan, Refusal, Rules, guarded, left_after
+from ocrd.rules.decision import Decision, Plan
+from ocrd.rules.refusal import Refusal, guarded, left_after
+from ocrd.rules.retention import Rules
 from ocrd.watch.mirror import Mirror
 
 CHANGED_RECHECK_S = 1.0  # a file that changed under a deletion is looked at again after this
@@ -137,7 +139,7 @@ class Batcher:
 
     def _unless_the_last(self, the_plan: Plan, rules: Rules) -> Plan:
         """The plan, or, if it would leave no model file under model_dir, the plan without
-        its deletions by age or rank (ocrd.rules.retention.refuse_all), said once in
+        its deletions by age or rank (ocrd.rules.refusal.refuse_all), said once in
         deletion_refused. Weighed against the whole index and what is due already, not
         against the batch just planned: the daemon plans what changed. What stays is planned
         again at the next rescan, or when a file changes. The index counts files per owner,

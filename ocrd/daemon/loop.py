@@ -32,8 +32,9 @@ from ocrd.daemon.timejump import ClockGuard
 from ocrd.daemon.waker import Waker
 from ocrd.fs.inventory import FileEntry
 from ocrd.ops.stats import Totals
+from ocrd.rules.decision import Decision, Plan, Verdict
 from ocrd.rules.reload import changed_keys, changed_values, widening
-from ocrd.rules.retention import Decision, Plan, Rules, Verdict, plan, revisit_at
+from ocrd.rules.retention import Rules, plan, revisit_at
 from ocrd.rules.trust import model_dir_owner
 from ocrd.watch.mirror import Mirror, Root
 

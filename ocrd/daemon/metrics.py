@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from ocrd.base import log
 from ocrd.config.trusted import writers_beyond
 from ocrd.ops.stats import Totals
-from ocrd.rules.retention import Verdict
+from ocrd.rules.decision import Verdict
 
 # Always exported, at 0 until they happen, so a rate() or an alert has a series from the start.
 RULES = ("prefix", "max_age")

@@ -6,7 +6,7 @@ from collections.abc import Container, Iterable
 
 from ocrd.base import log
 from ocrd.fs.inventory import display
-from ocrd.rules.retention import Decision
+from ocrd.rules.decision import Decision
 
 
 class FutureMtimes:

@@ -15,7 +15,8 @@ from ocrd.fs.dirfds import DirFds
 from ocrd.fs.holders import Answer
 from ocrd.ops.inuse import InUse, held_by_us, ignore_lease_breaks
 from ocrd.ops.outcomes import Outcome, Status
-from ocrd.rules.retention import INTERRUPTED, Decision, Plan
+from ocrd.rules.decision import Decision, Plan
+from ocrd.rules.leftovers import INTERRUPTED
 
 # Opening a file to lease it must not block: O_NONBLOCK makes a FIFO swapped in, or a file
 # under someone else's lease, answer at once instead of waiting.

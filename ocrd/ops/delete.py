@@ -36,7 +36,7 @@ from ocrd.ops.emptied import remove_emptied
 from ocrd.ops.fanout import FanOut, Timer
 from ocrd.ops.inuse import InUse, ignore_lease_breaks
 from ocrd.ops.outcomes import Outcome, Status
-from ocrd.rules.retention import Decision, Plan
+from ocrd.rules.decision import Decision, Plan
 
 
 def apply(

@@ -10,7 +10,8 @@ from typing import NamedTuple
 from ocrd.base import log
 from ocrd.fs.inventory import display
 from ocrd.ops.stats import Totals
-from ocrd.rules.retention import Decision, Refusal
+from ocrd.rules.decision import Decision
+from ocrd.rules.refusal import Refusal
 
 
 class Recorder:

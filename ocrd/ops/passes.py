@@ -23,7 +23,9 @@ from ocrd.ops.delete import apply, delete_groups
 from ocrd.ops.inuse import InUse, limited_check
 from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stream import Walked, planned
-from ocrd.rules.retention import Decision, Plan, Refusal, Rules, guarded, plan, staying
+from ocrd.rules.decision import Decision, Plan
+from ocrd.rules.refusal import Refusal, guarded, staying
+from ocrd.rules.retention import Rules, plan
 from ocrd.rules.trust import model_dir_owner
 
 

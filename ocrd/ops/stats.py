@@ -14,7 +14,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ocrd.base.human import count, size
-from ocrd.rules.retention import DAY, LastToGo, Plan, Rules, coming_due
+from ocrd.rules.decision import DAY, Plan
+from ocrd.rules.foresight import LastToGo, coming_due
+from ocrd.rules.retention import Rules
 
 PROBLEM_CHARS = 160  # a rejected reload's first problem, as STATUS= shows it
 # ocrd_due_bytes{within=...}: how far ahead of a full pass it counts what comes due then
@@ -73,7 +75,7 @@ class Census:
 
     def foresee(self, the_plan: Plan, rules: Rules, *, allow_delete_all: bool) -> None:
         """Count the files of ``the_plan`` (one full pass's, in one plan or several) by when
-        they come due after it (ocrd.rules.retention.coming_due), when active. The refusal to delete
+        they come due after it (ocrd.rules.foresight.coming_due), when active. The refusal to delete
         every model file needs every file: it is weighed in commit()."""
         if not self.active:
             return

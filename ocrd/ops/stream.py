@@ -9,7 +9,7 @@ The plan of a directory is the one the whole inventory would give it: the same r
 Two answers need the whole walk, and wait for it:
 
 - The refusal of deletions that would leave no model file that counts for them
-  (``allow_delete_all``, ocrd.rules.retention.refuse_all): a deletion by age or rank is held back
+  (``allow_delete_all``, ocrd.rules.refusal.refuse_all): a deletion by age or rank is held back
   until a model file that stays and counts for it has been seen (one of a trusted owner
   counts for all, in the first directory on any real host; another for its owner's);
   deletions by name go at once, they are never refused. If the walk ends with deletions
@@ -29,7 +29,9 @@ from ocrd.fs.inventory import FileEntry
 from ocrd.fs.place import Place
 from ocrd.fs.scan import scan_batches
 from ocrd.ops.delete import by_directory
-from ocrd.rules.retention import Decision, Refusal, Rules, Verdict, plan, refuse_all
+from ocrd.rules.decision import Decision, Verdict
+from ocrd.rules.refusal import Refusal, refuse_all
+from ocrd.rules.retention import Rules, plan
 
 News = Callable[[Sequence[tuple[bytes, str]], Sequence[tuple[bytes, str]]], None]
 """Called with the directories the walk could not read and those on another filesystem, as it

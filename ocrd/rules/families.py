@@ -266,7 +266,7 @@ def _version(digits: tuple[str, ...]) -> Version:
 
 
 class Versions:
-    """The versions present in one plan (ocrd.rules.retention.versions), ranked at most once per
+    """The versions present in one plan (ocrd.rules.selectors.versions), ranked at most once per
     Families however many rules and floors ask: ranking sorts every family. ``trust`` and
     ``now``: whose versions count against whose (ocrd.rules.trust)."""
 

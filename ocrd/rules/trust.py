@@ -29,7 +29,7 @@ class Trust:
         """From when ``entry`` may count for others: once ``settle`` has passed since both
         its ctime (the kernel's own record of its last change) and its mtime, an mtime up to
         SKEW_S ahead counting as now. A single time, so that whether it counts only ever
-        changes once (ocrd.rules.retention.coming_due foresees it)."""
+        changes once (ocrd.rules.foresight.coming_due foresees it)."""
         return max(entry.mtime - SKEW_S, entry.ctime) + self.settle
 
     def doubt(self, entry: FileEntry, now: float) -> str | None:

@@ -27,7 +27,7 @@ def _parent(key: bytes) -> bytes:
 
 class Index:
     """path → record, plus the file count and byte total that STATUS reports, and the regular
-    files per owner uid (what may vouch that a model stays: ocrd.rules.retention.refuse_all), kept
+    files per owner uid (what may vouch that a model stays: ocrd.rules.refusal.refuse_all), kept
     up to date on every change instead of summed when asked.
 
     Records are kept per directory, and each directory knows its subdirectories, so dropping
