@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from ocrd.fs.holders import Answer, Holders, View, file_id, lease_report, take
+from ocrd.fs.holders import Answer, Holders, View, file_id, take
+from ocrd.fs.leases import lease_report
 from tests.worlds import held
 
 

@@ -19,7 +19,7 @@ from ocrd.config.lint import lint, log_warnings
 from ocrd.config.load import SYSTEM_CONFIG, default_path, load
 from ocrd.config.schema import Config
 from ocrd.fs.access import NoAccess, denied
-from ocrd.fs.holders import lease_report
+from ocrd.fs.leases import lease_report
 from ocrd.fs.place import Place, pin, raise_fd_limit
 from ocrd.ops import passes
 from ocrd.ops.passes import Cleaned, whole_plan

@@ -32,6 +32,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from ocrd.base import log
 from ocrd.base.errors import Stopped
 from ocrd.fs.place import Place
+from ocrd.watch.warnings import WatchdogWarnings
 
 Kind = Literal["inotify", "polling", "rescan"]
 LADDER: tuple[Kind, ...] = ("inotify", "polling", "rescan")
@@ -128,7 +129,7 @@ class Watcher:
         self._changes = Changes()
         self._observer: BaseObserver | None = None
         self._timer: _Timer | None = None
-        self._log_hook = _WatchdogWarnings(self)
+        self._log_hook = WatchdogWarnings(self)
         self.armed_at = 0.0  # wall time the watch started delivering (for the rescan check)
         self.probe: bytes | None = None  # the probe's name while one is out
         self._probes: deque[bytes] = deque(maxlen=4)  # the latest probes' names
@@ -340,44 +341,6 @@ class _Handler(FileSystemEventHandler):
             )
         finally:
             self.watcher.mark_lost()
-
-
-class _WatchdogWarnings(logging.Handler):
-    """A warning from watchdog (on its loggers, or a RuntimeWarning from its code through
-    ``warnings``, e.g. a directory replaced under a watched name) is something it did not tell
-    the handler: a watch it could not add, a snapshot that failed. The first of each watch is
-    said as ``watch_warning``; after each, only a full rescan is trustworthy."""
-
-    def __init__(self, watcher: Watcher) -> None:
-        super().__init__(level=logging.WARNING)
-        self._watcher = watcher
-        self.said = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """On the ``py.warnings`` logger: watchdog's warnings are taken here (said once, as
-        ours) and go no further; every other warning goes on as before."""
-        if record.name == "py.warnings" and "/watchdog/" not in record.getMessage():
-            return True
-        self.handle_watchdog(record)
-        return record.name != "py.warnings"
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name != "py.warnings":
-            self.handle_watchdog(record)
-
-    def handle_watchdog(self, record: logging.LogRecord) -> None:
-        try:
-            if not self.said:
-                log.get().warning(
-                    "watch_warning",
-                    observer=self._watcher.kind,
-                    detail=record.getMessage()[:300],
-                    action="rescanning model_dir",
-                )
-            self.said += 1
-            self._watcher.mark_lost()
-        except Exception:  # noqa: BLE001 — logging handlers must not raise either
-            self.handleError(record)
 
 
 class _Timer(threading.Thread):
