@@ -1,4 +1,5 @@
-"""Turns config.toml into frozen typed objects, or one ConfigError that lists every problem."""
+"""The config's schema: frozen typed sections, each value checked where it is declared, and the
+text of each problem a value can have."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ class Selector(Protocol):
         self, files: Sequence[FileEntry], now: float, present: Versions
     ) -> Iterator[tuple[FileEntry, str]]:
         """What the planner asks: ``select`` among the undecided ``files``. ``present`` is
-        every model file whatever its verdict so far (ocrd.rules.retention.versions): a rule that
+        every model file whatever its verdict so far (versions, below): a rule that
         ranks files against each other ranks those (a whitelisted or settling version still
         takes its place among the newest), and yields only files from ``files``."""
         return self.select(files, now)
