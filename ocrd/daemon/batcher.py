@@ -74,10 +74,12 @@ class Batcher:
 
     def reconfigure(self, config: Config) -> None:
         """A reload: what waits was planned under the old rules (the reload's full pass plans
-        it again), and every skipped file gets a fresh try: the operator acted."""
+        it again), every skipped file gets a fresh try (the operator acted), and each planned
+        deletion under dry_run is reported anew."""
         self.config = config
         self.drop_due()
         self.backoff.clear()
+        self.reported.clear()
 
     def drop_due(self) -> None:
         self.due.clear()

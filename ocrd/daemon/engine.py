@@ -16,7 +16,7 @@ from typing import Any
 
 from ocrd.base import log
 from ocrd.base.errors import EngineBusy
-from ocrd.config.schema import Engine
+from ocrd.config.schema import Config, Engine
 
 
 def load_runtime() -> Any:
@@ -75,6 +75,23 @@ class Supervisor:
             self._after_native_call()  # the import took the signals: docs/aspose-engine.md §2
         self.settings = settings
         self.model_dir = model_dir.absolute()
+
+    def follow(self, old: Config, new: Config) -> None:
+        """A reload. A model reload costs the host: only a new model_dir or new engine
+        settings (other than the batch timing) need one; else the new timing is taken as is.
+        An instance that refuses to be freed (EngineBusy, logged by free()) stays the one we
+        own, and must be freed before any deletion: it is not replaced behind its back."""
+        timing = {"batch", "restart_after"}
+        if old.model_dir == new.model_dir and old.engine.model_dump(
+            exclude=timing
+        ) == new.engine.model_dump(exclude=timing):
+            self.settings = new.engine
+            return
+        try:
+            self.free("reload")
+            self.reconfigure(new.engine, new.model_dir)
+        except EngineBusy:
+            pass
 
     @property
     def running(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.clock import Clock, SystemClock
-from ocrd.base.errors import ConfigError, EngineBusy, ModelDirMissing, Stopped
+from ocrd.base.errors import ConfigError, ModelDirMissing, Stopped
 from ocrd.config.lint import log_warnings
 from ocrd.config.load import load
 from ocrd.config.schema import Config
@@ -373,31 +373,16 @@ class Daemon:
         # Deletions waiting for their batch were planned under the old rules: the reload's
         # full pass plans them again under the new ones.
         self.batcher.reconfigure(new)
-        # A model reload costs the host; only a new model_dir or new engine settings need one.
-        timing = {"batch", "restart_after"}
-        if old.model_dir != new.model_dir or old.engine.model_dump(
-            exclude=timing
-        ) != new.engine.model_dump(exclude=timing):
-            try:
-                self.engine.free("reload")
-                self.engine.reconfigure(new.engine, new.model_dir)
-            except EngineBusy:
-                # Logged by free(). The instance that refused stays the one we own (and must
-                # free before any deletion); it is not replaced behind its back.
-                pass
-        else:
-            self.engine.settings = new.engine
+        self.engine.follow(old, new)
         self.config = new
         self.metrics.reconfigure(new.metrics.textfile)
         self.rules = Rules.from_config(
             new.retention, new.watch.settle, model_dir_owner(new.model_dir)
         ).not_before(self.clock_guard.not_before)
-        self.scheduler.rescan = new.watch.rescan
-        self.scheduler.coarse_s = self.rules.due_slack
+        self.scheduler.reconfigure(new.watch.rescan, self.rules.due_slack)
         self.mirror.reconfigure(new.model_dir, new.watch)
         if self.batcher.restart_at is None:
             self.engine.start()
-        self.batcher.reported.clear()
         self.log.info(
             "config_reloaded",
             config=str(new.path),

@@ -33,6 +33,11 @@ class Scheduler:
         self._entries = 0
         self._gone = 0
 
+    def reconfigure(self, rescan: float, coarse_s: float) -> None:
+        """A reload: the rescan period, and how late a coarse revisit may be."""
+        self.rescan = rescan
+        self.coarse_s = coarse_s
+
     def revisit(self, path: bytes, at_wall: float, *, coarse: bool = False) -> None:
         """Look at ``path`` again at ``at_wall``; ``coarse`` allows up to coarse_s later."""
         self._entries += 1
