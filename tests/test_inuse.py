@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from ocrd.holders import Answer, file_id, take
-from tests.harness import OcrdProcess, ocrd_argv
+from tests.conftest import StartOcrd
+from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
 
@@ -374,12 +375,11 @@ def test_a_hung_fuse_mount_neither_freezes_the_pass_nor_the_fallback(world: Worl
 
 @root_only
 def test_with_a_hung_fuse_mount_the_daemon_deletes_and_stops_within_5s(
-    world: World, daemons: list[OcrdProcess]
+    world: World, start_ocrd: StartOcrd
 ) -> None:
     with hung_fuse(world.base):
         world.model("old_a.gguf", owner=APP_UID)
-        d = OcrdProcess(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
-        daemons.append(d)
+        d = start_ocrd(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
         d.note("READY=1")
         d.event("model_deleted", path="old_a.gguf")
         world.model("old_b.gguf", owner=APP_UID)
