@@ -219,11 +219,11 @@ def code_state() -> tuple[str, list[str]]:
 
 
 def code_digest() -> str:
-    """A digest of ocrd/*.py as they are on disk: tells whether the code changed mid-run."""
+    """A digest of ocrd/**/*.py as they are on disk: tells whether the code changed mid-run."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((Path(__file__).resolve().parent.parent / "ocrd").glob("*.py")):
+    for path in sorted((Path(__file__).resolve().parent.parent / "ocrd").rglob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
