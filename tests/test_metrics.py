@@ -241,7 +241,7 @@ def test_the_documented_setup_passes_the_check() -> None:
         prom_dir.mkdir()
         os.chown(prom_dir, OCRD_UID, 0)
         prom_dir.chmod(0o755)
-        config = world.config(f'[metrics]\ntextfile = "{prom_dir}/ocrd.prom"\n')
+        config = world.config(metrics={"textfile": f"{prom_dir}/ocrd.prom"})
         check = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "check", "-c", str(config)]
         result = subprocess.run(check, capture_output=True, text=True, env=world.env, check=False)
         assert result.returncode == 0, result.stderr

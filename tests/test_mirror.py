@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,14 @@ from ocrd.mirror import Mirror, Root, Scan
 from ocrd.watch import Changes
 
 
-@pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[Mirror]:
+@contextmanager
+def polled(tmp_path: Path, clock: FakeClock) -> Iterator[Mirror]:
+    """A Mirror of tmp_path/models (made here), polling, settle 0 s, stopped afterwards."""
     (tmp_path / "models").mkdir()
     m = Mirror(
         tmp_path / "models",
         Watch.model_validate({"settle": "0s", "observer": "polling"}),
-        FakeClock(),
+        clock,
         wake=lambda: None,
         tick=lambda: False,
     )
@@ -32,6 +34,12 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    with polled(tmp_path, FakeClock()) as m:
+        yield m
 
 
 def _changes(files: set[bytes] | None = None, dirs: set[bytes] | None = None) -> Changes:
@@ -153,18 +161,8 @@ def _stale() -> FileEntry:
 def later(tmp_path: Path) -> Iterator[Mirror]:
     """A mirror whose clock reads a day ahead: what it saw arrive dates a file later than its
     own ctime, visibly."""
-    (tmp_path / "models").mkdir()
-    m = Mirror(
-        tmp_path / "models",
-        Watch.model_validate({"settle": "0s", "observer": "polling"}),
-        FakeClock(wall=time.time() + 86_400),
-        wake=lambda: None,
-        tick=lambda: False,
-    )
-    try:
+    with polled(tmp_path, FakeClock(wall=time.time() + 86_400)) as m:
         yield m
-    finally:
-        m.stop()
 
 
 def _ctimes(mirror: Mirror) -> dict[bytes, float]:

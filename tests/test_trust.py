@@ -138,7 +138,7 @@ def test_a_reload_guard_of_100_percent_is_off(place: Path, start_ocrd: StartOcrd
     config = config_in(place, reload_guard="100%")
     d = start_ocrd(config)
     d.note("READY=1")
-    config.write_text(config.read_text().replace('["old_"]', '["m_"]'))
+    config_in(place, reload_guard="100%", prefixes=["m_"])
     d.send(signal.SIGHUP)
     d.event("config_reloaded")
     d.wait_for("4 deletions", lambda: d.names().count("model_deleted") >= 4)
