@@ -1,19 +1,18 @@
-"""ocrd.rootdir on real directories: reaching model_dir without following a link, the walk
-(every directory once, no link followed, within its fd budget at any depth, stopped between
-directories, other filesystems left alone), and the fd budget itself."""
+"""The walk (ocrd.rootdir.walk_dirs) on real directories: every directory once, no link
+followed, within its fd budget at any depth, stopped between directories, other filesystems
+listed and left alone."""
 
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ocrd.errors import ModelDirMissing, Stopped
-from ocrd.rootdir import fd_budget, identify, open_root, pin, still_there, walk_dirs
+from ocrd.errors import Stopped
+from ocrd.rootdir import open_root, pin, walk_dirs
 from tests.conftest import make_file
 
 
@@ -115,48 +114,3 @@ def test_another_filesystem_below_is_listed_not_entered(models: Path) -> None:
         assert device == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
-
-
-def test_open_root_refuses_a_link_anywhere_on_the_way(models: Path, tmp_path: Path) -> None:
-    fd = open_root(pin(models))
-    try:
-        assert identify(fd)[:2] == (os.stat(models).st_dev, os.stat(models).st_ino)
-    finally:
-        os.close(fd)
-    os.symlink(models, tmp_path / "via")
-    with pytest.raises(ModelDirMissing, match="without a symlink"):
-        open_root(tmp_path / "via")
-    os.symlink(tmp_path, tmp_path / "up")
-    with pytest.raises(ModelDirMissing, match="without a symlink"):
-        open_root(tmp_path / "up" / "models")
-    with pytest.raises(ModelDirMissing, match="does not exist"):
-        open_root(tmp_path / "none")
-
-
-def test_still_there_tells_a_vanished_from_a_replaced_model_dir(
-    models: Path, tmp_path: Path
-) -> None:
-    place = pin(models)
-    fd = open_root(place)
-    root = identify(fd)
-    os.close(fd)
-    still_there(place, root)  # nothing happened
-    os.rename(models, tmp_path / "away")
-    with pytest.raises(ModelDirMissing, match="vanished"):
-        still_there(place, root)
-    models.mkdir()
-    with pytest.raises(ModelDirMissing, match="replaced"):
-        still_there(place, root)
-
-
-def test_the_fd_budget_shares_the_soft_limit_among_the_holders() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-        assert fd_budget() == 32
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
-        assert fd_budget() == 160
-        resource.setrlimit(resource.RLIMIT_NOFILE, (70, hard))
-        assert fd_budget() == 4  # never fewer
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
