@@ -3,6 +3,7 @@ than from what events claim; on real files, no subprocess."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
@@ -37,7 +38,8 @@ def polled(tmp_path: Path, clock: FakeClock) -> Iterator[Mirror]:
 
 
 @pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[Mirror]:
+def mirror(tmp_path: Path, log_out: io.StringIO) -> Iterator[Mirror]:
+    """Its log goes to ``log_out``, whatever stream an earlier test left the log on."""
     with polled(tmp_path, FakeClock()) as m:
         yield m
 
@@ -158,7 +160,7 @@ def _stale() -> FileEntry:
 
 
 @pytest.fixture
-def later(tmp_path: Path) -> Iterator[Mirror]:
+def later(tmp_path: Path, log_out: io.StringIO) -> Iterator[Mirror]:
     """A mirror whose clock reads a day ahead: what it saw arrive dates a file later than its
     own ctime, visibly."""
     with polled(tmp_path, FakeClock(wall=time.time() + 86_400)) as m:
