@@ -104,7 +104,12 @@ def test_stop_leaves_the_rest_alone_and_reports_exactly_what_was_deleted(
     with DirFds(pin(models)) as dirs:
         for result in fan.run(groups, dirs, unlink_all, stop=lambda: len(yielded) >= 50):
             yielded.append(result)
-    assert 50 <= len(yielded) < 200
+    if fan is NARROW:
+        assert len(yielded) == 50  # asked before each item: not one more is taken
+    else:
+        # Workers go on with what they hold until they hear of the stop: what they deleted
+        # meanwhile is yielded all the same.
+        assert len(yielded) >= 50
     gone = {rel for g in groups for rel in g if not os.path.exists(models / os.fsdecode(rel))}
     assert gone == {rel for rel, _ in yielded}  # nothing deleted goes unreported
 
