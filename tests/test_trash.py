@@ -1,4 +1,4 @@
-"""The trash on disk (ocrd/trash.py) and its purges (ocrd/purge.py): real files, real leases,
+"""The trash on disk (ocrd/fs/trash.py) and its purges (ocrd/ops/purge.py): real files, real leases,
 and real processes killed at chosen points."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd import purge, trash
-from ocrd.rootdir import DIR_FLAGS
+from ocrd.fs import trash
+from ocrd.fs.place import DIR_FLAGS
+from ocrd.ops import purge
 from tests.conftest import make_file
 from tests.worlds import OCRD_UID, held, root_only
 
@@ -237,8 +238,9 @@ def test_free_empties_oldest_first_up_to_what_is_asked(models: Path) -> None:
 
 SCRIPT = """\
 import os, sys, time
-from ocrd import purge, trash
-from ocrd.rootdir import DIR_FLAGS
+from ocrd.fs import trash
+from ocrd.ops import purge
+from ocrd.fs.place import DIR_FLAGS
 op, model_dir, rel = sys.argv[1], sys.argv[2], os.fsencode(sys.argv[3])
 if op == "put":
     t = trash.Trash.open(model_dir, create=True)
@@ -386,3 +388,14 @@ def test_root_entries_in_a_trash_of_ocrds_user_are_ocrds(models: Path) -> None:
     e = put(models, b"old_a")
     entry_dir = trash_dir / e.id.decode()
     assert {p.stat().st_uid for p in [entry_dir, entry_dir / "entry.json"]} == {OCRD_UID}
+
+
+@root_only
+def test_a_trash_root_makes_is_model_dirs_owners(models: Path) -> None:
+    """``ocrd clean`` run by root first: the daemon's user (model_dir's owner) can use it."""
+    os.chown(models, OCRD_UID, OCRD_UID)
+    make_file(models, b"old_a")
+    e = put(models, b"old_a")
+    trash_dir = models / ".ocrd-trash"
+    owners = {p.stat().st_uid for p in [trash_dir, trash_dir / e.id.decode()]}
+    assert owners == {OCRD_UID}

@@ -1,4 +1,4 @@
-"""``ocrd trash`` and ``ocrd restore`` as functions (ocrd/trashcmd.py); tests/test_cli.py runs
+"""``ocrd trash`` and ``ocrd restore`` as functions (ocrd/cli/trashcmd.py); tests/test_cli.py runs
 them as commands."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ocrd import trashcmd
-from ocrd.rootdir import pin
+from ocrd.cli import trashcmd
+from ocrd.fs.place import pin
 from tests.conftest import make_file
 from tests.test_trash import GRACE, put
 

@@ -7,6 +7,7 @@ The rooms it drives: the mirror of model_dir (ocrd.watch.mirror), when work is d
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -31,6 +32,9 @@ from ocrd.daemon.skew import FutureMtimes
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.daemon.waker import Waker
 from ocrd.fs.inventory import FileEntry
+from ocrd.fs.trash import holds
+from ocrd.ops import purge
+from ocrd.ops.purge import Schedule
 from ocrd.ops.stats import Totals
 from ocrd.rules.decision import Decision, Plan, Verdict
 from ocrd.rules.reload import changed_keys, changed_values, widening
@@ -80,6 +84,7 @@ class Daemon:
         )
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.totals = Totals()  # STATUS= and the metrics file read it
+        self.purger = Schedule()  # when the trash is purged next (ocrd.ops.purge)
         self.batcher = Batcher(
             config,
             mirror=self.mirror,
@@ -90,6 +95,7 @@ class Daemon:
             clock_guard=self.clock_guard,
             stop=self._tick,
             wake=self.waker.wake,
+            trashed=self.purger.trashed,
         )
         self.metrics = Metrics(self.totals, config.metrics.textfile)
         self.status_sent = ""
@@ -156,7 +162,9 @@ class Daemon:
         )
         log_warnings(c)
         with self.engine:
+            self._trash_at_start()
             self.mirror.arm()
+            self._hold()
             self._rescan_all("startup")
             self._publish()
             if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
@@ -199,6 +207,8 @@ class Daemon:
         for at in (self.mirror.coverage_due, self.mirror.probe_due, *self.batcher.deadlines()):
             if at is not None:
                 caps.append(at - mono)
+        if self.purger.next_at < math.inf:
+            caps.append(self.purger.next_at - self.clock.time())
         return min(caps)
 
     def _after_wake(self) -> None:
@@ -206,14 +216,46 @@ class Daemon:
         try:
             if self.clock_guard.jumped() or self.clock_guard.pending:
                 self._after_clock_jump()
+            self._hold()
             self._catch_up()
             self.batcher.run_if_due()
+            self._purge()
         except ModelDirMissing:
             self._check_root()  # it went away under our feet: say so, stop, wait for it
         self.batcher.restart_engine_when_quiet()
         self._compact()
         self._send_status()
         log.pump()
+
+    # -- the trash (docs/trash.md) ------------------------------------------------------------
+
+    def _trash_at_start(self) -> None:
+        """The trash as the disk has it: what a killed ocrd left half done is cleared. Under
+        dry_run nothing is deleted, in the trash neither."""
+        if self.mirror.missing or self.config.retention.dry_run:
+            return
+        try:
+            purge.recover(self.mirror.place, in_use=self.batcher.in_use())
+        except (ModelDirMissing, OSError) as exc:
+            self.log.warning("trash_recovery_failed", error=str(exc))
+
+    def _hold(self) -> None:
+        """The files restored from the trash, held from every rule (``ocrd restore`` may have
+        run since the last turn: the hold is on disk before the file is back)."""
+        held = {} if self.mirror.missing else holds(self.mirror.place, self.clock.time())
+        self.rules = self.rules.holding(held)
+
+    def _purge(self) -> None:
+        """Purge what is due in the trash; the engine need not be freed: it never sees the
+        trash, and the lease tells whether anything holds a file there."""
+        if self.mirror.missing or self.config.retention.dry_run:
+            return
+        self.purger.run_if_due(
+            self.mirror.place,
+            now=self.clock.time(),
+            grace=self.config.trash.grace,
+            in_use=self.batcher.in_use(),
+        )
 
     def _after_clock_jump(self) -> None:
         """Nothing planned under the old clock is deleted; a fresh scan under the new one
@@ -379,6 +421,8 @@ class Daemon:
         self.rules = Rules.from_config(
             new.retention, new.watch.settle, model_dir_owner(new.model_dir)
         ).not_before(self.clock_guard.not_before)
+        self._hold()
+        self.purger.next_at = 0.0  # a new grace may purge sooner
         self.scheduler.reconfigure(new.watch.rescan, self.rules.due_slack)
         self.mirror.reconfigure(new.model_dir, new.watch)
         if self.batcher.restart_at is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -10,11 +11,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from ocrd.config import parse_duration
-from ocrd.human import size
-from ocrd.inventory import display, printable
-from ocrd.rootdir import Place
-from ocrd.trash import Entry, Refused, Trash, Unusable, iso, taken
+from ocrd.base.human import size
+from ocrd.config.durations import parse_duration
+from ocrd.fs.inventory import display, printable
+from ocrd.fs.place import Place
+from ocrd.fs.trash import Entry, Refused, Trash, Unusable, iso, taken
 
 EXIT_OK = 0
 EXIT_UNUSABLE = 1  # .ocrd-trash is not a directory ocrd may use: nothing was read or changed
@@ -55,7 +56,9 @@ def show(place: Place, *, as_json: bool, grace: float, out: TextIO = sys.stdout)
         with t:
             entries = t.entries()
     if as_json:
-        rows = [{**e.as_json(), "purge_at": iso(e.due(e.deleted_at, grace))} for e in entries]
+        rows = [
+            {**e.as_json(), "purge_at": iso(e.due(e.deleted_at, grace), up=True)} for e in entries
+        ]
         json.dump(rows, out)
         out.write("\n")
         return EXIT_OK
@@ -63,7 +66,7 @@ def show(place: Place, *, as_json: bool, grace: float, out: TextIO = sys.stdout)
     for e in entries:
         path = "(record unreadable)" if e.path is None else display(e.path)
         rule = printable(e.rule or "-")
-        purge_at = iso(e.due(e.deleted_at, grace))
+        purge_at = iso(e.due(e.deleted_at, grace), up=True)
         print(
             f"{iso(e.deleted_at):20}  {purge_at:20}  {size(e.size):>9}  {rule:10}  {path}", file=out
         )
@@ -102,10 +105,14 @@ def restore(
         for e in t.entries():  # oldest first: the last one of a path is its newest
             if e.path is not None and (after is None or e.deleted_at >= after):
                 newest[e.path] = e
+        # A PATH as the kernel has it, or as ``ocrd trash`` shows it (escaped).
+        shown = {display(p): p for p in newest}
+        wanted = [p.strip(b"/") for p in paths]
+        wanted = [p if p in newest else shown.get(os.fsdecode(p), p) for p in wanted]
         chosen = list(newest.values()) if everything else []
-        missing = [p for p in paths if p.strip(b"/") not in newest]
+        missing = [p for p in wanted if p not in newest]
         if not everything:
-            chosen = [newest[p.strip(b"/")] for p in paths if p.strip(b"/") in newest]
+            chosen = [newest[p] for p in dict.fromkeys(wanted) if p in newest]
         for p in missing:
             print(f"ocrd: {display(p)}: not in the trash; nothing restored", file=err)
         if missing:

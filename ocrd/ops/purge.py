@@ -1,19 +1,19 @@
-"""Empties the trash (ocrd.trash): entries past their grace, the oldest first for the budget,
-and what a killed process left; each file deleted by ocrd.apply's deleter, with every check a
+"""Empties the trash (ocrd.fs.trash): entries past their grace, the oldest first for the budget,
+and what a killed process left; each file deleted by ocrd.ops.delete's deleter, with every check a
 deletion makes (the same file, held by no process: the lease)."""
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Iterable
 
-from ocrd import log, private
-from ocrd.apply import InUse, Outcome, Status, delete_groups
-from ocrd.inventory import FileEntry, display, entry_from_stat
-from ocrd.retention import Decision, Verdict
-from ocrd.rootdir import Place, pin
-from ocrd.trash import (
+from ocrd.base import log
+from ocrd.fs import private
+from ocrd.fs.inventory import FileEntry, display, entry_from_stat
+from ocrd.fs.place import Place, pin
+from ocrd.fs.trash import (
     DATA,
     ENTRY,
     NAME,
@@ -28,6 +28,10 @@ from ocrd.trash import (
     names,
     read_entry,
 )
+from ocrd.ops.delete import delete_groups
+from ocrd.ops.inuse import InUse
+from ocrd.ops.outcomes import Outcome, Status
+from ocrd.rules.decision import Decision, Verdict
 
 ModelDir = Place | os.PathLike[str] | str | bytes
 
@@ -187,3 +191,30 @@ def _leftovers(place: Place, eid: bytes, efd: int, in_use: InUse | None) -> bool
         if outcome.status is not Status.DELETED:
             clean = False
     return clean
+
+
+class Schedule:
+    """When the daemon purges next: at the earliest due entry the last look found, and after
+    every full rescan. An entry kept (in use) is tried again after RETRY_S, not each turn."""
+
+    RETRY_S = 60.0
+
+    def __init__(self) -> None:
+        self.next_at = 0.0  # wall clock; 0: look at once (start, reload)
+
+    def trashed(self, purge_at: float) -> None:
+        """A deletion went into the trash, to be purged at ``purge_at``."""
+        self.next_at = min(self.next_at, purge_at)
+
+    def run_if_due(
+        self, model_dir: ModelDir, *, now: float, grace: float, in_use: InUse | None = None
+    ) -> Freed | None:
+        if now < self.next_at:
+            return None
+        place = _place(model_dir)
+        freed = purge_due(place, now=now, grace=grace, in_use=in_use)
+        left = [e.due(now, grace) for e in entries(place)]
+        self.next_at = min(left, default=math.inf)
+        if freed.skipped:
+            self.next_at = max(self.next_at, now + self.RETRY_S)
+        return freed

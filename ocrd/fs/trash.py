@@ -42,14 +42,15 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ocrd import log, private
-from ocrd.errors import OcrdError
-from ocrd.inventory import display
-from ocrd.rootdir import DIR_FLAGS, Place, identify, open_root
+from ocrd.base import log
+from ocrd.base.errors import ModelDirMissing, OcrdError
+from ocrd.fs import private
+from ocrd.fs.inventory import display
+from ocrd.fs.place import DIR_FLAGS, Place, identify, open_root
 
 NAME = b".ocrd-trash"
 DATA = b"data"
@@ -115,7 +116,7 @@ class Entry:
             "size": self.size,
             "rule": self.rule,
             "deleted_at": iso(self.deleted_at),
-            "purge_at": iso(self.purge_at),
+            "purge_at": iso(self.purge_at, up=True),
         }
 
 
@@ -142,9 +143,10 @@ def names(dir_fd: int) -> list[bytes]:
     return [os.fsencode(n) for n in os.listdir(dir_fd)]
 
 
-def iso(t: float) -> str:
-    """ISO 8601 UTC to the second: ``2026-12-06T02:36:00Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.floor(t)))
+def iso(t: float, *, up: bool = False) -> str:
+    """ISO 8601 UTC to the second: ``2026-12-06T02:36:00Z``; ``up``: rounded up, for a time
+    before which something does not happen (a purge, the end of a hold)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(t) if up else math.floor(t)))
 
 
 def is_trash(rel: bytes) -> bool:
@@ -375,7 +377,7 @@ class Trash:
             size=entry.size,
             rule=entry.rule,
             deleted_at=iso(entry.deleted_at),
-            held_until=iso(now + grace),
+            held_until=iso(now + grace, up=True),
         )
         return now_entry
 
@@ -489,12 +491,22 @@ def _open_trash(root: int, *, create: bool) -> int | None:
     except FileNotFoundError:
         if not create:
             return None
+        made = False
         with contextlib.suppress(FileExistsError):  # a neighbour's is judged below
             os.mkdir(NAME, 0o700, dir_fd=root)
+            made = True
         try:
             fd = os.open(NAME, DIR_FLAGS, dir_fd=root)
         except OSError as exc:
             raise _unusable(exc) from None
+        if made and os.geteuid() == 0:
+            # Made by root (``ocrd clean`` or ``restore`` run by root): given to model_dir's
+            # owner, as the daemon's user usually is, so that it may use it too.
+            # Only the very directory root made (root's own, still empty), never one swapped in.
+            rs = os.fstat(root)
+            if os.fstat(fd).st_uid == 0 and not os.listdir(fd):
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, rs.st_uid, rs.st_gid)
     except OSError as exc:
         raise _unusable(exc) from None
     try:
@@ -657,9 +669,19 @@ def taken(dir_fd: int, rel: bytes) -> bool:
 # -- module-level verbs: what the CLI, the daemon and the budget call ---------------------------
 
 
-Purger = Callable[[list[Entry]], Iterator[tuple[Entry, str | None, int]]]
-"""Deletes the files of the entries given, each lease- and identity-checked (ocrd.apply's
-deleter): yields (entry, None, bytes freed) for each purged, (entry, reason, 0) for each kept."""
+def holds(
+    model_dir: Place | os.PathLike[str] | str | bytes | int, now: float
+) -> dict[tuple[int, int], float]:
+    """The files held from every rule at ``now`` ({} if the trash is absent or unusable, or
+    model_dir is gone: then nothing is deleted anyway)."""
+    try:
+        t = Trash.open(model_dir, create=False)
+    except (Unusable, ModelDirMissing):
+        return {}
+    if t is None:
+        return {}
+    with t:
+        return t.holds(now)
 
 
 def usage(model_dir: Place | os.PathLike[str] | str | bytes | int) -> Usage:
