@@ -15,37 +15,16 @@ from pathlib import Path
 import pytest
 
 from ocrd.fs import trash
-from tests.conftest import OcrdRunner, make_file
-from tests.harness import OcrdProcess, ocrd_argv
+from tests.configs import config as write_config
+from tests.conftest import OcrdRunner, StartOcrd, make_file
+from tests.harness import ocrd_argv
 from tests.test_trash import strace_kill
 from tests.worlds import held
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-{retention}
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-[log]
-format = "json"
-[trash]
-grace = "{grace}"
-"""
 
-
-def config(tmp_path: Path, grace: str = "1h", retention: str = "") -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG.format(grace=grace, retention=retention))
-    return path
-
-
-def start(daemons: list[OcrdProcess], cfg: Path, **env: str) -> OcrdProcess:
-    d = OcrdProcess(cfg, env)
-    daemons.append(d)
-    return d
+def config(tmp_path: Path, grace: str = "1h", **retention: object) -> Path:
+    """The tests' config (tests/configs.py) with ``[trash] grace`` and ``retention`` keys."""
+    return write_config(tmp_path, trash={"grace": grace}, retention=retention)
 
 
 def when(event: dict[str, object]) -> float:
@@ -65,7 +44,7 @@ def listed(run_ocrd: OcrdRunner, cfg: Path) -> list[dict[str, object]]:
 
 
 def test_deleted_listed_restored_and_held(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], run_ocrd: OcrdRunner
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, run_ocrd: OcrdRunner
 ) -> None:
     """With the daemon running: the file goes into the trash, is listed, comes back the very
     file, and no rule takes it again while it is held (``ocrd list`` says so)."""
@@ -74,7 +53,7 @@ def test_deleted_listed_restored_and_held(
     path.chmod(0o640)
     before = path.stat()
     cfg = config(tmp_path)
-    d = start(daemons, cfg)
+    d = start_ocrd(cfg)
     d.note("READY=1")
     deleted = d.event("model_deleted", path="sub/old_a.gguf")
     assert deleted["trash"] is True
@@ -128,10 +107,10 @@ def test_restore_onto_an_existing_file_changes_nothing(
 
 
 def test_purged_after_grace_and_not_before(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     make_file(models, b"old_a", b"x" * 10)
-    d = start(daemons, config(tmp_path, grace="2s"))
+    d = start_ocrd(config(tmp_path, grace="2s"))
     deleted = d.event("model_deleted", path="old_a")
     purged = d.event("trash_purged", path="old_a")
     assert when(purged) - when(deleted) >= 2.0 - 0.01
@@ -157,7 +136,7 @@ def test_a_trashed_file_in_use_is_not_purged(
 def test_the_trash_is_no_model(tmp_path: Path, models: Path, run_ocrd: OcrdRunner) -> None:
     """Not listed, not planned, not counted by the refusal to delete every model."""
     make_file(models, b"old_a", b"a")
-    cfg = config(tmp_path, retention='max_age = "1d"')
+    cfg = config(tmp_path, max_age="1d")
     assert run_ocrd("clean", "-c", cfg).returncode == 0
     make_file(models, b"ancient.bin", b"b", age_s=5 * 86400)
     audit = json.loads(run_ocrd("list", "-c", cfg, "--json").stdout)
@@ -185,16 +164,16 @@ def test_a_squatted_trash_keeps_the_file(
 
 
 def test_killed_while_trashing_then_started_again(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], run_ocrd: OcrdRunner
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, run_ocrd: OcrdRunner
 ) -> None:
     """SIGKILL between the record and the rename, and just after the rename: after a restart
     the file is in the trash once, listed, and nowhere else."""
     cfg = config(tmp_path)
     for point in ("put:recorded", "put:renamed"):
         make_file(models, b"old_a", point.encode())
-        d = start(daemons, cfg, **{trash.FAULT_ENV: point})
+        d = start_ocrd(cfg, {trash.FAULT_ENV: point})
         assert d.proc.wait(timeout=30) == -9
-        d = start(daemons, cfg)
+        d = start_ocrd(cfg)
         d.note("READY=1")
         assert d.stop()[0] == 0
         assert not (models / "old_a").exists()
@@ -207,18 +186,18 @@ def test_killed_while_trashing_then_started_again(
 
 
 def test_killed_while_purging_then_started_again(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], run_ocrd: OcrdRunner
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, run_ocrd: OcrdRunner
 ) -> None:
     for point, left in (("purge:locked", 1), ("purge:deleted", 0)):
         make_file(models, b"old_a", b"x")
         assert run_ocrd("clean", "-c", config(tmp_path, grace="1h")).returncode == 0
         assert len(in_trash(models)) == 1
         cfg = config(tmp_path, grace="0s")
-        d = start(daemons, cfg, **{trash.FAULT_ENV: point})
+        d = start_ocrd(cfg, {trash.FAULT_ENV: point})
         assert d.proc.wait(timeout=30) == -9
         assert len(in_trash(models)) == left
         assert len(listed(run_ocrd, cfg)) == left
-        d = start(daemons, cfg)
+        d = start_ocrd(cfg)
         d.note("READY=1")
         d.wait_for("an empty trash", lambda: not in_trash(models))
         assert d.stop()[0] == 0
@@ -283,13 +262,13 @@ def test_ocrd_clean_killed_at_any_call(tmp_path: Path, models: Path, name: str, 
 
 
 def test_dry_run_purges_nothing(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], run_ocrd: OcrdRunner
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, run_ocrd: OcrdRunner
 ) -> None:
     make_file(models, b"old_a", b"a")
     assert run_ocrd("clean", "-c", config(tmp_path)).returncode == 0
-    cfg = config(tmp_path, grace="0s", retention="dry_run = true")
+    cfg = config(tmp_path, grace="0s", dry_run=True)
     assert run_ocrd("clean", "-c", cfg).returncode == 0
-    d = start(daemons, cfg)
+    d = start_ocrd(cfg)
     d.note("READY=1")
     assert d.stop()[0] == 0
     assert "trash_purged" not in d.names()
