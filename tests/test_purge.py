@@ -11,10 +11,8 @@ from structlog.testing import capture_logs
 from ocrd.fs import trash
 from ocrd.ops import purge
 from tests.conftest import make_file
-from tests.test_trash import GRACE, entries, models, put
+from tests.test_trash import GRACE, entries, put
 from tests.worlds import held
-
-__all__ = ["models"]  # the fixture, shared with tests/test_trash.py
 
 
 def test_purge_after_grace_and_not_before(models: Path) -> None:

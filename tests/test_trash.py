@@ -53,13 +53,6 @@ def restore(model_dir: Path, e: trash.Entry, now: float | None = None) -> trash.
         return t.restore(e, now=time.time() if now is None else now, grace=GRACE)
 
 
-@pytest.fixture
-def models(tmp_path: Path) -> Path:
-    d = tmp_path / "models"
-    d.mkdir()
-    return d
-
-
 def test_a_trashed_file_leaves_its_path_and_is_listed(models: Path) -> None:
     make_file(models, b"sub/old_a.gguf", b"A" * 100)
     before = time.time()

@@ -16,13 +16,6 @@ from tests.conftest import make_file
 from tests.test_trash import GRACE, put
 
 
-@pytest.fixture
-def models(tmp_path: Path) -> Path:
-    d = tmp_path / "models"
-    d.mkdir()
-    return d
-
-
 def test_show_json_has_the_contract_keys(models: Path) -> None:
     make_file(models, b"a/old_\n.bin", b"x" * 7)
     put(models, b"a/old_\n.bin", rule="max_age")
