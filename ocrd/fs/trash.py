@@ -16,8 +16,8 @@ Crash safety rests on one rule: **an entry is a file in the trash exactly when i
 exists.** The record is written before the file is renamed in, and removed only after the
 file has left (restored or purged); renames are atomic, so a SIGKILL at any point leaves the
 file either at its path, in an entry with its record, or purged, never two of these. An entry
-without ``data`` is debris: ``recover()`` removes it (a purge killed after its rename to a
-private name leaves that name, which ``recover()`` purges, lease-checked). Each entry is
+without ``data`` is debris: ``ocrd.ops.purge.recover`` removes it (a purge killed after its
+rename to a private name leaves that name, which it purges, lease-checked). Each entry is
 worked on under ``flock`` of its directory, so ``ocrd restore`` beside a running daemon, or two
 passes, never work on one entry at once, and a killed process's lock goes with it.
 

@@ -118,12 +118,9 @@ def purge_due(
     return purge(place, due, reason="grace", in_use=in_use)
 
 
-def free(
-    model_dir: ModelDir, want: int, *, in_use: InUse | None = None, now: float | None = None
-) -> Freed:
-    """For the budget: purge entries oldest first until at least ``want`` bytes are freed or
-    the trash is empty. ``now`` is unused: the order is by deletion time alone."""
-    del now
+def free(model_dir: ModelDir, want: int, *, in_use: InUse | None = None) -> Freed:
+    """For the budget: purge entries oldest first (by deletion time) until at least ``want``
+    bytes are freed or the trash is empty."""
     if want <= 0:
         return Freed(0, [], 0)
     place = _place(model_dir)
