@@ -16,7 +16,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from ocrd.fs import trash
+from ocrd.fs.holds import read as read_holds
 from ocrd.fs.place import DIR_FLAGS
+from ocrd.fs.restore import Refused
+from ocrd.fs.restore import restore as restore_file
 from ocrd.ops import purge
 from tests.conftest import make_file
 from tests.worlds import OCRD_UID, root_only
@@ -50,7 +53,7 @@ def restore(model_dir: Path, e: trash.Entry, now: float | None = None) -> trash.
     t = trash.Trash.open(model_dir, create=False)
     assert t is not None
     with t:
-        return t.restore(e, now=time.time() if now is None else now, grace=GRACE)
+        return restore_file(t, e, now=time.time() if now is None else now, grace=GRACE)
 
 
 def test_a_trashed_file_leaves_its_path_and_is_listed(models: Path) -> None:
@@ -118,8 +121,8 @@ def test_a_restored_file_is_held_for_grace(models: Path) -> None:
     t = trash.Trash.open(models, create=False)
     assert t is not None
     with t:
-        assert t.holds(now) == {(st.st_dev, st.st_ino): pytest.approx(now + GRACE)}
-        assert t.holds(now + GRACE + 1) == {}
+        assert read_holds(t, now) == {(st.st_dev, st.st_ino): pytest.approx(now + GRACE)}
+        assert read_holds(t, now + GRACE + 1) == {}
         assert list((models / ".ocrd-trash/held").iterdir()) == []  # an ended hold is removed
 
 
@@ -127,7 +130,7 @@ def test_restore_onto_an_existing_file_changes_nothing(models: Path) -> None:
     make_file(models, b"d/old_a", b"trashed")
     e = put(models, b"d/old_a")
     make_file(models, b"d/old_a", b"new one")
-    with pytest.raises(trash.Refused) as refused:
+    with pytest.raises(Refused) as refused:
         restore(models, e)
     assert refused.value.why == "exists"
     assert (models / "d/old_a").read_bytes() == b"new one"
@@ -144,7 +147,7 @@ def test_restore_never_follows_a_link_on_the_way(models: Path, tmp_path: Path) -
     e = put(models, b"d/old_a")
     os.rmdir(models / "d")
     os.symlink(outside, models / "d")
-    with pytest.raises(trash.Refused) as refused:
+    with pytest.raises(Refused) as refused:
         restore(models, e)
     assert refused.value.why == "parent"
     assert list(outside.iterdir()) == []
@@ -188,6 +191,7 @@ import os, sys, time
 from ocrd.fs import trash
 from ocrd.ops import purge
 from ocrd.fs.place import DIR_FLAGS
+from ocrd.fs.restore import restore
 op, model_dir, rel = sys.argv[1], sys.argv[2], os.fsencode(sys.argv[3])
 if op == "put":
     t = trash.Trash.open(model_dir, create=True)
@@ -200,7 +204,7 @@ elif op == "purge":
 elif op == "restore":
     t = trash.Trash.open(model_dir, create=False)
     for e in t.entries():
-        t.restore(e, now=time.time(), grace=3600.0)
+        restore(t, e, now=time.time(), grace=3600.0)
 elif op == "recover":
     purge.recover(model_dir)
 print("done", flush=True)

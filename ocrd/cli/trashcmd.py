@@ -15,7 +15,9 @@ from ocrd.base.human import size
 from ocrd.config.durations import parse_duration
 from ocrd.fs.inventory import display, printable
 from ocrd.fs.place import Place
-from ocrd.fs.trash import Entry, Refused, Trash, Unusable, iso, taken
+from ocrd.fs.restore import Refused
+from ocrd.fs.restore import restore as restore_file
+from ocrd.fs.trash import Entry, Trash, Unusable, iso, taken
 
 EXIT_OK = 0
 EXIT_UNUSABLE = 1  # .ocrd-trash is not a directory ocrd may use: nothing was read or changed
@@ -126,7 +128,7 @@ def restore(
         status = EXIT_OK
         for e in chosen:
             try:
-                t.restore(e, now=now, grace=grace)
+                restore_file(t, e, now=now, grace=grace)
             except Refused as exc:
                 print(f"ocrd: {exc}; not restored", file=err)
                 status = EXIT_REFUSED

@@ -31,8 +31,8 @@ from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.skew import FutureMtimes
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.daemon.waker import Waker
+from ocrd.fs.holds import holds
 from ocrd.fs.inventory import FileEntry
-from ocrd.fs.trash import holds
 from ocrd.ops import purge
 from ocrd.ops.purge import Schedule
 from ocrd.ops.stats import Totals

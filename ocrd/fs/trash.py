@@ -46,8 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ocrd.base import log
-from ocrd.base.errors import ModelDirMissing, OcrdError
+from ocrd.base.errors import OcrdError
 from ocrd.fs import private
 from ocrd.fs.inventory import display
 from ocrd.fs.place import DIR_FLAGS, Place, identify, open_root
@@ -71,18 +70,6 @@ class Unusable(OcrdError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"{os.fsdecode(NAME)}: {reason}")
         self.reason = reason
-
-
-class Refused(OcrdError):
-    """A restore that would change something it must not: ``why`` is one of ``exists``
-    (something is at the path now), ``parent`` (a component of the path is not a directory
-    reached without a link), ``missing`` (no entry for the path), ``gone`` (the entry left
-    the trash meanwhile)."""
-
-    def __init__(self, path: bytes, why: str, detail: str) -> None:
-        super().__init__(f"{display(path)}: {detail}")
-        self.path = path
-        self.why = why
 
 
 @dataclass(frozen=True)
@@ -132,10 +119,6 @@ class Freed(NamedTuple):
     bytes: int
     entries: list[Entry]
     skipped: int
-
-
-_EXISTS = "something is at that path now: it is not replaced"
-_EXDEV = "its directory is on another filesystem than model_dir"
 
 
 def names(dir_fd: int) -> list[bytes]:
@@ -282,7 +265,7 @@ class Trash:
                 "mtime": checked.st_mtime,
                 "dir": [stat.S_IMODE(ps.st_mode), ps.st_uid, ps.st_gid],
             }
-            _write(efd, RECORD, record, self)
+            write_record(efd, RECORD, record, self)
             fault("put:recorded")
             private.claim(parent, name, efd, DATA)
             moved = True
@@ -332,155 +315,6 @@ class Trash:
             yield efd
         finally:
             os.close(efd)
-
-    def restore(self, entry: Entry, *, now: float, grace: float) -> Entry:
-        """Put ``entry``'s file back at its path, byte for byte (the same inode: mode, owner
-        and mtime kept), making missing parent directories as its parent was; the file is
-        held from every rule until ``now + grace``. Refused if anything is at the path, and
-        then nothing has changed."""
-        if entry.path is None:
-            raise Refused(entry.id, "missing", "its record is unreadable: the path is unknown")
-        path = entry.path
-        with self.locked(entry.id, wait=True) as efd:
-            if efd is None:
-                raise Refused(path, "gone", "it left the trash meanwhile (purged or restored)")
-            now_entry = read_entry(entry.id, efd)
-            if now_entry is None or (now_entry.dev, now_entry.ino) != (entry.dev, entry.ino):
-                raise Refused(path, "gone", "it left the trash meanwhile (purged or restored)")
-            parent_rel, _, name = path.rpartition(b"/")
-            pfd = self._parents(parent_rel, efd)
-            try:
-                hold = self._hold(path, entry, now + grace)
-                try:
-                    private.claim(efd, DATA, pfd, name)
-                except FileExistsError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(hold, dir_fd=self._held_fd())
-                    raise Refused(
-                        path, "exists", "a file is there now: it is not replaced"
-                    ) from None
-                except OSError as exc:
-                    with contextlib.suppress(OSError):
-                        os.unlink(hold, dir_fd=self._held_fd())
-                    if exc.errno == errno.EXDEV:
-                        raise Refused(
-                            path, "parent", "its directory is on another filesystem"
-                        ) from None
-                    raise
-                fault("restore:renamed")
-            finally:
-                os.close(pfd)
-            clear_entry(efd, self.fd, entry.id)
-        log.get().info(
-            "model_restored",
-            path=display(path),
-            size=entry.size,
-            rule=entry.rule,
-            deleted_at=iso(entry.deleted_at),
-            held_until=iso(now + grace, up=True),
-        )
-        return now_entry
-
-    def _parents(self, parent_rel: bytes, efd: int) -> int:
-        """An fd on ``parent_rel`` under model_dir, each missing component made (with the mode
-        and, as root, the owner its old parent had), none followed if it is a link."""
-        mode, uid, gid = _record_dir(efd)
-        fd = os.dup(self.root_fd)
-        walked = b""
-        try:
-            for part in parent_rel.split(b"/") if parent_rel else ():
-                walked = walked + b"/" + part if walked else part
-                try:
-                    nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(part, mode, dir_fd=fd)
-                        _made_dir(fd, part, mode, uid, gid)
-                    nfd = self._enter(fd, part, walked)
-                except OSError as exc:
-                    raise self._not_dir(walked, exc) from None
-                if identify(nfd).crosses(identify(self.root_fd)):
-                    os.close(nfd)
-                    raise Refused(walked, "parent", "is on another filesystem than model_dir")
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _enter(self, fd: int, part: bytes, walked: bytes) -> int:
-        try:
-            return os.open(part, DIR_FLAGS, dir_fd=fd)
-        except OSError as exc:
-            raise self._not_dir(walked, exc) from None
-
-    @staticmethod
-    def _not_dir(walked: bytes, exc: OSError) -> Refused:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return Refused(walked, "parent", "is not a directory (a file or a link is there)")
-        return Refused(walked, "parent", exc.strerror or str(exc))
-
-    # -- holds --------------------------------------------------------------------------------
-
-    def _held_fd(self) -> int:
-        try:
-            os.mkdir(HELD, 0o700, dir_fd=self.fd)
-        except FileExistsError:
-            pass
-        else:
-            with contextlib.suppress(OSError):
-                fd = os.open(HELD, DIR_FLAGS, dir_fd=self.fd)
-                self.own(fd)
-                os.close(fd)
-        fd = os.open(HELD, DIR_FLAGS, dir_fd=self.fd)
-        st = os.fstat(fd)
-        if st.st_uid not in (self.uid, os.geteuid()) or st.st_mode & 0o022:
-            os.close(fd)
-            raise Unusable(f"{os.fsdecode(HELD)} inside it is not ocrd's own directory")
-        return fd
-
-    def _hold(self, path: bytes, entry: Entry, until: float) -> bytes:
-        name = secrets.token_hex(8).encode() + b".json"
-        record = {
-            "path": base64.b64encode(path).decode(),
-            "dev": entry.dev,
-            "ino": entry.ino,
-            "until": until,
-        }
-        hfd = self._held_fd()
-        try:
-            _write(hfd, name, record, self)
-        finally:
-            os.close(hfd)
-        return name
-
-    def holds(self, now: float) -> dict[tuple[int, int], float]:
-        """The files held from every rule: (device, inode) → until when. A hold that has
-        ended is removed."""
-        try:
-            hfd = os.open(HELD, DIR_FLAGS, dir_fd=self.fd)
-        except OSError:
-            return {}
-        found: dict[tuple[int, int], float] = {}
-        try:
-            for name in names(hfd):
-                if HOLD.fullmatch(name) is None:
-                    continue
-                rec = _load(hfd, name)
-                try:
-                    key = (int(rec["dev"]), int(rec["ino"]))
-                    until = float(rec["until"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if until <= now:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=hfd)
-                    continue
-                found[key] = max(until, found.get(key, until))
-        finally:
-            os.close(hfd)
-        return found
 
 
 def _open_trash(root: int, *, create: bool) -> int | None:
@@ -544,7 +378,7 @@ def _new_id(now: float) -> bytes:
     return b"%s.%06dZ-%s" % (stamp.encode(), micro, secrets.token_hex(8).encode())
 
 
-def _write(dir_fd: int, name: bytes, record: dict[str, Any], trash: Trash) -> None:
+def write_record(dir_fd: int, name: bytes, record: dict[str, Any], trash: Trash) -> None:
     fd = os.open(name, FILE_NEW, 0o600, dir_fd=dir_fd)
     try:
         trash.own(fd)
@@ -553,7 +387,7 @@ def _write(dir_fd: int, name: bytes, record: dict[str, Any], trash: Trash) -> No
         os.close(fd)
 
 
-def _load(dir_fd: int, name: bytes) -> dict[str, Any]:
+def load_record(dir_fd: int, name: bytes) -> dict[str, Any]:
     """A record, or {} if it is missing, not a regular file, too large or not JSON."""
     try:
         fd = os.open(name, FILE_READ, dir_fd=dir_fd)
@@ -584,7 +418,7 @@ def read_entry(eid: bytes, efd: int) -> Entry | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    rec = _load(efd, RECORD)
+    rec = load_record(efd, RECORD)
     try:
         path: bytes | None = base64.b64decode(rec["path"], validate=True)
         deleted_at = float(rec["deleted_at"])
@@ -608,26 +442,6 @@ def read_entry(eid: bytes, efd: int) -> Entry | None:
         st.st_mtime,
         st.st_nlink,
     )
-
-
-def _record_dir(efd: int) -> tuple[int, int, int]:
-    rec = _load(efd, RECORD)
-    try:
-        mode, uid, gid = (int(x) for x in rec["dir"])
-    except (KeyError, TypeError, ValueError):
-        return 0o755, -1, -1
-    return mode & 0o7777, uid, gid
-
-
-def _made_dir(parent: int, part: bytes, mode: int, uid: int, gid: int) -> None:
-    """A directory restore made: its old parent's mode (past the umask) and, as root, owner."""
-    fd = os.open(part, DIR_FLAGS, dir_fd=parent)
-    try:
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0 and uid >= 0:
-            os.fchown(fd, uid, gid)
-    finally:
-        os.close(fd)
 
 
 def clear_entry(efd: int, trash_fd: int, eid: bytes) -> None:
@@ -667,21 +481,6 @@ def taken(dir_fd: int, rel: bytes) -> bool:
 
 
 # -- module-level verbs: what the CLI, the daemon and the budget call ---------------------------
-
-
-def holds(
-    model_dir: Place | os.PathLike[str] | str | bytes | int, now: float
-) -> dict[tuple[int, int], float]:
-    """The files held from every rule at ``now`` ({} if the trash is absent or unusable, or
-    model_dir is gone: then nothing is deleted anyway)."""
-    try:
-        t = Trash.open(model_dir, create=False)
-    except (Unusable, ModelDirMissing):
-        return {}
-    if t is None:
-        return {}
-    with t:
-        return t.holds(now)
 
 
 def usage(model_dir: Place | os.PathLike[str] | str | bytes | int) -> Usage:

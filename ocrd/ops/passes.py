@@ -15,10 +15,10 @@ from ocrd.base.collector import collecting_paused
 from ocrd.base.errors import ModelDirMissing
 from ocrd.config.schema import Config
 from ocrd.fs.arrival import Arrivals
+from ocrd.fs.holds import holds
 from ocrd.fs.inventory import Inventory, display
 from ocrd.fs.place import Place
 from ocrd.fs.scan import scan, unreadable
-from ocrd.fs.trash import holds
 from ocrd.ops import purge
 from ocrd.ops.check import probe_each
 from ocrd.ops.delete import ToTrash, apply, delete_groups
