@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd.fs import trash
+from ocrd.fs import trash, trashentry
 from ocrd.fs.holds import read as read_holds
 from ocrd.fs.place import DIR_FLAGS
 from ocrd.fs.restore import Refused
@@ -29,7 +29,7 @@ GRACE = 3600.0
 
 def put(
     model_dir: Path, rel: bytes, *, now: float | None = None, rule: str = "prefix"
-) -> trash.Entry:
+) -> trashentry.Entry:
     """Trash ``rel`` as the deleter would: its parent open, its identity checked."""
     t = trash.Trash.open(model_dir, create=True)
     assert t is not None
@@ -45,11 +45,11 @@ def put(
             os.close(pfd)
 
 
-def entries(model_dir: Path) -> list[trash.Entry]:
+def entries(model_dir: Path) -> list[trashentry.Entry]:
     return purge.entries(model_dir)
 
 
-def restore(model_dir: Path, e: trash.Entry, now: float | None = None) -> trash.Entry:
+def restore(model_dir: Path, e: trashentry.Entry, now: float | None = None) -> trashentry.Entry:
     t = trash.Trash.open(model_dir, create=False)
     assert t is not None
     with t:
@@ -275,7 +275,7 @@ def test_killed_at_a_fault_point_nothing_is_lost_or_doubled(
     models: Path, op: str, start: str, point: str, expected: set[str]
 ) -> None:
     prepare(models, start)
-    assert not run(op, models, b"d/old_a", [], {trash.FAULT_ENV: point})
+    assert not run(op, models, b"d/old_a", [], {trashentry.FAULT_ENV: point})
     where = state_after_recovery(models)
     assert len(where) <= 1
     at = {"trash" if w.startswith(".ocrd-trash/") else w for w in where}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.fs import trash
+from ocrd.fs import trashentry
 from tests.configs import config as write_config
 from tests.conftest import OcrdRunner, StartOcrd, make_file
 from tests.harness import ocrd_argv
@@ -171,7 +171,7 @@ def test_killed_while_trashing_then_started_again(
     cfg = config(tmp_path)
     for point in ("put:recorded", "put:renamed"):
         make_file(models, b"old_a", point.encode())
-        d = start_ocrd(cfg, {trash.FAULT_ENV: point})
+        d = start_ocrd(cfg, {trashentry.FAULT_ENV: point})
         assert d.proc.wait(timeout=30) == -9
         d = start_ocrd(cfg)
         d.note("READY=1")
@@ -193,7 +193,7 @@ def test_killed_while_purging_then_started_again(
         assert run_ocrd("clean", "-c", config(tmp_path, grace="1h")).returncode == 0
         assert len(in_trash(models)) == 1
         cfg = config(tmp_path, grace="0s")
-        d = start_ocrd(cfg, {trash.FAULT_ENV: point})
+        d = start_ocrd(cfg, {trashentry.FAULT_ENV: point})
         assert d.proc.wait(timeout=30) == -9
         assert len(in_trash(models)) == left
         assert len(listed(run_ocrd, cfg)) == left

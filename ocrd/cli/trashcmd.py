@@ -17,7 +17,8 @@ from ocrd.fs.inventory import display, printable
 from ocrd.fs.place import Place
 from ocrd.fs.restore import Refused
 from ocrd.fs.restore import restore as restore_file
-from ocrd.fs.trash import Entry, Trash, Unusable, iso, taken
+from ocrd.fs.trash import Trash, Unusable
+from ocrd.fs.trashentry import Entry, iso, taken
 
 EXIT_OK = 0
 EXIT_UNUSABLE = 1  # .ocrd-trash is not a directory ocrd may use: nothing was read or changed

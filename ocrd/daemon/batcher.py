@@ -15,10 +15,11 @@ from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.fs.holders import Holders, View
 from ocrd.ops.check import probe
-from ocrd.ops.delete import ToTrash, apply
+from ocrd.ops.delete import apply
 from ocrd.ops.inuse import InUse, limited_check
 from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stats import Totals
+from ocrd.ops.totrash import ToTrash
 from ocrd.rules.decision import Decision, Plan
 from ocrd.rules.refusal import Refusal, guarded, left_after
 from ocrd.rules.retention import Rules

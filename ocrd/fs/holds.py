@@ -11,7 +11,8 @@ import secrets
 
 from ocrd.base.errors import ModelDirMissing
 from ocrd.fs.place import DIR_FLAGS, Place
-from ocrd.fs.trash import HELD, HOLD, Entry, Trash, Unusable, load_record, names, write_record
+from ocrd.fs.trash import Trash, Unusable
+from ocrd.fs.trashentry import HELD, HOLD, Entry, load_record, names, write_record
 
 
 def held_dir(t: Trash) -> int:

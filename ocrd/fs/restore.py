@@ -14,17 +14,8 @@ from ocrd.fs import private
 from ocrd.fs.holds import hold, let_go
 from ocrd.fs.inventory import display
 from ocrd.fs.place import DIR_FLAGS, identify
-from ocrd.fs.trash import (
-    DATA,
-    RECORD,
-    Entry,
-    Trash,
-    clear_entry,
-    fault,
-    iso,
-    load_record,
-    read_entry,
-)
+from ocrd.fs.trash import Trash
+from ocrd.fs.trashentry import DATA, RECORD, Entry, clear_entry, fault, iso, load_record, read_entry
 
 _EXISTS = "a file is there now: it is not replaced"
 _EXDEV = "its directory is on another filesystem than model_dir"

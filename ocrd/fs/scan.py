@@ -13,7 +13,7 @@ from ocrd.base import log
 from ocrd.base.collector import collecting_paused
 from ocrd.fs.inventory import FileEntry, Inventory, display
 from ocrd.fs.place import Identity, Place, identify, open_root, pin, still_there
-from ocrd.fs.trash import NAME as TRASH
+from ocrd.fs.trashentry import NAME as TRASH
 from ocrd.fs.walk import walk_dirs
 
 

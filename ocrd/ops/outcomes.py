@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from ocrd.base import log
 from ocrd.fs.inventory import display
-from ocrd.fs.trash import Entry, iso
+from ocrd.fs.trashentry import Entry, iso
 from ocrd.ops.stats import Totals
 from ocrd.rules.decision import Decision
 from ocrd.rules.refusal import Refusal

@@ -21,10 +21,11 @@ from ocrd.fs.place import Place
 from ocrd.fs.scan import scan, unreadable
 from ocrd.ops import purge
 from ocrd.ops.check import probe_each
-from ocrd.ops.delete import ToTrash, apply, delete_groups
+from ocrd.ops.delete import apply, delete_groups
 from ocrd.ops.inuse import InUse, limited_check
 from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stream import Walked, planned
+from ocrd.ops.totrash import ToTrash
 from ocrd.rules.decision import Decision, Plan
 from ocrd.rules.refusal import Refusal, guarded, staying
 from ocrd.rules.retention import Rules, plan

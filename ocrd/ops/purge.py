@@ -13,21 +13,8 @@ from ocrd.base import log
 from ocrd.fs import private
 from ocrd.fs.inventory import FileEntry, display, entry_from_stat
 from ocrd.fs.place import Place, pin
-from ocrd.fs.trash import (
-    DATA,
-    ENTRY,
-    NAME,
-    RULE,
-    Entry,
-    Freed,
-    Trash,
-    Unusable,
-    clear_entry,
-    fault,
-    iso,
-    names,
-    read_entry,
-)
+from ocrd.fs.trash import RULE, Freed, Trash, Unusable
+from ocrd.fs.trashentry import DATA, ENTRY, NAME, Entry, clear_entry, fault, iso, names, read_entry
 from ocrd.ops.delete import delete_groups
 from ocrd.ops.inuse import InUse
 from ocrd.ops.outcomes import Outcome, Status
