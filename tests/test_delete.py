@@ -1,4 +1,4 @@
-"""ocrd/ops/delete.py: the one module that deletes, on real files under tmp_path."""
+"""The deleter (ocrd/ops/delete.py, onebehind.py, totrash.py) on real files under tmp_path."""
 
 from __future__ import annotations
 
