@@ -29,10 +29,7 @@ class Denial:
 
     @property
     def owner(self) -> str:
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return f"uid {self.uid}"
+        return _user(self.uid)
 
     @property
     def group(self) -> str:
@@ -101,7 +98,11 @@ def denied(model_dir: Path) -> Denial | None:
 
 def me() -> str:
     """The user this process runs as (effective uid), by name where it has one."""
-    uid = os.geteuid()
+    return _user(os.geteuid())
+
+
+def _user(uid: int) -> str:
+    """A user's name, or ``uid N`` where it has none."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:

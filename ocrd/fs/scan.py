@@ -29,13 +29,8 @@ def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
     unreadable: list[tuple[bytes, str]] = []
     directories: list[tuple[bytes, int]] = []
     mounts: list[tuple[bytes, str]] = []
-    with collecting_paused():
-        files = [
-            f
-            for batch in scan_batches(place, unreadable, directories, mounts=mounts)
-            for f in batch
-        ]
-    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
+    batches = scan_batches(place, unreadable, directories, mounts=mounts)
+    return _inventory(batches, unreadable, directories, mounts)
 
 
 def scan_batches(
@@ -76,14 +71,22 @@ def walk(
     unreadable: list[tuple[bytes, str]] = []
     directories: list[tuple[bytes, int]] = []
     mounts: list[tuple[bytes, str]] = []
+    batches = walk_batches(
+        root_fd, unreadable, directories, boundary=boundary, mounts=mounts, tick=tick
+    )
+    return _inventory(batches, unreadable, directories, mounts)
+
+
+def _inventory(
+    batches: Iterator[list[FileEntry]],
+    unreadable: list[tuple[bytes, str]],
+    directories: list[tuple[bytes, int]],
+    mounts: list[tuple[bytes, str]],
+) -> Inventory:
+    """A walk's batches gathered into one Inventory, the cyclic collector off meanwhile (the
+    batches are generated, so the walk itself runs here)."""
     with collecting_paused():
-        files = [
-            f
-            for batch in walk_batches(
-                root_fd, unreadable, directories, boundary=boundary, mounts=mounts, tick=tick
-            )
-            for f in batch
-        ]
+        files = [f for batch in batches for f in batch]
     return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
 
 
@@ -107,7 +110,8 @@ def walk_batches(
     fsencode = os.fsencode
     # This runs once per file of every scan, so the record is built the quickest way Python
     # has: each name encoded as os.fsencode would (minus its checks), the tuple made without
-    # FileEntry's keyword-parsing __new__. bench/RESULTS.md §1 measures what that buys.
+    # FileEntry's keyword-parsing __new__: ocrd.fs.inventory.entry_from_stat, inlined.
+    # bench/RESULTS.md §1 measures what that buys.
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     record = tuple.__new__
     for here in walk_dirs(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ocrd.fs import private
 from ocrd.fs.inventory import FileEntry
 from ocrd.rules.families import Versions
-from ocrd.rules.selectors import Selector, first_after
+from ocrd.rules.selectors import ByName, first_after
 
 INTERRUPTED = "interrupted"  # the rule's name, which ocrd.ops.delete asks for its owner check
 
@@ -20,10 +20,10 @@ PROCESS_STARTED = time.time()  # private names older than this process are no li
 
 
 @dataclass(frozen=True)
-class InterruptedRule(Selector):
+class InterruptedRule(ByName):
     """A file ocrd had checked and was deleting when it was killed. To delete exactly the
     checked file, ocrd renames it to a private name first (ocrd.fs.private), and deletes it
-    under that name (ocrd.ops.delete); a SIGKILL leaves the private name behind. Such a file had
+    under that name (ocrd.ops.onebehind); a SIGKILL leaves the private name behind. Such a file had
     passed every check already; it is planned again, and checked again, under this rule.
 
     Only a regular file whose name is in ocrd's own format is one: a link, or anything else
@@ -48,14 +48,6 @@ class InterruptedRule(Selector):
 
     def _leftover(self, f: FileEntry, now: float) -> bool:
         return f.ctime < self.started or now - f.ctime >= self.GRACE_S
-
-    @property
-    def per_file(self) -> bool:
-        return True
-
-    @property
-    def by_name(self) -> bool:
-        return True
 
     def due(self, entry: FileEntry) -> float | None:
         if not self._private(entry):

@@ -13,7 +13,7 @@ from ocrd.config.durations import approx_duration, format_duration
 from ocrd.fs import private
 from ocrd.fs.inventory import FileEntry
 from ocrd.rules.decision import DAY, nfc
-from ocrd.rules.families import DEFAULT_TRUST, Families, Versions
+from ocrd.rules.families import DEFAULT_TRUST, Families, Ranking, Versions
 
 
 class Selector(Protocol):
@@ -96,10 +96,8 @@ class Selector(Protocol):
         return False
 
 
-@dataclass(frozen=True)
-class PrefixRule(Selector):
-    prefixes: tuple[str, ...]
-    name: str = "prefix"
+class ByName(Selector):
+    """A rule that selects a file by its name alone: each file judged alone, marked by name."""
 
     @property
     def per_file(self) -> bool:
@@ -108,6 +106,12 @@ class PrefixRule(Selector):
     @property
     def by_name(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class PrefixRule(ByName):
+    prefixes: tuple[str, ...]
+    name: str = "prefix"
 
     def due_among(
         self, files: Sequence[FileEntry], present: Versions
@@ -265,6 +269,11 @@ class KeepNewestRule(Selector):
     families: Families = field(default_factory=Families)
     name: str = "keep_newest"
 
+    def _ranked(self, present: Versions) -> Ranking | None:
+        """The families ranked, or None when the rule is off (``keep`` 0, as in the config:
+        never "keep none")."""
+        return present.ranked(self.families) if self.keep > 0 else None
+
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
         """Alone, ``files`` are all the versions there are, and root's files the trusted ones."""
         return self.select_among(files, now, Versions(versions(files), DEFAULT_TRUST, now))
@@ -272,10 +281,9 @@ class KeepNewestRule(Selector):
     def select_among(
         self, files: Sequence[FileEntry], now: float, present: Versions
     ) -> Iterator[tuple[FileEntry, str]]:
+        if (ranked := self._ranked(present)) is None:
+            return
         keep = self.keep
-        if keep <= 0:
-            return  # off, as in the config: never "keep none"
-        ranked = present.ranked(self.families)
         for f in files:
             member = ranked.get(id(f))
             if member is not None and member.rank > keep:
@@ -286,10 +294,9 @@ class KeepNewestRule(Selector):
     ) -> Iterator[tuple[FileEntry, str]]:
         """The versions that are not among the newest ``keep`` by name and date, kept because
         some newer ones do not count against them (ocrd.rules.trust), each with which."""
-        keep = self.keep
-        if keep <= 0:
+        if (ranked := self._ranked(present)) is None:
             return
-        ranked = present.ranked(self.families)
+        keep = self.keep
         for f in files:
             member = ranked.get(id(f))
             if member is not None and member.rank <= keep <= member.newer:
@@ -307,10 +314,9 @@ class KeepNewestRule(Selector):
         """A file past ``keep`` is due at any time (with no arrival its rank can only fall
         as older versions go); any other once enough of the newer versions that do not count
         against it yet come to count (ocrd.rules.trust: they settle, their date comes), or never."""
-        keep = self.keep
-        if keep <= 0:
+        if (ranked := self._ranked(present)) is None:
             return
-        ranked = present.ranked(self.families)
+        keep = self.keep
         for f in files:
             member = ranked.get(id(f))
             if member is None:
