@@ -1,5 +1,5 @@
-"""ocrd/config/schema.py's lint and system-directory refusal: rules that cannot mean what they
-say."""
+"""ocrd/config/lint.py's warnings (rules that cannot mean what they say), and load.py's refusal
+of a system directory as model_dir."""
 
 from __future__ import annotations
 
