@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
 from ocrd.inventory import FileEntry
+from ocrd.walker import collecting_paused
 
 _UNITS = {
     "b": 1,
@@ -286,37 +287,53 @@ def _candidate_why(slot: Slot, position: int, taken: bool, crossed: bool) -> str
 
 def slots(models: Iterable[Model]) -> list[Slot]:
     """The models grouped by inode, in first-seen order."""
-    groups: dict[tuple[int, int], list[Model]] = {}
+    return _group(models)[0]
+
+
+def _group(models: Iterable[Model]) -> tuple[list[Slot], dict[tuple[int, int], int]]:
+    """slots(), and where each inode's slot is. One pass; a file with one link (nearly every
+    model file) makes its slot directly: this runs on every pass over every model file."""
+    found: list[Slot] = []
+    where: dict[tuple[int, int], int] = {}
+    links: dict[int, list[Model]] = {}
     for m in models:
-        if m.entry.is_link:
+        e = m.entry
+        if e.is_link:
             continue
-        groups.setdefault((m.entry.dev, m.entry.ino), []).append(m)
-    found = []
-    for links in groups.values():
-        links.sort(key=lambda m: m.entry.path)
-        reasons = sorted(m.protected for m in links if m.protected is not None)
-        found.append(
-            Slot(
-                tuple(m.entry for m in links),
-                max(m.entry.size for m in links),
-                max(m.last_used for m in links),
-                any(m.engine_lists for m in links),
-                reasons[0] if reasons else None,
-            )
+        key = (e.dev, e.ino)
+        i = where.get(key)
+        if i is None:
+            where[key] = len(found)
+            found.append(Slot((e,), e.size, m.last_used, m.engine_lists, m.protected))
+            links[len(found) - 1] = [m]
+        else:
+            links[i].append(m)
+    for i, group in links.items():
+        if len(group) == 1:
+            continue
+        group.sort(key=lambda m: m.entry.path)
+        reasons = sorted(m.protected for m in group if m.protected is not None)
+        found[i] = Slot(
+            tuple(m.entry for m in group),
+            max(m.entry.size for m in group),
+            max(m.last_used for m in group),
+            any(m.engine_lists for m in group),
+            reasons[0] if reasons else None,
         )
-    return found
+    return found, where
 
 
-def _last_versions(models: Sequence[Model], found: list[Slot]) -> list[Slot]:
+def _last_versions(
+    models: Sequence[Model], found: list[Slot], where: dict[tuple[int, int], int]
+) -> None:
     """keep_last_version: in a family none of whose versions is protected, the newest (lowest
     rank, then the most recently used) is protected as its last version."""
-    slot_of = {(s.entry.dev, s.entry.ino): i for i, s in enumerate(found)}
     members: dict[str, list[tuple[int, float, bytes, int]]] = {}
     staying: set[str] = set()
     for m in models:
         if m.family is None or m.entry.is_link:
             continue
-        i = slot_of[(m.entry.dev, m.entry.ino)]
+        i = where[(m.entry.dev, m.entry.ino)]
         if found[i].protected is not None:
             staying.add(m.family)
         members.setdefault(m.family, []).append((m.rank, -m.last_used, m.entry.path, i))
@@ -324,7 +341,15 @@ def _last_versions(models: Sequence[Model], found: list[Slot]) -> list[Slot]:
         if family not in staying:
             i = min(versions)[3]
             found[i] = found[i]._replace(protected="keep_last_version")
-    return found
+
+
+def crossed(model_bytes: int, space: Space, limits: Limits, *, trash_bytes: int = 0) -> bool:
+    """Whether a limit is crossed: the cheap question a pass asks first (the sum of the model
+    files' sizes, which the daemon keeps, and one statvfs); only then is ``decide`` worth its
+    walk over every model file."""
+    if limits.max_size is not None and model_bytes + trash_bytes > limits.max_size.of(space.total):
+        return True
+    return limits.min_free is not None and space.free < limits.min_free.of(space.total)
 
 
 def decide(
@@ -339,9 +364,10 @@ def decide(
     """What the budget frees now: the trash first, then model inodes least recently used
     first (those the engine lists after all others), each whole, none protected, until the
     limits hold again with their headroom; nothing while no limit is crossed."""
-    found = slots(models)
-    if keep_last_version:
-        found = _last_versions(models, found)
+    with collecting_paused():
+        found, where = _group(models)
+        if keep_last_version:
+            _last_versions(models, found, where)
     order = sorted(
         (s for s in found if s.protected is None),
         key=lambda s: (s.engine_lists, s.last_used, s.entry.path),
@@ -351,11 +377,9 @@ def decide(
 
     max_size = limits.max_size.of(space.total) if limits.max_size is not None else None
     min_free = limits.min_free.of(space.total) if limits.min_free is not None else None
-    over = max_size is not None and model_bytes + trash_bytes > max_size
-    short = min_free is not None and space.free < min_free
-    crossed = over or short
+    is_crossed = crossed(model_bytes, space, limits, trash_bytes=trash_bytes)
     need = 0
-    if crossed:
+    if is_crossed:
         if max_size is not None:
             target = max(0, max_size - limits.headroom.of(max_size))
             need = max(need, model_bytes + trash_bytes - target)
@@ -377,7 +401,7 @@ def decide(
     freed = sum(s.size for s in evictions)
 
     unmet = None
-    if crossed:
+    if is_crossed:
         after_total = model_bytes - freed + trash_bytes - purge
         after_free = space.free + purge + freed
         missing = max(
@@ -397,7 +421,7 @@ def decide(
         space,
         max_size,
         min_free,
-        crossed,
+        is_crossed,
         need,
         purge,
         tuple(evictions),

@@ -12,6 +12,7 @@ from ocrd.budget import (
     Limits,
     Model,
     Space,
+    crossed,
     decide,
     describe,
     format_size,
@@ -317,6 +318,7 @@ def test_properties(
             assert not paths & gone
     # each inode once
     assert budget.model_bytes == sum(links[0].entry.size for links in by_ino.values())
+    assert budget.crossed == crossed(budget.model_bytes, space, limits)
     if not budget.crossed:
         assert not gone
     # never every model file unless allowed
