@@ -12,12 +12,15 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
+from ocrd.families import Versions
 from ocrd.inventory import FileEntry
+from ocrd.private import looks_private
+from ocrd.retention import Decision, Plan, Rules, Verdict, versions
 from ocrd.walker import collecting_paused
 
 _UNITS = {
@@ -247,12 +250,19 @@ class Budget:
         """Every model file, with its place in the order and why (ocrd list)."""
         taken = {id(s) for s in self.evictions}
         for i, slot in enumerate(self.order, 1):
-            why = _candidate_why(slot, i, id(slot) in taken, self.crossed)
+            why = _candidate_why(slot, i, id(slot) in taken, self.crossed, self)
             for e in slot.entries:
                 yield Line(e, i, id(slot) in taken, why)
         for slot in self.kept:
             for e in slot.entries:
                 yield Line(e, None, False, f"not a budget candidate: {_protected_why(slot)}")
+
+    def lines_of(self, slot: Slot) -> Iterator[Line]:
+        """lines() of one of the evictions."""
+        i = self.evictions.index(slot) + 1
+        why = _candidate_why(slot, i, True, self.crossed, self)
+        for e in slot.entries:
+            yield Line(e, i, True, why)
 
 
 _PROTECTED_WHY = {
@@ -274,12 +284,12 @@ def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _candidate_why(slot: Slot, position: int, taken: bool, crossed: bool) -> str:
+def _candidate_why(slot: Slot, position: int, taken: bool, crossed: bool, budget: Budget) -> str:
     used = f"last used {_utc(slot.last_used)}"
     if slot.engine_lists:
         used += "; the engine lists it (list_local), so it goes after every other file"
     if taken:
-        return f"budget takes it now, #{position} in order: {used}"
+        return f"#{position} least recently used, {used}: {_limits_text(budget)}"
     if crossed:
         return f"budget candidate #{position}: {used}; the files before it free enough"
     return f"budget candidate #{position} when a limit is crossed: {used}"
@@ -337,9 +347,9 @@ def _last_versions(
         if found[i].protected is not None:
             staying.add(m.family)
         members.setdefault(m.family, []).append((m.rank, -m.last_used, m.entry.path, i))
-    for family, versions in members.items():
+    for family, found_versions in members.items():
         if family not in staying:
-            i = min(versions)[3]
+            i = min(found_versions)[3]
             found[i] = found[i]._replace(protected="keep_last_version")
 
 
@@ -431,6 +441,24 @@ def decide(
     )
 
 
+def _limits_text(budget: Budget) -> str:
+    parts = []
+    if budget.max_size is not None:
+        parts.append(
+            f"models {format_size(budget.model_bytes + budget.trash_bytes)} "
+            f"> max_size {format_size(budget.max_size)}"
+            if budget.model_bytes + budget.trash_bytes > budget.max_size
+            else f"models {format_size(budget.model_bytes)} of {format_size(budget.max_size)}"
+        )
+    if budget.min_free is not None:
+        parts.append(
+            f"free {format_size(budget.space.free)} "
+            f"{'<' if budget.space.free < budget.min_free else '>='} "
+            f"min_free {format_size(budget.min_free)}"
+        )
+    return ", ".join(parts)
+
+
 def describe(budget: Budget) -> str:
     """One line for STATUS= and the budget_unmet event's detail."""
     parts = [f"models {format_size(budget.model_bytes)}"]
@@ -445,3 +473,101 @@ def describe(budget: Budget) -> str:
         )
         parts.append(f"short by {format_size(budget.unmet.short)}; held: {held or 'nothing'}")
     return "; ".join(parts)
+
+
+# -- the budget over a retention plan ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the budget needs beside a plan, read by the shell just before: the limits, the
+    filesystem's numbers (statvfs), each file's recorded last use (None: never seen used, its
+    arrival stands for it), the paths the engine lists (list_local), the inodes a deletion was
+    just skipped for as in use, those the trash holds after a restore, and the trash's bytes."""
+
+    limits: Limits
+    space: Space
+    last_used: Callable[[FileEntry], float | None]
+    engine_lists: frozenset[bytes] = frozenset()
+    in_use: frozenset[tuple[int, int]] = frozenset()
+    held: frozenset[tuple[int, int]] = frozenset()
+    trash_bytes: int = 0
+    allow_delete_all: bool = False
+
+
+_FLOOR_RULES = frozenset({"keep_last_version", "allow_delete_all"})
+
+
+def models_of(the_plan: Plan, rules: Rules, inputs: Inputs) -> tuple[list[Model], int]:
+    """The plan's files as the budget sees them, and the bytes its own deletions free (each
+    inode once): a file a rule deletes is no candidate, and its bytes count as freed."""
+    entries = [d.entry for d in the_plan.decisions]
+    ranking = (
+        Versions(versions(entries), rules.trust, the_plan.now).ranked(rules.floor)
+        if rules.floor is not None
+        else None
+    )
+    models: list[Model] = []
+    freed: dict[tuple[int, int], int] = {}
+    last_used, engine, in_use, held = (
+        inputs.last_used,
+        inputs.engine_lists,
+        inputs.in_use,
+        inputs.held,
+    )
+    for d in the_plan.decisions:
+        e = d.entry
+        if e.is_link or looks_private(e.name):
+            continue  # not a model: never the budget's
+        key = (e.dev, e.ino)
+        if d.verdict is Verdict.DELETE:
+            freed[key] = e.size
+            continue
+        protected: str | None = None
+        if d.verdict is Verdict.PROTECTED:
+            protected = d.rule or "protected"
+        elif d.verdict is Verdict.SETTLING:
+            protected = "settling"
+        elif d.rule in _FLOOR_RULES:
+            protected = d.rule
+        elif key in in_use:
+            protected = "in_use"
+        elif key in held:
+            protected = "trash_hold"
+        member = ranking.get(id(e)) if ranking is not None else None
+        used = last_used(e)
+        models.append(
+            Model(
+                e,
+                e.ctime if used is None else used,
+                e.path in engine,
+                protected,
+                member.key if member is not None else None,
+                member.newer if member is not None else 0,
+            )
+        )
+    return models, sum(freed.values())
+
+
+def over_plan(the_plan: Plan, rules: Rules, inputs: Inputs) -> tuple[Plan, Budget]:
+    """``the_plan`` with the budget's evictions in it (verdict delete, rule "budget"), and the
+    Budget that explains them: what the other rules delete counts as freed first."""
+    with collecting_paused():
+        models, freed = models_of(the_plan, rules, inputs)
+    space = Space(inputs.space.total, inputs.space.free + freed)
+    budget = decide(
+        models,
+        space,
+        inputs.limits,
+        trash_bytes=inputs.trash_bytes,
+        keep_last_version=rules.floor is not None,
+        allow_delete_all=inputs.allow_delete_all,
+    )
+    if not budget.evictions:
+        return the_plan, budget
+    why = {id(line.entry): line.why for slot in budget.evictions for line in budget.lines_of(slot)}
+    decisions = tuple(
+        Decision(d.entry, Verdict.DELETE, "budget", why[id(d.entry)]) if id(d.entry) in why else d
+        for d in the_plan.decisions
+    )
+    return Plan(decisions, the_plan.now), budget

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from ocrd.budget import (
     Amount,
+    Inputs,
     Limits,
     Model,
     Space,
@@ -16,10 +17,13 @@ from ocrd.budget import (
     decide,
     describe,
     format_size,
+    over_plan,
     parse_amount,
     parse_size,
 )
+from ocrd.config import Retention
 from ocrd.inventory import FileEntry
+from ocrd.retention import Rules, Verdict, plan
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -332,3 +336,79 @@ def test_properties(
     if budget.crossed and budget.unmet is None:
         assert budget.after_bytes <= max_mib * MiB
         assert budget.after_free >= 200 * MiB
+
+
+# -- the budget over a retention plan ------------------------------------------------------------
+
+
+def _rules(**retention: object) -> Rules:
+    return Rules.from_config(Retention.model_validate(retention), settle=60.0)
+
+
+NOW = 1_700_000_000.0
+
+
+def _file(name: str, size_mib: int, ino: int, *, age: float = 86_400.0) -> FileEntry:
+    t = NOW - age
+    return FileEntry(name.encode(), size_mib * MiB, t, t, t, 1, ino, False)
+
+
+def test_over_a_plan_the_budget_says_rule_budget_and_keeps_what_rules_protect() -> None:
+    files = [
+        _file("a.gguf", 40, 1),
+        _file("b.gguf", 40, 2),
+        _file("keep.gguf", 40, 3),
+        _file("fresh.gguf", 40, 4, age=10.0),  # settling
+        _file("old_c.gguf", 40, 5),  # the prefix rule deletes it: it frees its bytes already
+    ]
+    rules = _rules(prefixes=["old_"], whitelist=["keep.gguf"])
+    used = {b"a.gguf": NOW - 10, b"b.gguf": NOW - 1000}
+    inputs = Inputs(
+        Limits(max_size=Amount(size=130 * MiB)),
+        Space(total=1000 * MiB, free=500 * MiB),
+        last_used=lambda e: used.get(e.path),
+    )
+    the_plan, budget = over_plan(plan(files, rules, NOW), rules, inputs)
+    verdicts = {d.entry.path: (d.verdict, d.rule) for d in the_plan.decisions}
+    assert verdicts[b"old_c.gguf"] == (Verdict.DELETE, "prefix")
+    assert verdicts[b"b.gguf"] == (Verdict.DELETE, "budget")  # used longest ago
+    assert verdicts[b"a.gguf"] == (Verdict.KEEP, None)
+    assert verdicts[b"keep.gguf"] == (Verdict.PROTECTED, "whitelist")
+    assert verdicts[b"fresh.gguf"][0] is Verdict.SETTLING
+    # 160 MiB stay after the prefix rule; down to 123.5 MiB: one 40 MiB file
+    assert budget.model_bytes == 160 * MiB
+    assert len(budget.evictions) == 1
+    reason = next(d.reason for d in the_plan.decisions if d.rule == "budget")
+    assert "last used" in reason
+
+
+def test_over_a_plan_in_use_and_engine_files() -> None:
+    files = [_file("a.gguf", 40, 1), _file("b.gguf", 40, 2), _file("c.gguf", 40, 3)]
+    rules = _rules()
+    inputs = Inputs(
+        Limits(max_size=Amount(size=30 * MiB)),
+        Space(total=1000 * MiB, free=500 * MiB),
+        last_used=lambda e: None,  # arrival for all: a, b, c arrived at the same time
+        engine_lists=frozenset({b"a.gguf"}),
+        in_use=frozenset({(1, 2)}),
+    )
+    the_plan, budget = over_plan(plan(files, rules, NOW), rules, inputs)
+    assert {d.entry.path for d in the_plan.deletions} == {b"a.gguf", b"c.gguf"}
+    # b in use; a the engine lists: last
+    assert [s.entry.path for s in budget.evictions] == [b"c.gguf", b"a.gguf"]
+    assert budget.unmet is not None
+    assert budget.unmet.blockers == {"in_use": (1, 40 * MiB)}
+
+
+def test_over_a_plan_keeps_a_familys_last_version() -> None:
+    files = [_file("llama-v1.gguf", 40, 1), _file("llama-v2.gguf", 40, 2)]
+    rules = _rules(keep_newest=5)
+    inputs = Inputs(
+        Limits(max_size=Amount(size=10 * MiB)),
+        Space(total=1000 * MiB, free=500 * MiB),
+        last_used=lambda e: NOW - 100 if e.path == b"llama-v1.gguf" else NOW - 5000,
+    )
+    the_plan, budget = over_plan(plan(files, rules, NOW), rules, inputs)
+    # v2 is the newest version: it stays, though used longer ago
+    assert [d.entry.path for d in the_plan.deletions] == [b"llama-v1.gguf"]
+    assert budget.unmet is not None
