@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ocrd.budget import Amount, Limits, Model, Space, decide
-from ocrd.inventory import FileEntry
-from ocrd.lastuse import LastUse
+from ocrd.config.sizes import Amount
+from ocrd.fs.inventory import FileEntry
+from ocrd.rules.budget import Limits, Model, Space, decide
+from ocrd.watch.lastuse import LastUse
 
 MiB = 1 << 20
 

@@ -7,23 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocrd.budget import (
-    Amount,
-    Inputs,
-    Limits,
-    Model,
-    Space,
-    crossed,
-    decide,
-    describe,
-    format_size,
-    over_plan,
-    parse_amount,
-    parse_size,
-)
-from ocrd.config import Retention
-from ocrd.inventory import FileEntry
-from ocrd.retention import Rules, Verdict, plan
+from ocrd.config.schema import Retention
+from ocrd.config.sizes import Amount, format_size, parse_amount, parse_size
+from ocrd.fs.inventory import FileEntry
+from ocrd.rules.budget import Limits, Model, Space, crossed, decide, describe
+from ocrd.rules.decision import Verdict
+from ocrd.rules.eviction import Inputs, over_plan
+from ocrd.rules.retention import Rules, plan
 
 MiB = 1 << 20
 GiB = 1 << 30

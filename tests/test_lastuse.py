@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd.clock import FakeClock
-from ocrd.inventory import FileEntry, entry_from_stat
-from ocrd.lastuse import SCHEMA, LastUse, default_path
+from ocrd.base.clock import FakeClock
+from ocrd.fs.inventory import FileEntry, entry_from_stat
+from ocrd.fs.statefile import SCHEMA, default_path
+from ocrd.watch.lastuse import LastUse
 
 
 def _model(root: Path, rel: str, data: bytes = b"x" * 100) -> FileEntry:

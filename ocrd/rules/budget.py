@@ -8,131 +8,19 @@ cannot be done, by how much it falls short and what holds the rest.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
-from ocrd.families import Versions
-from ocrd.inventory import FileEntry
-from ocrd.private import looks_private
-from ocrd.retention import Decision, Plan, Rules, Verdict, versions
-from ocrd.walker import collecting_paused
-
-_UNITS = {
-    "b": 1,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-    "pib": 1 << 50,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "pb": 10**15,
-}
-_AMBIGUOUS = {"k", "m", "g", "t", "p"}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)")
-_LARGEST = 1 << 62  # beyond any filesystem; keeps every sum an exact int in SQLite and JSON
-_UNIT_HELP = (
-    "write a number and a unit: B, KiB, MiB, GiB, TiB (powers of 1024) "
-    "or KB, MB, GB, TB (powers of 1000)"
-)
+from ocrd.base.collector import collecting_paused
+from ocrd.config.sizes import Amount, format_size
+from ocrd.fs.inventory import FileEntry
 
 DEFAULT_HEADROOM_SHARE = 0.05
 """Once a limit is crossed, evict 5 % of that limit past it: a store that sits at its limit
 would otherwise evict one file for every file that arrives."""
-
-
-def _show(value: object) -> str:
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def parse_size(text: object, *, allow_zero: bool = False) -> int:
-    """``"200 GiB"`` → bytes. Bare numbers are refused (units matter), and so are ``"G"`` and
-    its kin, which some tools read as 1000³ and others as 1024³."""
-    if not isinstance(text, str):
-        raise ValueError(f'{_show(text)} is not a size: write a string with a unit, e.g. "200 GiB"')
-    compact = text.strip()
-    if compact.endswith("%"):
-        raise ValueError(
-            f'{_show(text)} is a percentage: this key takes a size with a unit, e.g. "200 GiB"'
-        )
-    match = _SIZE.fullmatch(compact)
-    if match is None:
-        raise ValueError(f"{_show(text)} is not a size: {_UNIT_HELP}")
-    number, unit = match.group(1), match.group(2).lower()
-    if unit in _AMBIGUOUS:
-        raise ValueError(
-            f'{_show(text)} is ambiguous: write "{unit.upper()}iB" (powers of 1024) or '
-            f'"{unit.upper()}B" (powers of 1000)'
-        )
-    if unit not in _UNITS:
-        raise ValueError(f"{_show(text)} is not a size: {_UNIT_HELP}")
-    try:
-        value = int(Decimal(number) * _UNITS[unit])
-    except InvalidOperation as exc:  # pragma: no cover — the pattern admits only decimals
-        raise ValueError(f"{_show(text)} is not a size: {_UNIT_HELP}") from exc
-    if value > _LARGEST:
-        raise ValueError(f"{_show(text)} is too large a size: at most 4 EiB")
-    if value == 0 and not allow_zero:
-        raise ValueError(f"{_show(text)} is no room at all: a size must be more than 0 B")
-    return value
-
-
-def format_size(n: int) -> str:
-    """Bytes for people, in powers of 1024, as the config spells them: ``"1.5 GiB"``."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.4g} {unit}"
-    return f"{n} B"
-
-
-class Amount(NamedTuple):
-    """A size in bytes, or a share of something (the filesystem, or a limit for headroom)."""
-
-    size: int | None = None
-    share: float | None = None
-
-    def of(self, whole: int) -> int:
-        if self.size is not None:
-            return self.size
-        return int((self.share or 0.0) * whole)
-
-    def __str__(self) -> str:
-        if self.size is not None:
-            return format_size(self.size)
-        return f"{(self.share or 0.0) * 100:g}%"
-
-
-def parse_amount(text: object, *, allow_zero: bool = False) -> Amount:
-    """``"50 GiB"`` or ``"10%"`` (a share, between 0 % and 100 % both excluded; ``allow_zero``
-    admits 0 of either)."""
-    if isinstance(text, str) and text.strip().endswith("%"):
-        number = text.strip()[:-1].strip()
-        try:
-            share = float(number) / 100 if re.fullmatch(r"\d+(\.\d+)?", number) else math.nan
-        except ValueError:  # pragma: no cover — the pattern admits only decimals
-            share = math.nan
-        low_ok = share >= 0 if allow_zero else share > 0
-        if not (low_ok and share < 1):
-            low = "0% allowed" if allow_zero else "both excluded"
-            raise ValueError(f"{_show(text)} is not a share: between 0% and 100%, {low}")
-        return Amount(share=share)
-    try:
-        return Amount(size=parse_size(text, allow_zero=allow_zero))
-    except ValueError as exc:
-        if isinstance(text, str) and _SIZE.fullmatch(text.strip()) is None:
-            raise ValueError(
-                f'{_show(text)} is not an amount: write a size ("50 GiB") or a share ("10%")'
-            ) from exc
-        raise
 
 
 @dataclass(frozen=True)
@@ -473,101 +361,3 @@ def describe(budget: Budget) -> str:
         )
         parts.append(f"short by {format_size(budget.unmet.short)}; held: {held or 'nothing'}")
     return "; ".join(parts)
-
-
-# -- the budget over a retention plan ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What the budget needs beside a plan, read by the shell just before: the limits, the
-    filesystem's numbers (statvfs), each file's recorded last use (None: never seen used, its
-    arrival stands for it), the paths the engine lists (list_local), the inodes a deletion was
-    just skipped for as in use, those the trash holds after a restore, and the trash's bytes."""
-
-    limits: Limits
-    space: Space
-    last_used: Callable[[FileEntry], float | None]
-    engine_lists: frozenset[bytes] = frozenset()
-    in_use: frozenset[tuple[int, int]] = frozenset()
-    held: frozenset[tuple[int, int]] = frozenset()
-    trash_bytes: int = 0
-    allow_delete_all: bool = False
-
-
-_FLOOR_RULES = frozenset({"keep_last_version", "allow_delete_all"})
-
-
-def models_of(the_plan: Plan, rules: Rules, inputs: Inputs) -> tuple[list[Model], int]:
-    """The plan's files as the budget sees them, and the bytes its own deletions free (each
-    inode once): a file a rule deletes is no candidate, and its bytes count as freed."""
-    entries = [d.entry for d in the_plan.decisions]
-    ranking = (
-        Versions(versions(entries), rules.trust, the_plan.now).ranked(rules.floor)
-        if rules.floor is not None
-        else None
-    )
-    models: list[Model] = []
-    freed: dict[tuple[int, int], int] = {}
-    last_used, engine, in_use, held = (
-        inputs.last_used,
-        inputs.engine_lists,
-        inputs.in_use,
-        inputs.held,
-    )
-    for d in the_plan.decisions:
-        e = d.entry
-        if e.is_link or looks_private(e.name):
-            continue  # not a model: never the budget's
-        key = (e.dev, e.ino)
-        if d.verdict is Verdict.DELETE:
-            freed[key] = e.size
-            continue
-        protected: str | None = None
-        if d.verdict is Verdict.PROTECTED:
-            protected = d.rule or "protected"
-        elif d.verdict is Verdict.SETTLING:
-            protected = "settling"
-        elif d.rule in _FLOOR_RULES:
-            protected = d.rule
-        elif key in in_use:
-            protected = "in_use"
-        elif key in held:
-            protected = "trash_hold"
-        member = ranking.get(id(e)) if ranking is not None else None
-        used = last_used(e)
-        models.append(
-            Model(
-                e,
-                e.ctime if used is None else used,
-                e.path in engine,
-                protected,
-                member.key if member is not None else None,
-                member.newer if member is not None else 0,
-            )
-        )
-    return models, sum(freed.values())
-
-
-def over_plan(the_plan: Plan, rules: Rules, inputs: Inputs) -> tuple[Plan, Budget]:
-    """``the_plan`` with the budget's evictions in it (verdict delete, rule "budget"), and the
-    Budget that explains them: what the other rules delete counts as freed first."""
-    with collecting_paused():
-        models, freed = models_of(the_plan, rules, inputs)
-    space = Space(inputs.space.total, inputs.space.free + freed)
-    budget = decide(
-        models,
-        space,
-        inputs.limits,
-        trash_bytes=inputs.trash_bytes,
-        keep_last_version=rules.floor is not None,
-        allow_delete_all=inputs.allow_delete_all,
-    )
-    if not budget.evictions:
-        return the_plan, budget
-    why = {id(line.entry): line.why for slot in budget.evictions for line in budget.lines_of(slot)}
-    decisions = tuple(
-        Decision(d.entry, Verdict.DELETE, "budget", why[id(d.entry)]) if id(d.entry) in why else d
-        for d in the_plan.decisions
-    )
-    return Plan(decisions, the_plan.now), budget
