@@ -9,6 +9,7 @@ import fcntl
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +38,10 @@ CREATE TABLE uses (
     PRIMARY KEY (dev, ino)
 ) WITHOUT ROWID
 """
+# ``ocrd list`` notes here each model file it is about to open for a lease (where /proc cannot
+# tell who holds it): the daemon drops the close that follows, as it does for its own opens.
+_LOOKS = "CREATE TABLE IF NOT EXISTS looks (path BLOB NOT NULL, at REAL NOT NULL)"
+LOOK_S = 5.0  # a use seen this long after a look noted for its file is that look's
 
 Key = tuple[int, int]
 
@@ -121,12 +126,15 @@ def _open_dir(directory: Path, *, create: bool) -> int:
         raise Unusable("unreadable", f"cannot open {directory}: {exc.strerror}") from exc
 
 
-def _connect(dir_fd: int, name: str, *, read_only: bool) -> sqlite3.Connection:
+def _connect(
+    dir_fd: int, name: str, *, read_only: bool, existing: bool = False
+) -> sqlite3.Connection:
     """SQLite on ``name`` inside the directory ``dir_fd`` (checked above), through /proc so
     that a directory swapped in meanwhile is not followed; its journal goes beside it."""
     where = f"/proc/self/fd/{dir_fd}/{name}"
-    if read_only:
-        db = sqlite3.connect(f"file:{where}?mode=ro", uri=True, isolation_level=None)
+    if read_only or existing:
+        mode = "ro" if read_only else "rw"
+        db = sqlite3.connect(f"file:{where}?mode={mode}", uri=True, isolation_level=None)
     else:
         db = sqlite3.connect(where, isolation_level=None)
     # A state file is data, never code: no function of ours runs from its schema.
@@ -150,9 +158,12 @@ def _load(db: sqlite3.Connection, path: Path, *, create: bool) -> dict[Key, Row]
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(_CREATE)
+                db.execute(_LOOKS)
                 db.execute(f"PRAGMA user_version = {SCHEMA}")
         elif version != SCHEMA or "uses" not in tables:
             raise Unusable("corrupt", f"{path} is not an ocrd state file")
+        elif create and "looks" not in tables:
+            db.execute(_LOOKS)
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise Unusable("corrupt", f"{path} failed SQLite's quick_check")
         return {
@@ -236,6 +247,69 @@ def read_only(path: Path) -> dict[Key, Row]:
             db.close()
     except sqlite3.Error as exc:
         raise Unusable("unreadable", f"{path}: {exc}") from exc
+    finally:
+        os.close(dir_fd)
+
+
+class Looks:
+    """``ocrd list``'s notes to the daemon: "the next close of this file is my look, no use".
+    Written only to a state file that passes the checks a reader makes, by a user who may
+    write it (root, or ocrd's own user); any failure ends the noting quietly: the look then
+    counts as a use, as it would without this."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._off = False
+
+    def note(self, rel: bytes) -> None:
+        if self._off:
+            return
+        try:
+            if self._db is None:
+                self._db = _open_existing(self.path)
+            with self._db:
+                self._db.execute("INSERT INTO looks VALUES (?, ?)", (rel, time.time()))
+        except (sqlite3.Error, OSError, Unusable):
+            self._off = True
+            self.close()
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def take_looks(db: sqlite3.Connection, now: float, uses: dict[bytes, float]) -> set[bytes]:
+    """The paths among ``uses`` (path → when used) whose use is a look an ``ocrd list`` noted
+    at most LOOK_S before it; those looks are taken out of the file, and so is every look
+    older than a minute (the daemon's)."""
+    with db:
+        rows = db.execute("SELECT rowid, path, at FROM looks").fetchall()
+        taken, spent = set(), []
+        for rowid, path, at in rows:
+            used = uses.get(bytes(path))
+            if used is not None and at <= used <= at + LOOK_S:
+                taken.add(bytes(path))  # the closes of several looks come as one use
+                spent.append((rowid,))
+            elif at < now - 60.0:
+                spent.append((rowid,))
+        db.executemany("DELETE FROM looks WHERE rowid = ?", spent)
+    return taken
+
+
+def _open_existing(path: Path) -> sqlite3.Connection:
+    dir_fd = _open_dir(path.parent, create=False)
+    try:
+        _safe_dir(dir_fd, path.parent, owner=None)
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            _safe_file(fd, path, owner=None)
+        finally:
+            os.close(fd)
+        db = _connect(dir_fd, path.name, read_only=False, existing=True)
+        db.execute(f"PRAGMA busy_timeout = {int(WRITE_TIMEOUT_S * 1000)}")
+        return db
     finally:
         os.close(dir_fd)
 

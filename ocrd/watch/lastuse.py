@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ocrd.base import log
 from ocrd.base.clock import Clock, SystemClock
-from ocrd.fs.inventory import FileEntry
+from ocrd.fs.inventory import FileEntry, display
 from ocrd.fs.statefile import (
     WRITE_TIMEOUT_S,
     Key,
@@ -30,6 +30,7 @@ from ocrd.fs.statefile import (
     move_aside,
     open_writable,
     read_only,
+    take_looks,
 )
 
 OWN_NOTE_S = 5.0
@@ -128,8 +129,14 @@ class LastUse:
         with self._lock:
             self._own.setdefault(rel, []).append(deadline)
 
-    def saw(self, rel: bytes, at: float) -> None:
-        """The watch saw ``rel`` closed after use at wall time ``at``. O(1); never raises."""
+    @property
+    def pending(self) -> bool:
+        """Whether uses wait for the next flush."""
+        return bool(self._pending)
+
+    def saw(self, rel: bytes, at: float) -> bool:
+        """The watch saw ``rel`` closed after use at wall time ``at``. O(1); never raises.
+        True when it is the first use waiting for the next flush."""
         with self._lock:
             notes = self._own.get(rel)
             if notes:
@@ -140,10 +147,12 @@ class LastUse:
                     notes.pop(0)
                     if not notes:
                         del self._own[rel]
-                    return
+                    return False
                 del self._own[rel]
+            first = not self._pending
             if at > self._pending.get(rel, at - 1):
                 self._pending[rel] = at
+            return first
 
     # -- the main loop -----------------------------------------------------------------------
 
@@ -161,6 +170,9 @@ class LastUse:
             raise RuntimeError("a read-only LastUse records nothing")
         with self._lock:
             pending, self._pending = self._pending, {}
+        if self._db is not None and pending:
+            self._discount_looks(pending, self._db)
+        with self._lock:
             now = self._clock.monotonic()
             for rel in [r for r, notes in self._own.items() if notes[-1] < now]:
                 del self._own[rel]
@@ -174,11 +186,21 @@ class LastUse:
             if row is not None and _same(row, entry) and row.used >= at:
                 continue
             self.rows[key] = Row(entry.path, entry.size, entry.mtime, at)
+            log.get().debug("use_recorded", path=display(entry.path), at=at)
             self._dirty.add(key)
             self._gone.discard(key)
             changed += 1
         self._write(timeout)
         return changed
+
+    def _discount_looks(self, pending: dict[bytes, float], db: sqlite3.Connection) -> None:
+        """Drop each use that an ``ocrd list`` noted as its own look just before."""
+        try:
+            looks = take_looks(db, self._clock.time(), pending)
+        except sqlite3.Error:
+            return  # a reader's lock: the looks are taken at the next flush
+        for rel in looks:
+            del pending[rel]
 
     def last_used(self, entry: FileEntry) -> float | None:
         """When ``entry`` was last seen used; None if never (its arrival stands for it)."""
