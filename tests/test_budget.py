@@ -3,10 +3,15 @@ engine's files last, each inode once, every protection kept, and unmet budgets e
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocrd.base.errors import ConfigError
+from ocrd.config.load import validate
 from ocrd.config.schema import Retention
 from ocrd.config.sizes import Amount, format_size, parse_amount, parse_size
 from ocrd.fs.inventory import FileEntry
@@ -402,3 +407,44 @@ def test_over_a_plan_keeps_a_familys_last_version() -> None:
     # v2 is the newest version: it stays, though used longer ago
     assert [d.entry.path for d in the_plan.deletions] == [b"llama-v1.gguf"]
     assert budget.unmet is not None
+
+
+# -- the config keys -----------------------------------------------------------------------------
+
+
+def test_budget_and_state_keys_load_and_errors_name_the_key(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    config = validate(
+        {
+            "model_dir": "models",
+            "budget": {"max_size": "200 GiB", "min_free": "10%", "headroom": "0 B"},
+            "state": {"path": "state/state.db"},
+        },
+        tmp_path / "config.toml",
+    )
+    assert config.budget.max_size == Amount(size=200 * GiB)
+    assert config.budget.min_free == Amount(share=0.10)
+    assert config.budget.headroom == Amount(size=0)
+    assert config.state.path == tmp_path / "state" / "state.db"
+    with pytest.raises(ConfigError) as exc:
+        validate(
+            {
+                "model_dir": "models",
+                "budget": {"max_size": "10%", "min_free": "lots", "extra": 1},
+                "state": {"path": "models/state.db"},
+            },
+            tmp_path / "config.toml",
+        )
+    text = str(exc.value)
+    assert "at 'budget.max_size': \"10%\" is a percentage" in text
+    assert "at 'budget.min_free': \"lots\" is not an amount" in text
+    assert "at 'budget.extra': unknown key" in text
+    assert "at 'state.path': \"models/state.db\" is inside model_dir" in text
+
+
+def test_the_contracts_example_config_loads(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "contract.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "models").mkdir()
+    config = validate(tomllib.loads(example), tmp_path / "config.toml")
+    assert config.budget.active
