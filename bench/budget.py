@@ -1,6 +1,6 @@
-"""The budget's costs at 100k model files: the eviction decision a pass adds, and what the
-last-use store costs per use event at 1000 opens/s (CPU of the recording thread and of the
-batched SQLite writes), plus loading 100k rows at start.
+"""The budget's costs at 100k model files (bench.run's section 10 runs these): the eviction
+decision a pass adds, and what the last-use store costs per use event at 1000 opens/s (CPU of
+the recording thread and of the batched SQLite writes), plus loading 100k rows at start.
 
     python -m bench.budget [--files 100000] [--rate 1000] [--seconds 10]
 """
@@ -8,12 +8,15 @@ batched SQLite writes), plus loading 100k rows at start.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import structlog
 
 from ocrd.config.sizes import Amount
 from ocrd.fs.inventory import FileEntry
@@ -28,7 +31,7 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _entries(n: int, rng: random.Random) -> list[FileEntry]:
+def entries_of(n: int, rng: random.Random) -> list[FileEntry]:
     return [
         FileEntry(
             f"d{i // 1000}/model-{i}.gguf".encode(),
@@ -76,6 +79,8 @@ def bench_decide(entries: list[FileEntry], rng: random.Random, repeat: int = 5) 
 def bench_store(
     entries: list[FileEntry], rate: int, seconds: float, scratch: Path
 ) -> dict[str, float]:
+    # As under ocrd run at the default level: debug lines (use_recorded) are filtered out.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     by_path = {e.path: e for e in entries}
     state = scratch / "state" / "state.db"
     uses = LastUse.open(state)
@@ -131,7 +136,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     rng = random.Random(1)
-    entries = _entries(args.files, rng)
+    entries = entries_of(args.files, rng)
     print(f"budget bench: {args.files} model files, {args.rate} use events/s")
     d = bench_decide(entries, rng)
     print(
