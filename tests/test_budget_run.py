@@ -294,3 +294,24 @@ def test_ocrd_list_again_and_again_changes_no_ones_last_use(
     with ocrd.cond:
         recorded = [e["path"] for e in ocrd.events if e.get("event") == "use_recorded"]
     assert recorded == ["c.gguf"]
+
+
+def test_without_budget_or_state_no_state_file_is_made(
+    tmp_path: Path, daemons: list[OcrdProcess]
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "a.gguf").write_bytes(b"x")
+    config = write_config(
+        tmp_path,
+        'model_dir = "models"\n[engine]\nenabled = false\n[log]\nformat = "json"\n'
+        'level = "debug"\n',
+    )
+    xdg = tmp_path / "xdg"
+    ocrd = OcrdProcess(config, env={"XDG_STATE_HOME": str(xdg)})
+    daemons.append(ocrd)
+    ocrd.wait_ready()
+    _read(models / "a.gguf")
+    ocrd.stop()
+    assert not xdg.exists()
+    assert "use_recorded" not in ocrd.names()

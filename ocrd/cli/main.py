@@ -76,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
-            uses = LastUse.read(config.state.path or state_default())
+            # Last use is recorded only with a budget or a [state] path (docs/budget.md).
+            recording = config.budget.active or config.state.path is not None
+            state = config.state.path or state_default()
+            uses = LastUse.read(state) if recording else LastUse.empty(state)
             engine = _engine_lists(config) if config.budget.active else frozenset()
             budget = None
             if config.budget.active and (space := _space(place)) is not None:
@@ -89,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 the_plan, budget = over_plan(the_plan, rules, inputs)
             # In use is known for now only: a file held now shows so at any --at.
-            looks = Looks(config.state.path or state_default())
+            looks = Looks(state)
             try:
-                blocked = passes.blocked(config, the_plan, place, looks.note)
+                blocked = passes.blocked(config, the_plan, place, looks.note if recording else None)
             finally:
                 looks.close()
             due = due_at(

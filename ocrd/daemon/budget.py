@@ -44,6 +44,9 @@ class Keeper:
         self.totals = totals
         self.limits = limits_of(config)
         self.path = config.state.path or default_path()
+        # Last use is recorded (and the state file kept) with a budget or a [state] path: a
+        # config with neither makes no file and asks the watch for no reads.
+        self.recording = config.budget.active or config.state.path is not None
         self.uses: LastUse | None = None  # opened by start()
         self.identify: Callable[[bytes], FileEntry | None] | None = None  # the mirror's
         self.allow_delete_all = config.retention.allow_delete_all
@@ -63,7 +66,7 @@ class Keeper:
 
     def start(self) -> None:
         """Open the state file (never fails: ocrd.watch.lastuse.LastUse.open)."""
-        if self.uses is None:
+        if self.uses is None and self.recording:
             self.uses = LastUse.open(self.path, clock=self.clock)
 
     def saw(self, rel: bytes, at: float) -> None:

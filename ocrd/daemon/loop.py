@@ -80,7 +80,7 @@ class Daemon:
             self.clock,
             wake=self.waker.wake,
             tick=self._tick,
-            on_use=self.keeper.saw,
+            on_use=self.keeper.saw if self.keeper.recording else None,
         )
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.batcher = Batcher(

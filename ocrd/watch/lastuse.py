@@ -105,6 +105,11 @@ class LastUse:
             return store
         return cls(path, rows, None, None, clock, writable=False)
 
+    @classmethod
+    def empty(cls, path: Path, *, clock: Clock | None = None) -> LastUse:
+        """No recorded use at all, and no file read: every file's arrival stands for it."""
+        return cls(path, {}, None, None, clock or SystemClock(), writable=False)
+
     @property
     def on_disk(self) -> bool:
         """Whether recorded use is being written to the state file."""

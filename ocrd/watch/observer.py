@@ -61,6 +61,8 @@ EVENTS: list[type[FileSystemEvent]] = [
     DirMovedEvent,
     EventsLostEvent,
 ]
+NO_READS = [e for e in EVENTS if e is not FileClosedNoWriteEvent]
+
 # Filesystems whose changes inotify does not see when made by another host.
 REMOTE_FS = {
     "nfs",
@@ -173,7 +175,12 @@ class Watcher:
         logging.getLogger("py.warnings").addFilter(self._log_hook)
         try:
             observer.schedule(
-                _Handler(self), os.fsdecode(self.root), recursive=True, event_filter=EVENTS
+                _Handler(self),
+                os.fsdecode(self.root),
+                recursive=True,
+                # Reads are asked of the kernel only when someone records them: each rescan's
+                # directory opens raise such events too (docs/budget.md, what it costs).
+                event_filter=EVENTS if self._on_use else NO_READS,
             )
             observer.start()
         except Stopped:
