@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -315,3 +316,29 @@ def test_without_budget_or_state_no_state_file_is_made(
     ocrd.stop()
     assert not xdg.exists()
     assert "use_recorded" not in ocrd.names()
+
+
+@root_only
+def test_the_trash_is_emptied_before_any_model(
+    tmp_path: Path, image: Image, daemons: list[OcrdProcess]
+) -> None:
+    models = _models(image, {"old_a.gguf": 4 * MiB, "u1.gguf": 2 * MiB, "u2.gguf": 2 * MiB})
+    config = _config(tmp_path, min_free="1 MiB")
+    text = config.read_text().replace("[retention]\n", '[retention]\nprefixes = ["old_"]\n')
+    config.write_text(text + '[trash]\ngrace = "1h"\n')
+    ocrd = OcrdProcess(config)
+    daemons.append(ocrd)
+    ocrd.wait_ready()
+    ocrd.event("model_deleted", path="old_a.gguf")  # into the trash: its 4 MiB still taken
+    free = _free(image.mnt)
+    # The filesystem fills; the trash holds what the budget needs.
+    _fill(image, leave=free - 2 * MiB)
+    config.write_text(
+        config.read_text().replace('min_free = "1 MiB"', f'min_free = "{free // MiB - 1} MiB"')
+    )
+    ocrd.send(signal.SIGHUP)
+    ocrd.event("budget_met")
+    assert ocrd.event("trash_purged")["reason"] == "budget"
+    assert set(_deleted(ocrd)) == {"old_a.gguf"}  # no model went for the budget
+    assert (models / "u1.gguf").exists()
+    assert (models / "u2.gguf").exists()

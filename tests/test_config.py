@@ -150,7 +150,9 @@ def test_good_durations(conf_dir: Path, text: str, seconds: float) -> None:
         ("true", "True"),
     ],
 )
-@pytest.mark.parametrize("key", ["retention.max_age", "watch.settle", "watch.rescan"])
+@pytest.mark.parametrize(
+    "key", ["retention.max_age", "watch.settle", "watch.rescan", "trash.grace"]
+)
 def test_bad_durations(conf_dir: Path, key: str, toml_value: str, shown: str) -> None:
     section, name = key.split(".")
     problem = only_problem(conf_dir, f"[{section}]\n{name} = {toml_value}\n")
@@ -166,6 +168,15 @@ def test_bad_durations(conf_dir: Path, key: str, toml_value: str, shown: str) ->
 )
 def test_durations_out_of_range(conf_dir: Path, body: str, key: str, message: str) -> None:
     assert only_problem(conf_dir, body) == f"{conf_dir / 'config.toml'}: at '{key}': {message}"
+
+
+@pytest.mark.parametrize(
+    ("body", "grace"),
+    [("", 0.0), ('[trash]\ngrace = "0s"\n', 0.0), ('[trash]\ngrace = "24h"\n', 86400.0)],
+)
+def test_trash_grace(conf_dir: Path, body: str, grace: float) -> None:
+    config = load(write_config(conf_dir, 'model_dir = "models"\n' + body))
+    assert config.trash.grace == grace
 
 
 def test_settle_zero_is_allowed(conf_dir: Path) -> None:

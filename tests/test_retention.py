@@ -18,6 +18,7 @@ from ocrd.base.clock import FakeClock
 from ocrd.config.schema import Retention
 from ocrd.fs.inventory import FileEntry, Inventory
 from ocrd.rules.decision import Plan, Verdict
+from ocrd.rules.foresight import coming_due
 from ocrd.rules.leftovers import InterruptedRule
 from ocrd.rules.retention import Rules, plan, revisit_at
 from ocrd.rules.selectors import MaxAgeRule, PrefixRule, Selector
@@ -702,3 +703,30 @@ def test_nothing_present_at_a_clock_jump_is_deleted_by_age_within_max_age_of_it(
     jumped = r.not_before(now - 60.0)
     # Every max_age drawn is at least 60 s: none may delete a file 60 s after a jump.
     assert all(d.rule != "max_age" for d in plan(files, jumped, now).deletions)
+
+
+def test_a_restored_file_is_held_from_every_rule_until_its_hold_ends() -> None:
+    f = entry(b"old_a", age=40 * DAY)
+    other = entry(b"old_b", age=40 * DAY)
+    held = rules(prefixes=["old_"], max_age=30 * DAY).holding({(f.dev, f.ino): NOW + DAY})
+    [d, e] = plan([f, other], held, NOW).decisions
+    assert (d.verdict, d.rule) == (Verdict.PROTECTED, "restored")
+    assert "until 2023-11-15T22:13:20Z" in d.reason
+    assert e.verdict is Verdict.DELETE
+    [after, _] = plan([f, other], held, NOW + DAY).decisions
+    assert after.verdict is Verdict.DELETE
+
+
+def test_a_held_file_comes_due_when_its_hold_ends() -> None:
+    f = entry(b"old_a", age=40 * DAY)
+    held = rules(prefixes=["old_"]).holding({(f.dev, f.ino): NOW + DAY})
+    [due] = coming_due(plan([f], held, NOW), held, NOW)
+    assert due is not None
+    assert due.at == NOW + DAY
+
+
+def test_a_held_file_is_looked_at_again_when_its_hold_ends() -> None:
+    f = entry(b"old_a")
+    held = rules(prefixes=["old_"]).holding({(f.dev, f.ino): NOW + DAY})
+    [d] = plan([f], held, NOW).decisions
+    assert revisit_at(d, held, NOW) == NOW + DAY

@@ -1,4 +1,5 @@
-"""The command line: ``ocrd run | check | list | clean | --version``, as docs/contract.md says."""
+"""The command line: ``ocrd run | check | list | clean | trash | restore | --version``, as
+docs/contract.md says."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import NamedTuple
 from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing
+from ocrd.cli import trashcmd
 from ocrd.cli.show import iso, print_list, print_report
 from ocrd.config.durations import parse_duration
 from ocrd.config.lint import lint, log_warnings
@@ -37,7 +39,12 @@ from ocrd.watch.lastuse import LastUse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "restore" and bool(args.paths) == args.all:
+        parser.error("restore: name PATH... or give --all, not both")
+    if args.command == "restore" and args.since is not None and not args.all:
+        parser.error("restore: --since goes with --all")
     args.config = args.config or default_path()
     now = time.time()  # the moment `list` looks from (and `list --at` looks ahead from)
     at: float | None = args.at.resolve(now) if getattr(args, "at", None) is not None else None
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
         return 0
     log_warnings(config, warnings)
+    if args.command in ("trash", "restore"):
+        return _trash_command(args, config)
     before, after = raise_fd_limit()
     log.get().debug("fd_limit", soft_before=before, soft=after)
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
@@ -141,6 +150,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOPERM
 
 
+def _trash_command(args: argparse.Namespace, config: Config) -> int:
+    """``ocrd trash`` and ``ocrd restore`` (ocrd.cli.trashcmd)."""
+    place = pin(config.model_dir)
+    grace = config.trash.grace
+    try:
+        if args.command == "trash":
+            return trashcmd.show(place, as_json=args.json, grace=grace)
+        # A restore is an act the operator will want on record: model_restored at info.
+        log.configure(config.log.level, config.log.format, stream=sys.stderr)
+        return trashcmd.restore(
+            place,
+            [os.fsencode(p) for p in args.paths],
+            everything=args.all,
+            after=args.since,
+            grace=grace,
+        )
+    except ModelDirMissing as exc:
+        print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _since(text: str) -> float:
+    try:
+        return trashcmd.since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _again(args: argparse.Namespace) -> list[str]:
     """This very command, with the config it used named (sudo drops $OCRD_CONFIG)."""
     flags = [f for f in ("json", "dry_run") if getattr(args, f, False)]
@@ -160,8 +197,10 @@ config file: -c PATH, else $OCRD_CONFIG, else ./config.toml if it exists, else
 
 exit status:
   0   done (run: stopped by SIGTERM or SIGINT)
-  1   any other fatal error (run)
+  1   any other fatal error (run); trash, restore: .ocrd-trash is not ocrd's to use
   2   a bad argument, such as a list --at TIME in the past
+  3   restore: something is at a PATH now (or on its way): nothing restored
+  4   restore: a PATH has no entry in the trash: nothing restored
   77  this user may not read model_dir (check, list, clean); the message names
       who may: run it as root or as model_dir's owner, or join its group
   78  the config is invalid, or model_dir is missing
@@ -190,11 +229,25 @@ def _parser() -> argparse.ArgumentParser:
         ),
         ("list", "the audit: every model file with its verdict and the rule behind it"),
         ("clean", "one retention pass, then exit"),
+        ("trash", "the files in the trash: deleted, restorable until purged"),
+        ("restore", "put files back from the trash where they were; never over a file"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("-c", "--config", type=Path, default=None, help=config_help)
-        if name in ("list", "clean"):
+        if name in ("list", "clean", "trash"):
             p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "restore":
+            p.add_argument("paths", nargs="*", metavar="PATH", help="as `ocrd trash` shows it")
+            p.add_argument(
+                "--all", action="store_true", help="every path's newest entry in the trash"
+            )
+            p.add_argument(
+                "--since",
+                type=_since,
+                metavar="TIME",
+                help="with --all: only files deleted since TIME, an ISO 8601 time (UTC if it "
+                "has no zone) or a duration ago (2h, 7d)",
+            )
         if name == "list":
             p.add_argument(
                 "--at",

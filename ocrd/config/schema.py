@@ -201,6 +201,12 @@ class State(_Section):
     path: Path | None = None
 
 
+class Trash(_Section):
+    # How long a deleted file stays in model_dir/.ocrd-trash, restorable, before it is purged
+    # (docs/trash.md); 0: a deletion unlinks at once.
+    grace: Duration = Field(default=0.0, ge=0)
+
+
 class Config(_Section):
     """The whole configuration. ``model_dir`` is absolute; ``path`` is the file it came from."""
 
@@ -213,6 +219,7 @@ class Config(_Section):
     metrics: Metrics = Metrics()
     budget: Budget = Budget()
     state: State = State()
+    trash: Trash = Trash()
 
     def summary(self) -> str:
         r = self.retention

@@ -16,7 +16,7 @@ from ocrd.daemon.timejump import ClockGuard
 from ocrd.fs.holders import Holders, View
 from ocrd.fs.inventory import FileEntry
 from ocrd.ops.check import probe
-from ocrd.ops.delete import apply
+from ocrd.ops.delete import ToTrash, apply
 from ocrd.ops.inuse import InUse, limited_check
 from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stats import Totals
@@ -47,9 +47,11 @@ class Batcher:
         clock_guard: ClockGuard,
         stop: Callable[[], bool],
         wake: Callable[[], None],
+        trashed: Callable[[float], None] = lambda purge_at: None,
         before_open: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
+        self.trashed = trashed  # told each trashed file's purge time (ocrd.ops.purge.Schedule)
         self.mirror = mirror
         self.scheduler = scheduler
         self.engine = engine
@@ -187,12 +189,22 @@ class Batcher:
             return
         left = {d.entry.path for d in due}
         try:
-            for o in apply(the_plan, str(self.mirror.place), stop=self.stop, in_use=self._in_use()):
+            grace = self.config.trash.grace
+            to_trash = ToTrash(grace, self.clock.time) if grace > 0 else None
+            for o in apply(
+                the_plan,
+                str(self.mirror.place),
+                stop=self.stop,
+                in_use=self.in_use(),
+                to_trash=to_trash,
+            ):
                 path = o.decision.entry.path
                 left.discard(path)
                 if o.status is Status.DELETED:
                     self.gone(path)
                     self.recorder.record(o)
+                    if o.trashed is not None:
+                        self.trashed(o.trashed.purge_at)
                 else:
                     self._not_done(o)
         finally:
@@ -239,7 +251,7 @@ class Batcher:
     def _precheck(self, the_plan: Plan) -> Iterable[Decision]:
         """The deletions that would go now if the engine held nothing; the others are logged
         and retried later, without an engine cycle."""
-        for o in probe(the_plan, str(self.mirror.place), self._in_use()):
+        for o in probe(the_plan, str(self.mirror.place), self.in_use()):
             if o.status is Status.WOULD_DELETE:
                 yield o.decision
             else:
@@ -263,7 +275,7 @@ class Batcher:
         self.scheduler.revisit(e.path, now + delay)
         self.recorder.record(o, retry=(attempts, delay))
 
-    def _in_use(self) -> InUse:
+    def in_use(self) -> InUse:
         return InUse(
             self.holders,
             self.config.retention.unknown_holders,

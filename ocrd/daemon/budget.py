@@ -125,13 +125,14 @@ class Keeper:
         evict: Callable[[Plan], None],
         engine_lists: Callable[[], frozenset[bytes]],
         in_use: Callable[[list[FileEntry]], frozenset[tuple[int, int]]],
+        trash: tuple[Callable[[], int], Callable[[int], int]] = (lambda: 0, lambda want: 0),
     ) -> None:
         """After a pass: is a limit crossed (``index``: the model files and bytes the mirror
         counts)? If so, decide and submit eviction batches (``evict`` runs one at once) until
         the limits hold, nothing more may go, or ROUNDS batches ran. Its numbers go to the
         totals (STATUS=, the metrics)."""
         try:
-            self._look(where, index, entries, rules, evict, engine_lists, in_use)
+            self._look(where, index, entries, rules, evict, engine_lists, in_use, trash)
         finally:
             if self.limits.active:
                 self.totals.budget_seen(dataclasses.replace(self.numbers))
@@ -145,8 +146,11 @@ class Keeper:
         evict: Callable[[Plan], None],
         engine_lists: Callable[[], frozenset[bytes]],
         in_use: Callable[[list[FileEntry]], frozenset[tuple[int, int]]],
+        trash: tuple[Callable[[], int], Callable[[int], int]],
     ) -> None:
         index_files, index_bytes = index
+        trash_bytes, purge = trash
+        in_trash = trash_bytes() if self.limits.max_size is not None else 0
         if not self.limits.active:
             return
         space = self.space(where)
@@ -160,7 +164,7 @@ class Keeper:
             self.limits.min_free.of(space.total) if self.limits.min_free else None
         )
         self.numbers.model_bytes, self.numbers.free = index_bytes, space.free
-        if not crossed(index_bytes, space, self.limits):
+        if not crossed(index_bytes, space, self.limits, trash_bytes=in_trash):
             self._met()
             return
         now = self.clock.monotonic()
@@ -168,6 +172,7 @@ class Keeper:
             return  # nothing changed since it was found unmet: no walk over every file again
         if self.uses is not None and self.identify is not None:
             self.uses.flush(self.identify)  # every use seen so far counts
+        in_trash = trash_bytes()  # what the trash gives back first, whichever limit is crossed
         for _ in range(ROUNDS):
             files = entries()
             the_plan = plan(files, rules, self.clock.time())
@@ -177,6 +182,7 @@ class Keeper:
                 self.last_used,
                 engine_lists(),
                 in_use(files),
+                trash_bytes=in_trash,
                 allow_delete_all=self.allow_delete_all,
             )
             the_plan, budget = over_plan(the_plan, rules, inputs)
@@ -193,6 +199,14 @@ class Keeper:
                 self._met()
                 return
             self.crossed = True
+            if budget.purge > 0:
+                # The trash first, oldest first (docs/trash.md): then decide again.
+                freed = purge(budget.purge)
+                in_trash = trash_bytes()
+                after = self.space(where)
+                if freed > 0 and after is not None:
+                    space = after
+                    continue
             if not evictions:
                 self._unmet(budget, index_files, index_bytes)
                 return
@@ -209,7 +223,10 @@ class Keeper:
                 return  # nothing was freed (a dry run, or every one skipped): next look
             space = after
             self.numbers.free = space.free
-            if not crossed(sum(e.size for e in entries()), space, self.limits):
+            in_trash = trash_bytes() if self.limits.max_size is not None else 0
+            if not crossed(
+                sum(e.size for e in entries()), space, self.limits, trash_bytes=in_trash
+            ):
                 self._met()
                 return
 

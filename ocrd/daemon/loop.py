@@ -7,6 +7,7 @@ The rooms it drives: the mirror of model_dir (ocrd.watch.mirror), when work is d
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -31,7 +32,11 @@ from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.skew import FutureMtimes
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.daemon.waker import Waker
+from ocrd.fs import trash
+from ocrd.fs.holds import holds
 from ocrd.fs.inventory import FileEntry
+from ocrd.ops import purge
+from ocrd.ops.purge import Schedule
 from ocrd.ops.stats import Totals
 from ocrd.rules.decision import Decision, Plan, Verdict
 from ocrd.rules.reload import changed_keys, changed_values, widening
@@ -83,6 +88,7 @@ class Daemon:
             on_use=self.keeper.saw if self.keeper.recording else None,
         )
         self.future = FutureMtimes()  # files already reported with an mtime in the future
+        self.purger = Schedule()  # when the trash is purged next (ocrd.ops.purge)
         self.batcher = Batcher(
             config,
             mirror=self.mirror,
@@ -94,6 +100,7 @@ class Daemon:
             stop=self._tick,
             wake=self.waker.wake,
             before_open=self.keeper.own,
+            trashed=self.purger.trashed,
         )
         self.metrics = Metrics(self.totals, config.metrics.textfile)
         self.status_sent = ""
@@ -161,7 +168,9 @@ class Daemon:
         log_warnings(c)
         self.keeper.start()
         with self.engine:
+            self._trash_at_start()
             self.mirror.arm()
+            self._hold()
             self._rescan_all("startup")
             self._keep_budget()
             self._publish()
@@ -208,6 +217,8 @@ class Daemon:
         for at in (*dues, *self.batcher.deadlines()):
             if at is not None:
                 caps.append(at - mono)
+        if self.purger.next_at < math.inf:
+            caps.append(self.purger.next_at - self.clock.time())
         return min(caps)
 
     def _after_wake(self) -> None:
@@ -215,8 +226,10 @@ class Daemon:
         try:
             if self.clock_guard.jumped() or self.clock_guard.pending:
                 self._after_clock_jump()
+            self._hold()
             self._catch_up()
             self.batcher.run_if_due()
+            self._purge()
             self._keep_budget()
         except ModelDirMissing:
             self._check_root()  # it went away under our feet: say so, stop, wait for it
@@ -224,6 +237,36 @@ class Daemon:
         self._compact()
         self._send_status()
         log.pump()
+
+    # -- the trash (docs/trash.md) ------------------------------------------------------------
+
+    def _trash_at_start(self) -> None:
+        """The trash as the disk has it: what a killed ocrd left half done is cleared. Under
+        dry_run nothing is deleted, in the trash neither."""
+        if self.mirror.missing or self.config.retention.dry_run:
+            return
+        try:
+            purge.recover(self.mirror.place, in_use=self.batcher.in_use())
+        except (ModelDirMissing, OSError) as exc:
+            self.log.warning("trash_recovery_failed", error=str(exc))
+
+    def _hold(self) -> None:
+        """The files restored from the trash, held from every rule (``ocrd restore`` may have
+        run since the last turn: the hold is on disk before the file is back)."""
+        held = {} if self.mirror.missing else holds(self.mirror.place, self.clock.time())
+        self.rules = self.rules.holding(held)
+
+    def _purge(self) -> None:
+        """Purge what is due in the trash; the engine need not be freed: it never sees the
+        trash, and the lease tells whether anything holds a file there."""
+        if self.mirror.missing or self.config.retention.dry_run:
+            return
+        self.purger.run_if_due(
+            self.mirror.place,
+            now=self.clock.time(),
+            grace=self.config.trash.grace,
+            in_use=self.batcher.in_use(),
+        )
 
     def _keep_budget(self) -> None:
         """Last use to the state file, then the budget's look (ocrd.daemon.budget)."""
@@ -239,7 +282,17 @@ class Daemon:
             evict=lambda evictions: self.batcher.submit(evictions, self.rules, at_once=True),
             engine_lists=self._engine_lists,
             in_use=self.batcher.backing_off,
+            trash=(self._trash_bytes, self._purge_for_budget),
         )
+
+    def _trash_bytes(self) -> int:
+        return trash.usage(self.mirror.place).bytes
+
+    def _purge_for_budget(self, want: int) -> int:
+        """Empty the trash oldest first, ``want`` bytes or more (ocrd.ops.purge.free)."""
+        if self.config.retention.dry_run:
+            return 0
+        return purge.free(self.mirror.place, want, in_use=self.batcher.in_use()).bytes
 
     def _engine_lists(self) -> frozenset[bytes]:
         root = os.fsencode(self.config.model_dir.absolute())
@@ -410,6 +463,8 @@ class Daemon:
         self.rules = Rules.from_config(
             new.retention, new.watch.settle, model_dir_owner(new.model_dir)
         ).not_before(self.clock_guard.not_before)
+        self._hold()
+        self.purger.next_at = 0.0  # a new grace may purge sooner
         self.scheduler.reconfigure(new.watch.rescan, self.rules.due_slack)
         self.mirror.reconfigure(new.model_dir, new.watch)
         if self.batcher.restart_at is None:

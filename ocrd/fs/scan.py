@@ -13,6 +13,7 @@ from ocrd.base import log
 from ocrd.base.collector import collecting_paused
 from ocrd.fs.inventory import FileEntry, Inventory, display
 from ocrd.fs.place import Identity, Place, identify, open_root, pin, still_there
+from ocrd.fs.trash import NAME as TRASH
 from ocrd.fs.walk import walk_dirs
 
 
@@ -54,7 +55,8 @@ def scan_batches(
     fd = open_root(place)
     root = identify(fd)
     checked = time.monotonic()
-    for files in walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick):
+    walked = walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick, top_skip=TOP_SKIP)
+    for files in walked:
         if recheck_s is not None and time.monotonic() - checked >= recheck_s:
             still_there(place, root)
             checked = time.monotonic()
@@ -93,11 +95,13 @@ def walk_batches(
     boundary: Identity | None = None,
     mounts: list[tuple[bytes, str]] | None = None,
     tick: Callable[[], bool] | None = None,
+    top_skip: str | None = None,
 ) -> Iterator[list[FileEntry]]:
     """The walk, one directory's files at a time, so a caller can plan and drop them as it
     goes instead of holding a record per file of the whole tree (the daemon's full pass).
     Closes ``root_fd``; appends to ``unreadable``, ``directories`` and ``mounts`` as it goes; calls
     ``tick`` between directories (ocrd.fs.walk: no recursion, fds bounded, one filesystem).
+    ``top_skip``: a name in the walk's top directory that is neither listed nor entered.
     """
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     fsencode = os.fsencode
@@ -148,6 +152,8 @@ def walk_batches(
                         )
         except OSError as exc:
             unreadable.append((here.path, exc.strerror or str(exc)))
+        if top_skip is not None and not here.path:
+            _skip(top_skip, files, subdirs)
         if files:
             yield files
 
@@ -156,3 +162,17 @@ def unreadable(rel: bytes, why: str) -> None:
     """``scan_unreadable``: a place under model_dir that a walk could not read (nothing there is
     deleted by that walk). Every walk, the command line's and the daemon's, says it here."""
     log.get().warning("scan_unreadable", path=display(rel), error=why)
+
+
+TOP_SKIP = os.fsdecode(TRASH)
+"""What a walk of model_dir leaves out: the trash (ocrd.fs.trash), whatever is at that name (a
+neighbour's file or link there is not a model either)."""
+
+
+def _skip(name: str, files: list[FileEntry], subdirs: list[str]) -> None:
+    """Drop ``name`` from the top directory's files and subdirectories (once per walk, not
+    once per file)."""
+    if name in subdirs:
+        subdirs.remove(name)
+    encoded = os.fsencode(name)
+    files[:] = [f for f in files if f.path != encoded]

@@ -22,21 +22,33 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 
 from ocrd.base import log
 from ocrd.base.collector import collecting_paused
 from ocrd.fs import private
 from ocrd.fs.dirfds import DirFds
 from ocrd.fs.inventory import display
+from ocrd.fs.trash import Trash, Unusable
 from ocrd.ops.check import Checked, check_file
 from ocrd.ops.emptied import remove_emptied
 from ocrd.ops.fanout import FanOut, Timer
 from ocrd.ops.inuse import InUse, ignore_lease_breaks
 from ocrd.ops.outcomes import Outcome, Status
 from ocrd.rules.decision import Decision, Plan
+from ocrd.rules.leftovers import INTERRUPTED
+
+
+@dataclass(frozen=True)
+class ToTrash:
+    """Deletions go into the trash for ``grace`` seconds (``[trash] grace``), times by ``now``."""
+
+    grace: float
+    now: Callable[[], float] = time.time
 
 
 def apply(
@@ -47,8 +59,10 @@ def apply(
     stop: Callable[[], bool] = lambda: False,
     in_use: InUse | None = None,
     fan_out: FanOut[Decision, Outcome] | None = None,
+    to_trash: ToTrash | None = None,
 ) -> Generator[Outcome, None, None]:
     """Delete what ``plan`` says, yielding one Outcome per planned deletion as it happens.
+    With ``to_trash``, a deletion is a rename into the trash (ToTrash, ocrd.fs.trash).
 
     Each directory's deletions are done together, in inode order (the order of the
     filesystem's own tables, which saves it work); ``fan_out`` decides whether directories go
@@ -65,7 +79,12 @@ def apply(
             yield Outcome(d, Status.WOULD_DELETE)
         return
     yield from delete_groups(
-        by_directory(deletions), model_dir, stop=stop, in_use=in_use, fan_out=fan_out
+        by_directory(deletions),
+        model_dir,
+        stop=stop,
+        in_use=in_use,
+        fan_out=fan_out,
+        to_trash=to_trash,
     )
 
 
@@ -76,6 +95,7 @@ def delete_groups(
     stop: Callable[[], bool] = lambda: False,
     in_use: InUse | None = None,
     fan_out: FanOut[Decision, Outcome] | None = None,
+    to_trash: ToTrash | None = None,
 ) -> Generator[Outcome, None, None]:
     """apply()'s deletions, one group per directory, each group in inode order (by_directory);
     ``groups`` may be made while the first are deleted (FanOut.run). If making them raises, the
@@ -84,12 +104,16 @@ def delete_groups(
     holders = in_use if in_use is not None else InUse()
     fan: FanOut[Decision, Outcome] = fan_out if fan_out is not None else FanOut()
 
+    dirs = DirFds(os.fsencode(model_dir))
+    bin_: _Bin | None = None
+    if to_trash is not None and to_trash.grace > 0:
+        bin_ = _Bin(dirs.root_fd, to_trash)
+
     def work(
         dirs: DirFds, group: list[Decision], timer: Timer | None, pause: Callable[[], bool]
     ) -> Iterator[Outcome]:
-        return _empty(dirs, group, holders, timer, pause)
+        return _empty(dirs, group, holders, timer, pause, bin_=bin_)
 
-    dirs = DirFds(os.fsencode(model_dir))
     emptied: set[bytes] = set()
     # The cyclic collector is off while the pass deletes: a few objects per file, none in a
     # cycle, would start a collection every 700 of them, and each older-generation one walks
@@ -103,6 +127,8 @@ def delete_groups(
                 yield outcome
             remove_emptied(dirs, emptied, stop)
     finally:
+        if bin_ is not None:
+            bin_.close()
         dirs.close()
 
 
@@ -130,17 +156,27 @@ def _empty(
     holders: InUse,
     timer: Timer | None,
     pause: Callable[[], bool],
+    *,
+    bin_: _Bin | None = None,
 ) -> Iterator[Outcome]:
-    """Delete one directory's planned files (``group``), one behind: see _Behind. ``pause``
-    is asked before each file; the file in hand is finished all the same."""
+    """Delete one directory's planned files (``group``), one behind: see _Behind; or, with
+    ``bin_``, each into the trash. ``pause`` is asked before each file; the file in hand is
+    finished all the same."""
     behind = _Behind(timer)
     try:
         for d in group:
             if pause():
                 break
+            if bin_ is not None and d.rule != INTERRUPTED and (why := bin_.unusable()):
+                yield Outcome(d, Status.SKIPPED, why)
+                continue
             checked = check_file(dirs, d, holders, probe=False)
             if isinstance(checked, Outcome):
                 yield checked
+            elif bin_ is not None and d.rule != INTERRUPTED:
+                # An interrupted deletion's leftover is finished as it began, by an unlink:
+                # its name is a private one, not a path anyone would restore.
+                yield bin_.put(checked)
             else:
                 yield from behind.take(checked)
         last = behind.finish()
@@ -148,6 +184,67 @@ def _empty(
             yield last
     finally:
         behind.abandon()
+
+
+class _Bin:
+    """The trash of one pass, opened (made if need be) at its first deletion. If
+    ``.ocrd-trash`` is not a trash ocrd may use, every deletion that would go there keeps
+    its file (``trash_unusable``, logged once per pass with the reason)."""
+
+    def __init__(self, root_fd: int, to: ToTrash) -> None:
+        self.root_fd = root_fd
+        self.to = to
+        self.trash: Trash | None = None
+        self.refused: str | None = None
+        self.lock = threading.Lock()
+
+    def unusable(self) -> str | None:
+        """None if the trash is open for deletions, else the skip reason."""
+        with self.lock:
+            if self.trash is None and self.refused is None:
+                try:
+                    self.trash = Trash.open(self.root_fd, create=True)
+                except (Unusable, OSError) as exc:
+                    self.refused = "trash_unusable"
+                    log.get().warning(
+                        "trash_unusable",
+                        reason=exc.reason if isinstance(exc, Unusable) else str(exc),
+                        action="deletions keep their files (deletion_skipped trash_unusable)",
+                        fix="remove or rename what is at model_dir/.ocrd-trash; ocrd makes its "
+                        "own there",
+                    )
+            return self.refused
+
+    def put(self, c: Checked) -> Outcome:
+        """The checked file into the trash, its lease held until it is there."""
+        d = c.decision
+        try:
+            if c.opening():
+                return Outcome(d, Status.SKIPPED, "in_use")
+            assert self.trash is not None
+            entry = self.trash.put(
+                c.parent,
+                c.name,
+                d.entry.path,
+                c.now,
+                rule=d.rule,
+                now=self.to.now(),
+                grace=self.to.grace,
+            )
+        except FileNotFoundError:
+            return Outcome(d, Status.SKIPPED, "vanished")
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                return Outcome(d, Status.SKIPPED, "changed")
+            return Outcome(d, Status.FAILED, exc.strerror or str(exc))
+        finally:
+            _close(c.fd)
+        return Outcome(d, Status.DELETED, None, 0, entry)
+
+    def close(self) -> None:
+        if self.trash is not None:
+            self.trash.close()
+            self.trash = None
 
 
 class _Behind:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from ocrd.base import log
 from ocrd.fs.inventory import display
+from ocrd.fs.trash import Entry, iso
 from ocrd.ops.stats import Totals
 from ocrd.rules.decision import Decision
 from ocrd.rules.refusal import Refusal
@@ -35,8 +36,14 @@ class Recorder:
             # The commonest line, and filtered out by ``ocrd clean`` (its level is warning):
             # then not even its path is written out (0.3 s of the main thread per 55k).
             if logger.is_enabled_for(logging.INFO):
+                t = o.trashed
+                into = {} if t is None else {"trash": True, "purge_at": iso(t.purge_at, up=True)}
                 logger.info(
-                    "model_deleted", path=display(e.path), size=e.size, rule=o.decision.rule
+                    "model_deleted",
+                    path=display(e.path),
+                    size=e.size,
+                    rule=o.decision.rule,
+                    **into,
                 )
         else:
             path = display(e.path)
@@ -73,3 +80,4 @@ class Outcome(NamedTuple):
     status: Status
     detail: str | None = None  # the skip reason, or the OS error
     freed: int = 0  # bytes given back: the size, if the unlink removed the file's last link
+    trashed: Entry | None = None  # DELETED by a rename into the trash (ocrd.fs.trash): its entry

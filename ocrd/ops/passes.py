@@ -15,11 +15,13 @@ from ocrd.base.collector import collecting_paused
 from ocrd.base.errors import ModelDirMissing
 from ocrd.config.schema import Config
 from ocrd.fs.arrival import Arrivals
+from ocrd.fs.holds import holds
 from ocrd.fs.inventory import Inventory, display
 from ocrd.fs.place import Place
 from ocrd.fs.scan import scan, unreadable
+from ocrd.ops import purge
 from ocrd.ops.check import probe_each
-from ocrd.ops.delete import apply, delete_groups
+from ocrd.ops.delete import ToTrash, apply, delete_groups
 from ocrd.ops.inuse import InUse, limited_check
 from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stream import Walked, planned
@@ -51,9 +53,14 @@ class Cleaned:
 
 
 def rules_for(config: Config, place: Place) -> Rules:
+    """The config's rules, with the files restored from the trash held (ocrd.fs.trash)."""
     return Rules.from_config(
         config.retention, config.watch.settle, owner=model_dir_owner(place.real)
-    )
+    ).holding(holds(place, time.time()))
+
+
+def to_trash(config: Config) -> ToTrash | None:
+    return ToTrash(config.trash.grace) if config.trash.grace > 0 else None
 
 
 def whole_plan(config: Config, place: Place, now: float | None = None) -> Planned:
@@ -137,7 +144,11 @@ def clean(config: Config, place: Place, cleaned: Cleaned, *, dry_run: bool) -> N
     """One ``ocrd clean``, into ``cleaned``. Where every rule judges each file alone, each
     directory is deleted from as soon as the walk has planned it (ocrd.ops.stream); else the
     whole plan comes first. If model_dir goes meanwhile, ``cleaned`` holds what was done
-    before ModelDirMissing is raised."""
+    before ModelDirMissing is raised. First, what a killed process left in the trash is
+    cleared and what is due there purged: ``ocrd clean`` is the whole of ocrd for cron users."""
+    if not dry_run:
+        purge.recover(place, in_use=in_use(config))
+        purge.purge_due(place, now=time.time(), grace=config.trash.grace, in_use=in_use(config))
     rules = rules_for(config, place)
     recorder = cleaned.recorder
     if not rules.per_file:
@@ -148,7 +159,7 @@ def clean(config: Config, place: Place, cleaned: Cleaned, *, dry_run: bool) -> N
         for o in (
             checked(config, the_plan.deletions, place)
             if dry_run
-            else apply(the_plan, str(place), in_use=in_use(config))
+            else apply(the_plan, str(place), in_use=in_use(config), to_trash=to_trash(config))
         ):
             recorder.record(o)
         return
@@ -164,7 +175,7 @@ def clean(config: Config, place: Place, cleaned: Cleaned, *, dry_run: bool) -> N
     outcomes = (
         checked(config, (d for group in groups for d in group), place)
         if dry_run
-        else delete_groups(groups, str(place), in_use=in_use(config))
+        else delete_groups(groups, str(place), in_use=in_use(config), to_trash=to_trash(config))
     )
     try:
         for o in outcomes:

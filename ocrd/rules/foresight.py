@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ocrd.fs.inventory import FileEntry, Inventory
-from ocrd.rules.decision import Plan, Verdict, changed_at
+from ocrd.rules.decision import Plan, changed_at
 from ocrd.rules.families import Ranking, Versions
 from ocrd.rules.retention import Rules
 from ocrd.rules.selectors import (
@@ -40,9 +40,7 @@ def coming_due(
     if isinstance(inventory, Plan):
         files = tuple(d.entry for d in inventory.decisions)
         candidates = [
-            d.entry
-            for d in inventory.decisions
-            if not d.entry.is_link and d.verdict is not Verdict.PROTECTED
+            d.entry for d in inventory.decisions if not d.entry.is_link and d.rule != "whitelist"
         ]
     else:
         files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
@@ -70,6 +68,7 @@ def coming_due(
         if at <= now and settle > 0 and now - changed_at(f, now) < settle:
             # Due before, settling again now (its future mtime came): due when that settles.
             at = _settled_from(f, max(start, now), settle)
+        at = max(at, rules.hold_of(f))  # a held file comes due when its hold ends
         when = max(at, now)
         for t, name in times:  # the first rule in order that selects it then decides
             if t <= when:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -36,6 +38,9 @@ class Rules:
     # Whose files rank or vouch for anyone's (ocrd.rules.trust): root, model_dir's owner and
     # retention.trusted_owners; anyone else's only for files of their own owner.
     owners: frozenset[int] = frozenset({0})
+    # Files restored from the trash, held from every rule: (device, inode) → until when
+    # (ocrd.fs.trash.Trash.holds; the operator asked for them back).
+    held: Mapping[tuple[int, int], float] = field(default_factory=dict, compare=False)
     _patterns: tuple[tuple[str, str, bool], ...] = field(init=False, repr=False, compare=False)
     trust: Trust = field(init=False, repr=False, compare=False)
 
@@ -52,6 +57,14 @@ class Rules:
         what changed; a whole-inventory rule, or the last-version floor, makes it plan
         everything)."""
         return self.floor is None and all(s.per_file for s in self.selectors)
+
+    def holding(self, held: Mapping[tuple[int, int], float]) -> Rules:
+        """These rules with ``held`` as the files held from every rule."""
+        return self if not held and not self.held else replace(self, held=held)
+
+    def hold_of(self, f: FileEntry) -> float:
+        """Until when ``f`` is held from every rule (0.0: it is not)."""
+        return self.held.get((f.dev, f.ino), 0.0) if self.held else 0.0
 
     def not_before(self, at: float) -> Rules:
         """These rules with no file ageing from before ``at`` (a clock jump,
@@ -111,6 +124,14 @@ def family_rules(retention: Retention) -> Families | None:
     return Families(pattern, retention.age_from)
 
 
+RESTORED = "restored"  # the rule of a file held after ``ocrd restore`` (ocrd.fs.trash)
+
+
+def _held(until: float) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(until)))
+    return f"restored from the trash: held from every rule until {when}"
+
+
 def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -> Plan:
     """Decide each file's fate. Order of precedence: a symlink is kept (never followed, never
     deleted); the whitelist protects; a file changed within ``settle`` waits; then each rule
@@ -118,12 +139,14 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     files = inventory.files if isinstance(inventory, Inventory) else tuple(inventory)
     decided: list[Decision | None] = [None] * len(files)
     undecided: list[int] = []
-    whitelisted, settle = rules.whitelisted, rules.settle
+    whitelisted, settle, restored = rules.whitelisted, rules.settle, rules.held
     for i, f in enumerate(files):
         if f.is_link:
             decided[i] = Decision(f, Verdict.KEEP, None, "symbolic link: never followed or deleted")
         elif rules.whitelist and (pattern := whitelisted(f)) is not None:
             decided[i] = Decision(f, Verdict.PROTECTED, "whitelist", f"matches {pattern!r}")
+        elif restored and (until := restored.get((f.dev, f.ino), 0.0)) > now:
+            decided[i] = Decision(f, Verdict.PROTECTED, RESTORED, _held(until))
         elif settle > 0 and (changed := now - changed_at(f, now)) < settle:
             # With settle = 0 nothing settles, not even a file whose clock runs ahead of ours.
             decided[i] = Decision(f, Verdict.SETTLING, None, _settling(f, changed, settle, now))
@@ -231,6 +254,8 @@ def revisit_at(decision: Decision, rules: Rules, now: float) -> float | None:
         return max(entry.mtime, entry.ctime) + rules.settle
     if decision.rule in ("keep_last_version", "allow_delete_all"):
         return None  # what the floor keeps stays until the family, or model_dir, changes
+    if decision.rule == RESTORED:
+        return rules.hold_of(entry) or None  # its hold ends: the rules judge it again
     if decision.verdict is Verdict.KEEP and not entry.is_link:
         times = [at for s in rules.selectors if (at := s.due(entry)) is not None]
         if rules.settle > 0 and entry.mtime > now:

@@ -24,6 +24,7 @@ from ocrd.fs.inventory import FileEntry, display, entry_from_stat
 from ocrd.fs.place import identify, open_root, pin
 from ocrd.fs.procfs import filesystem_type, mounts_below, watched_inodes
 from ocrd.fs.scan import scan_batches, unreadable, walk
+from ocrd.fs.trash import is_trash
 from ocrd.watch.index import Index
 from ocrd.watch.observer import (
     LADDER,
@@ -460,6 +461,8 @@ class Mirror:
             for rel in dirs | changes.files:
                 if not rel:
                     continue  # model_dir itself: check_root's business
+                if is_trash(rel):
+                    continue  # not a model (ocrd.trash); the polling observer sees into it
                 if _below_any(rel, dirs):
                     continue  # that directory is forgotten and walked whole below
                 try:

@@ -33,6 +33,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from ocrd.base import log
 from ocrd.base.errors import Stopped
 from ocrd.fs.place import Place
+from ocrd.fs.scan import TOP_SKIP
 from ocrd.watch.warnings import WatchdogWarnings
 
 Kind = Literal["inotify", "polling", "rescan"]
@@ -319,13 +320,16 @@ class Watcher:
         the main thread, feeds systemd's watchdog and gives way to SIGTERM between directories."""
         main = threading.main_thread()
         tick = self._tick
+        root = os.fsdecode(self.root)
 
         def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
             if tick is not None and threading.current_thread() is main and tick():
                 raise Stopped
             with os.scandir(path) as it:
                 entries = list(it)
-            return iter([e for e in entries if not _crosses(e, dev)])
+            # The trash is no model's place (ocrd.fs.trash): not walked each interval either.
+            skip = TOP_SKIP if path == root else None
+            return iter([e for e in entries if e.name != skip and not _crosses(e, dev)])
 
         return listdir
 
