@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from ocrd.base.errors import ConfigError
 from ocrd.config.load import validate
 from ocrd.config.schema import Retention
 from ocrd.config.sizes import Amount, format_size, parse_amount, parse_size
+from ocrd.daemon.metrics import TotalsCollector
 from ocrd.fs.inventory import FileEntry
+from ocrd.ops.stats import BudgetNumbers, Totals
 from ocrd.rules.budget import Limits, Model, Space, crossed, decide, describe
 from ocrd.rules.decision import Verdict
 from ocrd.rules.eviction import Inputs, over_plan
@@ -448,3 +451,19 @@ def test_the_contracts_example_config_loads(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     config = validate(tomllib.loads(example), tmp_path / "config.toml")
     assert config.budget.active
+
+
+def test_the_metrics_carry_the_budget() -> None:
+    totals = Totals()
+    totals.deleted(3 * MiB, "budget")
+    totals.budget_seen(
+        BudgetNumbers(max_size=10 * MiB, min_free=None, model_bytes=12 * MiB, free=5, short=MiB)
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TotalsCollector(totals))
+    text = generate_latest(registry).decode()
+    assert "ocrd_budget_bytes 1.048576e+07" in text
+    assert "ocrd_budget_model_bytes 1.2582912e+07" in text
+    assert "ocrd_free_bytes 5.0" in text
+    assert "ocrd_evictions_total 1.0" in text
+    assert "ocrd_budget_unmet 1.0" in text
