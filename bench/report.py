@@ -370,6 +370,9 @@ def report(
         f"- §9: one file held by {', '.join(map(str, mode.holder_procs))} extra `sleep` "
         "processes; ocrd's write lease attempt (101 runs) and its /proc view (5 runs) in this "
         "process, `fuser FILE` and `lsof -t FILE` (3 runs each) as the peers.",
+        "- §10: the budget in this process: `decide()` over 100k model files (10k quick; 3 "
+        "runs) with 1 % whitelisted, half in families, and the last-use store recording 1000 "
+        "use events/s over 100k rows (10 s; 3 s quick) with one write a second.",
         "",
         "## Results",
         "",

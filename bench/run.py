@@ -41,12 +41,13 @@ from bench.flood import section_storm
 from bench.holders import section_holders
 from bench.modes import FULL, QUICK
 from bench.report import Results, code_digest, code_state, evaluate, loadavg, machine, report, table
+from bench.sections.budget import section_budget
 from bench.sections.clean import section_retention
 from bench.sections.running import section_daemon
 from bench.sections.scan import section_scan
 from bench.workspace import Workspace
 
-ALL = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+ALL = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ({"7"}, lambda: section_churn(mode, ws, res)),
         ({"8"}, lambda: section_storm(mode, ws, res)),
         ({"9"}, lambda: section_holders(mode, ws, res)),
+        ({"10"}, lambda: section_budget(mode, ws, res)),
     ]
     load_start = loadavg()
     try:

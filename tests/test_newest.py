@@ -87,10 +87,11 @@ def test_list_shows_family_and_rank_and_clean_deletes_exactly_the_older_versions
     )
     text = run_ocrd("list", "-c", path)
     assert text.stdout.splitlines()[0].split() == [
-        "VERDICT", "SIZE", "AGE", "RULE", "RANK", "PATH", "(REASON)", "FAMILY"
+        "VERDICT", "SIZE", "AGE", "RULE", "LAST", "USED", "RANK", "PATH", "(REASON)", "FAMILY"
     ]  # fmt: skip
     line = next(x for x in text.stdout.splitlines() if "snap-2026-01/model.gguf" in x)
-    assert "keep_newest     2  snap-2026-01/model.gguf  (version 2 of family " in line
+    assert "keep_newest  " in line
+    assert "     2  snap-2026-01/model.gguf  (version 2 of family " in line
     assert line.endswith("  snap-#-#/model.gguf")
 
     before = snapshot(models)
@@ -115,7 +116,7 @@ def test_without_families_list_has_its_old_columns(tmp_path: Path, run_ocrd: Ocr
     path = config(tmp_path, 'prefixes = ["old_"]\n')
     text = run_ocrd("list", "-c", path)
     assert text.stdout.splitlines()[0].split() == [
-        "VERDICT", "SIZE", "AGE", "RULE", "PATH", "(REASON)"
+        "VERDICT", "SIZE", "AGE", "RULE", "LAST", "USED", "PATH", "(REASON)"
     ]  # fmt: skip
     rows = json.loads(run_ocrd("list", "--json", "-c", path).stdout)
     assert {(r["family"], r["rank"]) for r in rows} == {(None, None)}

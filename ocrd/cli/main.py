@@ -21,14 +21,21 @@ from ocrd.config.durations import parse_duration
 from ocrd.config.lint import lint, log_warnings
 from ocrd.config.load import SYSTEM_CONFIG, default_path, load
 from ocrd.config.schema import Config
+from ocrd.daemon.budget import limits_of
+from ocrd.daemon.engine import Supervisor
 from ocrd.fs.access import NoAccess, denied
 from ocrd.fs.leases import lease_report
 from ocrd.fs.place import Place, pin, raise_fd_limit
+from ocrd.fs.statefile import Looks
+from ocrd.fs.statefile import default_path as state_default
 from ocrd.ops import passes
 from ocrd.ops.passes import Cleaned, whole_plan
+from ocrd.rules.budget import Space
+from ocrd.rules.eviction import Inputs, over_plan
 from ocrd.rules.foresight import due_at
 from ocrd.rules.retention import family_rules
 from ocrd.rules.selectors import versions
+from ocrd.watch.lastuse import LastUse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,8 +85,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
+            # Last use is recorded only with a budget or a [state] path (docs/budget.md).
+            recording = config.budget.active or config.state.path is not None
+            state = config.state.path or state_default()
+            uses = LastUse.read(state) if recording else LastUse.empty(state)
+            engine = _engine_lists(config) if config.budget.active else frozenset()
+            budget = None
+            if config.budget.active and (space := _space(place)) is not None:
+                inputs = Inputs(
+                    limits_of(config),
+                    space,
+                    uses.last_used,
+                    engine,
+                    allow_delete_all=config.retention.allow_delete_all,
+                )
+                the_plan, budget = over_plan(the_plan, rules, inputs)
             # In use is known for now only: a file held now shows so at any --at.
-            blocked = passes.blocked(config, the_plan, place)
+            looks = Looks(state)
+            try:
+                blocked = passes.blocked(config, the_plan, place, looks.note if recording else None)
+            finally:
+                looks.close()
             due = due_at(
                 [d.entry for d in the_plan.decisions],
                 rules,
@@ -103,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ranked=ranked,
                 due=due,
                 ahead=None if at is None else args.at.text,
+                last_used=uses.last_used,
+                engine=engine,
+                budget=budget,
             )
             return 0
         return _clean(
@@ -266,6 +295,29 @@ def _ahead(text: str) -> Ahead:
             f"{text} is in the past (it is {iso(now)} now): give a later time, or +DURATION"
         )
     return Ahead(text, when.timestamp(), relative=False)
+
+
+def _space(place: Place) -> Space | None:
+    try:
+        return Space.of(os.statvfs(place.real))
+    except OSError as exc:
+        print(f"ocrd list: statvfs of model_dir failed: {exc.strerror}", file=sys.stderr)
+        return None
+
+
+def _engine_lists(config: Config) -> frozenset[bytes]:
+    """The files the engine lists itself (list_local), relative to model_dir: an engine of our
+    own for the question (it opens no model file), freed at once."""
+    if not config.engine.enabled:
+        return frozenset()
+    engine = Supervisor(config.engine, config.model_dir)
+    root = os.fsencode(config.model_dir.absolute())
+    try:
+        with engine:
+            return frozenset(os.path.relpath(p, root) for p in engine.listed())
+    except (ImportError, OSError, RuntimeError) as exc:
+        log.get().debug("engine_list_failed", error=repr(exc)[:300])
+        return frozenset()
 
 
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:

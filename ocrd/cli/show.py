@@ -7,13 +7,15 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ocrd.base.human import size
 from ocrd.config.durations import approx_duration
-from ocrd.fs.inventory import Inventory, display, printable
+from ocrd.config.sizes import format_size
+from ocrd.fs.inventory import FileEntry, Inventory, display, printable
 from ocrd.ops.outcomes import Recorder, Status
+from ocrd.rules.budget import Budget, describe
 from ocrd.rules.decision import Decision, Plan
 from ocrd.rules.families import Member, Ranking
 from ocrd.rules.refusal import Refusal
@@ -47,6 +49,9 @@ def print_list(
     ranked: Ranking | None = None,
     due: Sequence[float | None] | None = None,
     ahead: str | None = None,
+    last_used: Callable[[FileEntry], float | None] = lambda e: None,
+    engine: frozenset[bytes] = frozenset(),
+    budget: Budget | None = None,
 ) -> None:
     """``ranked``: each version's family and rank, when families are in use. ``due``: each
     decision's due_at (ocrd.rules.foresight.due_at), in the plan's order. ``ahead``: the plan is
@@ -74,6 +79,19 @@ def print_list(
             f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}" if why else d.reason
         )
 
+    budget_of = {id(line.entry): line for line in budget.lines()} if budget is not None else {}
+
+    def used(d: Decision) -> tuple[float, str]:
+        """The file's last use, and whether ocrd saw it ("use") or it is its arrival."""
+        t = last_used(d.entry)
+        return (d.entry.ctime, "arrival") if t is None else (t, "use")
+
+    def budget_row(d: Decision) -> dict[str, Any] | None:
+        line = budget_of.get(id(d.entry))
+        if line is None:
+            return None
+        return {"position": line.position, "taken": line.taken, "why": printable(line.why)}
+
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
@@ -97,6 +115,11 @@ def print_list(
                 **_member(d, ranked),
                 # When a pass would first delete it under these rules; null: never.
                 "due_at": due_text(d),
+                # Its last use as ocrd recorded it, or its arrival (docs/budget.md).
+                "last_used": iso(used(d)[0]),
+                "last_used_by": used(d)[1],
+                "engine_lists": d.entry.path in engine,
+                **({"budget": budget_row(d)} if budget is not None else {}),
             }
             for d in the_plan.decisions
         ]
@@ -129,7 +152,10 @@ def print_list(
     # the newest) before the path, and the family after the reason.
     rank = f"{'RANK':>4}  " if ranked is not None else ""
     family = "  FAMILY" if ranked is not None else ""
-    out = [f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  {rank}PATH  (REASON){family}"]
+    out = [
+        f"{'VERDICT':<10} {'SIZE':>9} {'AGE':>6}  {'RULE':<9}  {'LAST USED':>9}  "
+        f"{rank}PATH  (REASON){family}"
+    ]
     if ahead is not None:
         out.insert(
             0,
@@ -139,7 +165,7 @@ def print_list(
     for d in sorted(the_plan.decisions, key=lambda d: d.entry.path):
         line = (
             f"{verdict(d).upper():<10} {_size(d.entry.size):>9} "
-            f"{approx_duration(age(d)):>6}  {d.rule or '-':<9}  "
+            f"{approx_duration(age(d)):>6}  {d.rule or '-':<9}  {_ago(now, *used(d)):>9}  "
         )
         if ranked is not None:
             m = _member(d, ranked)
@@ -167,7 +193,29 @@ def print_list(
         )
         for rel, device in mounts
     ]
+    if budget is not None:
+        out += _budget_text(budget)
     print("\n".join(out))
+
+
+def _ago(now: float, t: float, by: str) -> str:
+    """How long ago a file was last used; ``~`` marks its arrival, for a file never seen used."""
+    return ("~" if by == "arrival" else "") + approx_duration(max(0.0, now - t))
+
+
+def _budget_text(budget: Budget) -> list[str]:
+    """The budget's order, for the operator: which files it takes now, and why each is or is
+    not a candidate."""
+    state = "crossed" if budget.crossed else "holds"
+    out = [f"budget {state}: {describe(budget)}"]
+    if budget.purge:
+        out.append(f"  the trash first: {format_size(budget.purge)}, oldest first")
+    lines = sorted(budget.lines(), key=lambda x: (x.position is None, x.position or 0))
+    for line in lines:
+        mark = f"#{line.position}" if line.position is not None else "-"
+        take = "TAKES" if line.taken else "     "
+        out.append(printable(f"  {mark:>5} {take} {display(line.entry.path)}  ({line.why})"))
+    return out
 
 
 def _member(d: Decision, ranked: Ranking | None) -> dict[str, Any]:

@@ -101,6 +101,23 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
             )
             metrics = {k: v for k, v in metrics.items() if k != "textfile"}
         raw = {**raw, "metrics": metrics}
+    state = raw.get("state")
+    if isinstance(state, dict) and "path" in state:
+        where = state["path"]
+        if isinstance(where, str) and where.strip():
+            resolved = _resolve(base, where)
+            state = {**state, "path": resolved}
+            if isinstance(model_dir, str) and _inside(resolved, _resolve(base, model_dir)):
+                problems.append(
+                    f"{name}: at 'state.path': {show(where)} is inside model_dir, where it "
+                    "would count as a model: put it elsewhere, e.g. /var/lib/ocrd/state.db"
+                )
+        else:
+            problems.append(
+                f"{name}: at 'state.path': {show(where)} is not a path: write a file name"
+            )
+            state = {k: v for k, v in state.items() if k != "path"}
+        raw = {**raw, "state": state}
     try:
         config = Config.model_validate({**raw, "path": path})
     except ValidationError as exc:
@@ -134,6 +151,12 @@ def _atime_problem(config: Config) -> str | None:
         "mounted noatime, where reading a file never updates its atime (every model would look "
         'unread): use age_by = "mtime", or remount with relatime or strictatime'
     )
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or below it, symlinks resolved where they exist."""
+    real, top = os.path.realpath(path), os.path.realpath(directory)
+    return real == top or real.startswith(top.rstrip("/") + "/")
 
 
 def _resolve(base: Path, value: str) -> Path:

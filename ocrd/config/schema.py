@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
 from ocrd.config.durations import INT32_MAX, format_duration, parse_duration
 from ocrd.config.regexlint import backtracking
+from ocrd.config.sizes import Amount, parse_amount, parse_size
 from ocrd.config.text import key_path, plain, quote, show
 
 
@@ -171,6 +172,35 @@ class Metrics(_Section):
     textfile: Path | None = None
 
 
+def _size(text: object) -> Amount:
+    return Amount(size=parse_size(text))
+
+
+def _headroom(text: object) -> Amount:
+    return parse_amount(text, allow_zero=True)
+
+
+class Budget(_Section):
+    """The disk budget (docs/budget.md): absent limits are no limits."""
+
+    # Model files under model_dir (each inode once) may take at most this.
+    max_size: Annotated[Amount, PlainValidator(_size)] | None = None
+    # Keep this much free on model_dir's filesystem: a size, or a share of the filesystem.
+    min_free: Annotated[Amount, PlainValidator(parse_amount)] | None = None
+    # Once a limit is crossed, free this much past it: a size, or a share of the limit.
+    headroom: Annotated[Amount, PlainValidator(_headroom)] = Amount(share=0.05)
+
+    @property
+    def active(self) -> bool:
+        return self.max_size is not None or self.min_free is not None
+
+
+class State(_Section):
+    # Where last use is kept (absolute after validate()); None: the default place
+    # (ocrd.fs.statefile.default_path).
+    path: Path | None = None
+
+
 class Trash(_Section):
     # How long a deleted file stays in model_dir/.ocrd-trash, restorable, before it is purged
     # (docs/trash.md); 0: a deletion unlinks at once.
@@ -187,6 +217,8 @@ class Config(_Section):
     engine: Engine = Engine()
     log: Log = Log()
     metrics: Metrics = Metrics()
+    budget: Budget = Budget()
+    state: State = State()
     trash: Trash = Trash()
 
     def summary(self) -> str:

@@ -14,6 +14,7 @@ from ocrd.daemon.engine import Supervisor
 from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.fs.holders import Holders, View
+from ocrd.fs.inventory import FileEntry
 from ocrd.ops.check import probe
 from ocrd.ops.delete import apply
 from ocrd.ops.inuse import InUse, limited_check
@@ -48,6 +49,7 @@ class Batcher:
         stop: Callable[[], bool],
         wake: Callable[[], None],
         trashed: Callable[[float], None] = lambda purge_at: None,
+        before_open: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
         self.trashed = trashed  # told each trashed file's purge time (ocrd.ops.purge.Schedule)
@@ -60,6 +62,7 @@ class Batcher:
         self.clock_guard = clock_guard
         self.stop = stop
         self.wake = wake
+        self.before_open = before_open  # told of each file the checks open (its last use)
         self.holders = Holders()
         self.due: dict[bytes, Decision] = {}
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
@@ -274,7 +277,24 @@ class Batcher:
         self.recorder.record(o, retry=(attempts, delay))
 
     def in_use(self) -> InUse:
-        return InUse(self.holders, self.config.retention.unknown_holders, on_limited=self._limited)
+        return InUse(
+            self.holders,
+            self.config.retention.unknown_holders,
+            on_limited=self._limited,
+            before_open=self.before_open,
+        )
+
+    def backing_off(self, entries: Iterable[FileEntry]) -> frozenset[tuple[int, int]]:
+        """The (device, inode) of each of ``entries`` whose deletion was skipped (in use, of
+        unknown holders, failed) and waits for its next try: the budget passes over them."""
+        if not len(self.backoff):
+            return frozenset()
+        now = self.clock.time()
+        return frozenset(
+            (e.dev, e.ino)
+            for e in entries
+            if self.backoff.waiting_until(e.path, (e.ino, e.size, e.mtime), now) is not None
+        )
 
     def _limited(self, view: View) -> None:
         limited_check(log.get(), view, self.config.retention.unknown_holders)

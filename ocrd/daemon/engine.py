@@ -160,6 +160,17 @@ class Supervisor:
             self.cycles += 1
         log.get().info("engine_freed", reason=reason, **extra)
 
+    def listed(self) -> list[bytes]:
+        """The model files the engine itself lists (``list_local()``: absolute paths), which the
+        budget evicts last; none while it is not running or when the call fails."""
+        if self._instance is None:
+            return []
+        try:
+            return [os.fsencode(str(p)) for p in self._instance.list_local()]
+        except RuntimeError as exc:
+            log.get().debug("engine_list_failed", error=str(exc)[:300])
+            return []
+
     @contextmanager
     def released(self, reason: str = "deletion") -> Iterator[None]:
         """Free the engine for the duration of the block (no-op if disabled or not running)."""

@@ -24,6 +24,7 @@ from ocrd.config.load import load
 from ocrd.config.schema import Config
 from ocrd.daemon import signals
 from ocrd.daemon.batcher import Batcher
+from ocrd.daemon.budget import Keeper
 from ocrd.daemon.engine import Supervisor
 from ocrd.daemon.metrics import Metrics
 from ocrd.daemon.notify import Notifier
@@ -31,6 +32,7 @@ from ocrd.daemon.scheduler import Scheduler
 from ocrd.daemon.skew import FutureMtimes
 from ocrd.daemon.timejump import ClockGuard
 from ocrd.daemon.waker import Waker
+from ocrd.fs import trash
 from ocrd.fs.holds import holds
 from ocrd.fs.inventory import FileEntry
 from ocrd.ops import purge
@@ -75,15 +77,17 @@ class Daemon:
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.log_closed = False  # stdout's reader went away: stop, and say so on stderr
+        self.totals = Totals()  # STATUS= and the metrics file read it
+        self.keeper = Keeper(config, self.clock, self.totals, self.waker.wake)  # last use, budget
         self.mirror = Mirror(
             config.model_dir,
             config.watch,
             self.clock,
             wake=self.waker.wake,
             tick=self._tick,
+            on_use=self.keeper.saw if self.keeper.recording else None,
         )
         self.future = FutureMtimes()  # files already reported with an mtime in the future
-        self.totals = Totals()  # STATUS= and the metrics file read it
         self.purger = Schedule()  # when the trash is purged next (ocrd.ops.purge)
         self.batcher = Batcher(
             config,
@@ -95,6 +99,7 @@ class Daemon:
             clock_guard=self.clock_guard,
             stop=self._tick,
             wake=self.waker.wake,
+            before_open=self.keeper.own,
             trashed=self.purger.trashed,
         )
         self.metrics = Metrics(self.totals, config.metrics.textfile)
@@ -161,11 +166,13 @@ class Daemon:
             dry_run=c.retention.dry_run,
         )
         log_warnings(c)
+        self.keeper.start()
         with self.engine:
             self._trash_at_start()
             self.mirror.arm()
             self._hold()
             self._rescan_all("startup")
+            self._keep_budget()
             self._publish()
             if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
                 self.notifier.ready(self._status())
@@ -181,6 +188,8 @@ class Daemon:
                 self._after_wake()
             self.notifier.stopping()
             self.mirror.stop()
+        self.keeper.flush(self.mirror.index.get, force=True)
+        self.keeper.close()
         name = signal.Signals(self.stop_signal).name if self.stop_signal else None
         log.pump(force=True)
         if self.log_closed:
@@ -204,7 +213,8 @@ class Daemon:
         if log.busy():
             caps.append(LOG_PUMP_S)
         mono = self.clock.monotonic()
-        for at in (self.mirror.coverage_due, self.mirror.probe_due, *self.batcher.deadlines()):
+        dues = (self.mirror.coverage_due, self.mirror.probe_due, self.keeper.deadline())
+        for at in (*dues, *self.batcher.deadlines()):
             if at is not None:
                 caps.append(at - mono)
         if self.purger.next_at < math.inf:
@@ -220,6 +230,7 @@ class Daemon:
             self._catch_up()
             self.batcher.run_if_due()
             self._purge()
+            self._keep_budget()
         except ModelDirMissing:
             self._check_root()  # it went away under our feet: say so, stop, wait for it
         self.batcher.restart_engine_when_quiet()
@@ -256,6 +267,36 @@ class Daemon:
             grace=self.config.trash.grace,
             in_use=self.batcher.in_use(),
         )
+
+    def _keep_budget(self) -> None:
+        """Last use to the state file, then the budget's look (ocrd.daemon.budget)."""
+        self.keeper.flush(self.mirror.index.get)
+        if self.mirror.missing:
+            return
+        index = self.mirror.index
+        self.keeper.look(
+            self.mirror.place.real,
+            index=(index.files, index.bytes),
+            entries=self.mirror.entries,
+            rules=self.rules,
+            evict=lambda evictions: self.batcher.submit(evictions, self.rules, at_once=True),
+            engine_lists=self._engine_lists,
+            in_use=self.batcher.backing_off,
+            trash=(self._trash_bytes, self._purge_for_budget),
+        )
+
+    def _trash_bytes(self) -> int:
+        return trash.usage(self.mirror.place).bytes
+
+    def _purge_for_budget(self, want: int) -> int:
+        """Empty the trash oldest first, ``want`` bytes or more (ocrd.ops.purge.free)."""
+        if self.config.retention.dry_run:
+            return 0
+        return purge.free(self.mirror.place, want, in_use=self.batcher.in_use()).bytes
+
+    def _engine_lists(self) -> frozenset[bytes]:
+        root = os.fsencode(self.config.model_dir.absolute())
+        return frozenset(os.path.relpath(p, root) for p in self.engine.listed())
 
     def _after_clock_jump(self) -> None:
         """Nothing planned under the old clock is deleted; a fresh scan under the new one
@@ -415,6 +456,7 @@ class Daemon:
         # Deletions waiting for their batch were planned under the old rules: the reload's
         # full pass plans them again under the new ones.
         self.batcher.reconfigure(new)
+        self.keeper.reconfigure(new)
         self.engine.follow(old, new)
         self.config = new
         self.metrics.reconfigure(new.metrics.textfile)
@@ -463,7 +505,9 @@ class Daemon:
     def _status(self) -> str:
         missing = str(self.config.model_dir) if self.mirror.missing else None
         index = self.mirror.index
-        return self.totals.status(index.files, index.bytes, missing, len(self.batcher.due))
+        status = self.totals.status(index.files, index.bytes, missing, len(self.batcher.due))
+        budget = self.keeper.status()
+        return status if budget is None else f"{status}; {budget}"
 
     def _publish(self) -> None:
         """The engine's and the watch's own state into the totals; the metrics file if

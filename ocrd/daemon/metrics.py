@@ -109,6 +109,8 @@ class TotalsCollector(Collector):
             for within, nbytes in t.census.due_bytes.items():
                 due.add_metric([within], nbytes)
             yield due
+        if t.budget is not None:
+            yield from _budget(t)
         if t.full_pass_at is not None and t.full_pass_s is not None:
             yield GaugeMetricFamily(
                 "ocrd_last_full_pass_timestamp_seconds",
@@ -120,6 +122,43 @@ class TotalsCollector(Collector):
                 "How long the last full pass took.",
                 value=t.full_pass_s,
             )
+
+
+def _budget(t: Totals) -> Iterator[Metric]:
+    """The budget's numbers (docs/budget.md), with a [budget] configured."""
+    b = t.budget
+    assert b is not None
+    if b.max_size is not None:
+        yield GaugeMetricFamily(
+            "ocrd_budget_bytes", "budget.max_size: what model files may take.", value=b.max_size
+        )
+    if b.min_free is not None:
+        yield GaugeMetricFamily(
+            "ocrd_budget_min_free_bytes",
+            "budget.min_free in bytes: what model_dir's filesystem keeps free.",
+            value=b.min_free,
+        )
+    yield GaugeMetricFamily(
+        "ocrd_budget_model_bytes",
+        "Model files under model_dir (each inode once) at the budget's last look.",
+        value=b.model_bytes,
+    )
+    if b.free is not None:
+        yield GaugeMetricFamily(
+            "ocrd_free_bytes",
+            "Bytes free to unprivileged users on model_dir's filesystem (statvfs f_bavail).",
+            value=b.free,
+        )
+    yield CounterMetricFamily(
+        "ocrd_evictions",
+        "Model files the budget evicted (rule budget).",
+        value=t.deleted_by_rule["budget"],
+    )
+    yield GaugeMetricFamily(
+        "ocrd_budget_unmet",
+        "1 while the budget cannot be met (budget_unmet), else 0.",
+        value=0 if b.short is None else 1,
+    )
 
 
 def _with(known: Iterable[str], seen: Iterable[str]) -> list[str]:

@@ -80,6 +80,13 @@ def check_file(dirs: DirFds, d: Decision, holders: InUse, *, probe: bool) -> Out
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ESTALE):
             return Outcome(d, Status.SKIPPED, "changed")
         return Outcome(d, Status.FAILED, exc.strerror or str(exc))
+    if not holders.open_files and holders.by_proc(None, parent, entry.ino, warn=False) in (
+        Answer.FREE,
+        Answer.HELD,
+    ):
+        return _check_open(d, parent, name, None, holders=holders, probe=probe)
+    if holders.before_open is not None:
+        holders.before_open(entry.path)
     try:
         fd: int | None = os.open(name, FILE_FLAGS, dir_fd=parent)
     except FileNotFoundError:

@@ -29,6 +29,13 @@ class InUse:
     unknown: Literal["keep", "delete"] = "keep"
     on_limited: Callable[[View], None] = lambda view: None
     mounts: Mounts = field(default_factory=Mounts)
+    # False: ask /proc first (``ocrd list``, ``clean --dry-run``), so that looking opens no model
+    # file, which the daemon would record as a use (docs/budget.md); only where /proc cannot
+    # tell (other users' processes hidden from this one) is the file opened for a lease.
+    open_files: bool = True
+    # Told each file's relative path just before it is opened to ask: the daemon's own opens
+    # are no use of the file (ocrd.watch.lastuse.LastUse.own).
+    before_open: Callable[[bytes], None] | None = None
     _warned: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _blind: dict[int, bool] = field(default_factory=dict, repr=False)
@@ -45,7 +52,7 @@ class InUse:
                 return Answer.LEASED
         return self.by_proc(fd, parent, ino)
 
-    def by_proc(self, fd: int | None, parent: int, ino: int) -> Answer:
+    def by_proc(self, fd: int | None, parent: int, ino: int, *, warn: bool = True) -> Answer:
         """The fallback: /proc, for a file we hold as ``fd`` or, when it could not even be
         opened, known as inode ``ino`` in directory ``parent`` (a file is on its directory's
         filesystem)."""
@@ -57,7 +64,7 @@ class InUse:
         if fid is None:
             view = View(limits=("/proc/self/fdinfo does not name the file's mount",))
         answer = view.answer(fid) if fid is not None else Answer.UNKNOWN
-        if answer is Answer.UNKNOWN:
+        if answer is Answer.UNKNOWN and warn:
             self._warn(view)
         return answer
 

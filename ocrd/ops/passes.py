@@ -6,7 +6,7 @@ one answer about a file in use. The command line only prints what this returns."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -98,28 +98,45 @@ def walk_news(
         )
 
 
-def in_use(config: Config) -> InUse:
+def in_use(config: Config, *, open_files: bool = True) -> InUse:
     unknown = config.retention.unknown_holders
-    return InUse(unknown=unknown, on_limited=lambda view: limited_check(log.get(), view, unknown))
+    return InUse(
+        unknown=unknown,
+        on_limited=lambda view: limited_check(log.get(), view, unknown),
+        open_files=open_files,
+    )
 
 
-def checked(config: Config, deletions: Iterable[Decision], place: Place) -> Iterator[Outcome]:
+def checked(
+    config: Config,
+    deletions: Iterable[Decision],
+    place: Place,
+    before_open: Callable[[bytes], None] | None = None,
+) -> Iterator[Outcome]:
     """What a deletion of each of ``deletions`` would meet now, deleting nothing: the one
     answer behind ``list``'s verdicts and ``clean --dry-run``'s report. Under
     ``retention.dry_run`` nothing is asked: the daemon then reports every planned deletion as
-    model_would_be_deleted, without checking for holders."""
+    model_would_be_deleted, without checking for holders. Only /proc is asked: a look opens no
+    model file, which the daemon would record as a use of it (docs/budget.md)."""
     if config.retention.dry_run:
         return (Outcome(d, Status.WOULD_DELETE) for d in deletions)
-    return probe_each(deletions, str(place), in_use(config))
+    holders = in_use(config, open_files=False)
+    holders.before_open = before_open
+    return probe_each(deletions, str(place), holders)
 
 
-def blocked(config: Config, the_plan: Plan, place: Place) -> dict[bytes, str]:
+def blocked(
+    config: Config,
+    the_plan: Plan,
+    place: Place,
+    before_open: Callable[[bytes], None] | None = None,
+) -> dict[bytes, str]:
     """Files the plan would delete that a deletion would not delete right now, and why: in use
     (or of unknown holders), which ``list`` shows as the verdict instead of "delete"; or
     another skip or failure (``clean --dry-run``'s), which it adds to the reason."""
     return {
         o.decision.entry.path: o.detail
-        for o in checked(config, the_plan.deletions, place)
+        for o in checked(config, the_plan.deletions, place, before_open)
         if o.status is not Status.WOULD_DELETE and o.detail is not None
     }
 

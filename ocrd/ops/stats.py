@@ -118,6 +118,18 @@ class Census:
         self._going = None
 
 
+@dataclass
+class BudgetNumbers:
+    """The budget at its last look (docs/budget.md): the limits in bytes, the model files'
+    bytes, the free bytes of model_dir's filesystem, and by how much it is unmet, if it is."""
+
+    max_size: int | None = None
+    min_free: int | None = None
+    model_bytes: int = 0
+    free: int | None = None
+    short: int | None = None
+
+
 class Totals:
     """Counters since start, the last pass, the last rejected reload, the last full pass."""
 
@@ -138,9 +150,15 @@ class Totals:
         self.rejected_held = False
         self.census = Census()
         self.degraded: str | None = None  # why the watch is not the one asked for, or unproven
+        self.budget: BudgetNumbers | None = None  # with a [budget]: at its last look
         self.generation = 0  # changes whenever anything above does
 
     # -- what happened -------------------------------------------------------------------
+
+    def budget_seen(self, numbers: BudgetNumbers) -> None:
+        if numbers != self.budget:
+            self.budget = numbers
+            self.generation += 1
 
     def begin_pass(self, at: float) -> None:
         """A pass that plans deletions starts: it becomes "the last pass"."""

@@ -75,6 +75,7 @@ class Mirror:
         *,
         wake: Callable[[], None],
         tick: Callable[[], bool],
+        on_use: Callable[[bytes, float], None] | None = None,
     ) -> None:
         self.model_dir = model_dir  # as configured
         self.place = pin(model_dir)  # resolved once; a reload resolves anew
@@ -82,6 +83,7 @@ class Mirror:
         self.clock = clock
         self.wake = wake
         self.tick = tick
+        self.on_use = on_use  # the watch's word that a file was read (ocrd.watch.lastuse)
         self.arrivals = Arrivals(self.place.real)  # what was seen arriving, and when
         self.index = Index()
         self.directories: dict[bytes, int] = {}  # every directory under model_dir → its inode
@@ -164,7 +166,12 @@ class Mirror:
                 log.get().warning("watch_fallback", failed="inotify", observer="polling", why=why)
         for kind in LADDER[first:]:
             watcher = Watcher(
-                self.place, kind, self.wake, poll_interval=self.poll_interval(), tick=self.tick
+                self.place,
+                kind,
+                self.wake,
+                poll_interval=self.poll_interval(),
+                tick=self.tick,
+                on_use=self.on_use,
             )
             try:
                 watcher.start()

@@ -19,6 +19,7 @@ from watchdog.events import (
     DirMovedEvent,
     EventsLostEvent,
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileMovedEvent,
@@ -47,9 +48,13 @@ one filesystem), and ocrd's own full rescans (always works; costs a walk per int
 # the file is looked at again); leaving IN_MODIFY out of the kernel mask cuts handler calls ~5x
 # and makes queue overflow much rarer (docs/watch-facts.md). EventsLostEvent is how watchdog
 # says the kernel queue overflowed: only a full rescan is trustworthy then.
+# A reader letting go of a file (IN_CLOSE_NOWRITE) is that file's last use (docs/budget.md: the
+# close, not the open, so that a rescan's own directory opens raise half the events): it
+# changes nothing, so it is recorded, never marked.
 EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileClosedEvent,
+    FileClosedNoWriteEvent,
     FileDeletedEvent,
     FileMovedEvent,
     DirCreatedEvent,
@@ -57,6 +62,8 @@ EVENTS: list[type[FileSystemEvent]] = [
     DirMovedEvent,
     EventsLostEvent,
 ]
+NO_READS = [e for e in EVENTS if e is not FileClosedNoWriteEvent]
+
 # Filesystems whose changes inotify does not see when made by another host.
 REMOTE_FS = {
     "nfs",
@@ -108,6 +115,8 @@ class Watcher:
     """Owns one observer (or, as kind "rescan", the timer that stands in for one).
 
     ``on_change`` is called from the observer's thread after each mark, to wake the main loop;
+    ``on_use`` with each file another process closed after reading (its path relative to
+    model_dir, and the wall time), to record its last use;
     everything else happens in the main loop through ``take()``. The watch is on model_dir's
     resolved path; the disk is the truth (events are hints: each marked path is looked at again
     through model_dir's pinned fd, one filesystem, no symlink followed)."""
@@ -119,12 +128,15 @@ class Watcher:
         on_change: Callable[[], None],
         poll_interval: float = 2.0,
         tick: Callable[[], bool] | None = None,
+        *,
+        on_use: Callable[[bytes, float], None] | None = None,
     ) -> None:
         self.place = model_dir
         self.root = model_dir.real
         self.kind: Kind = kind
         self.poll_interval = poll_interval
         self._on_change = on_change
+        self._on_use = on_use
         self._tick = tick
         self._lock = threading.Lock()
         self._changes = Changes()
@@ -164,7 +176,12 @@ class Watcher:
         logging.getLogger("py.warnings").addFilter(self._log_hook)
         try:
             observer.schedule(
-                _Handler(self), os.fsdecode(self.root), recursive=True, event_filter=EVENTS
+                _Handler(self),
+                os.fsdecode(self.root),
+                recursive=True,
+                # Reads are asked of the kernel only when someone records them: each rescan's
+                # directory opens raise such events too (docs/budget.md, what it costs).
+                event_filter=EVENTS if self._on_use else NO_READS,
             )
             observer.start()
         except Stopped:
@@ -260,6 +277,14 @@ class Watcher:
 
     # -- marks ---------------------------------------------------------------------------
 
+    def used(self, path: bytes) -> None:
+        """Another process closed the file ``path`` after reading it (ocrd.watch.lastuse)."""
+        if self._on_use is None:
+            return
+        rel = os.path.relpath(path, self.root)
+        if not rel.startswith(b".."):
+            self._on_use(rel, time.time())
+
     def mark(self, path: bytes, is_dir: bool) -> None:
         if self._saw(path):
             return
@@ -330,6 +355,9 @@ class _Handler(FileSystemEventHandler):
         try:
             if isinstance(event, EventsLostEvent):
                 return  # on_events_lost
+            if isinstance(event, FileClosedNoWriteEvent):
+                self.watcher.used(os.fsencode(event.src_path))
+                return
             for path in (event.src_path, event.dest_path):
                 if path:
                     self.watcher.mark(os.fsencode(path), event.is_directory)
