@@ -173,6 +173,8 @@ def test_a_rule_that_says_nothing_is_never_foreseen() -> None:
 
 # --- properties over generated inventories ---------------------------------------------------
 
+# An interrupted deletion's private name in the format ocrd makes (ocrd.fs.private).
+LEFTOVER = b".ocrd-deleting-0123456789ab-42-01234567-89abcdef"
 # Names that fall into families (digits ignored), carry the prefix, the whitelist's suffix or
 # an interrupted deletion's private name.
 _names = st.sampled_from(
@@ -187,6 +189,7 @@ _names = st.sampled_from(
         b"sub/m-1.bin",
         b".ocrd-deleting-1-2",
         b"sub/.ocrd-deleting-3-4",
+        LEFTOVER,
     ]
 )
 _offset = st.floats(min_value=-2 * DAY, max_value=60 * DAY, allow_nan=False)
@@ -297,6 +300,14 @@ def rule_sets(draw: st.DrawFn) -> Rules:
     NOW - DAY,
     False,
     [],
+    0.0,
+)
+@example(  # refused by age, the only model file, until the interrupted rule names it
+    [FileEntry(LEFTOVER, 0, NOW - 2 * DAY, NOW - 2 * DAY, NOW, 2049, 0, False)],
+    Rules((InterruptedRule(started=NOW - DAY), MaxAgeRule(60.0, "atime", "timestamp"))),
+    NOW,
+    False,
+    [60.0],
     0.0,
 )
 def test_a_pass_deletes_a_file_from_its_due_at_on_and_never_before(  # noqa: PLR0917

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import NamedTuple
 
 from ocrd.fs.inventory import FileEntry, Inventory
@@ -24,11 +25,14 @@ class Due(NamedTuple):
     due at the time asked about, ``at`` is when it became due as far as its timestamps tell,
     never before its arrival. ``back``: the spans (from, until; until may be inf), after
     ``at``, within which a pass keeps it again: it settles once more when the clock reaches
-    its future mtime, or the last-version floor keeps it once the other versions are due."""
+    its future mtime, or the last-version floor keeps it once the other versions are due.
+    ``by``: each rule that selects it, in the planner's order, with the time from which it
+    does: the first that selects it at a time decides then (decider)."""
 
     at: float
     rule: str
     back: tuple[tuple[float, float], ...] = ()
+    by: tuple[tuple[float, str], ...] = ()
 
 
 def coming_due(
@@ -78,13 +82,18 @@ def coming_due(
         back: tuple[tuple[float, float], ...] = ()
         if settle > 0 and f.mtime > when:
             back = ((f.mtime, first_after(max(f.mtime, f.ctime), settle, strictly=False)),)
-        for t, name in times:  # the first rule in order that selects it then decides
-            if t <= when:
-                dues.append(Due(at, name, back))
-                break
+        by_rule = tuple(times)
+        name = _decider(by_rule, when)
+        if name is not None:
+            dues.append(Due(at, name, back, by_rule))
     if rules.floor is not None:
         _spare_last_versions(dues, files, present.ranked(rules.floor), now)
     return dues
+
+
+def _decider(by: Sequence[tuple[float, str]], t: float) -> str | None:
+    """The rule that decides at ``t``: the first in order that selects the file then."""
+    return next((name for at, name in by if at <= t), None)
 
 
 def _settled_from(f: FileEntry, lo: float, settle: float) -> float:
@@ -158,7 +167,11 @@ def _spare_last_versions(
                 if x < y
             )
             first = spans[0][0]
-            dues[i] = Due(due.at if first == start else first, due.rule, back)
+            if first == start:
+                dues[i] = due._replace(back=back)
+            else:
+                rule = _decider(due.by, first) or due.rule
+                dues[i] = due._replace(at=first, rule=rule, back=back)
 
 
 def _leaving(due: Due | None, t: float) -> bool:
@@ -281,14 +294,19 @@ class LastToGo:
             return due.at
         start = max(due.at, self.now)
         windows = _deleting(due, self.now)  # when the rules and the floor delete it
-        first: float | None = None
+        # Nothing refuses it while a rule that names it decides (one that comes to select it
+        # later, before the others in order), nor while a model file that counts stays.
+        cuts = [*sorted({start} | {at for at, _ in due.by if at > start}), math.inf]
+        allowed = [(a, b) for a, b in pairwise(cuts) if _decider(due.by, a) in self.named]
         for group in {_ANYONE, f.uid if f.uid not in self.trust.owners else _ANYONE}:
-            staying = [(self.now, self._until.get(group, -math.inf)), *self._pending.get(group, ())]
-            for since, until in staying:
-                for begin, end in windows:
-                    t = max(since, begin)
-                    if t < min(until, end) and (first is None or t < first):
-                        first = t
+            allowed.append((self.now, self._until.get(group, -math.inf)))
+            allowed.extend(self._pending.get(group, ()))
+        first: float | None = None
+        for since, until in allowed:
+            for begin, end in windows:
+                t = max(since, begin)
+                if t < min(until, end) and (first is None or t < first):
+                    first = t
         return None if first is None else due.at if first == start else first
 
 
