@@ -27,7 +27,8 @@ class Due(NamedTuple):
     ``at``, within which a pass keeps it again: it settles once more when the clock reaches
     its future mtime, or the last-version floor keeps it once the other versions are due.
     ``by``: each rule that selects it, in the planner's order, with the time from which it
-    does: the first that selects it at a time decides then (decider)."""
+    does: the first that selects it at a time decides then (_decider); empty if one rule
+    alone selects it."""
 
     at: float
     rule: str
@@ -82,10 +83,10 @@ def coming_due(
         back: tuple[tuple[float, float], ...] = ()
         if settle > 0 and f.mtime > when:
             back = ((f.mtime, first_after(max(f.mtime, f.ctime), settle, strictly=False)),)
-        by_rule = tuple(times)
-        name = _decider(by_rule, when)
-        if name is not None:
-            dues.append(Due(at, name, back, by_rule))
+        for t, name in times:  # the first rule in order that selects it then decides
+            if t <= when:
+                dues.append(Due(at, name, back, tuple(times) if len(times) > 1 else ()))
+                break
     if rules.floor is not None:
         _spare_last_versions(dues, files, present.ranked(rules.floor), now)
     return dues
@@ -266,18 +267,15 @@ class LastToGo:
             return  # no model file
         group = _ANYONE if f.uid in self.trust.owners else f.uid
         start = self.trust.trusted_from(f)
-        stays = [(self.now, math.inf)] if due is None else [(self.now, max(due.at, self.now))]
-        if due is not None:
-            stays.extend(due.back)  # kept again a while: it counts then too
-        for begin, until in stays:
-            since = max(begin, start)
-            if since >= until:
-                continue
-            if since <= self.now:
-                if until > self._until.get(group, -math.inf):
-                    self._until[group] = until
-            else:
-                self._pending.setdefault(group, []).append((since, until))
+        until = math.inf if due is None else max(due.at, self.now)
+        if start <= self.now:
+            if until > self._until.get(group, -math.inf):
+                self._until[group] = until
+        elif start < until:
+            self._pending.setdefault(group, []).append((start, until))
+        for begin, end in () if due is None else due.back:  # kept again a while: counts then
+            if (since := max(begin, start)) < end:
+                self._pending.setdefault(group, []).append((since, end))
         if due is None:
             self.never = True
             return
@@ -293,20 +291,29 @@ class LastToGo:
         if due.rule in self.named:
             return due.at
         start = max(due.at, self.now)
-        windows = _deleting(due, self.now)  # when the rules and the floor delete it
-        # Nothing refuses it while a rule that names it decides (one that comes to select it
-        # later, before the others in order), nor while a model file that counts stays.
-        cuts = [*sorted({start} | {at for at, _ in due.by if at > start}), math.inf]
-        allowed = [(a, b) for a, b in pairwise(cuts) if _decider(due.by, a) in self.named]
-        for group in {_ANYONE, f.uid if f.uid not in self.trust.owners else _ANYONE}:
-            allowed.append((self.now, self._until.get(group, -math.inf)))
-            allowed.extend(self._pending.get(group, ()))
+        groups = {_ANYONE, f.uid if f.uid not in self.trust.owners else _ANYONE}
+        if any(self._until.get(group, -math.inf) > start for group in groups):
+            return due.at  # a file that counts stays beyond it: the common case
+        # When the rules and the floor delete it; nothing refuses it while a rule that names
+        # it decides (one that comes to select it later, before the others in order), nor
+        # while a model file that counts stays.
+        windows = _deleting(due, self.now) if due.back else [(start, math.inf)]
+        named: list[tuple[float, float]] = []
+        if len(due.by) > 1:
+            cuts = [*sorted({start} | {at for at, _ in due.by if at > start}), math.inf]
+            named = [(a, b) for a, b in pairwise(cuts) if _decider(due.by, a) in self.named]
         first: float | None = None
-        for since, until in allowed:
+        for spans in (named, *(self._pending.get(group, ()) for group in groups)):
+            for since, until in spans:
+                for begin, end in windows:
+                    t = max(since, begin)
+                    if t < min(until, end) and (first is None or t < first):
+                        first = t
+        for group in groups:  # a file that counts stays from now on, a while
+            until = self._until.get(group, -math.inf)
             for begin, end in windows:
-                t = max(since, begin)
-                if t < min(until, end) and (first is None or t < first):
-                    first = t
+                if begin < min(until, end) and (first is None or begin < first):
+                    first = begin
         return None if first is None else due.at if first == start else first
 
 
