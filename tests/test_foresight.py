@@ -173,6 +173,8 @@ def test_a_rule_that_says_nothing_is_never_foreseen() -> None:
 
 # --- properties over generated inventories ---------------------------------------------------
 
+# An interrupted deletion's private name in the format ocrd makes (ocrd.fs.private).
+LEFTOVER = b".ocrd-deleting-0123456789ab-42-01234567-89abcdef"
 # Names that fall into families (digits ignored), carry the prefix, the whitelist's suffix or
 # an interrupted deletion's private name.
 _names = st.sampled_from(
@@ -187,6 +189,7 @@ _names = st.sampled_from(
         b"sub/m-1.bin",
         b".ocrd-deleting-1-2",
         b"sub/.ocrd-deleting-3-4",
+        LEFTOVER,
     ]
 )
 _offset = st.floats(min_value=-2 * DAY, max_value=60 * DAY, allow_nan=False)
@@ -262,6 +265,49 @@ def rule_sets(draw: st.DrawFn) -> Rules:
     NOW,
     True,
     [],
+    0.0,
+)
+@example(  # m-2 due, then settling again from its mtime: a trusted version that stays, so the
+    # floor lets m-3 go at its own due time
+    [
+        *(
+            FileEntry(p, 0, NOW, NOW, NOW, 2049, i, True)
+            for i, p in enumerate([b"m-1.bin", b"old_m-4.bin", b"old_x", b"x.keep"])
+        ),
+        FileEntry(b"m-3.bin", 0, NOW - 1, NOW, NOW - 1, 2049, 4, False),
+        FileEntry(b"m-2.bin", 0, NOW, NOW - 61, NOW - 3601, 2049, 5, False),
+        FileEntry(b"a.bin", 0, NOW, NOW, NOW, 2049, 6, True),
+        FileEntry(b"sub/m-1.bin", 0, NOW, NOW, NOW, 2049, 7, True),
+    ],
+    Rules((MaxAgeRule(60.0, "atime", "arrival"),), (), 3600.0, Families(None, "arrival")),
+    NOW - DAY,
+    False,
+    [],
+    0.0,
+)
+@example(  # the refusal lets sub/m-1.bin go once a.bin counts: when it settles again
+    [
+        *(
+            FileEntry(p, 0, NOW, NOW, NOW, 2049, i, True)
+            for i, p in enumerate(
+                [b"m-1.bin", b"m-2.bin", b"m-3.bin", b"old_m-4.bin", b"old_x", b"x.keep"]
+            )
+        ),
+        FileEntry(b"a.bin", 0, NOW, NOW, NOW - 1, 2049, 6, False),
+        FileEntry(b"sub/m-1.bin", 0, NOW, NOW - 61, NOW - 61, 2049, 7, False),
+    ],
+    Rules((MaxAgeRule(60.0, "atime", "arrival"),), settle=5.0),
+    NOW - DAY,
+    False,
+    [],
+    0.0,
+)
+@example(  # refused by age, the only model file, until the interrupted rule names it
+    [FileEntry(LEFTOVER, 0, NOW - 2 * DAY, NOW - 2 * DAY, NOW, 2049, 0, False)],
+    Rules((InterruptedRule(started=NOW - DAY), MaxAgeRule(60.0, "atime", "timestamp"))),
+    NOW,
+    False,
+    [60.0],
     0.0,
 )
 def test_a_pass_deletes_a_file_from_its_due_at_on_and_never_before(  # noqa: PLR0917

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import NamedTuple
 
 from ocrd.fs.inventory import FileEntry, Inventory
@@ -22,10 +23,17 @@ from ocrd.rules.trust import Trust
 class Due(NamedTuple):
     """When a pass over today's files would first delete one, and by which rule. For a file
     due at the time asked about, ``at`` is when it became due as far as its timestamps tell,
-    never before its arrival."""
+    never before its arrival. ``back``: the spans (from, until; until may be inf), after
+    ``at``, within which a pass keeps it again: it settles once more when the clock reaches
+    its future mtime, or the last-version floor keeps it once the other versions are due.
+    ``by``: each rule that selects it, in the planner's order, with the time from which it
+    does: the first that selects it at a time decides then (_decider); empty if one rule
+    alone selects it."""
 
     at: float
     rule: str
+    back: tuple[tuple[float, float], ...] = ()
+    by: tuple[tuple[float, str], ...] = ()
 
 
 def coming_due(
@@ -70,13 +78,22 @@ def coming_due(
             at = _settled_from(f, max(start, now), settle)
         at = max(at, rules.hold_of(f))  # a held file comes due when its hold ends
         when = max(at, now)
+        # Not settling from ``when`` until its future mtime comes, then settling once more.
+        back: tuple[tuple[float, float], ...] = ()
+        if settle > 0 and f.mtime > when:
+            back = ((f.mtime, first_after(max(f.mtime, f.ctime), settle, strictly=False)),)
         for t, name in times:  # the first rule in order that selects it then decides
             if t <= when:
-                dues.append(Due(at, name))
+                dues.append(Due(at, name, back, tuple(times) if len(times) > 1 else ()))
                 break
     if rules.floor is not None:
         _spare_last_versions(dues, files, present.ranked(rules.floor), now)
     return dues
+
+
+def _decider(by: Sequence[tuple[float, str]], t: float) -> str | None:
+    """The rule that decides at ``t``: the first in order that selects the file then."""
+    return next((name for at, name in by if at <= t), None)
 
 
 def _settled_from(f: FileEntry, lo: float, settle: float) -> float:
@@ -99,10 +116,11 @@ def _spare_last_versions(
 ) -> None:
     """The last-version floor foreseen: a version due at D is first deleted at the first
     time from D on at which the floor (_keep_last_versions) would not keep it, judged at
-    every time anything changes: another version comes due (leaves the staying ones) or
-    comes to count (ocrd.rules.trust). None if the floor keeps it for good. A family of more than
-    FORESEEN_FAMILY versions is left as the rules alone would have it (a cost of versions
-    squared)."""
+    every time anything changes: another version comes due (leaves the staying ones), settles
+    once more (stays again) or comes to count (ocrd.rules.trust). None if the floor keeps it
+    for good; the spans after that in which the floor keeps it again go to Due.back. A family
+    of more than FORESEEN_FAMILY versions is left as the rules alone would have it (a cost of
+    versions squared)."""
     trust = ranked.trust
     families: dict[str, list[int]] = {}
     for i, f in enumerate(files):
@@ -114,21 +132,67 @@ def _spare_last_versions(
             continue
         members.sort(key=lambda i: ranked.position(files[i]))  # newest first
         before = {i: dues[i] for i in members}
-        times = sorted(
-            {max(d.at, now) for d in before.values() if d is not None}
-            | {at for i in members if (at := trust.trusted_from(files[i])) > now}
-        )
+        changes: set[float] = set()
+        for i in members:
+            if (d := before[i]) is not None:
+                changes.add(max(d.at, now))
+                changes.update(x for span in d.back for x in span if now < x < math.inf)
+            if (at := trust.trusted_from(files[i])) > now:
+                changes.add(at)
+        times = sorted(changes)
         kept_at = [_floor_keeps(members, files, before, trust, t) for t in times]
         for i in members:
             due = before[i]
             if due is None:
                 continue
             start = max(due.at, now)
-            first = next(
-                (t for t, kept in zip(times, kept_at, strict=True) if t >= start and i not in kept),
-                None,
+            # The spans [times[k], times[k + 1]) from ``start`` on in which a pass deletes it.
+            spans: list[tuple[float, float]] = []
+            for k, t in enumerate(times):
+                if t < start or i in kept_at[k] or not _leaving(due, t):
+                    continue
+                end = times[k + 1] if k + 1 < len(times) else math.inf
+                if spans and spans[-1][1] == t:
+                    spans[-1] = (spans[-1][0], end)
+                else:
+                    spans.append((t, end))
+            if not spans:
+                dues[i] = None
+                continue
+            back = tuple(
+                (x, y)
+                for x, y in zip(
+                    [end for _, end in spans], [s for s, _ in spans[1:]] + [math.inf], strict=True
+                )
+                if x < y
             )
-            dues[i] = None if first is None else due if first == start else Due(first, due.rule)
+            first = spans[0][0]
+            if first == start:
+                dues[i] = due._replace(back=back)
+            else:
+                rule = _decider(due.by, first) or due.rule
+                dues[i] = due._replace(at=first, rule=rule, back=back)
+
+
+def _leaving(due: Due | None, t: float) -> bool:
+    """Whether the rules (and settling) delete a file so due at ``t``, floors aside."""
+    return due is not None and due.at <= t and not any(a <= t < b for a, b in due.back)
+
+
+def _deleting(due: Due, now: float) -> list[tuple[float, float]]:
+    """The spans (from, until) from ``now`` on in which a pass deletes a file so due, floors
+    (and for the refusal, the refusal) aside: from its due time on, but for Due.back."""
+    spans: list[tuple[float, float]] = []
+    at = max(due.at, now)
+    for a, b in sorted(due.back):
+        if b <= at:
+            continue
+        if a > at:
+            spans.append((at, a))
+        at = b
+    if at < math.inf:
+        spans.append((at, math.inf))
+    return spans
 
 
 def _floor_keeps(
@@ -140,7 +204,7 @@ def _floor_keeps(
 ) -> set[int]:
     """The versions (of ``members``, newest first) the floor keeps at ``t`` when the rules
     delete those due by then: as _keep_last_versions judges a plan."""
-    going = [i for i in members if (d := dues[i]) is not None and d.at <= t]
+    going = [i for i in members if _leaving(dues[i], t)]
     if not going:
         return set()
     gone = set(going)
@@ -178,7 +242,8 @@ class LastToGo:
     not due by then, trusted by then, of a trusted owner or of the deleted file's owner; if
     there is no such time, never. Fed one file at a time (add), so that a pass that holds no
     list of its files (the daemon's) can foresee it too: per owner it keeps one time, and a
-    pair of times only for the files that do not count yet (settling, dated ahead: few).
+    pair of times only for the files that do not count yet (settling, dated ahead) or that
+    stay again after their due time (Due.back): few.
 
     ``at``, ``never`` and ``refused_bytes`` (for the metrics, ocrd.ops.stats) tell the refusal
     as one owner sees it: once every model file is due, the last to come due by age or rank
@@ -193,20 +258,23 @@ class LastToGo:
     # per class (_ANYONE, or another owner's uid): the latest time until which a file that
     # counts already stays (inf: it never comes due)
     _until: dict[int, float] = field(default_factory=dict)
-    # per class: (from, until) of the files that stay and come to count only later
+    # per class: (from, until) of the files that stay and count only later (or again)
     _pending: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
 
     def add(self, f: FileEntry, due: Due | None) -> None:
         if f.is_link:
             return  # no model file
-        until = math.inf if due is None else max(due.at, self.now)
         group = _ANYONE if f.uid in self.trust.owners else f.uid
         start = self.trust.trusted_from(f)
+        until = math.inf if due is None else max(due.at, self.now)
         if start <= self.now:
             if until > self._until.get(group, -math.inf):
                 self._until[group] = until
         elif start < until:
             self._pending.setdefault(group, []).append((start, until))
+        for begin, end in () if due is None else due.back:  # kept again a while: counts then
+            if (since := max(begin, start)) < end:
+                self._pending.setdefault(group, []).append((since, end))
         if due is None:
             self.never = True
             return
@@ -222,14 +290,29 @@ class LastToGo:
         if due.rule in self.named:
             return due.at
         start = max(due.at, self.now)
+        groups = {_ANYONE, f.uid if f.uid not in self.trust.owners else _ANYONE}
+        if any(self._until.get(group, -math.inf) > start for group in groups):
+            return due.at  # a file that counts stays beyond it: the common case
+        # When the rules and the floor delete it; nothing refuses it while a rule that names
+        # it decides (one that comes to select it later, before the others in order), nor
+        # while a model file that counts stays.
+        windows = _deleting(due, self.now) if due.back else [(start, math.inf)]
+        named: list[tuple[float, float]] = []
+        if len(due.by) > 1:
+            cuts = [*sorted({start} | {at for at, _ in due.by if at > start}), math.inf]
+            named = [(a, b) for a, b in pairwise(cuts) if _decider(due.by, a) in self.named]
         first: float | None = None
-        for group in {_ANYONE, f.uid if f.uid not in self.trust.owners else _ANYONE}:
-            if self._until.get(group, -math.inf) > start:
-                return due.at
-            for since, until in self._pending.get(group, ()):
-                t = max(since, start)
-                if t < until and (first is None or t < first):
-                    first = t
+        for spans in (named, *(self._pending.get(group, ()) for group in groups)):
+            for since, until in spans:
+                for begin, end in windows:
+                    t = max(since, begin)
+                    if t < min(until, end) and (first is None or t < first):
+                        first = t
+        for group in groups:  # a file that counts stays from now on, a while
+            until = self._until.get(group, -math.inf)
+            for begin, end in windows:
+                if begin < min(until, end) and (first is None or begin < first):
+                    first = begin
         return None if first is None else due.at if first == start else first
 
 
