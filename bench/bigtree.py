@@ -503,6 +503,7 @@ def main() -> int:
     parser.add_argument("--families", default="off,on")
     parser.add_argument("--no-list", action="store_true", help="skip ocrd list --json")
     parser.add_argument("--no-stop", action="store_true", help="skip SIGTERM mid start-up")
+    parser.add_argument("--only-list", action="store_true", help="ocrd list --json alone")
     parser.add_argument("--out", type=Path, default=Path("bench/RESULTS-bigtree.md"))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -517,7 +518,7 @@ def main() -> int:
     fams = [f == "on" for f in args.families.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="ocrd-bigtree-base-"))
     try:
-        for fam in fams:
+        for fam in fams if not args.only_list else []:
             res.baseline[fam] = baseline(scratch, fam, timeout)
     finally:
         shutil.rmtree(scratch)
@@ -529,8 +530,9 @@ def main() -> int:
             res.built[layout] = took
             print(f"{layout}: {n} files built in {took:.1f} s", flush=True)
             for fam in fams:
-                run_daemon(res, fs.path, layout, fam, rescan_s, timeout)
-                if not args.no_stop:
+                if not args.only_list:
+                    run_daemon(res, fs.path, layout, fam, rescan_s, timeout)
+                if not (args.no_stop or args.only_list):
                     stop_mid_startup(res, fs.path, layout, fam, timeout)
                 if not args.no_list:
                     run_list(res, fs.path, layout, fam, timeout)
