@@ -1,18 +1,15 @@
-"""Engine cycles: what each retention scenario costs the AsposeAI engine under ``ocrd run``.
+"""§6, engine cycles: what each retention scenario costs the AsposeAI engine under ``ocrd run``.
 
 Each scenario runs twice in the same invocation, against the real engine: with the shipped
 coalescing (engine.batch = "2s", engine.restart_after = "10s") and with both set to "0s", which
-frees and restarts the engine for every deletion pass as ocrd did before (the baseline; the
-pre-check that keeps files that cannot go from costing a cycle applies to both). Printed per
-scenario: engine cycles (engine_freed for deletions), total engine downtime, ocrd's CPU, and the
-latency from a file's creation to its model_deleted line (p50/p99).
-
-    python -m bench.engine_cycles [--scenarios trickle,burst,held,immutable]
+frees and restarts the engine for every deletion pass (the baseline; the pre-check that keeps
+files that cannot go from costing a cycle applies to both). Per scenario: engine cycles
+(engine_freed for deletions), total engine downtime, ocrd's CPU, and the latency from a file's
+creation to its model_deleted line (p50/p99). The mode names the scenarios.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -26,7 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Event, OcrdProcess
+from bench.modes import Mode
+from bench.report import Results, Row
+from bench.workspace import Workspace
+from tests.harness import Event, NotReady, OcrdProcess
 
 SHIPPED = ("2s", "10s")
 WINDOW_S = 10.0  # held/immutable: CPU is measured over this long, reloads included
@@ -147,37 +147,35 @@ def scenario(name: str, batch: str, restart_after: str) -> dict[str, float]:
     }
 
 
-def _secs(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.2f}s"  # NaN: no file was deleted
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.engine_cycles")
-    parser.add_argument("--scenarios", default="trickle,burst,held,immutable")
-    args = parser.parse_args()
-    print(
-        f"{'scenario':<10} {'config':<28} {'cycles':>6} {'downtime':>9} {'CPU':>6} "
-        f"{'p50':>7} {'p99':>7}"
-    )
-    for name in args.scenarios.split(","):
+def section_cycles(mode: Mode, ws: Workspace, res: Results) -> None:
+    del ws  # each scenario makes its own temporary directory
+    for name in mode.cycle_scenarios:
+        label = f"engine cycles: {name}"
         if name == "immutable" and shutil.which("chattr") is None:
-            print(f"{name:<10} skipped: no chattr")
+            res.add(Row("6", label, "ocrd run", "cycles", None, note="no chattr"))
             continue
-        rows = {}
-        for label, (batch, restart) in (
-            (f"batch {SHIPPED[0]}, restart {SHIPPED[1]}", SHIPPED),
-            ("baseline: cycle per pass", BASELINE),
+        for tool, (batch, restart) in (
+            (f"ocrd run, batch {SHIPPED[0]}, restart {SHIPPED[1]}", SHIPPED),
+            ("ocrd run, baseline: a cycle per pass", BASELINE),
         ):
-            r = rows[label] = scenario(name, batch, restart)
-            print(
-                f"{name:<10} {label:<28} {r['cycles']:>6.0f} {r['downtime_s']:>8.1f}s "
-                f"{r['cpu_pct']:>5.1f}% {_secs(r['p50_s']):>7} {_secs(r['p99_s']):>7}",
-                flush=True,
+            try:
+                r = scenario(name, batch, restart)
+            except NotReady as exc:
+                res.add(Row("6", label, tool, "cycles", None, note=f"ocrd run not ready: {exc}"))
+                continue
+            res.add(
+                Row(
+                    "6",
+                    label,
+                    tool,
+                    "cycles",
+                    r["cycles"],
+                    n=1,
+                    note=f"downtime {r['downtime_s']:.1f} s, CPU {r['cpu_pct']:.1f} %, "
+                    f"create → model_deleted p50 {_secs(r['p50_s'])}, p99 {_secs(r['p99_s'])}",
+                )
             )
-        shipped, base = rows.values()
-        if base["cycles"]:
-            print(f"{'':<10} cycles: {shipped['cycles'] / base['cycles']:.2f}x the baseline")
 
 
-if __name__ == "__main__":
-    main()
+def _secs(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f} s"  # NaN: no file was deleted

@@ -1,24 +1,23 @@
-"""What the in-use checks cost, with P extra processes each holding the file: the kernel's answer
-(one write lease attempt, ocrd.apply's first check) and the /proc fallback's view
-(ocrd.holders.take), against `lsof -t` and `fuser` on one file as the peers.
-
-    python -m bench.holders [--procs 0,500,2000]
+"""§9: what the in-use checks cost, with P extra processes each holding the file: the
+kernel's answer (one write lease attempt, ocrd.ops.inuse's first check) and the /proc fallback's
+view (ocrd.fs.holders.take), against `lsof -t` and `fuser` on one file as the peers.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from ocrd.holders import Answer, file_id, take
+from bench.modes import Mode
+from bench.report import Results, Row
+from bench.workspace import Workspace
+from ocrd.fs.holders import Answer, file_id, take
 
 
 def _time(fn: object, repeat: int = 5) -> list[float]:
@@ -94,24 +93,23 @@ def measure(extra: int, workdir: Path) -> dict[str, float]:
                 p.stdin.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--procs", default="0,500,2000")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ocrd-holders-") as tmp:
-        print(
-            f"{'extra procs':>11} {'total':>6} {'lease 1 file':>13} {'/proc view':>11} "
-            f"{'fuser 1 file':>13} {'lsof 1 file':>12}"
-        )
-        for n in (int(x) for x in args.procs.split(",")):
-            r = measure(n, Path(tmp))
-            print(
-                f"{n:>11} {int(r['processes']):>6} {r['lease_us']:>10.1f} us "
-                f"{r['ocrd_ms']:>8.1f} ms "
-                f"{r.get('fuser_ms', float('nan')):>10.1f} ms "
-                f"{r.get('lsof_ms', float('nan')):>9.1f} ms"
+def section_holders(mode: Mode, ws: Workspace, res: Results) -> None:
+    scratch = ws.fresh("holders")
+    try:
+        for n in mode.holder_procs:
+            r = measure(n, scratch)
+            label = f"holders of 1 file, {n} extra processes ({int(r['processes'])} in all)"
+            res.add(
+                Row("9", label, "ocrd: one write lease attempt", "s", r["lease_us"] / 1e6, n=101)
             )
-
-
-if __name__ == "__main__":
-    main()
+            res.add(
+                Row("9", label, "ocrd: /proc view (holders.take)", "s", r["ocrd_ms"] / 1e3, n=5)
+            )
+            for tool, key in (("fuser", "fuser_ms"), ("lsof -t", "lsof_ms")):
+                value = r[key] / 1e3 if key in r else None
+                note = "" if key in r else f"{tool.split()[0]} not installed"
+                res.add(
+                    Row("9", label, tool, "s", value, n=3 if key in r else 0, peer=True, note=note)
+                )
+    finally:
+        ws.remove(scratch)

@@ -26,6 +26,14 @@ class Mode:
     # Also a pass over this many directories under ulimit -n 256, this many times (mkdir is
     # slow here: 10k directories take ~10 s to make).
     fd_dirs: tuple[tuple[int, int], ...]
+    cycle_scenarios: tuple[str, ...]  # §6: engine-cycle scenarios (bench/engine_cycles.py)
+    churn_s: float  # §7: how long files are created and removed under ocrd run
+    churn_rate: float  # files/s
+    churn_life_s: float  # each file is removed this long after it was made
+    churn_sample_s: float  # RSS and CPU are sampled this often
+    churn_warmup_s: float  # samples before this are not compared
+    storm_files: int  # §8: files with 255-byte control-byte names
+    holder_procs: tuple[int, ...]  # §9: extra processes holding the file
 
 
 QUICK = Mode(
@@ -46,6 +54,14 @@ QUICK = Mode(
     pause_s=0.2,
     tmpfs_dir=None,
     fd_dirs=((10_000, 1),),
+    cycle_scenarios=("trickle",),
+    churn_s=20.0,
+    churn_rate=200.0,
+    churn_life_s=3.0,
+    churn_sample_s=2.0,
+    churn_warmup_s=6.0,
+    storm_files=1_000,
+    holder_procs=(0, 100),
 )
 FULL = Mode(
     name="full",
@@ -65,4 +81,12 @@ FULL = Mode(
     pause_s=1.0,
     tmpfs_dir="/dev/shm",
     fd_dirs=((10_000, 5), (100_000, 1)),
+    cycle_scenarios=("trickle", "burst", "held", "immutable"),
+    churn_s=600.0,
+    churn_rate=2000.0,
+    churn_life_s=7.0,
+    churn_sample_s=10.0,
+    churn_warmup_s=60.0,
+    storm_files=20_000,
+    holder_procs=(0, 500, 2000),
 )

@@ -6,7 +6,7 @@ On the standard tree (bench/tree.py) with the §2 rules (age 30d or prefix old_)
 2. the phases in-process, one after the other: scan(), plan(), apply() (with its in-use check);
 3. the floor for Python: an ``os.scandir`` walk that stats each entry and unlinks what is due
    with ``dir_fd=``, nothing else;
-4. cProfile of ``ocrd.cli.main(["clean", …])`` in-process, top functions by own time.
+4. cProfile of ``ocrd.cli.main.main(["clean", …])`` in-process, top functions by own time.
 
 Each step gets its own freshly generated tree, as in bench.run.
 """
@@ -72,11 +72,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    from ocrd import cli
-    from ocrd.apply import apply
-    from ocrd.config import load
-    from ocrd.retention import Rules, plan
-    from ocrd.walker import scan
+    from ocrd.cli import main as cli
+    from ocrd.config.load import load
+    from ocrd.fs.scan import scan
+    from ocrd.ops.delete import apply
+    from ocrd.rules.retention import Rules, plan
 
     ws = Workspace(None)
     try:

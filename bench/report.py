@@ -20,7 +20,7 @@ from bench.modes import Mode
 from bench.peers import MAX_AGE
 from bench.sections.live import DEFAULT_RESCAN
 from bench.tree import PREFIX
-from ocrd.fanout import FanOut
+from ocrd.ops.fanout import FanOut
 from tests.harness import ocrd_argv
 
 FAN_OUT: FanOut[object, object] = FanOut()  # ocrd's defaults, as the report states them
@@ -31,7 +31,7 @@ class Row:
     section: str
     measure: str
     tool: str
-    unit: str  # "s", "%", "MiB", "B/file", "files", "files/s"
+    unit: str  # "s", "%", "MiB", "MiB/s", "B/file", "files", "files/s", "cycles"
     value: float | None  # None: not measured (see note)
     lo: float | None = None
     hi: float | None = None
@@ -99,6 +99,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} MiB"
     if unit == "B/file":
         return f"{value:.0f} B/file"
+    if unit == "MiB/s":
+        return f"{value:.2f} MiB/s"
     if unit == "files/s":
         return f"{value:,.0f} files/s"
     return f"{value:,.0f}"
@@ -217,11 +219,11 @@ def code_state() -> tuple[str, list[str]]:
 
 
 def code_digest() -> str:
-    """A digest of ocrd/*.py as they are on disk: tells whether the code changed mid-run."""
+    """A digest of ocrd/**/*.py as they are on disk: tells whether the code changed mid-run."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((Path(__file__).resolve().parent.parent / "ocrd").glob("*.py")):
+    for path in sorted((Path(__file__).resolve().parent.parent / "ocrd").rglob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -265,6 +267,24 @@ def evaluate(res: Results) -> None:
     left = next((r for r in rows if r.tool == "ocrd run: files left after drain"), None)
     res.targets.append(
         _target("burst: 0 files left after drain", left.hi if left else None, 0, "files")
+    )
+    growth = res.find("7", "ocrd run RSS growth")
+    res.targets.append(
+        _target(
+            "churn: RSS growth after warm-up ≤ 10 MiB",
+            abs(growth.value) if growth and growth.value is not None else None,
+            10,
+            "MiB",
+        )
+    )
+    storm = res.find("8", "ocrd run: deletions accounted for")
+    res.targets.append(
+        _target(
+            "name storm: every deletion accounted for",
+            None if storm is None or storm.value is None else res.mode.storm_files - storm.value,
+            0,
+            "files",
+        )
     )
 
 
@@ -334,6 +354,22 @@ def report(
         "files (all kept and indexed); NOTIFY_SOCKET is ours, READY=1 ends the start. "
         "RSS is measured with the engine disabled (no AsposeAI instance), so it is ocrd's "
         "own index and runtime.",
+        "- §6: `ocrd run` with the real AsposeAI engine, scenarios "
+        f"{', '.join(mode.cycle_scenarios)} (`bench/engine_cycles.py`): trickle = 20 `old_` "
+        "files one every 0.3 s, settle 1 s; "
+        "burst = 1000 renamed in; held / immutable = one `old_` file held open or `chattr +i`, "
+        "three reloads. Each with the shipped engine.batch and engine.restart_after and with "
+        "both 0 s (a cycle per pass).",
+        f"- §7: `ocrd run` (max_age 30d, engine off) while a writer makes {mode.churn_rate:.0f} "
+        f"kept files/s in 10 directories and removes each {mode.churn_life_s:.0f} s later, for "
+        f"{mode.churn_s:.0f} s; VmRSS and CPU sampled every {mode.churn_sample_s:.0f} s, the "
+        f"first {mode.churn_warmup_s:.0f} s not compared.",
+        f"- §8: `ocrd run` (prefix old_, settle 0 s) while {mode.storm_files} `old_` files with "
+        "255-byte names of control bytes are created as fast as possible; the bytes it wrote "
+        "to stdout until every deletion was in a line or a log_summary count.",
+        f"- §9: one file held by {', '.join(map(str, mode.holder_procs))} extra `sleep` "
+        "processes; ocrd's write lease attempt (101 runs) and its /proc view (5 runs) in this "
+        "process, `fuser FILE` and `lsof -t FILE` (3 runs each) as the peers.",
         "",
         "## Results",
         "",

@@ -3,10 +3,10 @@
 import sys
 
 if sys.argv[1:2] == ["run"]:
-    from ocrd import signals
+    from ocrd.daemon import signals
 
-    signals.hold()  # before the imports below: see ocrd/signals.py
+    signals.hold()  # before the imports below: see ocrd/daemon/signals.py
 
-from ocrd.cli import main
+from ocrd.cli.main import main
 
 raise SystemExit(main())

@@ -1,5 +1,5 @@
 """The ``ocrd`` console script. For ``ocrd run`` it holds signals back before importing
-anything heavy (see ocrd/signals.py); the one-shot commands keep the default dispositions."""
+anything heavy (see ocrd/daemon/signals.py); the one-shot commands keep the default dispositions."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 
 def main() -> int:
     if sys.argv[1:2] == ["run"]:
-        from ocrd import signals  # noqa: PLC0415
+        from ocrd.daemon import signals  # noqa: PLC0415
 
         signals.hold()
-    from ocrd.cli import main as cli_main  # noqa: PLC0415
+    from ocrd.cli.main import main as cli_main  # noqa: PLC0415
 
     try:
         return cli_main()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ocrd.base import log
 from tests.harness import OcrdProcess, ocrd_argv
 
 OcrdRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+StartOcrd = Callable[..., OcrdProcess]
 
 
 @pytest.fixture
@@ -97,3 +102,36 @@ def daemons() -> Iterator[list[OcrdProcess]]:
     yield started
     for d in started:
         d.close()
+
+
+@pytest.fixture
+def start_ocrd(daemons: list[OcrdProcess]) -> StartOcrd:
+    """Start ``ocrd run -c CONFIG`` as :class:`tests.harness.OcrdProcess` does (same arguments:
+    ``env``, ``prefix``, ``notify_buffer``, ``command``), closed with the test; with
+    ``ready=True`` it is returned once it sent READY=1."""
+
+    def start(
+        config: Path, env: dict[str, str] | None = None, *, ready: bool = False, **kw: Any
+    ) -> OcrdProcess:
+        d = OcrdProcess(config, env, **kw)
+        daemons.append(d)
+        if ready:
+            d.note("READY=1")
+        return d
+
+    return start
+
+
+@pytest.fixture
+def log_out() -> io.StringIO:
+    """ocrd's log, configured in this process at debug level as JSON lines into a buffer
+    (read it with :func:`logged`)."""
+    out = io.StringIO()
+    log.configure("debug", "json", stream=out)
+    return out
+
+
+def logged(out: io.StringIO, name: str | None = None) -> list[dict[str, Any]]:
+    """The events written to ``out``; only those named ``name`` if given."""
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    return [e for e in events if name is None or e["event"] == name]

@@ -240,7 +240,7 @@ class OcrdProcess:
 
     def deletions(self) -> int:
         """Files deleted so far: a model_deleted line each, or counted in a log_summary (per-file
-        lines beyond ocrd's budget are summed up, see ocrd/log.py)."""
+        lines beyond ocrd's budget are summed up, see ocrd/base/log.py)."""
         with self.cond:
             return sum(
                 1

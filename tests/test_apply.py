@@ -1,4 +1,4 @@
-"""ocrd/apply.py: the one module that deletes, on real files under tmp_path."""
+"""ocrd/ops/delete.py: the one module that deletes, on real files under tmp_path."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd import private
-from ocrd.apply import InUse, Outcome, Status, apply
-from ocrd.fanout import FanOut
-from ocrd.holders import Answer
-from ocrd.retention import Decision, Plan, PrefixRule, Rules, Verdict, plan
-from ocrd.walker import scan
+from ocrd.fs import private
+from ocrd.fs.holders import Answer
+from ocrd.fs.scan import scan
+from ocrd.ops.delete import apply
+from ocrd.ops.fanout import FanOut
+from ocrd.ops.inuse import InUse
+from ocrd.ops.outcomes import Outcome, Status
+from ocrd.rules.decision import Decision, Plan, Verdict
+from ocrd.rules.retention import Rules, plan
+from ocrd.rules.selectors import PrefixRule
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only

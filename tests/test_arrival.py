@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import OcrdRunner, write_config
+from tests import configs
+from tests.conftest import OcrdRunner, StartOcrd
 from tests.harness import OcrdProcess
 
 DAY = 86400.0
@@ -139,41 +140,24 @@ def install(base: Path, img: Image, models: Path) -> None:
     assert os.stat(models / "vendor.bin").st_mtime < time.time() - 59 * DAY
 
 
-CONFIG = """\
-model_dir = "{models}"
-[retention]
-prefixes = ["old_"]
-{max_age}
-# Every model but the moved-in ones is old: these tests are about age, not about the refusal
-# to empty model_dir (tests/test_newest.py).
-allow_delete_all = true
-{extra}
-[watch]
-settle = "{settle}"
-rescan = "{rescan}"
-observer = "{observer}"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
-
-
 def config(
     base: Path,
     models: Path,
     *,
     settle: str = "0s",
     rescan: str = "10m",
-    extra: str = "",
     max_age: str | None = "30d",
     observer: str = "auto",
+    **retention: object,
 ) -> Path:
-    age = "" if max_age is None else f'max_age = "{max_age}"'
-    body = CONFIG.format(
-        models=models, settle=settle, rescan=rescan, extra=extra, max_age=age, observer=observer
+    """Every model but the moved-in ones is old: these tests are about age, not about the
+    refusal to empty model_dir (tests/test_newest.py), so allow_delete_all is on."""
+    return configs.config(
+        base / "conf",
+        model_dir=str(models),
+        retention={"max_age": max_age, "allow_delete_all": True, **retention},
+        watch={"settle": settle, "rescan": rescan, "observer": observer},
     )
-    return write_config(base / "conf", body)
 
 
 def listing(run_ocrd: OcrdRunner, cfg: Path) -> dict[str, dict[str, Any]]:
@@ -194,7 +178,7 @@ def test_moved_in_and_copied_models_are_not_deleted_by_their_vendor_mtime(
         install(tmp_path, img, models)
 
         # Under the old rule every one of them goes: the premise of the test holds.
-        old_rule = config(tmp_path, models, extra='age_from = "timestamp"')
+        old_rule = config(tmp_path, models, age_from="timestamp")
         rows = listing(run_ocrd, old_rule)
         for rel in (*MOVED, "there.bin"):
             assert (rows[rel]["verdict"], rows[rel]["rule"]) == ("delete", "max_age"), rows[rel]
@@ -227,13 +211,12 @@ def test_moved_in_and_copied_models_are_not_deleted_by_their_vendor_mtime(
 
 @root_only
 def test_the_daemon_settles_a_moved_in_directory_and_keeps_its_old_models(
-    tmp_path: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, start_ocrd: StartOcrd
 ) -> None:
     with ext4_image(tmp_path) as img:
         models = prepare(tmp_path, img)
         cfg = config(tmp_path, models, settle="2s", rescan="3s")
-        d = OcrdProcess(cfg)
-        daemons.append(d)
+        d = start_ocrd(cfg)
         # Really there for 60 days: deleted by max_age at start-up.
         d.event("model_deleted", path="there.bin", rule="max_age")
         d.note("READY=1")
@@ -268,7 +251,7 @@ def test_the_daemon_settles_a_moved_in_directory_and_keeps_its_old_models(
 @root_only
 @pytest.mark.parametrize("seen_by", ["event", "rescan"])
 def test_a_package_moved_in_and_changed_at_once_keeps_its_arrival(
-    tmp_path: Path, daemons: list[OcrdProcess], seen_by: str
+    tmp_path: Path, start_ocrd: StartOcrd, seen_by: str
 ) -> None:
     """A download tool moves an extracted package in and writes its marker into it at once:
     when the daemon looks, the package's mtime equals its ctime again, and nothing on disk says
@@ -280,8 +263,7 @@ def test_a_package_moved_in_and_changed_at_once_keeps_its_arrival(
         # Polling: what the daemon keeps once it saw the package is the point here, not how
         # it saw it (the polling observer's events take the same path as inotify's).
         cfg = config(tmp_path, models, settle="2s", rescan="3s", observer="polling")
-        d = OcrdProcess(cfg)
-        daemons.append(d)
+        d = start_ocrd(cfg)
         d.event("model_deleted", path="there.bin", rule="max_age")
         d.note("READY=1")
 
@@ -311,18 +293,17 @@ def test_a_package_moved_in_and_changed_at_once_keeps_its_arrival(
 
 @root_only
 def test_a_reload_that_adds_max_age_counts_from_the_arrival_the_daemon_saw(
-    tmp_path: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, start_ocrd: StartOcrd
 ) -> None:
     """The rules in force judge by name only, so when the package arrived nothing depended on
     when it did; full scans came and went. A reload adding max_age must still count from the
     arrival the daemon saw, not from the files' 60-day-old timestamps."""
     with ext4_image(tmp_path) as img:
         models = prepare(tmp_path, img)
-        guard = 'reload_guard = "100%"'  # the reload's deletions happen, or not, as ruled
-        rules = {"settle": "1s", "rescan": "1s", "extra": guard, "observer": "polling"}
+        # reload_guard 100%: the reload's deletions happen, or not, as ruled
+        rules = {"settle": "1s", "rescan": "1s", "reload_guard": "100%", "observer": "polling"}
         cfg = config(tmp_path, models, max_age=None, **rules)
-        d = OcrdProcess(cfg)
-        daemons.append(d)
+        d = start_ocrd(cfg)
         d.note("READY=1")
         install(tmp_path, img, models)
         # The prefix rule's deletion makes pkg's mtime equal its ctime: only the daemon's
@@ -378,40 +359,35 @@ def tmpfs(base: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-ATIME = """\
-model_dir = "{models}"
-[retention]
-max_age = "{max_age}"
-age_by = "{age_by}"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
+def atime_config(tmp_path: Path, models: Path, max_age: str, age_by: str) -> Path:
+    return configs.config(
+        tmp_path,
+        model_dir=str(models),
+        retention={"prefixes": None, "max_age": max_age, "age_by": age_by},
+        watch=None,
+    )
 
 
 @root_only
 def test_atime_ageing_is_refused_on_a_noatime_mount(
-    tmp_path: Path, run_ocrd: OcrdRunner, daemons: list[OcrdProcess]
+    tmp_path: Path, run_ocrd: OcrdRunner, start_ocrd: StartOcrd
 ) -> None:
     with tmpfs(tmp_path, "noatime") as models:
-        cfg = write_config(tmp_path, ATIME.format(models=models, max_age="30d", age_by="atime"))
+        cfg = atime_config(tmp_path, models, "30d", "atime")
         result = run_ocrd("check", "-c", cfg)
         assert result.returncode == 78, result
         out = result.stdout + result.stderr
         assert "at 'retention.age_by'" in out, out
         assert "noatime" in out, out
-        d = OcrdProcess(cfg)
-        daemons.append(d)
+        d = start_ocrd(cfg)
         assert d.wait() == 78
         # By mtime the same mount is fine.
-        cfg.write_text(ATIME.format(models=models, max_age="30d", age_by="mtime"))
+        atime_config(tmp_path, models, "30d", "mtime")
         assert run_ocrd("check", "-c", cfg).returncode == 0
         # A daemon running by mtime keeps its rules when a reload asks for atime there.
-        d = OcrdProcess(cfg)
-        daemons.append(d)
+        d = start_ocrd(cfg)
         d.note("READY=1")
-        cfg.write_text(ATIME.format(models=models, max_age="30d", age_by="atime"))
+        atime_config(tmp_path, models, "30d", "atime")
         d.send(signal.SIGHUP)
         rejected = d.event("config_rejected")
         assert any("noatime" in e for e in rejected["errors"]), rejected
@@ -431,7 +407,7 @@ def test_atime_ageing_under_a_day_is_warned_about_on_relatime(
     tmp_path: Path, run_ocrd: OcrdRunner, options: str, max_age: str, warned: bool
 ) -> None:
     with tmpfs(tmp_path, options) as models:
-        cfg = write_config(tmp_path, ATIME.format(models=models, max_age=max_age, age_by="atime"))
+        cfg = atime_config(tmp_path, models, max_age, "atime")
         result = run_ocrd("check", "-c", cfg)
         assert result.returncode == 0, result
         out = result.stdout + result.stderr
@@ -442,8 +418,8 @@ def test_atime_ageing_under_a_day_is_warned_about_on_relatime(
 
 
 def _scan(models: Path) -> dict[bytes, Any]:
-    from ocrd.arrival import Arrivals
-    from ocrd.walker import scan
+    from ocrd.fs.arrival import Arrivals
+    from ocrd.fs.scan import scan
 
     return {e.path: e for e in Arrivals(models).apply(scan(models).files)}
 
@@ -493,7 +469,7 @@ def test_directory_evidence_is_found_at_any_depth(tmp_path: Path) -> None:
 
 @root_only
 def test_mount_options_are_read_for_a_mount_point_with_a_space(tmp_path: Path) -> None:
-    from ocrd.watch import mount_of
+    from ocrd.fs.procfs import mount_of
 
     mnt = tmp_path / "with space"
     mnt.mkdir()

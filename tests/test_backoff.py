@@ -1,8 +1,8 @@
-"""ocrd/backoff.py: retries of a file that could not go come later and later, per version."""
+"""ocrd/daemon/backoff.py: retries of a file that could not go come later and later, per version."""
 
 from __future__ import annotations
 
-from ocrd.backoff import Backoff
+from ocrd.daemon.backoff import Backoff
 
 V1 = (1, 10, 100.0)
 V2 = (1, 11, 101.0)

@@ -1,4 +1,4 @@
-"""ocrd/batcher.py: the daemon's planned deletions until they are done, in process, on real
+"""ocrd/daemon/batcher.py: the daemon's planned deletions until they are done, in process, on real
 files, with a held file held by a real process; only the clock is fake."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd.batcher import Batcher
-from ocrd.clock import FakeClock
-from ocrd.config import validate
-from ocrd.engine import Supervisor
-from ocrd.mirror import Mirror
-from ocrd.retention import Rules, plan
-from ocrd.scheduler import Scheduler
-from ocrd.stats import Totals
-from ocrd.timejump import ClockGuard
+from ocrd.base.clock import FakeClock
+from ocrd.config.load import validate
+from ocrd.daemon.batcher import Batcher
+from ocrd.daemon.engine import Supervisor
+from ocrd.daemon.scheduler import Scheduler
+from ocrd.daemon.timejump import ClockGuard
+from ocrd.ops.stats import Totals
+from ocrd.rules.retention import Rules, plan
+from ocrd.watch.mirror import Mirror
 from tests.conftest import make_file
 from tests.worlds import held
 

@@ -18,32 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.rootdir import walk_dirs
-from tests.conftest import OcrdRunner, make_file, write_config
-from tests.harness import OcrdProcess, ocrd_argv
+from ocrd.fs.walk import walk_dirs
+from tests import configs
+from tests.conftest import OcrdRunner, StartOcrd, make_file
+from tests.harness import ocrd_argv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root (CI runs as root)")
-
-CONFIG = """\
-model_dir = "{model_dir}"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "{settle}"
-rescan = "10m"
-observer = "{observer}"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
 
 
 def config(
     tmp_path: Path, model_dir: str = "models", settle: str = "0s", observer: str = "auto"
 ) -> Path:
-    body = CONFIG.format(model_dir=model_dir, settle=settle, observer=observer)
-    return write_config(tmp_path, body)
+    return configs.config(
+        tmp_path, model_dir=model_dir, watch={"settle": settle, "observer": observer}
+    )
 
 
 @contextmanager
@@ -81,12 +69,6 @@ def _flattened(tmp_path: Path) -> Iterator[None]:
     """Every test here leaves its temporary directory shallow (after its mounts are gone)."""
     yield
     remove_tree(tmp_path)
-
-
-def start(daemons: list[OcrdProcess], cfg: Path, **env: str) -> OcrdProcess:
-    d = OcrdProcess(cfg, env)
-    daemons.append(d)
-    return d
 
 
 def watched(pid: int) -> set[tuple[int, int]]:
@@ -174,10 +156,10 @@ def test_the_daemon_neither_enters_nor_watches_nor_deletes_across_mount_points(
     tmp_path: Path,
     models: Path,
     crossings: dict[str, Path],
-    daemons: list[OcrdProcess],
+    start_ocrd: StartOcrd,
     observer: str,
 ) -> None:
-    d = start(daemons, config(tmp_path, observer=observer))
+    d = start_ocrd(config(tmp_path, observer=observer))
     d.event("model_deleted", path="old_own.bin")
     d.note("READY=1")
     # Files arriving on the other filesystems are not seen; one in model_dir is.
@@ -242,12 +224,12 @@ def test_a_btrfs_subvolume_is_a_boundary_too(tmp_path: Path, run_ocrd: OcrdRunne
 
 
 def test_a_model_dir_swapped_for_a_symlink_is_missing_not_followed(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     outside = tmp_path / "outside"
     make_file(outside, b"old_precious.txt", b"p")
     make_file(outside, b"sub/old_deep.txt", b"d")
-    d = start(daemons, config(tmp_path))
+    d = start_ocrd(config(tmp_path))
     d.note("READY=1")
     models.rename(tmp_path / "models.orig")
     models.symlink_to("outside")
@@ -267,11 +249,11 @@ def test_a_model_dir_swapped_for_a_symlink_is_missing_not_followed(
 
 
 def test_a_symlinked_model_dir_is_watched_at_its_target(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     (tmp_path / "link").symlink_to("models")
     make_file(models, b"sub/keep.bin")
-    d = start(daemons, config(tmp_path, model_dir="link"), WATCHDOG_USEC="400000")
+    d = start_ocrd(config(tmp_path, model_dir="link"), {"WATCHDOG_USEC": "400000"})
     d.note("READY=1")
     make_file(models, b"sub/old_x.bin")
     d.event("model_deleted", path="sub/old_x.bin")
@@ -310,11 +292,11 @@ def deep_name(depth: int, name: str) -> str:
 
 @pytest.mark.parametrize("observer", ["inotify", "polling"])
 def test_a_5000_deep_tree_at_start_and_moved_in_at_run_time(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], observer: str
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, observer: str
 ) -> None:
     depth = 5000
     deep_tree(models / "a", depth, [b"old_bottom.bin", b"keep.bin"])
-    d = start(daemons, config(tmp_path, observer=observer))
+    d = start_ocrd(config(tmp_path, observer=observer))
     d.note("READY=1", timeout=120)
     d.event("model_deleted", path="a/" + deep_name(depth, "old_bottom.bin"))
     # Moved in whole while the daemon runs: walked, watched and cleaned like the rest.
@@ -366,16 +348,14 @@ def test_clean_under_ulimit_256_deletes_every_eligible_file(tmp_path: Path, mode
 
 
 def test_the_daemon_under_ulimit_256_deletes_every_eligible_file(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     # The real engine (the .NET runtime holds fds of its own), the watcher, apply's threads.
     for i in range(3000):
         make_file(models, b"d%04d/old_%04d.bin" % (i, i))
         make_file(models, b"d%04d/keep.bin" % i)
-    body = CONFIG.format(model_dir="models", settle="0s", observer="auto")
-    cfg = write_config(tmp_path, body.replace("enabled = false", "enabled = true"))
-    d = OcrdProcess(cfg, prefix=["prlimit", "--nofile=256:256", "--"])
-    daemons.append(d)
+    cfg = configs.config(tmp_path, engine={"enabled": True})
+    d = start_ocrd(cfg, prefix=["prlimit", "--nofile=256:256", "--"])
     d.note("READY=1", timeout=120)
     assert d.stop()[0] == 0
     names = d.names()
@@ -448,7 +428,7 @@ def test_walk_dirs_climbs_back_from_the_root_when_a_branch_moved(tmp_path: Path)
 
 
 def test_long_startup_scan_pings_the_watchdog_and_yields_to_sigterm(
-    tmp_path: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, start_ocrd: StartOcrd
 ) -> None:
     # 400k directories on a tmpfs of the test's own: several seconds of walking on this
     # machine (the polling observer's first snapshot, then the scan), without a fake.
@@ -464,7 +444,7 @@ def test_long_startup_scan_pings_the_watchdog_and_yields_to_sigterm(
             os.close(sub)
         os.close(fd)
         cfg = config(tmp_path, settle="1h", observer="polling")
-        d = start(daemons, cfg, WATCHDOG_USEC="2000000")  # pings due every 0.5 s
+        d = start_ocrd(cfg, {"WATCHDOG_USEC": "2000000"})  # pings due every 0.5 s
         d.event("daemon_started")
         times = d.note("WATCHDOG=1", count=8)  # about 3.5 s into start-up
         # Eight pings while start-up still runs: READY=1 before them means the pings were not

@@ -1,4 +1,4 @@
-"""ocrd/cli.py: the one-shot commands, run as the real ``ocrd`` command against tmp_path."""
+"""ocrd/cli/main.py: the one-shot commands, run as the real ``ocrd`` command against tmp_path."""
 
 from __future__ import annotations
 
@@ -12,28 +12,27 @@ from typing import Any
 
 import pytest
 
-from ocrd import cli
-from ocrd import config as config_module
-from ocrd.errors import EXIT_NOPERM
+from ocrd.base.errors import EXIT_NOPERM
+from ocrd.cli import main as cli
+from ocrd.config import load as config_module
+from tests import configs
 from tests.conftest import OcrdRunner, make_file, snapshot, write_config
 from tests.worlds import APP_UID, OCRD_UID, as_user, held, make_world, root_only
 
 DAY = 86400
 
+
 # The files are made now with old mtimes: "timestamp" ages them by mtime, as if they had been
 # in model_dir that long (test_arrival.py covers the default, "arrival").
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-max_age = "30d"
-age_from = "timestamp"
-whitelist = ["*.keep"]
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-"""
+RULES = {"prefixes": ["old_"], "max_age": "30d", "age_from": "timestamp", "whitelist": ["*.keep"]}
+
+
+def cli_config(directory: Path, **retention: object) -> Path:
+    """RULES, and ``retention`` over them; the log format and rescan are the defaults."""
+    return configs.config(
+        directory, retention={**RULES, **retention}, watch={"rescan": None}, log=None
+    )
+
 
 # raw name → (as displayed, verdict, rule, size)
 FILES: dict[bytes, tuple[str, str, str | None, int]] = {
@@ -61,7 +60,7 @@ def config(tmp_path: Path) -> Path:
     (models / "link").symlink_to("old_a.bin")
     make_file(models, b"sub/old_c.bin", b"ccc")
     make_file(models, b"bad\xff\n.bin", b"bad!!", age_s=40 * DAY)
-    return write_config(tmp_path / "conf", CONFIG)
+    return cli_config(tmp_path / "conf")
 
 
 def models_of(config: Path) -> Path:
@@ -155,8 +154,7 @@ def test_clean_dry_run_changes_nothing(config: Path, run_ocrd: OcrdRunner, as_js
 
 
 def test_clean_honours_dry_run_in_config(config: Path, run_ocrd: OcrdRunner) -> None:
-    body = CONFIG.replace("[retention]\n", "[retention]\ndry_run = true\n")
-    write_config(config.parent, body)
+    cli_config(config.parent, dry_run=True)
     before = snapshot(models_of(config))
     report = run_json(run_ocrd, "clean", "-c", config, "--json")
     assert report["dry_run"] is True
@@ -168,7 +166,7 @@ def test_clean_honours_dry_run_in_config(config: Path, run_ocrd: OcrdRunner) -> 
 def test_invalid_config_exits_78_and_touches_nothing(
     config: Path, run_ocrd: OcrdRunner, command: list[str]
 ) -> None:
-    write_config(config.parent, "surprise = 1\n" + CONFIG)
+    configs.config(config.parent, surprise=1)
     before = snapshot(models_of(config))
     result = run_ocrd(*command, "-c", config)
     assert result.returncode == 78
@@ -199,13 +197,13 @@ def test_python_dash_m_ocrd(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    ["", 'family = "^(?P<family>)"\n'],  # one family: the last-version floor weighs them all
+    [{}, {"family": "^(?P<family>)"}],  # one family: the last-version floor weighs them all
     ids=["per-file rules", "rules over the whole plan"],
 )
 def test_list_and_clean_dry_run_agree_on_a_file_in_use(
-    config: Path, run_ocrd: OcrdRunner, extra: str
+    config: Path, run_ocrd: OcrdRunner, extra: dict[str, str]
 ) -> None:
-    write_config(config.parent, CONFIG.replace("[retention]\n", f"[retention]\n{extra}"))
+    cli_config(config.parent, **extra)
     listed_free = {
         r["path"]: r["verdict"] for r in run_json(run_ocrd, "list", "-c", config, "--json")
     }

@@ -14,27 +14,15 @@ from typing import Any
 
 import pytest
 
-from ocrd import log
-from ocrd.clock import FakeClock
-from ocrd.config import load
-from ocrd.daemon import Daemon
-from ocrd.retention import Decision, Verdict
-from tests.conftest import make_file, write_config
+from ocrd.base import log
+from ocrd.base.clock import FakeClock
+from ocrd.config.load import load
+from ocrd.daemon.loop import Daemon
+from ocrd.rules.decision import Decision, Verdict
+from tests.configs import config
+from tests.conftest import make_file
 
 DAY = 86400.0
-
-CONFIG = """\
-model_dir = "models"
-[retention]
-max_age = "30d"
-allow_delete_all = true  # the file is the only model: these tests are about when it ages out
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
 
 
 class World:
@@ -42,7 +30,14 @@ class World:
         self.models = tmp_path / "models"
         self.models.mkdir()
         make_file(self.models, b"two_days.bin", b"GGUF")
-        self.config = load(write_config(tmp_path, CONFIG))
+        self.config = load(
+            # The file is the only model: these tests are about when it ages out.
+            config(
+                tmp_path,
+                retention={"prefixes": None, "max_age": "30d", "allow_delete_all": True},
+                watch={"rescan": None},
+            )
+        )
         self.out = io.StringIO()
         log.configure("info", "json", stream=self.out)
         self.clock = FakeClock(wall=time.time() + 2 * DAY, mono=1000.0)

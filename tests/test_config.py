@@ -1,4 +1,5 @@
-"""ocrd/config.py: config.toml becomes a frozen Config, or one ConfigError naming every problem."""
+"""ocrd/config/schema.py: config.toml becomes a frozen Config, or one ConfigError naming every
+problem."""
 
 from __future__ import annotations
 
@@ -12,20 +13,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ocrd import config as config_module
-from ocrd.config import (
-    INT32_MAX,
-    MAX_BYTES,
-    MAX_DEPTH,
-    Config,
-    default_path,
-    format_duration,
-    load,
-    parse_duration,
-)
-from ocrd.errors import EXIT_CONFIG, ConfigError
-from tests.conftest import OcrdRunner, write_config
-from tests.harness import OcrdProcess
+from ocrd.base.errors import EXIT_CONFIG, ConfigError
+from ocrd.config import load as config_module
+from ocrd.config.durations import INT32_MAX, format_duration, parse_duration
+from ocrd.config.load import default_path, load
+from ocrd.config.schema import Config
+from ocrd.config.trusted import MAX_BYTES, MAX_DEPTH
+from tests import configs
+from tests.conftest import OcrdRunner, StartOcrd, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -610,28 +605,17 @@ def test_a_nested_value_in_an_error_is_named_not_printed(conf_dir: Path) -> None
 
 # --- through the real `ocrd run`: hostile files at start and on reload --------------------------
 
-RUN_CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "0s"
-[engine]
-enabled = {engine}
-{engine_keys}
-[log]
-format = "json"
-"""
+
+def run_config(conf_dir: Path, **engine: object) -> Path:
+    return configs.config(conf_dir, watch={"rescan": None}, engine={"enabled": False, **engine})
 
 
 def test_run_with_the_largest_engine_integers_starts_the_real_engine(
-    conf_dir: Path, daemons: list[OcrdProcess]
+    conf_dir: Path, start_ocrd: StartOcrd
 ) -> None:
     """Past Int32 the engine raised OverflowError and run died; at the bound it starts."""
-    keys = f"gpu_layers = {INT32_MAX}\ncontext_size = {INT32_MAX}"
-    path = write_config(conf_dir, RUN_CONFIG.format(engine="true", engine_keys=keys))
-    d = OcrdProcess(path)
-    daemons.append(d)
+    path = run_config(conf_dir, enabled=True, gpu_layers=INT32_MAX, context_size=INT32_MAX)
+    d = start_ocrd(path)
     d.note("READY=1")
     assert d.event("engine_started")["model_dir"] == str(conf_dir / "models")
     assert d.stop()[0] == 0
@@ -646,11 +630,10 @@ def test_run_with_the_largest_engine_integers_starts_the_real_engine(
     ],
 )
 def test_run_refuses_any_nesting_depth_with_78_and_one_line(
-    conf_dir: Path, daemons: list[OcrdProcess], body: str
+    conf_dir: Path, start_ocrd: StartOcrd, body: str
 ) -> None:
     path = write_config(conf_dir, f'model_dir = "models"\nbogus = {body}\n')
-    d = OcrdProcess(path)
-    daemons.append(d)
+    d = start_ocrd(path)
     assert d.wait() == EXIT_CONFIG
     [invalid] = d.events  # one JSON line, like every line of `ocrd run`
     assert invalid["event"] == "config_invalid", invalid
@@ -660,13 +643,12 @@ def test_run_refuses_any_nesting_depth_with_78_and_one_line(
 
 
 def test_reload_of_hostile_files_is_config_rejected_and_the_daemon_stays_up(
-    conf_dir: Path, daemons: list[OcrdProcess]
+    conf_dir: Path, start_ocrd: StartOcrd
 ) -> None:
     """Each of these killed the daemon or hung its reload (and then SIGTERM) before."""
-    path = write_config(conf_dir, RUN_CONFIG.format(engine="false", engine_keys=""))
+    path = run_config(conf_dir)
     good = path.read_text()
-    d = OcrdProcess(path)
-    daemons.append(d)
+    d = start_ocrd(path)
     d.note("READY=1")
 
     def replace(make: Callable[[Path], object]) -> None:

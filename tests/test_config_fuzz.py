@@ -15,8 +15,11 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ocrd.config import INT32_MAX, MAX_BYTES, MAX_DEPTH, Config, load
-from ocrd.errors import ConfigError
+from ocrd.base.errors import ConfigError
+from ocrd.config.durations import INT32_MAX
+from ocrd.config.load import load
+from ocrd.config.schema import Config
+from ocrd.config.trusted import MAX_BYTES, MAX_DEPTH
 from tests.harness import ocrd_argv
 
 KEYS: dict[str, list[str]] = {

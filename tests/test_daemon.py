@@ -11,60 +11,38 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from tests.configs import config
+from tests.conftest import StartOcrd
 from tests.harness import OcrdProcess
-
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-whitelist = ["old_but_kept.bin"]
-[watch]
-settle = "{settle}"
-rescan = "10m"
-[engine]
-enabled = {engine}
-batch = "{batch}"
-restart_after = "{restart_after}"
-[log]
-format = "json"
-level = "{level}"
-"""
 
 
 def write_config(
     tmp_path: Path,
     *,
     settle: str = "0s",
-    engine: str = "true",
+    engine: bool = True,
     level: str = "info",
-    body: str | None = None,
     batch: str = "0s",
     restart_after: str = "0s",
+    **retention: object,
 ) -> Path:
     """By default the engine is freed per pass and started again at once (no batching): the
     tests of coalescing (tests/test_engine_cycles.py) set the windows."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        body
-        or CONFIG.format(
-            settle=settle, engine=engine, level=level, batch=batch, restart_after=restart_after
-        )
+    return config(
+        tmp_path,
+        retention={"whitelist": ["old_but_kept.bin"], **retention},
+        watch={"settle": settle},
+        engine={"enabled": engine, "batch": batch, "restart_after": restart_after},
+        log={"level": level},
     )
-    return path
-
-
-def start(daemons: list[OcrdProcess], config: Path, **env: str) -> OcrdProcess:
-    d = OcrdProcess(config, env)
-    daemons.append(d)
-    return d
 
 
 def test_ready_comes_after_the_startup_pass(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     (models / "old_a.bin").write_bytes(b"a" * 10)
     (models / "current.bin").write_bytes(b"c")
-    d = start(daemons, write_config(tmp_path, settle="0s"))
+    d = start_ocrd(write_config(tmp_path, settle="0s"))
     d.note("READY=1")
     # READY means the startup pass is done: the old file is already gone.
     assert not (models / "old_a.bin").exists()
@@ -76,11 +54,11 @@ def test_ready_comes_after_the_startup_pass(
 
 
 def test_new_old_file_removed_after_settling_while_others_stay(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     (models / "current.bin").write_bytes(b"c")
     (models / "old_but_kept.bin").write_bytes(b"k")
-    d = start(daemons, write_config(tmp_path, settle="1s"))
+    d = start_ocrd(write_config(tmp_path, settle="1s"))
     d.note("READY=1")
     created = time.time()
     (models / "old_new.bin").write_bytes(b"n")
@@ -98,11 +76,11 @@ def test_new_old_file_removed_after_settling_while_others_stay(
 
 
 def test_engine_freed_before_first_deletion_and_started_after_last(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     for i in range(5):
         (models / f"old_{i}.bin").write_bytes(b"x")
-    d = start(daemons, write_config(tmp_path))
+    d = start_ocrd(write_config(tmp_path))
     d.note("READY=1")
     code, _ = d.stop()
     assert code == 0
@@ -123,9 +101,9 @@ def test_engine_freed_before_first_deletion_and_started_after_last(
 
 
 def test_watchdog_pings_at_half_the_interval(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(daemons, write_config(tmp_path, engine="false"), WATCHDOG_USEC="400000")
+    d = start_ocrd(write_config(tmp_path, engine=False), {"WATCHDOG_USEC": "400000"})
     d.note("READY=1")
     times = d.note("WATCHDOG=1", count=6)
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -135,9 +113,9 @@ def test_watchdog_pings_at_half_the_interval(
 
 
 def test_no_watchdog_pings_without_watchdog_usec(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(daemons, write_config(tmp_path, engine="false"))
+    d = start_ocrd(write_config(tmp_path, engine=False))
     d.note("READY=1")
     (models / "old_x").write_bytes(b"x")
     d.event("model_deleted", path="old_x")
@@ -145,15 +123,13 @@ def test_no_watchdog_pings_without_watchdog_usec(
     assert not [n for _, n in d.notes if n == "WATCHDOG=1"]
 
 
-def test_sighup_applies_a_changed_rule(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
-) -> None:
+def test_sighup_applies_a_changed_rule(tmp_path: Path, models: Path, start_ocrd: StartOcrd) -> None:
     config = write_config(tmp_path)
     (models / "tmp_model.bin").write_bytes(b"t")
-    d = start(daemons, config)
+    d = start_ocrd(config)
     d.note("READY=1")
     assert (models / "tmp_model.bin").exists()
-    config.write_text(config.read_text().replace('["old_"]', '["tmp_"]'))
+    write_config(tmp_path, prefixes=["tmp_"])
     d.send(signal.SIGHUP)
     reloading = d.note("RELOADING=1")
     monotonic = [n for _, n in d.notes if n.startswith("MONOTONIC_USEC=")]
@@ -174,12 +150,12 @@ def test_sighup_applies_a_changed_rule(
 
 
 def test_sighup_with_a_broken_file_keeps_the_old_rules(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     config = write_config(tmp_path)
-    d = start(daemons, config)
+    d = start_ocrd(config)
     d.note("READY=1")
-    config.write_text(config.read_text().replace('settle = "0s"', 'settle = "soon"'))
+    write_config(tmp_path, settle="soon")
     d.send(signal.SIGHUP)
     rejected = d.event("config_rejected")
     assert rejected["level"] == "error"
@@ -192,10 +168,10 @@ def test_sighup_with_a_broken_file_keeps_the_old_rules(
 
 
 def test_sigterm_stops_cleanly_and_fast(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     (models / "keep.bin").write_bytes(b"k")
-    d = start(daemons, write_config(tmp_path, level="debug"))
+    d = start_ocrd(write_config(tmp_path, level="debug"))
     d.note("READY=1")
     code, took = d.stop(signal.SIGTERM)
     assert code == 0
@@ -212,16 +188,16 @@ def test_sigterm_stops_cleanly_and_fast(
         assert record["timestamp"].endswith("Z")
 
 
-def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, daemons: list[OcrdProcess]) -> None:
-    d = start(daemons, write_config(tmp_path, engine="false"))
+def test_sigint_stops_with_exit_0(tmp_path: Path, models: Path, start_ocrd: StartOcrd) -> None:
+    d = start_ocrd(write_config(tmp_path, engine=False))
     d.note("READY=1")
     code, took = d.stop(signal.SIGINT)
     assert (code, d.events[-1]["signal"]) == (0, "SIGINT")
     assert took < 5.0
 
 
-def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[OcrdProcess]) -> None:
-    d = start(daemons, write_config(tmp_path))  # models/ was never created
+def test_invalid_config_at_start_exits_78(tmp_path: Path, start_ocrd: StartOcrd) -> None:
+    d = start_ocrd(write_config(tmp_path))  # models/ was never created
     assert d.wait() == 78
     # One JSON line naming every problem, on stdout like every other line of `ocrd run`.
     invalid = d.event("config_invalid")
@@ -234,10 +210,10 @@ def test_invalid_config_at_start_exits_78(tmp_path: Path, daemons: list[OcrdProc
 
 
 def test_engine_disabled_runs_without_an_engine(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     (models / "old_a").write_bytes(b"x")
-    d = start(daemons, write_config(tmp_path, engine="false"))
+    d = start_ocrd(write_config(tmp_path, engine=False))
     d.note("READY=1")
     assert d.stop()[0] == 0
     names = d.names()
@@ -258,7 +234,7 @@ def _status(d: OcrdProcess) -> str:
 
 
 def test_status_tells_totals_last_pass_and_a_rejected_reload(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """4 files of 256 KiB deleted over three passes: STATUS= keeps the totals since start (not
     only the last batch), in human units with the right singulars, counts the engine cycles,
@@ -267,7 +243,7 @@ def test_status_tells_totals_last_pass_and_a_rejected_reload(
     (models / "keep.bin").write_bytes(b"12345")
     (models / "old_1.bin").write_bytes(quarter)
     config = write_config(tmp_path)
-    d = start(daemons, config)
+    d = start_ocrd(config)
     d.note("READY=1")
     first = _status(d)
     assert first.startswith("1 file (5 bytes) in model_dir; last pass "), first
@@ -307,13 +283,10 @@ def test_status_tells_totals_last_pass_and_a_rejected_reload(
 
 
 def test_dry_run_logs_would_be_deleted_once_and_deletes_nothing(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    body = CONFIG.format(
-        settle="0s", engine="false", level="info", batch="0s", restart_after="0s"
-    ).replace('whitelist = ["old_but_kept.bin"]', "dry_run = true")
     (models / "old_a").write_bytes(b"x")
-    d = start(daemons, write_config(tmp_path, body=body))
+    d = start_ocrd(write_config(tmp_path, engine=False, whitelist=None, dry_run=True))
     d.note("READY=1")
     would = d.event("model_would_be_deleted", path="old_a")
     assert would["rule"] == "prefix"
@@ -326,11 +299,11 @@ def test_dry_run_logs_would_be_deleted_once_and_deletes_nothing(
 
 
 def test_a_signal_storm_never_wedges_the_loop(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """Signals landing while the main loop holds a lock must not deadlock it (a handler that
     took threading.Event's lock did, now and then, and SIGTERM was then ignored)."""
-    d = start(daemons, write_config(tmp_path, engine="false"), WATCHDOG_USEC="20000")
+    d = start_ocrd(write_config(tmp_path, engine=False), {"WATCHDOG_USEC": "20000"})
     d.note("READY=1")
     for _ in range(300):
         d.send(signal.SIGHUP)
@@ -341,13 +314,13 @@ def test_a_signal_storm_never_wedges_the_loop(
 
 
 def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """The create event shows an empty file; the write that follows raises no event we
     listen to. When settle ends, the daemon must look at the file again, not plan its stale
     entry into an endless deletion_skipped "changed" loop (each freeing and restarting the
     engine)."""
-    d = start(daemons, write_config(tmp_path, settle="1s"))
+    d = start_ocrd(write_config(tmp_path, settle="1s"))
     d.note("READY=1")
     target = models / "old_x.bin"
     target.touch()
@@ -361,13 +334,12 @@ def test_a_file_written_after_its_create_event_is_deleted_once_not_spun_on(
 
 
 def test_a_notify_socket_nobody_reads_never_wedges_the_daemon(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """A receiver that stops reading fills the datagram queue; a blocking send would then
     hang the loop for good and SIGTERM with it."""
-    config = write_config(tmp_path, engine="false", level="debug")
-    d = OcrdProcess(config, {"WATCHDOG_USEC": "20000"}, notify_buffer=1024)
-    daemons.append(d)
+    config = write_config(tmp_path, engine=False, level="debug")
+    d = start_ocrd(config, {"WATCHDOG_USEC": "20000"}, notify_buffer=1024)
     d.note("READY=1")
     d.reading.clear()  # from here on nobody reads: the queue fills with WATCHDOG=1
     d.event("notify_failed")
@@ -378,9 +350,9 @@ def test_a_notify_socket_nobody_reads_never_wedges_the_daemon(
 
 
 def test_signals_that_mean_nothing_to_ocrd_are_ignored(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(daemons, write_config(tmp_path))
+    d = start_ocrd(write_config(tmp_path))
     d.note("READY=1")
     for _ in range(3):
         for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGPWR, signal.SIGTTIN):
@@ -403,11 +375,11 @@ def _blocked(pid: int, sig: int) -> bool:
 
 
 def test_a_sighup_during_start_up_is_a_reload_after_it_not_death(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """Signals are held back from ocrd's first line of Python on; one that arrives before the
     handlers exist (here: while the .NET runtime is still being imported) waits for them."""
-    d = start(daemons, write_config(tmp_path))
+    d = start_ocrd(write_config(tmp_path))
     deadline = time.monotonic() + 10
     while not _blocked(d.proc.pid, signal.SIGHUP):  # polled: the harness waits on log lines
         assert time.monotonic() < deadline, "SIGHUP was never held back"

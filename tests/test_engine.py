@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd.config import Engine
-from ocrd.engine import Supervisor, load_runtime
-from ocrd.errors import EngineBusy
+from ocrd.base.errors import EngineBusy
+from ocrd.config.schema import Engine
+from ocrd.daemon.engine import Supervisor, load_runtime
 
 
 @pytest.fixture(scope="module")

@@ -15,35 +15,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import config
+from tests.conftest import StartOcrd
 from tests.harness import OcrdProcess
 from tests.worlds import held
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "{settle}"
-[engine]
-batch = "{batch}"
-restart_after = "{restart_after}"
-[log]
-format = "json"
-"""
 
-
-def start(
-    daemons: list[OcrdProcess],
-    tmp_path: Path,
-    settle: str = "0s",
-    batch: str = "2s",
-    restart_after: str = "10s",
-) -> OcrdProcess:
-    config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(settle=settle, batch=batch, restart_after=restart_after))
-    d = OcrdProcess(config)
-    daemons.append(d)
-    return d
+def engine_config(
+    tmp_path: Path, settle: str = "0s", batch: str = "2s", restart_after: str = "10s"
+) -> Path:
+    """The real engine (enabled is its default) with the shipped windows unless told."""
+    return config(
+        tmp_path,
+        watch={"settle": settle},
+        engine={"enabled": None, "batch": batch, "restart_after": restart_after},
+    )
 
 
 def cycles(d: OcrdProcess) -> list[dict[str, object]]:
@@ -59,9 +45,9 @@ def deleted(d: OcrdProcess) -> int:
 
 
 def test_a_trickle_of_twenty_files_shares_at_most_two_cycles(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(daemons, tmp_path, settle="1s")
+    d = start_ocrd(engine_config(tmp_path, settle="1s"))
     d.note("READY=1")
     for i in range(20):
         (models / f"old_{i:02d}.bin").write_bytes(b"x" * 100)
@@ -85,9 +71,9 @@ def test_a_trickle_of_twenty_files_shares_at_most_two_cycles(
 
 
 def test_a_burst_of_a_thousand_files_is_one_cycle(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(daemons, tmp_path)
+    d = start_ocrd(engine_config(tmp_path))
     d.note("READY=1")
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -110,7 +96,7 @@ def test_a_burst_of_a_thousand_files_is_one_cycle(
 
 @pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr (e2fsprogs)")
 def test_an_immutable_file_never_costs_an_engine_cycle(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     target = models / "old_stuck.bin"
     target.write_bytes(b"x")
@@ -118,7 +104,7 @@ def test_an_immutable_file_never_costs_an_engine_cycle(
     if made.returncode != 0:
         pytest.skip(f"chattr +i refused here: {made.stderr!r}")
     try:
-        d = start(daemons, tmp_path)
+        d = start_ocrd(engine_config(tmp_path))
         d.note("READY=1")
         first = d.event("deletion_failed", path="old_stuck.bin")
         assert "immutable" in str(first["error"])
@@ -135,12 +121,12 @@ def test_an_immutable_file_never_costs_an_engine_cycle(
 
 
 def test_a_file_another_process_holds_never_costs_an_engine_cycle(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     target = models / "old_held.gguf"
     target.write_bytes(b"GGUF" + b"\0" * 4096)
     with held(target, "open"):
-        d = start(daemons, tmp_path)
+        d = start_ocrd(engine_config(tmp_path))
         d.note("READY=1")
         skipped = d.event("deletion_skipped", path="old_held.gguf")
         assert skipped["reason"] == "in_use"
@@ -152,9 +138,9 @@ def test_a_file_another_process_holds_never_costs_an_engine_cycle(
 
 
 def test_a_writer_appending_every_2ms_makes_no_busy_loop(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(daemons, tmp_path, settle="0s")
+    d = start_ocrd(engine_config(tmp_path, settle="0s"))
     d.note("READY=1")
     stop = threading.Event()
 

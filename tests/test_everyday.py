@@ -17,20 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import config
+from tests.conftest import StartOcrd
 from tests.harness import OcrdProcess, ocrd_argv
 from tests.worlds import OCRD_UID, World, as_user, make_world, root_only
-
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
 
 
 @pytest.fixture
@@ -40,15 +30,14 @@ def world() -> Iterator[World]:
 
 
 def config_in(directory: Path) -> Path:
-    path = directory / "config.toml"
-    path.write_text(CONFIG)
+    path = config(directory, watch={"rescan": None})
     path.chmod(0o644)
     return path
 
 
 @root_only
 def test_an_unreadable_directory_is_reported_and_the_rest_goes_on(
-    world: World, daemons: list[OcrdProcess]
+    world: World, start_ocrd: StartOcrd
 ) -> None:
     """ocrd runs unprivileged, as the unit runs it; another user (root here) makes a directory
     ocrd may not enter, after ocrd started watching it. Each event inside it used to crash the
@@ -57,13 +46,12 @@ def test_an_unreadable_directory_is_reported_and_the_rest_goes_on(
     sub = models / "d"
     sub.mkdir()
     sub.chmod(0o755)
-    d = OcrdProcess(
+    d = start_ocrd(
         config_in(world.base),
         env=world.env,
         prefix=as_user(OCRD_UID),
         command=[*world.python, "-m", "ocrd"],
     )
-    daemons.append(d)
     d.event("scan_completed", trigger="startup")  # (uid 4242 may not reach our notify socket)
     sub.chmod(0o700)  # ocrd (uid 4242) may no longer enter it; its watch stays
     (sub / "old_inside.bin").write_bytes(b"x")
@@ -85,10 +73,9 @@ def _storm(models: Path, count: int) -> None:
         os.close(os.open(os.path.join(os.fsencode(models), name), os.O_CREAT | os.O_WRONLY))
 
 
-def test_a_name_storm_is_summarised_not_flooded(tmp_path: Path, daemons: list[OcrdProcess]) -> None:
+def test_a_name_storm_is_summarised_not_flooded(tmp_path: Path, start_ocrd: StartOcrd) -> None:
     (tmp_path / "models").mkdir()
-    d = OcrdProcess(config_in(tmp_path))
-    daemons.append(d)
+    d = start_ocrd(config_in(tmp_path))
     d.note("READY=1")
     count = 6000
     _storm(tmp_path / "models", count)
@@ -220,7 +207,7 @@ def test_a_closed_stdout_is_an_event_and_a_clean_exit(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_mkdir_storm_on_a_large_index_keeps_the_watchdog_fed(
-    tmp_path: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, start_ocrd: StartOcrd
 ) -> None:
     """Each new directory used to cost a scan of every indexed path (500 mkdirs on 1M files:
     88 s without WATCHDOG=1). With 100k files indexed, 2000 mkdirs: from the last ping before
@@ -231,8 +218,7 @@ def test_a_mkdir_storm_on_a_large_index_keeps_the_watchdog_fed(
         sub.mkdir(parents=True)
         for i in range(1000):
             os.close(os.open(sub / f"m{i}.bin", os.O_CREAT | os.O_WRONLY, 0o644))
-    d = OcrdProcess(config_in(tmp_path), env={"WATCHDOG_USEC": "2000000"})
-    daemons.append(d)
+    d = start_ocrd(config_in(tmp_path), env={"WATCHDOG_USEC": "2000000"})
     d.note("READY=1", timeout=120)
     began = d.note("WATCHDOG=1", count=1)[-1]
     for i in range(2000):

@@ -1,4 +1,4 @@
-"""ocrd/families.py and what the planner builds on it: keep_newest, the last-version floor and
+"""ocrd/rules/families.py and what the planner builds on it: keep_newest, the last-version floor and
 the refusal to delete every model file — on plain FileEntry values, against an oracle."""
 
 from __future__ import annotations
@@ -13,27 +13,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ocrd.config import Retention
-from ocrd.families import DEFAULT_TRUST, Families, Member
-from ocrd.inventory import FileEntry
-from ocrd.retention import (
-    InterruptedRule,
-    KeepNewestRule,
-    MaxAgeRule,
-    Plan,
-    PrefixRule,
-    Refusal,
-    Rules,
-    Selector,
-    Verdict,
-    left_after,
-    plan,
-    refuse_all,
-    refused,
-    revisit_at,
-    staying,
-)
-from ocrd.trust import SKEW_S, Trust
+from ocrd.config.schema import Retention
+from ocrd.fs.inventory import FileEntry
+from ocrd.rules.decision import Plan, Verdict
+from ocrd.rules.families import DEFAULT_TRUST, Families, Member
+from ocrd.rules.leftovers import InterruptedRule
+from ocrd.rules.refusal import Refusal, left_after, refuse_all, refused, staying
+from ocrd.rules.retention import Rules, plan, revisit_at
+from ocrd.rules.selectors import KeepNewestRule, MaxAgeRule, PrefixRule, Selector
+from ocrd.rules.trust import SKEW_S, Trust
 from tests.test_retention import (
     DAY,
     NOW,
@@ -406,7 +394,7 @@ def test_only_a_file_that_counts_for_a_deletion_lets_it_go() -> None:
 
 # --- properties against an oracle --------------------------------------------------------------
 
-PRIVATE = b".ocrd-deleting-cce882604d4f-1-0a1b2c3d-%08x"  # as ocrd.private makes them
+PRIVATE = b".ocrd-deleting-cce882604d4f-1-0a1b2c3d-%08x"  # as ocrd.fs.private makes them
 _PIECES = [
     b"m-v", b"m-", b"x", b".bin", b".keep", b"old_", b"\xff", b"1", b"01", b"2", b"10", b"007",
     b"7",
@@ -474,7 +462,7 @@ def named_privately(f: FileEntry) -> bool:
 
 
 def oracle_family(f: FileEntry, r: Rules) -> tuple[object, ...] | None:
-    """Independently of ocrd.families: the default family is the tuple of what lies between
+    """Independently of ocrd.rules.families: the default family is the tuple of what lies between
     the numbers of the (NFC) path; a pattern's is its group named family."""
     if f.is_link or named_privately(f):
         return None

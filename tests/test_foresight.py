@@ -1,6 +1,6 @@
 """Foresight (docs/foresight.md): ``ocrd list --at``, ``due_at`` and ``ocrd_due_bytes``.
 
-The planner's part (ocrd/retention.py: coming_due, due_at) on plain values, with Hypothesis
+The planner's part (ocrd/rules/retention.py: coming_due, due_at) on plain values, with Hypothesis
 against plan() itself; the command on real files under tmp_path; the daemon in process on a
 FakeClock set ahead (as tests/test_clock_jump.py does) and as a real ``ocrd run``."""
 
@@ -21,31 +21,21 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocrd import log
-from ocrd.clock import FakeClock
-from ocrd.config import load
-from ocrd.daemon import Daemon
-from ocrd.families import Families
-from ocrd.inventory import FileEntry
-from ocrd.retention import (
-    InterruptedRule,
-    KeepNewestRule,
-    MaxAgeRule,
-    Plan,
-    PrefixRule,
-    Rules,
-    Selector,
-    Verdict,
-    coming_due,
-    due_at,
-    plan,
-    refuse_all,
-    refused,
-    staying,
-)
-from ocrd.stats import Totals
-from tests.conftest import OcrdRunner, make_file, write_config
-from tests.harness import OcrdProcess
+from ocrd.base import log
+from ocrd.base.clock import FakeClock
+from ocrd.config.load import load
+from ocrd.daemon.loop import Daemon
+from ocrd.fs.inventory import FileEntry
+from ocrd.ops.stats import Totals
+from ocrd.rules.decision import Plan, Verdict
+from ocrd.rules.families import Families
+from ocrd.rules.foresight import coming_due, due_at
+from ocrd.rules.leftovers import InterruptedRule
+from ocrd.rules.refusal import refuse_all, refused, staying
+from ocrd.rules.retention import Rules, plan
+from ocrd.rules.selectors import KeepNewestRule, MaxAgeRule, PrefixRule, Selector
+from tests import configs, test_cli
+from tests.conftest import OcrdRunner, StartOcrd, make_file
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -215,7 +205,7 @@ def inventories(draw: st.DrawFn) -> list[FileEntry]:
             dev=2049,
             ino=ino,
             is_link=draw(st.integers(0, 3)) == 0,
-            uid=draw(st.sampled_from([0, 0, 1001, 1002])),  # whose word a file is: ocrd.trust
+            uid=draw(st.sampled_from([0, 0, 1001, 1002])),  # whose word a file is: ocrd.rules.trust
         )
         for ino, path in enumerate(paths)
     ]
@@ -322,21 +312,6 @@ def test_per_file_rules_delete_exactly_from_due_at_on(
 
 # --- ocrd list --at, on real files -----------------------------------------------------------
 
-TIMESTAMP = """\
-model_dir = "models"
-[retention]
-max_age = "30d"
-age_from = "{age_from}"
-whitelist = ["*.keep"]
-allow_delete_all = {allow}
-[watch]
-settle = "{settle}"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
-
 
 def tree(
     tmp_path: Path,
@@ -354,8 +329,17 @@ def tree(
     make_file(models, b"twenty.bin", b"2" * 20, age_s=20 * DAY)
     if keeper:
         make_file(models, b"en.keep", b"k")
-    body = TIMESTAMP.format(age_from=age_from, allow=str(allow).lower(), settle=settle)
-    return write_config(tmp_path, body)
+    return configs.config(
+        tmp_path,
+        retention={
+            "prefixes": None,
+            "max_age": "30d",
+            "age_from": age_from,
+            "whitelist": ["*.keep"],
+            "allow_delete_all": allow,
+        },
+        watch={"settle": settle, "rescan": None},
+    )
 
 
 def listed(run_ocrd: OcrdRunner, config: Path, *at: str) -> dict[str, dict[str, Any]]:
@@ -583,26 +567,9 @@ def test_a_daemon_running_all_along_deletes_each_file_at_its_due_at(
 
 # --- ocrd_due_bytes ------------------------------------------------------------------------
 
-METRICS = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-max_age = "30d"
-age_from = "timestamp"
-whitelist = ["*.keep"]
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-[log]
-format = "json"
-[metrics]
-textfile = "ocrd.prom"
-"""
-
 
 def test_due_bytes_counts_what_comes_due_within_each_horizon(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """A real ``ocrd run``: by mtime, due in 12 hours (1 byte), 5 days (10), 20 days (100);
     one due now (deleted by the pass: its verdict counts it, not this) and one never."""
@@ -611,8 +578,9 @@ def test_due_bytes_counts_what_comes_due_within_each_horizon(
     make_file(models, b"twenty_days.bin", b"c" * 100, age_s=10 * DAY)
     make_file(models, b"old_now.bin", b"d" * 1000)
     make_file(models, b"en.keep", b"e" * 10000, age_s=400 * DAY)
-    d = OcrdProcess(write_config(tmp_path, METRICS))
-    daemons.append(d)
+    d = start_ocrd(
+        configs.config(tmp_path, retention=test_cli.RULES, metrics={"textfile": "ocrd.prom"})
+    )
     d.note("READY=1")
     samples = {
         (s.name, tuple(s.labels.items())): s.value

@@ -1,4 +1,4 @@
-"""ocrd/holders.py: the /proc fallback answers held, free or unknown, and never free when it
+"""ocrd/fs/holders.py: the /proc fallback answers held, free or unknown, and never free when it
 could not see everything."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from ocrd.holders import Answer, Holders, View, file_id, lease_report, take
+from ocrd.fs.holders import Answer, Holders, View, file_id, take
+from ocrd.fs.leases import lease_report
 from tests.worlds import held
 
 
@@ -71,7 +72,7 @@ def test_out_of_file_descriptors_the_view_is_limited_not_empty() -> None:
     """EMFILE while reading /proc used to leave an empty set: "nobody holds anything"."""
     script = (
         "import resource, sys\n"
-        "from ocrd.holders import take\n"
+        "from ocrd.fs.holders import take\n"
         "keep = []\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
         "try:\n"
@@ -90,7 +91,7 @@ def test_out_of_file_descriptors_the_view_is_limited_not_empty() -> None:
 
 
 def test_in_a_pid_namespace_the_view_says_it_is_limited() -> None:
-    script = "from ocrd.holders import take\nprint(take().limits)\n"
+    script = "from ocrd.fs.holders import take\nprint(take().limits)\n"
     result = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
         capture_output=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocrd.index import Index
-from ocrd.inventory import FileEntry
+from ocrd.fs.inventory import FileEntry
+from ocrd.watch.index import Index
 
 entries = st.builds(
     FileEntry,

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from ocrd.holders import Answer, file_id, take
-from tests.harness import OcrdProcess, ocrd_argv
+from ocrd.fs.holders import Answer, file_id, take
+from tests.conftest import StartOcrd
+from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
 
@@ -47,12 +48,12 @@ def clean(
     uid: int | None = None,
     lease_cap: bool = False,
     pid_ns: bool = False,
-    extra: str = "",
+    retention: dict[str, Any] | None = None,
     timeout: float = 60,
     model_dir: str = "models",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``ocrd clean --json`` in the given world; its report and its log lines (stderr)."""
-    config = world.config(extra, model_dir)
+    config = world.config(model_dir, retention=retention or {})
     argv = [*as_user(uid, lease_cap=lease_cap, pid_ns=pid_ns), *world.python, "-m", "ocrd"]
     if world.python == [sys.executable]:
         argv = [*as_user(uid, lease_cap=lease_cap, pid_ns=pid_ns), *ocrd_argv()]
@@ -150,7 +151,7 @@ def test_unprivileged_without_cap_lease_keeps_what_it_cannot_judge_and_says_so_f
 @root_only
 def test_unknown_holders_delete_is_an_explicit_opt_in(world: World) -> None:
     world.model("old_app_free.gguf", owner=APP_UID)
-    report, logs = clean(world, uid=OCRD_UID, extra='unknown_holders = "delete"')
+    report, logs = clean(world, uid=OCRD_UID, retention={"unknown_holders": "delete"})
     assert report["deleted"] == ["old_app_free.gguf"]
     assert "deleting them anyway" in next(
         e["action"] for e in logs if e["event"] == "in_use_check_limited"
@@ -218,7 +219,7 @@ def test_at_the_fd_limit_a_held_model_is_never_deleted(world: World) -> None:
         script = (
             "import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))\n"
-            "from ocrd.cli import main\n"
+            "from ocrd.cli.main import main\n"
             "sys.exit(main(['clean', '--json', '-c', sys.argv[1]]))\n"
         )
         result = subprocess.run(
@@ -283,7 +284,7 @@ def test_on_overlayfs_a_mapping_whose_fd_is_closed_is_in_use(world: World) -> No
             else:
                 assert report["deleted"] == []
                 assert skipped(report) == held_names | dict.fromkeys(free_names, "in_use_unknown")
-                report, logs = clean(world, extra='unknown_holders = "delete"')
+                report, logs = clean(world, retention={"unknown_holders": "delete"})
                 assert sorted(report["deleted"]) == free_names
                 assert skipped(report) == held_names
             assert all((world.models / name).exists() for name in held_names)
@@ -374,12 +375,11 @@ def test_a_hung_fuse_mount_neither_freezes_the_pass_nor_the_fallback(world: Worl
 
 @root_only
 def test_with_a_hung_fuse_mount_the_daemon_deletes_and_stops_within_5s(
-    world: World, daemons: list[OcrdProcess]
+    world: World, start_ocrd: StartOcrd
 ) -> None:
     with hung_fuse(world.base):
         world.model("old_a.gguf", owner=APP_UID)
-        d = OcrdProcess(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
-        daemons.append(d)
+        d = start_ocrd(world.config(), env=world.env, command=[*world.python, "-m", "ocrd"])
         d.note("READY=1")
         d.event("model_deleted", path="old_a.gguf")
         world.model("old_b.gguf", owner=APP_UID)

@@ -1,4 +1,4 @@
-"""ocrd/inventory.py: the plain values, and display() of any name."""
+"""ocrd/fs/inventory.py: the plain values, and display() of any name."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocrd.inventory import FileEntry, display, entry_from_stat
+from ocrd.fs.inventory import FileEntry, display, entry_from_stat
 
 
 def test_an_entry_from_lstat_says_what_the_file_is(tmp_path: Path) -> None:

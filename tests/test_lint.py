@@ -1,4 +1,5 @@
-"""ocrd/config.py's lint and system-directory refusal: rules that cannot mean what they say."""
+"""ocrd/config/schema.py's lint and system-directory refusal: rules that cannot mean what they
+say."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.config import Lint, lint, load
-from ocrd.errors import EXIT_CONFIG, ConfigError
-from tests.conftest import OcrdRunner, write_config
-from tests.harness import OcrdProcess
+from ocrd.base.errors import EXIT_CONFIG, ConfigError
+from ocrd.config.lint import Lint, lint
+from ocrd.config.load import load
+from tests import configs
+from tests.conftest import OcrdRunner, StartOcrd, write_config
 
 
 @pytest.fixture
@@ -171,14 +173,13 @@ def test_home_and_the_running_users_home_are_refused_but_not_what_they_hold(
 
 
 def test_check_and_run_refuse_a_system_directory_with_78(
-    conf_dir: Path, run_ocrd: OcrdRunner, daemons: list[OcrdProcess]
+    conf_dir: Path, run_ocrd: OcrdRunner, start_ocrd: StartOcrd
 ) -> None:
     path = write_config(conf_dir, 'model_dir = "/etc"\n[engine]\nenabled = false\n')
     result = run_ocrd("check", "-c", path)
     assert (result.returncode, result.stdout) == (EXIT_CONFIG, "")
     assert len(result.stderr.splitlines()) == 1
-    d = OcrdProcess(path)
-    daemons.append(d)
+    d = start_ocrd(path)
     assert d.wait() == EXIT_CONFIG
     invalid = d.event("config_invalid")  # ocrd run says it as a JSON line
     assert any("is the system directory /etc" in e for e in invalid["errors"]), invalid
@@ -186,25 +187,22 @@ def test_check_and_run_refuse_a_system_directory_with_78(
 
 # --- where warnings show: check, start-up, reload ----------------------------------------------
 
-LINTED = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-whitelist = ["./en.bin", "sub/", "fine.bin"]
-max_age = "1ms"
-[watch]
-settle = "5s"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
+
+def linted(
+    conf_dir: Path, whitelist: tuple[str, ...] = ("./en.bin", "sub/"), max_age: str = "1ms"
+) -> Path:
+    """A config whose whitelist and max_age draw warnings (lint), beside a clean fine.bin."""
+    return configs.config(
+        conf_dir,
+        retention={"whitelist": [*whitelist, "fine.bin"], "max_age": max_age},
+        watch={"settle": "5s", "rescan": None},
+    )
 
 
 def test_check_prints_each_warning_on_its_own_line_and_exits_0(
     conf_dir: Path, run_ocrd: OcrdRunner
 ) -> None:
-    path = write_config(conf_dir, LINTED)
+    path = linted(conf_dir)
     result = run_ocrd("check", "-c", path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{path}: ok: ")
@@ -226,11 +224,10 @@ def test_a_clean_config_prints_no_warning(conf_dir: Path, run_ocrd: OcrdRunner) 
 
 
 def test_run_logs_config_warning_at_start_and_on_reload(
-    conf_dir: Path, daemons: list[OcrdProcess]
+    conf_dir: Path, start_ocrd: StartOcrd
 ) -> None:
-    path = write_config(conf_dir, LINTED)
-    d = OcrdProcess(path)
-    daemons.append(d)
+    path = linted(conf_dir)
+    d = start_ocrd(path)
     d.note("READY=1")
 
     def warnings() -> list[tuple[str, str]]:
@@ -243,7 +240,7 @@ def test_run_logs_config_warning_at_start_and_on_reload(
         ("retention.max_age", "warning"),
     ]
     assert all(e["config"] == str(path) for e in d.events if e.get("event") == "config_warning")
-    path.write_text(LINTED.replace('"./en.bin", "sub/", ', "").replace('"1ms"', '"2s"'))
+    linted(conf_dir, whitelist=(), max_age="2s")
     d.send(signal.SIGHUP)
     d.event("config_reloaded")
     d.note("READY=1", count=2)

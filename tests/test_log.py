@@ -17,22 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from ocrd import log
+from ocrd.base import log
+from tests import configs
 from tests.harness import ocrd_argv
 
 LINE = re.compile(r"^(?:<(\d)>)?(\{.*\})$")
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3}
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "0s"
-[engine]
-enabled = {engine}
-[log]
-format = "json"
-"""
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -91,9 +81,7 @@ def _run_until(config: Path, out: Path, *names: str, **env: str) -> str:
 def config(tmp_path: Path) -> Path:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "old_a.bin").write_bytes(b"a")
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG.format(engine="true"))
-    return path
+    return configs.config(tmp_path, watch={"rescan": None}, engine={"enabled": True})
 
 
 def test_each_line_carries_its_priority_when_stdout_is_the_journal(
@@ -129,8 +117,7 @@ def test_no_prefix_when_stdout_is_not_the_journal(config: Path, tmp_path: Path) 
 
 
 def test_invalid_config_at_start_is_one_json_error_line(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG.format(engine="false") + "bogus = 1\n")  # and models/ is missing
+    path = configs.config(tmp_path, watch={"rescan": None}, log={"bogus": 1})  # no models/ either
     out = tmp_path / "stdout"
     with out.open("w") as fh:
         result = subprocess.run(
@@ -192,7 +179,7 @@ def test_a_line_for_a_signal_handler_needs_no_logger() -> None:
 def test_a_thread_that_dies_is_a_json_line(
     captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocrd.daemon import _thread_failed
+    from ocrd.daemon.run import _thread_failed
 
     monkeypatch.setattr(threading, "excepthook", _thread_failed)
 
@@ -213,7 +200,7 @@ def test_a_stalled_reader_costs_lines_counted_never_half_a_line() -> None:
     """A pipe nobody reads: writes never block, what does not fit is held up to a bound and
     then dropped and counted; once the reader is back, the held lines come out whole, then
     log_lines_dropped with the count."""
-    from ocrd.log import PENDING_MAX, LineWriter
+    from ocrd.base.log import PENDING_MAX, LineWriter
 
     read_end, write_end = os.pipe()
     try:

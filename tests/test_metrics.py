@@ -15,28 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from ocrd import metrics
-from ocrd.stats import Totals
-from tests.conftest import OcrdRunner
+from ocrd.daemon import metrics
+from ocrd.ops.stats import Totals
+from tests.configs import config
+from tests.conftest import OcrdRunner, StartOcrd
 from tests.harness import OcrdProcess
 from tests.worlds import OCRD_UID, as_user, make_world, root_only
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-whitelist = ["*.keep"]
-[watch]
-settle = "0s"
-[engine]
-enabled = {engine}
-batch = "0s"
-restart_after = "0s"
-[log]
-format = "json"
-[metrics]
-textfile = "{textfile}"
-"""
 OTHER_GID = 4343  # a group and user that are neither root nor ocrd's
 UMASK_027 = ["sh", "-c", 'umask 027 && exec "$@"', "sh"]  # the unit's UMask=0027
 
@@ -56,23 +41,23 @@ def _value(path: Path, name: str, **labels: str) -> float | None:
 
 
 def _start(
-    tmp_path: Path, daemons: list[OcrdProcess], textfile: str, engine: str = "true"
+    tmp_path: Path, start_ocrd: StartOcrd, textfile: str, engine: bool = True
 ) -> OcrdProcess:
-    config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(engine=engine, textfile=textfile))
-    d = OcrdProcess(config, prefix=UMASK_027)
-    daemons.append(d)
-    return d
+    path = config(
+        tmp_path,
+        retention={"whitelist": ["*.keep"]},
+        engine={"enabled": engine, "batch": "0s", "restart_after": "0s"},
+        metrics={"textfile": textfile},
+    )
+    return start_ocrd(path, prefix=UMASK_027)
 
 
-def test_textfile_counts_what_happened(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
-) -> None:
+def test_textfile_counts_what_happened(tmp_path: Path, models: Path, start_ocrd: StartOcrd) -> None:
     (tmp_path / "prom").mkdir()
     (models / "old_a.bin").write_bytes(b"a" * 100)
     (models / "model.bin").write_bytes(b"m" * 10)
     (models / "en.keep").write_bytes(b"k")
-    d = _start(tmp_path, daemons, "prom/ocrd.prom")  # relative: beside the config
+    d = _start(tmp_path, start_ocrd, "prom/ocrd.prom")  # relative: beside the config
     d.note("READY=1")
     prom = tmp_path / "prom" / "ocrd.prom"
     got = _samples(prom)
@@ -119,11 +104,11 @@ def test_textfile_counts_what_happened(
 
 
 def test_a_failed_write_is_logged_and_retention_goes_on(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
-    d = _start(tmp_path, daemons, str(prom_dir / "ocrd.prom"), engine="false")
+    d = _start(tmp_path, start_ocrd, str(prom_dir / "ocrd.prom"), engine=False)
     d.note("READY=1")
     assert (prom_dir / "ocrd.prom").exists()
     shutil.rmtree(prom_dir)  # the collector's directory goes away under the daemon
@@ -256,18 +241,18 @@ def test_the_documented_setup_passes_the_check() -> None:
         prom_dir.mkdir()
         os.chown(prom_dir, OCRD_UID, 0)
         prom_dir.chmod(0o755)
-        config = world.config(f'[metrics]\ntextfile = "{prom_dir}/ocrd.prom"\n')
+        config = world.config(metrics={"textfile": f"{prom_dir}/ocrd.prom"})
         check = [*as_user(OCRD_UID), *world.python, "-m", "ocrd", "check", "-c", str(config)]
         result = subprocess.run(check, capture_output=True, text=True, env=world.env, check=False)
         assert result.returncode == 0, result.stderr
 
 
 def test_a_reload_onto_a_directory_others_may_write_is_rejected(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
-    d = _start(tmp_path, daemons, str(prom_dir / "ocrd.prom"), engine="false")
+    d = _start(tmp_path, start_ocrd, str(prom_dir / "ocrd.prom"), engine=False)
     d.note("READY=1")
     prom_dir.chmod(0o777)
     d.send(signal.SIGHUP)

@@ -1,30 +1,33 @@
-"""ocrd/mirror.py: model_dir as the daemon knows it, brought up to date from the disk rather
+"""ocrd/watch/mirror.py: model_dir as the daemon knows it, brought up to date from the disk rather
 than from what events claim; on real files, no subprocess."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from ocrd.clock import FakeClock
-from ocrd.config import Watch
-from ocrd.inventory import FileEntry
-from ocrd.mirror import Mirror, Root, Scan
-from ocrd.watch import Changes
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import Watch
+from ocrd.fs.inventory import FileEntry
+from ocrd.watch.mirror import Mirror, Root, Scan
+from ocrd.watch.observer import Changes
 
 
-@pytest.fixture
-def mirror(tmp_path: Path) -> Iterator[Mirror]:
+@contextmanager
+def polled(tmp_path: Path, clock: FakeClock) -> Iterator[Mirror]:
+    """A Mirror of tmp_path/models (made here), polling, settle 0 s, stopped afterwards."""
     (tmp_path / "models").mkdir()
     m = Mirror(
         tmp_path / "models",
         Watch.model_validate({"settle": "0s", "observer": "polling"}),
-        FakeClock(),
+        clock,
         wake=lambda: None,
         tick=lambda: False,
     )
@@ -32,6 +35,13 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, log_out: io.StringIO) -> Iterator[Mirror]:
+    """Its log goes to ``log_out``, whatever stream an earlier test left the log on."""
+    with polled(tmp_path, FakeClock()) as m:
+        yield m
 
 
 def _changes(files: set[bytes] | None = None, dirs: set[bytes] | None = None) -> Changes:
@@ -150,21 +160,11 @@ def _stale() -> FileEntry:
 
 
 @pytest.fixture
-def later(tmp_path: Path) -> Iterator[Mirror]:
+def later(tmp_path: Path, log_out: io.StringIO) -> Iterator[Mirror]:
     """A mirror whose clock reads a day ahead: what it saw arrive dates a file later than its
     own ctime, visibly."""
-    (tmp_path / "models").mkdir()
-    m = Mirror(
-        tmp_path / "models",
-        Watch.model_validate({"settle": "0s", "observer": "polling"}),
-        FakeClock(wall=time.time() + 86_400),
-        wake=lambda: None,
-        tick=lambda: False,
-    )
-    try:
+    with polled(tmp_path, FakeClock(wall=time.time() + 86_400)) as m:
         yield m
-    finally:
-        m.stop()
 
 
 def _ctimes(mirror: Mirror) -> dict[bytes, float]:

@@ -8,33 +8,27 @@ import json
 import os
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import OcrdRunner, make_file, snapshot, write_config
-from tests.harness import OcrdProcess
+from tests import configs
+from tests.conftest import OcrdRunner, StartOcrd, make_file, snapshot
 from tests.worlds import World, as_user, make_world, root_only
 
 DAY = 86400
 
-HEAD = """\
-model_dir = "models"
-[watch]
-settle = "{settle}"
-rescan = "{rescan}"
-[engine]
-enabled = false
-[log]
-format = "json"
-[retention]
-"""
-
 
 def config(tmp_path: Path, retention: str, *, settle: str = "0s", rescan: str = "10m") -> Path:
-    return write_config(tmp_path, HEAD.format(settle=settle, rescan=rescan) + retention)
+    """The [retention] table given as TOML text (no prefix rule unless it names one)."""
+    return configs.config(
+        tmp_path,
+        retention={"prefixes": None, **tomllib.loads(retention)},
+        watch={"settle": settle, "rescan": rescan},
+    )
 
 
 def events(stderr: str, name: str) -> list[dict[str, Any]]:
@@ -192,21 +186,14 @@ def test_clean_refuses_to_delete_every_model_file(tmp_path: Path, run_ocrd: Ocrd
 # --- ocrd run ---------------------------------------------------------------------------------
 
 
-def start(daemons: list[OcrdProcess], path: Path) -> OcrdProcess:
-    d = OcrdProcess(path)
-    daemons.append(d)
-    d.note("READY=1")
-    return d
-
-
 def test_the_daemon_keeps_the_newest_version_as_versions_arrive(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     make_file(models, b"m-v1.bin", b"one", age_s=DAY)
     make_file(models, b"other-v7.bin", b"other")
-    d = start(daemons, config(tmp_path, "keep_newest = 1\n", settle="1s"))
+    d = start_ocrd(config(tmp_path, "keep_newest = 1\n", settle="1s"), ready=True)
     assert d.deletions() == 0
-    # v2 arrives: once it has settled it counts as the newer version (ocrd.trust), and v1
+    # v2 arrives: once it has settled it counts as the newer version (ocrd.rules.trust), and v1
     # goes, by keep_newest, and nothing else does.
     make_file(models, b"m-v2.bin", b"two")
     deleted = d.event("model_deleted", path="m-v1.bin")
@@ -222,13 +209,13 @@ def test_the_daemon_keeps_the_newest_version_as_versions_arrive(
 
 
 def test_the_daemon_refuses_to_delete_every_model_file_batch_or_not(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """At start (a full pass) and for one file planned alone (the daemon plans what changed):
     each is weighed against every model file under model_dir."""
     make_file(models, b"a.bin", b"aa", age_s=2 * DAY)
     make_file(models, b"b.bin", b"bb", age_s=2 * DAY)
-    d = start(daemons, config(tmp_path, AGED, rescan="1s"))
+    d = start_ocrd(config(tmp_path, AGED, rescan="1s"), ready=True)
     refused = d.event("deletion_refused")
     assert (refused["would_delete"], refused["of_files"], refused["level"]) == (2, 2, "warning")
     assert d.deletions() == 0
@@ -361,10 +348,7 @@ def plant(world: World, *names: str) -> None:
 
 
 def shared_config(world: World, rescan: str = "10m") -> Path:
-    path = world.base / "config.toml"
-    path.write_text(
-        HEAD.format(settle="0s", rescan=rescan) + "keep_newest = 2\n" + "allow_delete_all = false\n"
-    )
+    path = config(world.base, "keep_newest = 2\nallow_delete_all = false\n", rescan=rescan)
     path.chmod(0o644)
     return path
 
@@ -394,11 +378,9 @@ def test_a_strangers_newer_looking_files_do_not_make_clean_delete_anothers_versi
 
 @root_only
 def test_a_strangers_newer_looking_files_do_not_make_the_daemon_delete_anothers_versions(
-    shared: World, daemons: list[OcrdProcess]
+    shared: World, start_ocrd: StartOcrd
 ) -> None:
-    d = OcrdProcess(shared_config(shared, rescan="1s"))
-    daemons.append(d)
-    d.note("READY=1")
+    d = start_ocrd(shared_config(shared, rescan="1s"), ready=True)
     plant(shared, *PLANTED)
     # Two full rescans after the planted files are there: the first plans them (and, were
     # they trusted, deletes); the second sees what is left.

@@ -1,4 +1,4 @@
-"""ocrd/onepass.py and FanOut.run over groups made as they are taken: ``ocrd clean`` deletes
+"""ocrd/ops/stream.py and FanOut.run over groups made as they are taken: ``ocrd clean`` deletes
 each directory as soon as its walk has planned it, with the verdicts of the whole plan."""
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.errors import ModelDirMissing
-from ocrd.fanout import FanOut, Timer
-from ocrd.fsdirs import DirFds
-from ocrd.onepass import Walked, planned
-from ocrd.retention import MaxAgeRule, PrefixRule, Rules
-from ocrd.rootdir import pin
-from ocrd.walker import scan
-from tests.conftest import OcrdRunner, make_file, write_config
-from tests.test_cli import CONFIG  # prefix old_, 30 days by mtime, whitelist *.keep
+from ocrd.base.errors import ModelDirMissing
+from ocrd.fs.dirfds import DirFds
+from ocrd.fs.place import pin
+from ocrd.fs.scan import scan
+from ocrd.ops.fanout import FanOut, Timer
+from ocrd.ops.stream import Walked, planned
+from ocrd.rules.retention import Rules
+from ocrd.rules.selectors import MaxAgeRule, PrefixRule
+from tests.conftest import OcrdRunner, make_file
+from tests.test_cli import (
+    cli_config,  # prefix old_, 30 days by mtime, whitelist *.keep
+)
 
 DAY = 86400
 
@@ -55,7 +58,7 @@ def test_clean_deletes_exactly_what_the_whole_plan_deletes(
 ) -> None:
     models = tmp_path / "models"
     varied_tree(models, seed)
-    path = write_config(tmp_path, CONFIG)
+    path = cli_config(tmp_path)
     rows = json.loads(run_ocrd("list", "--json", "-c", path).stdout)
     due = {r["path"] for r in rows if r["verdict"] == "delete"}
     stays = {r["path"] for r in rows if r["verdict"] != "delete"}
@@ -104,7 +107,7 @@ def test_deletions_by_age_wait_for_a_file_that_stays_even_in_the_last_directory(
     last = aged_and_named(models)[-1]
     make_file(models, os.path.join(last, b"fresh.bin"))
     assert walk_order(models)[-1] == last  # a new file does not move its directory
-    path = write_config(tmp_path, CONFIG)
+    path = cli_config(tmp_path)
     result = json.loads(run_ocrd("clean", "--json", "-c", path).stdout)
     assert result["refused"] is None
     assert sorted(result["deleted"]) == sorted(
@@ -118,7 +121,7 @@ def test_without_a_file_that_stays_only_the_named_ones_go(
 ) -> None:
     models = tmp_path / "models"
     aged_and_named(models)
-    path = write_config(tmp_path, CONFIG)
+    path = cli_config(tmp_path)
     result = json.loads(run_ocrd("clean", "--json", "-c", path).stdout)
     assert result["deleted"] == ["d3/old_named.bin"]
     assert result["refused"]["would_delete"] == 6

@@ -1,4 +1,4 @@
-"""ocrd/outcomes.py: each deletion outcome becomes one log line and one count, the same for
+"""ocrd/ops/outcomes.py: each deletion outcome becomes one log line and one count, the same for
 ``ocrd clean`` and the daemon."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from ocrd.apply import Outcome, Status, apply
-from ocrd.config import Retention
-from ocrd.inventory import FileEntry
-from ocrd.outcomes import Recorder
-from ocrd.retention import Decision, Rules, Verdict, plan
-from ocrd.walker import scan
+from ocrd.config.schema import Retention
+from ocrd.fs.inventory import FileEntry
+from ocrd.fs.scan import scan
+from ocrd.ops.delete import apply
+from ocrd.ops.outcomes import Outcome, Recorder, Status
+from ocrd.rules.decision import Decision, Verdict
+from ocrd.rules.retention import Rules, plan
 from tests.conftest import make_file
 
 

@@ -1,4 +1,4 @@
-"""ocrd/private.py: private names unique per process, and claimed without replacing anything."""
+"""ocrd/fs/private.py: private names unique per process, and claimed without replacing anything."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ocrd import private
+from ocrd.fs import private
 from tests.worlds import as_user, root_only
 
-ONE = "from ocrd import private; print(private.make().decode())"
+ONE = "from ocrd.fs import private; print(private.make().decode())"
 
 
 def test_a_name_carries_boot_pid_and_two_random_parts() -> None:

@@ -1,4 +1,4 @@
-"""ocrd/regexlint.py: family patterns that could make matching a hostile name take seconds
+"""ocrd/config/regexlint.py: family patterns that could make matching a hostile name take seconds
 are refused by ``ocrd check`` (and at start and reload); the shapes users write pass; and a
 path too long to be a model's is never matched."""
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocrd.families import DEFAULT_TRUST, MAX_MATCH_BYTES, Families
-from ocrd.regexlint import backtracking
+from ocrd.config.regexlint import backtracking
+from ocrd.rules.families import DEFAULT_TRUST, MAX_MATCH_BYTES, Families
 from tests.conftest import OcrdRunner, write_config
 from tests.test_retention import NOW, entry
 

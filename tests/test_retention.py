@@ -1,4 +1,4 @@
-"""ocrd/retention.py: the pure planner, on plain FileEntry values (no disk)."""
+"""ocrd/rules/retention.py: the pure planner, on plain FileEntry values (no disk)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,13 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ocrd.clock import FakeClock
-from ocrd.config import Retention
-from ocrd.inventory import FileEntry, Inventory
-from ocrd.retention import (
-    InterruptedRule,
-    MaxAgeRule,
-    Plan,
-    PrefixRule,
-    Rules,
-    Selector,
-    Verdict,
-    plan,
-    revisit_at,
-)
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import Retention
+from ocrd.fs.inventory import FileEntry, Inventory
+from ocrd.rules.decision import Plan, Verdict
+from ocrd.rules.leftovers import InterruptedRule
+from ocrd.rules.retention import Rules, plan, revisit_at
+from ocrd.rules.selectors import MaxAgeRule, PrefixRule, Selector
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -411,7 +404,7 @@ def test_rules_from_config() -> None:
     assert Rules.from_config(Retention(), settle=0.0).selectors == (InterruptedRule(),)
 
 
-# Private names as ocrd.private makes them: boot id, PID, this process's token, a fresh token.
+# Private names as ocrd.fs.private makes them: boot id, PID, this process's token, a fresh token.
 OURS = b".ocrd-deleting-cce882604d4f-%d-0a1b2c3d-%08x"
 
 

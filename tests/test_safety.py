@@ -12,37 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import config
+from tests.conftest import StartOcrd
 from tests.harness import OcrdProcess, user_limits_work, with_user_limit
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "0s"
-rescan = "{rescan}"
-observer = "{observer}"
-[engine]
-enabled = {engine}
-[log]
-format = "json"
-"""
 
-
-def start(
-    daemons: list[OcrdProcess],
-    tmp_path: Path,
-    *,
-    rescan: str = "10m",
-    engine: str = "false",
-    observer: str = "auto",
-    prefix: list[str] | None = None,
-) -> OcrdProcess:
-    config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(rescan=rescan, engine=engine, observer=observer))
-    d = OcrdProcess(config, prefix=prefix)
-    daemons.append(d)
-    return d
+def safety_config(
+    tmp_path: Path, *, rescan: str = "10m", engine: bool = False, observer: str = "auto"
+) -> Path:
+    return config(
+        tmp_path, watch={"rescan": rescan, "observer": observer}, engine={"enabled": engine}
+    )
 
 
 def create(directory: Path, names: list[str]) -> None:
@@ -56,13 +36,15 @@ def deleted_count(d: OcrdProcess) -> int:
 
 @pytest.mark.slow
 def test_lost_events_from_a_queue_overflow_are_recovered(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """20k creates while the daemon is stopped overflow the kernel queue (16384 here)."""
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     n = max(20_000, limit + 2_000)
     create(models, ["keep.bin"])
-    d = start(daemons, tmp_path)  # rescan "10m": recovery must not wait for the safety net
+    d = start_ocrd(
+        safety_config(tmp_path)
+    )  # rescan "10m": recovery must not wait for the safety net
     d.note("READY=1")
     d.send(signal.SIGSTOP)
     try:
@@ -77,7 +59,7 @@ def test_lost_events_from_a_queue_overflow_are_recovered(
 
 
 def test_a_directory_swapped_for_a_symlink_never_leads_outside(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -86,7 +68,7 @@ def test_a_directory_swapped_for_a_symlink_never_leads_outside(
     real = models / "sub"
     real.mkdir()
     create(real, ["keep.bin"])  # so the daemon never removes sub as emptied
-    d = start(daemons, tmp_path)
+    d = start_ocrd(safety_config(tmp_path))
     d.note("READY=1")
     stop = threading.Event()
     swaps = 0
@@ -118,7 +100,7 @@ def test_a_directory_swapped_for_a_symlink_never_leads_outside(
 
 
 def test_a_mapped_model_is_skipped_in_use_and_deleted_once_released(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     model = models / "old_mapped.gguf"
     model.write_bytes(b"GGUF" + b"\0" * 8192)
@@ -141,7 +123,7 @@ def test_a_mapped_model_is_skipped_in_use_and_deleted_once_released(
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline() == "mapped\n"
-        d = start(daemons, tmp_path, engine="true")
+        d = start_ocrd(safety_config(tmp_path, engine=True))
         d.note("READY=1")
         skipped = d.event("deletion_skipped", path="old_mapped.gguf")
         assert skipped["reason"] == "in_use"
@@ -159,11 +141,11 @@ def test_a_mapped_model_is_skipped_in_use_and_deleted_once_released(
 
 
 def test_model_dir_vanishing_and_returning(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     create(models, ["keep.bin"])
     (models / "sub").mkdir()
-    d = start(daemons, tmp_path, engine="true")
+    d = start_ocrd(safety_config(tmp_path, engine=True))
     d.note("READY=1")
     shutil.rmtree(models)
     d.event("model_dir_missing")
@@ -180,11 +162,11 @@ def test_model_dir_vanishing_and_returning(
 
 
 def test_hostile_names_are_deleted_and_logged_on_one_line(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     root = os.fsencode(models)
     hostile = [b"old_new\nline.bin", b"old_\xff\xfe.bin", b"old_back\\x41.bin", b"old_tab\t.bin"]
-    d = start(daemons, tmp_path)
+    d = start_ocrd(safety_config(tmp_path))
     d.note("READY=1")
     for name in [*hostile, b"keep_\xff.bin"]:
         os.close(os.open(os.path.join(root, name), os.O_CREAT | os.O_WRONLY))
@@ -203,14 +185,14 @@ def test_hostile_names_are_deleted_and_logged_on_one_line(
 
 @pytest.mark.slow
 def test_sigterm_mid_batch_exits_0_fast_and_sigkill_restart_completes(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     n = 30_000
     for i in range(100):
         (models / f"d{i:02d}").mkdir()
     create(models, [f"d{i % 100:02d}/old_{i:05d}.bin" for i in range(n)])
     create(models, [f"d{i:02d}/keep.bin" for i in range(100)])
-    first = start(daemons, tmp_path, engine="true")
+    first = start_ocrd(safety_config(tmp_path, engine=True))
     first.wait_for("a batch under way", lambda: deleted_count(first) >= 100, timeout=120)
     code, took = first.stop(signal.SIGTERM)
     assert (code, took < 5.0) == (0, True), took
@@ -218,12 +200,12 @@ def test_sigterm_mid_batch_exits_0_fast_and_sigkill_restart_completes(
     left = sum(len(files) for _, _, files in os.walk(models))
     assert 100 < left < n + 100  # it stopped mid-batch, keeping what it had not reached
 
-    second = start(daemons, tmp_path, engine="true")
+    second = start_ocrd(safety_config(tmp_path, engine=True))
     second.wait_for("a batch under way", lambda: deleted_count(second) >= 100, timeout=120)
     second.proc.kill()
     second.wait()
 
-    third = start(daemons, tmp_path, engine="true")
+    third = start_ocrd(safety_config(tmp_path, engine=True))
     third.note("READY=1", timeout=240)
     remaining = sorted(
         os.path.relpath(os.path.join(p, f), models)
@@ -242,17 +224,14 @@ needs_userns = pytest.mark.skipif(
 @needs_userns
 @pytest.mark.parametrize("observer", ["auto", "inotify"])
 def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], observer: str
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, observer: str
 ) -> None:
     """40 directories, 20 watches allowed: watchdog drops the ENOSPC for the rest silently."""
     for i in range(40):
         (models / f"d{i:02d}").mkdir()
     rescan = "10m" if observer == "auto" else "2s"
-    d = start(
-        daemons,
-        tmp_path,
-        rescan=rescan,
-        observer=observer,
+    d = start_ocrd(
+        safety_config(tmp_path, rescan=rescan, observer=observer),
         prefix=with_user_limit("max_inotify_watches", 20),
     )
     d.note("READY=1")
@@ -279,7 +258,7 @@ def test_hitting_the_watch_limit_is_noticed_and_nothing_is_missed(
 
 @pytest.mark.slow
 def test_a_reload_to_dry_run_stops_a_pass_between_two_files(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """Nothing the new rules keep is deleted after config_reloaded: the batch in progress is
     stopped between two files by the SIGHUP, and the reload plans anew."""
@@ -287,12 +266,9 @@ def test_a_reload_to_dry_run_stops_a_pass_between_two_files(
     for i in range(100):
         (models / f"d{i:02d}").mkdir()
     create(models, [f"d{i % 100:02d}/old_{i:05d}.bin" for i in range(n)])
-    d = start(daemons, tmp_path)
+    d = start_ocrd(safety_config(tmp_path))
     d.wait_for("a batch under way", lambda: deleted_count(d) >= 1, timeout=120)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        config.read_text().replace('prefixes = ["old_"]', 'prefixes = ["old_"]\ndry_run = true')
-    )
+    config(tmp_path, retention={"dry_run": True})
     d.send(signal.SIGHUP)
     d.event("config_reloaded", timeout=60)
     d.event("scan_completed", trigger="reload", timeout=60)

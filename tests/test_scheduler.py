@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ocrd.clock import FakeClock
-from ocrd.scheduler import Scheduler
+from ocrd.base.clock import FakeClock
+from ocrd.daemon.scheduler import Scheduler
 
 
 def test_rescan_comes_due_after_its_period() -> None:

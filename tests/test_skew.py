@@ -8,27 +8,17 @@ import os
 import time
 from pathlib import Path
 
-from ocrd.inventory import FileEntry
-from ocrd.retention import Decision, Verdict
-from ocrd.skew import FutureMtimes
-from tests.conftest import OcrdRunner, write_config
-from tests.harness import OcrdProcess
+from ocrd.daemon.skew import FutureMtimes
+from ocrd.fs.inventory import FileEntry
+from ocrd.rules.decision import Decision, Verdict
+from tests.configs import config
+from tests.conftest import OcrdRunner, StartOcrd
 
 YEAR_2100 = 4_102_444_800.0
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-max_age = "30d"
-[watch]
-settle = "1s"
-rescan = "{rescan}"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
+
+def skew_config(tmp_path: Path, rescan: str) -> Path:
+    return config(tmp_path, retention={"max_age": "30d"}, watch={"settle": "1s", "rescan": rescan})
 
 
 def from_the_future(path: Path, mtime: float = YEAR_2100) -> float:
@@ -54,7 +44,7 @@ def listed(run_ocrd: OcrdRunner, config: Path) -> dict[str, dict[str, object]]:
 def test_list_and_clean_apply_the_rules_to_a_file_from_2100_once_settled(
     tmp_path: Path, models: Path, run_ocrd: OcrdRunner
 ) -> None:
-    config = write_config(tmp_path, CONFIG.format(rescan="10m"))
+    config = skew_config(tmp_path, "10m")
     ctime = from_the_future(models / "old_future.bin")
     from_the_future(models / "future.bin")
 
@@ -86,12 +76,11 @@ def test_list_and_clean_apply_the_rules_to_a_file_from_2100_once_settled(
 
 
 def test_the_daemon_reports_a_future_mtime_once_per_file_not_once_per_pass(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     from_the_future(models / "future.bin")
     from_the_future(models / "old_future.bin")
-    d = OcrdProcess(write_config(tmp_path, CONFIG.format(rescan="1s")))
-    daemons.append(d)
+    d = start_ocrd(skew_config(tmp_path, "1s"))
     d.note("READY=1")
     # Settled from its ctime one second later, then deleted by its prefix.
     deleted = d.event("model_deleted", path="old_future.bin")

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from ocrd.human import count, size
-from ocrd.stats import Totals
+from ocrd.base.human import count, size
+from ocrd.ops.stats import Totals
 
 AT = calendar.timegm((2026, 1, 2, 3, 4, 5))
 

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OcrdRunner
-from tests.harness import OcrdProcess
+from tests.configs import config
+from tests.conftest import OcrdRunner, StartOcrd
 
 OTHER_UID = 4343
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to another user")
-
-BODY = 'model_dir = "models"\n[retention]\nprefixes = ["old_"]\n{extra}\n[watch]\nsettle = "0s"\n'
 
 
 @pytest.fixture
@@ -34,9 +32,8 @@ def place() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def config_in(directory: Path, extra: str = "") -> Path:
-    path = directory / "config.toml"
-    path.write_text(BODY.format(extra=extra))
+def config_in(directory: Path, **retention: object) -> Path:
+    path = config(directory, retention=retention, watch={"rescan": None}, engine=None, log=None)
     path.chmod(0o644)
     return path
 
@@ -101,16 +98,15 @@ def test_a_symlinked_config_is_judged_where_the_link_lives_too(
 
 
 def test_a_reload_that_would_delete_most_models_is_held(
-    place: Path, run_ocrd: OcrdRunner, daemons: list[OcrdProcess]
+    place: Path, run_ocrd: OcrdRunner, start_ocrd: StartOcrd
 ) -> None:
     models = place / "models"
     for i in range(10):
         (models / f"m_{i}.bin").write_bytes(b"x" * 100)
     config = config_in(place)
-    d = OcrdProcess(config)
-    daemons.append(d)
+    d = start_ocrd(config)
     d.note("READY=1")
-    config.write_text(BODY.format(extra="").replace('["old_"]', '["old_", "m_"]'))
+    config_in(place, prefixes=["old_", "m_"])
     d.send(signal.SIGHUP)
     held = d.event("reload_held")
     assert held["would_delete"] == 10
@@ -135,15 +131,14 @@ def test_a_reload_that_would_delete_most_models_is_held(
     assert d.stop()[0] == 0
 
 
-def test_a_reload_guard_of_100_percent_is_off(place: Path, daemons: list[OcrdProcess]) -> None:
+def test_a_reload_guard_of_100_percent_is_off(place: Path, start_ocrd: StartOcrd) -> None:
     models = place / "models"
     for i in range(4):
         (models / f"m_{i}.bin").write_bytes(b"x")
-    config = config_in(place, 'reload_guard = "100%"')
-    d = OcrdProcess(config)
-    daemons.append(d)
+    config = config_in(place, reload_guard="100%")
+    d = start_ocrd(config)
     d.note("READY=1")
-    config.write_text(config.read_text().replace('["old_"]', '["m_"]'))
+    config_in(place, reload_guard="100%", prefixes=["m_"])
     d.send(signal.SIGHUP)
     d.event("config_reloaded")
     d.wait_for("4 deletions", lambda: d.names().count("model_deleted") >= 4)
@@ -152,6 +147,6 @@ def test_a_reload_guard_of_100_percent_is_off(place: Path, daemons: list[OcrdPro
 
 @pytest.mark.parametrize("text", ["0%", "150%", "half", "50"])
 def test_reload_guard_must_be_a_share(place: Path, run_ocrd: OcrdRunner, text: str) -> None:
-    result = run_ocrd("check", "-c", config_in(place, f'reload_guard = "{text}"'))
+    result = run_ocrd("check", "-c", config_in(place, reload_guard=text))
     assert result.returncode == 78
     assert "at 'retention.reload_guard'" in result.stderr

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ocrd.waker import Waker
+from ocrd.daemon.waker import Waker
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""ocrd/walker.py: the walk over real files under tmp_path."""
+"""ocrd/fs/scan.py: the walk over real files under tmp_path."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ocrd.errors import ModelDirMissing
-from ocrd.inventory import FileEntry, Inventory
-from ocrd.walker import scan
+from ocrd.base.errors import ModelDirMissing
+from ocrd.fs.inventory import FileEntry, Inventory
+from ocrd.fs.scan import scan
 from tests.conftest import make_file
 
 

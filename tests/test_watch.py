@@ -1,6 +1,6 @@
-"""ocrd/watch.py and the watch's lifecycle in ocrd/mirror.py: a watch that works deletes a new
-file by event, a watch that cannot be had gives way to one that works and says so, and a watch
-that is blind is found out (by its probe, or by a rescan) and replaced.
+"""ocrd/watch/observer.py and the watch's lifecycle in ocrd/watch/mirror.py: a watch that works
+deletes a new file by event, a watch that cannot be had gives way to one that works and says
+so, and a watch that is blind is found out (by its probe, or by a rescan) and replaced.
 
 The daemon tests run a real ``ocrd run`` with a rescan period of an hour: a deletion within the
 test's wait can only come from the watch. The fresh-resolve smoke (.ci/fresh-resolve) runs this
@@ -20,43 +20,21 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ocrd import mirror as mirror_module
-from ocrd.clock import FakeClock
-from ocrd.config import Watch
-from ocrd.mirror import Mirror, Root
-from ocrd.rootdir import open_root, pin
-from ocrd.watch import PROBE_PREFIX, Watcher
+from ocrd.base.clock import FakeClock
+from ocrd.config.schema import Watch
+from ocrd.fs.place import open_root, pin
+from ocrd.watch import mirror as mirror_module
+from ocrd.watch.mirror import Mirror, Root
+from ocrd.watch.observer import PROBE_PREFIX, Watcher
+from tests.configs import config
+from tests.conftest import StartOcrd
 from tests.harness import OcrdProcess, user_limits_work, with_user_limit
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "0s"
-rescan = "1h"
-observer = "{observer}"
-[engine]
-enabled = {engine}
-[log]
-format = "json"
-"""
 
-
-def start(
-    tmp_path: Path,
-    daemons: list[OcrdProcess],
-    observer: str = "auto",
-    *,
-    engine: bool = False,
-    prefix: list[str] | None = None,
-) -> OcrdProcess:
-    config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(observer=observer, engine=str(engine).lower()))
-    d = OcrdProcess(config, prefix=prefix)
-    daemons.append(d)
-    d.note("READY=1")
-    return d
+def watch_config(tmp_path: Path, observer: str = "auto", *, engine: bool = False) -> Path:
+    return config(
+        tmp_path, watch={"rescan": "1h", "observer": observer}, engine={"enabled": engine}
+    )
 
 
 def armed(d: OcrdProcess) -> list[dict[str, Any]]:
@@ -70,10 +48,10 @@ def status_lines(d: OcrdProcess) -> list[str]:
 @pytest.mark.parametrize("engine", [False, True], ids=["engine_off", "engine_on"])
 @pytest.mark.parametrize("observer", ["auto", "polling"])
 def test_a_new_file_is_deleted_by_event(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess], observer: str, engine: bool
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd, observer: str, engine: bool
 ) -> None:
     (models / "keep.bin").write_bytes(b"k")
-    d = start(tmp_path, daemons, observer, engine=engine)
+    d = start_ocrd(watch_config(tmp_path, observer, engine=engine), ready=True)
     armed = d.event("watch_armed")
     assert armed["observer"] == ("inotify" if observer == "auto" else observer)
     assert armed["degraded"] is None
@@ -90,9 +68,11 @@ def test_a_new_file_is_deleted_by_event(
 
 @pytest.mark.skipif(not user_limits_work(), reason="cannot set inotify limits in a userns")
 def test_with_every_inotify_instance_taken_polling_takes_over_says_so_and_deletes(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
-    d = start(tmp_path, daemons, prefix=with_user_limit("max_inotify_instances", 0))
+    d = start_ocrd(
+        watch_config(tmp_path), prefix=with_user_limit("max_inotify_instances", 0), ready=True
+    )
     fallback = d.event("watch_fallback")
     assert (fallback["failed"], fallback["observer"]) == ("inotify", "polling")
     armed = d.event("watch_armed")
@@ -229,7 +209,7 @@ def test_a_file_the_watch_reported_is_not_counted_as_missed(
 
 
 def test_directories_swapped_under_each_others_names_never_kill_the_watch(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """P and Q leave model_dir and come back under each other's names, again and again:
     watchdog's tree of watches is left with stale entries (it warns, and its thread may die).
@@ -239,7 +219,7 @@ def test_directories_swapped_under_each_others_names_never_kill_the_watch(
         (models / name / "keep.bin").write_bytes(b"k")
     stage = tmp_path / "stage"
     stage.mkdir()
-    d = start(tmp_path, daemons)
+    d = start_ocrd(watch_config(tmp_path), ready=True)
     for _ in range(20):
         (models / "P").rename(stage / "P")
         (models / "Q").rename(stage / "Q")
@@ -255,7 +235,7 @@ def test_directories_swapped_under_each_others_names_never_kill_the_watch(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 def test_a_former_mount_point_is_watched_again_without_a_false_watch_limit(
-    tmp_path: Path, models: Path, daemons: list[OcrdProcess]
+    tmp_path: Path, models: Path, start_ocrd: StartOcrd
 ) -> None:
     """A tmpfs mounted inside model_dir, then unmounted and the config reloaded: the directory
     it covered is a plain directory of model_dir again, watched by inotify, with no
@@ -264,7 +244,7 @@ def test_a_former_mount_point_is_watched_again_without_a_false_watch_limit(
     point.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
     try:
-        d = start(tmp_path, daemons)
+        d = start_ocrd(watch_config(tmp_path), ready=True)
         assert d.event("watch_armed")["observer"] == "polling"  # one filesystem first
     finally:
         subprocess.run(["umount", str(point)], check=True)

@@ -14,8 +14,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests import configs
 
 OCRD_UID = 4242  # the daemon's user, as the unit's User=ocrd
 APP_UID = 4343  # the OCR application's user
@@ -35,12 +38,11 @@ class World:
     def models(self) -> Path:
         return self.base / "models"
 
-    def config(self, extra: str = "", model_dir: str = "models") -> Path:
-        path = self.base / "config.toml"
-        path.write_text(
-            f'model_dir = "{model_dir}"\n[retention]\nprefixes = ["old_"]\n{extra}\n'
-            '[watch]\nsettle = "0s"\n[engine]\nenabled = false\n'
-        )
+    def config(self, model_dir: str = "models", **overrides: Any) -> Path:
+        """base/config.toml, readable by the world's users: tests/configs.py's default (the
+        log format and rescan left at theirs) with ``overrides``."""
+        settings: dict[str, Any] = {"watch": {"rescan": None}, "log": None, **overrides}
+        path = configs.config(self.base, model_dir=model_dir, **settings)
         path.chmod(0o644)
         return path
 

@@ -14,7 +14,7 @@ from bench.peers import MAX_AGE, RETENTION_TOOLS, TOOL_NAMES, ensure_tmpreaper, 
 from bench.report import Results, Row, count_label, fmt
 from bench.tree import PREFIX, SUBDIRS, count_files, generate
 from bench.workspace import Workspace, assert_targets, quiet, rotated, timed
-from ocrd.watch import filesystem_type
+from ocrd.fs.procfs import filesystem_type
 
 FD_LIMIT = 256  # the soft and hard RLIMIT_NOFILE of the fd-bound pass
 

@@ -35,7 +35,7 @@ class Tallied(OcrdProcess):
             path = str(event.get("path", ""))
             self.deleted[path.rpartition("/")[2]] = seen
         elif name == "log_summary" and event.get("of") == "model_deleted":
-            # Per-file lines beyond ocrd's log budget come summed up (ocrd/log.py).
+            # Per-file lines beyond ocrd's log budget come summed up (ocrd/base/log.py).
             self.summarised += int(event.get("count", 0))
         elif name == "deletion_skipped":
             self.skips[str(event.get("reason"))] += 1

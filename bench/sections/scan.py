@@ -1,4 +1,4 @@
-"""§1, the initial scan: ``ocrd.walker.scan`` vs ``find -type f -printf``."""
+"""§1, the initial scan: ``ocrd.fs.scan.scan`` vs ``find -type f -printf``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from bench.workspace import TOOL_TIMEOUT_S, Workspace, rotated, timed
 SCAN_CHILD = """
 import json, os, sys, time
 if sys.argv[2] == "ocrd":
-    from ocrd.walker import scan
+    from ocrd.fs.scan import scan
     t0 = time.perf_counter(); c0 = time.process_time()
     inventory = scan(sys.argv[1])
     print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,

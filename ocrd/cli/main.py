@@ -1,0 +1,230 @@
+"""The command line: ``ocrd run | check | list | clean | --version``, as docs/contract.md says."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from ocrd import __version__
+from ocrd.base import log
+from ocrd.base.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing
+from ocrd.cli.show import iso, print_list, print_report
+from ocrd.config.durations import parse_duration
+from ocrd.config.lint import lint, log_warnings
+from ocrd.config.load import SYSTEM_CONFIG, default_path, load
+from ocrd.config.schema import Config
+from ocrd.fs.access import NoAccess, denied
+from ocrd.fs.leases import lease_report
+from ocrd.fs.place import Place, pin, raise_fd_limit
+from ocrd.ops import passes
+from ocrd.ops.passes import Cleaned, whole_plan
+from ocrd.rules.foresight import due_at
+from ocrd.rules.retention import family_rules
+from ocrd.rules.selectors import versions
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.config = args.config or default_path()
+    now = time.time()  # the moment `list` looks from (and `list --at` looks ahead from)
+    at: float | None = args.at.resolve(now) if getattr(args, "at", None) is not None else None
+    if args.command == "run":
+        # Imported here: the daemon pulls in watchdog, sdnotify and, above all, the .NET runtime,
+        # none of which the one-shot commands need.
+        from ocrd.daemon.run import run  # noqa: PLC0415
+
+        return run(args.config)
+    try:
+        config = load(args.config)
+    except NoAccess as exc:
+        print(f"ocrd {args.command}: {exc.denial.advice(_again(args))}", file=sys.stderr)
+        return EXIT_NOPERM
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    log.configure(
+        "warning" if config.log.level in ("debug", "info") else config.log.level,
+        config.log.format,
+        stream=sys.stderr,
+    )
+    warnings = lint(config)
+    if args.command == "check":
+        # Warnings never change the answer: the config is valid, only perhaps not as meant.
+        for warning in warnings:
+            print(warning.line(config.path), file=sys.stderr)
+        print(config.summary())
+        # stdout keeps the contract's one-line summary; how "in use" will be judged is advice.
+        print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
+        return 0
+    log_warnings(config, warnings)
+    before, after = raise_fd_limit()
+    log.get().debug("fd_limit", soft_before=before, soft=after)
+    place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
+    try:
+        if args.command == "list":
+            the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
+            # In use is known for now only: a file held now shows so at any --at.
+            blocked = passes.blocked(config, the_plan, place)
+            due = due_at(
+                [d.entry for d in the_plan.decisions],
+                rules,
+                now,
+                allow_delete_all=config.retention.allow_delete_all,
+            )
+            families = family_rules(config.retention)
+            ranked = (
+                families.rank(
+                    versions(d.entry for d in the_plan.decisions), rules.trust, the_plan.now
+                )
+                if families is not None
+                else None
+            )
+            print_list(
+                the_plan,
+                args.json,
+                config.retention.age_by,
+                blocked,
+                inventory,
+                ranked=ranked,
+                due=due,
+                ahead=None if at is None else args.at.text,
+            )
+            return 0
+        return _clean(
+            config, place, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
+        )
+    except ModelDirMissing as exc:
+        print(f"{config.path}: at 'model_dir': {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PermissionError:
+        # model_dir was readable when the config was loaded; if it no longer is, say so as
+        # load() would have. Any other refusal is not ours to explain: it crashes loudly.
+        denial = denied(config.model_dir)
+        if denial is None:
+            raise
+        print(f"ocrd {args.command}: {denial.advice(_again(args))}", file=sys.stderr)
+        return EXIT_NOPERM
+
+
+def _again(args: argparse.Namespace) -> list[str]:
+    """This very command, with the config it used named (sudo drops $OCRD_CONFIG)."""
+    flags = [f for f in ("json", "dry_run") if getattr(args, f, False)]
+    return [
+        "ocrd",
+        args.command,
+        "-c",
+        str(args.config.absolute()),
+        *(f"--{f.replace('_', '-')}" for f in flags),
+        *(["--at", args.at.text] if getattr(args, "at", None) is not None else []),
+    ]
+
+
+EPILOG = f"""\
+config file: -c PATH, else $OCRD_CONFIG, else ./config.toml if it exists, else
+{SYSTEM_CONFIG} (where `make install` puts it).
+
+exit status:
+  0   done (run: stopped by SIGTERM or SIGINT)
+  1   any other fatal error (run)
+  2   a bad argument, such as a list --at TIME in the past
+  77  this user may not read model_dir (check, list, clean); the message names
+      who may: run it as root or as model_dir's owner, or join its group
+  78  the config is invalid, or model_dir is missing
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocrd",
+        description="Keeps an Aspose OCR AI model directory tidy and safe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ocrd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = (
+        "config file (default: $OCRD_CONFIG, else ./config.toml if it exists, else "
+        f"{SYSTEM_CONFIG})"
+    )
+    for name, text in (
+        ("run", "the daemon, in the foreground"),
+        (
+            "check",
+            "validate the config, print a one-line summary; warn (stderr) about rules that "
+            "cannot mean what they say",
+        ),
+        ("list", "the audit: every model file with its verdict and the rule behind it"),
+        ("clean", "one retention pass, then exit"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("-c", "--config", type=Path, default=None, help=config_help)
+        if name in ("list", "clean"):
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if name == "list":
+            p.add_argument(
+                "--at",
+                type=_ahead,
+                metavar="TIME",
+                help="the verdicts at TIME instead of now, if no file arrives or changes and "
+                "the config stays: +DURATION (+7d, +12h) or an ISO 8601 time (UTC if it has "
+                "no zone)",
+            )
+        if name == "clean":
+            p.add_argument("--dry-run", action="store_true", help="print, delete nothing")
+    return parser
+
+
+class Ahead(NamedTuple):
+    """``list --at``: ``+DURATION`` from now, or a wall-clock time."""
+
+    text: str
+    seconds: float
+    relative: bool
+
+    def resolve(self, now: float) -> float:
+        return now + self.seconds if self.relative else self.seconds
+
+
+def _ahead(text: str) -> Ahead:
+    """``+7d``, ``+1h30m`` (config.parse_duration after the ``+``), or an ISO 8601 time:
+    ``2027-01-15``, ``2027-01-15T06:00``, ``2027-01-15T06:00:00+01:00`` (UTC if no zone)."""
+    if text.startswith("+"):
+        try:
+            return Ahead(text, parse_duration(text[1:]), relative=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (after the '+')") from None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither +DURATION (+7d, +12h) nor an ISO 8601 time (2027-01-15T06:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = time.time()
+    if when.timestamp() < now:
+        raise argparse.ArgumentTypeError(
+            f"{text} is in the past (it is {iso(now)} now): give a later time, or +DURATION"
+        )
+    return Ahead(text, when.timestamp(), relative=False)
+
+
+def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
+    """One pass (ocrd.ops.passes.clean), then its report."""
+    cleaned = Cleaned()
+    try:
+        passes.clean(config, place, cleaned, dry_run=dry_run)
+    except ModelDirMissing:
+        # What was deleted before model_dir went is reported all the same; then the error.
+        if cleaned.recorder.kept:
+            print_report(cleaned.recorder, None, cleaned.mounts, dry_run=dry_run, as_json=as_json)
+        raise
+    print_report(
+        cleaned.recorder, cleaned.refusal, cleaned.mounts, dry_run=dry_run, as_json=as_json
+    )
+    return 0

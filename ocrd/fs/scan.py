@@ -1,0 +1,158 @@
+"""Walks model_dir without following symlinks and records what each file is (ocrd.fs.inventory's
+plain values), whole (scan) or one directory at a time (walk_batches)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+from ocrd.base import log
+from ocrd.base.collector import collecting_paused
+from ocrd.fs.inventory import FileEntry, Inventory, display
+from ocrd.fs.place import Identity, Place, identify, open_root, pin, still_there
+from ocrd.fs.walk import walk_dirs
+
+
+def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
+    """Walk ``model_dir`` recursively; symlinks are recorded, never followed.
+
+    The walk goes from directory file descriptors, each subdirectory opened with O_NOFOLLOW
+    relative to its parent, so a directory swapped for a symlink mid-walk is not entered (it
+    ends up unread, not listed from outside), and a directory on another filesystem is not
+    entered at all (it is listed in ``mounts``). A path is pinned (resolved) here, once.
+    """
+    place = model_dir if isinstance(model_dir, Place) else pin(model_dir)
+    unreadable: list[tuple[bytes, str]] = []
+    directories: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
+    with collecting_paused():
+        files = [
+            f
+            for batch in scan_batches(place, unreadable, directories, mounts=mounts)
+            for f in batch
+        ]
+    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
+
+
+def scan_batches(
+    place: Place,
+    unreadable: list[tuple[bytes, str]],
+    directories: list[tuple[bytes, int]],
+    *,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
+    recheck_s: float | None = None,
+) -> Iterator[list[FileEntry]]:
+    """scan(), one directory's files at a time (walk_batches from model_dir's pinned path).
+    Once the walk is done, model_dir must still be the directory it started from, or
+    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile. With
+    ``recheck_s``, that is also asked every ``recheck_s`` of the walk, before a batch is
+    handed on (for a caller that deletes while the walk goes on: ocrd.ops.stream)."""
+    fd = open_root(place)
+    root = identify(fd)
+    checked = time.monotonic()
+    for files in walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick):
+        if recheck_s is not None and time.monotonic() - checked >= recheck_s:
+            still_there(place, root)
+            checked = time.monotonic()
+        yield files
+    still_there(place, root)
+
+
+def walk(
+    root_fd: int,
+    *,
+    boundary: Identity | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Inventory:
+    """The walk behind scan(), from an open directory fd, which it closes. Paths are relative
+    to that directory; the daemon uses it for a subtree reached through verified fds, with
+    model_dir's ``boundary``."""
+    unreadable: list[tuple[bytes, str]] = []
+    directories: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
+    with collecting_paused():
+        files = [
+            f
+            for batch in walk_batches(
+                root_fd, unreadable, directories, boundary=boundary, mounts=mounts, tick=tick
+            )
+            for f in batch
+        ]
+    return Inventory(tuple(files), tuple(unreadable), tuple(directories), tuple(mounts))
+
+
+def walk_batches(
+    root_fd: int,
+    unreadable: list[tuple[bytes, str]],
+    directories: list[tuple[bytes, int]],
+    *,
+    boundary: Identity | None = None,
+    mounts: list[tuple[bytes, str]] | None = None,
+    tick: Callable[[], bool] | None = None,
+) -> Iterator[list[FileEntry]]:
+    """The walk, one directory's files at a time, so a caller can plan and drop them as it
+    goes instead of holding a record per file of the whole tree (the daemon's full pass).
+    Closes ``root_fd``; appends to ``unreadable``, ``directories`` and ``mounts`` as it goes; calls
+    ``tick`` between directories (ocrd.fs.walk: no recursion, fds bounded, one filesystem).
+    """
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
+    fsencode = os.fsencode
+    # This runs once per file of every scan, so the record is built the quickest way Python
+    # has: each name encoded as os.fsencode would (minus its checks), the tuple made without
+    # FileEntry's keyword-parsing __new__. bench/RESULTS.md §1 measures what that buys.
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    record = tuple.__new__
+    for here in walk_dirs(
+        root_fd, boundary=boundary, unreadable=unreadable, mounts=mounts, tick=tick
+    ):
+        directories.append((here.path, here.ino))
+        prefix = here.path + b"/" if here.path else b""
+        subdirs = here.subdirs
+        files: list[FileEntry] = []
+        append = files.append
+        try:
+            with os.scandir(here.fd) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
+                            continue
+                        s = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone between readdir and stat: not ours to judge now
+                    except OSError as exc:
+                        rel = prefix + fsencode(entry.name)
+                        unreadable.append((rel, exc.strerror or str(exc)))
+                        continue
+                    mode = s.st_mode
+                    if is_reg(mode) or is_lnk(mode):
+                        append(
+                            record(
+                                FileEntry,
+                                (
+                                    prefix + entry.name.encode(encoding, errors),
+                                    s.st_size,
+                                    s.st_mtime,
+                                    s.st_atime,
+                                    s.st_ctime,
+                                    s.st_dev,
+                                    s.st_ino,
+                                    is_lnk(mode),
+                                    s.st_uid,
+                                ),
+                            )
+                        )
+        except OSError as exc:
+            unreadable.append((here.path, exc.strerror or str(exc)))
+        if files:
+            yield files
+
+
+def unreadable(rel: bytes, why: str) -> None:
+    """``scan_unreadable``: a place under model_dir that a walk could not read (nothing there is
+    deleted by that walk). Every walk, the command line's and the daemon's, says it here."""
+    log.get().warning("scan_unreadable", path=display(rel), error=why)
