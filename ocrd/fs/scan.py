@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator
 
 from ocrd.base import log
 from ocrd.base.collector import collecting_paused
+from ocrd.base.errors import Stopped
 from ocrd.fs.inventory import FileEntry, Inventory, display
 from ocrd.fs.place import Identity, Place, identify, open_root, pin, still_there
 from ocrd.fs.walk import walk_dirs
+
+TICK_EVERY = 4096  # entries of one directory between two calls of a walk's tick
 
 
 def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
@@ -45,16 +48,18 @@ def scan_batches(
     mounts: list[tuple[bytes, str]] | None = None,
     tick: Callable[[], bool] | None = None,
     recheck_s: float | None = None,
+    chunk: int | None = None,
 ) -> Iterator[list[FileEntry]]:
     """scan(), one directory's files at a time (walk_batches from model_dir's pinned path).
     Once the walk is done, model_dir must still be the directory it started from, or
-    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile. With
+    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile.
+    ``chunk`` as for walk_batches. With
     ``recheck_s``, that is also asked every ``recheck_s`` of the walk, before a batch is
     handed on (for a caller that deletes while the walk goes on: ocrd.ops.stream)."""
     fd = open_root(place)
     root = identify(fd)
     checked = time.monotonic()
-    for files in walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick):
+    for files in walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick, chunk=chunk):
         if recheck_s is not None and time.monotonic() - checked >= recheck_s:
             still_there(place, root)
             checked = time.monotonic()
@@ -93,11 +98,15 @@ def walk_batches(
     boundary: Identity | None = None,
     mounts: list[tuple[bytes, str]] | None = None,
     tick: Callable[[], bool] | None = None,
+    chunk: int | None = None,
 ) -> Iterator[list[FileEntry]]:
     """The walk, one directory's files at a time, so a caller can plan and drop them as it
     goes instead of holding a record per file of the whole tree (the daemon's full pass).
     Closes ``root_fd``; appends to ``unreadable``, ``directories`` and ``mounts`` as it goes; calls
-    ``tick`` between directories (ocrd.fs.walk: no recursion, fds bounded, one filesystem).
+    ``tick`` between directories (ocrd.fs.walk: no recursion, fds bounded, one filesystem)
+    and every TICK_EVERY entries within one, raising Stopped when it answers True. With
+    ``chunk``, a directory's files come in lists of at most that many, one after the other
+    (a directory of millions is never one list).
     """
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     fsencode = os.fsencode
@@ -114,9 +123,13 @@ def walk_batches(
         subdirs = here.subdirs
         files: list[FileEntry] = []
         append = files.append
+        seen = 0
         try:
             with os.scandir(here.fd) as it:
                 for entry in it:
+                    seen += 1
+                    if seen % TICK_EVERY == 0 and tick is not None and tick():
+                        raise Stopped("stopped within a directory")
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             subdirs.append(entry.name)
@@ -146,6 +159,10 @@ def walk_batches(
                                 ),
                             )
                         )
+                        if chunk is not None and len(files) >= chunk:
+                            yield files
+                            files = []
+                            append = files.append
         except OSError as exc:
             unreadable.append((here.path, exc.strerror or str(exc)))
         if files:
