@@ -13,7 +13,7 @@ from typing import NamedTuple
 from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing
-from ocrd.cli.show import iso, print_list, print_report
+from ocrd.cli.show import iso, print_list, print_report, print_rows
 from ocrd.config.durations import parse_duration
 from ocrd.config.lint import lint, log_warnings
 from ocrd.config.load import SYSTEM_CONFIG, default_path, load
@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.get().debug("fd_limit", soft_before=before, soft=after)
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
+        if args.command == "list" and args.json:
+            listed, mounts = passes.listing(config, place, now, at)
+            print_rows(listed, mounts, config.retention.age_by)
+            return 0
         if args.command == "list":
             the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
             # In use is known for now only: a file held now shows so at any --at.

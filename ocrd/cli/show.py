@@ -54,15 +54,6 @@ def print_list(
     now = the_plan.now
     blocked = blocked or {}
     mounts = inventory.mounts if inventory is not None else ()
-    due_of = (
-        {id(d.entry): t for d, t in zip(the_plan.decisions, due, strict=True)}
-        if due is not None
-        else {}
-    )
-
-    def due_text(d: Decision) -> str | None:
-        t = due_of.get(id(d.entry))
-        return None if t is None else iso(t)
 
     def verdict(d: Decision) -> str:
         why = blocked.get(d.entry.path)
@@ -79,51 +70,7 @@ def print_list(
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
 
     if as_json:
-        rows = [
-            {
-                "path": display(d.entry.path),
-                "size": d.entry.size,
-                "mtime": d.entry.mtime,
-                "atime": d.entry.atime,
-                # When it arrived in model_dir, as far as the filesystem tells (ocrd.fs.arrival).
-                "arrived": d.entry.ctime,
-                "in_model_dir_s": max(0.0, round(now - d.entry.ctime, 3)),
-                "age_s": max(0.0, round(age(d), 3)),
-                "verdict": str(verdict(d)),
-                "rule": d.rule,
-                "reason": reason(d),
-                "symlink": d.entry.is_link,
-                "owner": d.entry.uid,
-                **_member(d, ranked),
-                # When a pass would first delete it under these rules; null: never.
-                "due_at": due_text(d),
-            }
-            for d in the_plan.decisions
-        ]
-        rows += [
-            {
-                "path": display(rel),
-                "size": 0,
-                "mtime": None,
-                "atime": None,
-                "age_s": None,
-                "verdict": "skipped",
-                "rule": None,
-                "reason": printable(
-                    f"mount point: another filesystem (device {device}), not entered"
-                ),
-                "symlink": False,
-                "family": None,
-                "rank": None,
-                "rank_reason": None,
-                "owner": None,
-                "device": device,
-                "due_at": None,
-            }
-            for rel, device in mounts
-        ]
-        json.dump(rows, sys.stdout, indent=None)
-        sys.stdout.write("\n")
+        print_rows([(the_plan, due, ranked, blocked)], mounts, age_by)
         return
     # With families in use, two more columns: the rank of each version in its family (1 is
     # the newest) before the path, and the family after the reason.
@@ -168,6 +115,76 @@ def print_list(
         for rel, device in mounts
     ]
     print("\n".join(out))
+
+
+def print_rows(
+    parts: Iterable[tuple[Plan, Sequence[float | None] | None, Ranking | None, dict[bytes, str]]],
+    mounts: Iterable[tuple[bytes, str]],
+    age_by: str,
+) -> None:
+    """``list --json``: one JSON array, each part's rows written before the next part is
+    asked for (ocrd.ops.passes.listing), so no row per file of the whole tree is held. A part
+    is a plan, each decision's due_at (None: none known), the ranking of its versions and
+    what blocks its deletions; the mount points not entered come last."""
+    out = sys.stdout
+    out.write("[")
+    sep = ""
+    for the_plan, due, ranked, blocked in parts:
+        now = the_plan.now
+        dues: Iterable[float | None] = due if due is not None else [None] * len(the_plan.decisions)
+        rows = []
+        for d, t in zip(the_plan.decisions, dues, strict=True):
+            why = blocked.get(d.entry.path)
+            verdict = why if why in _BLOCKED else str(d.verdict)
+            reason = printable(
+                f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}"
+                if why
+                else d.reason
+            )
+            stamp = d.entry.atime if age_by == "atime" else d.entry.mtime
+            row = {
+                "path": display(d.entry.path),
+                "size": d.entry.size,
+                "mtime": d.entry.mtime,
+                "atime": d.entry.atime,
+                # When it arrived in model_dir, as far as the filesystem tells (ocrd.fs.arrival).
+                "arrived": d.entry.ctime,
+                "in_model_dir_s": max(0.0, round(now - d.entry.ctime, 3)),
+                # Negative for a timestamp in the future: JSON says 0.
+                "age_s": max(0.0, round(now - stamp, 3)),
+                "verdict": verdict,
+                "rule": d.rule,
+                "reason": reason,
+                "symlink": d.entry.is_link,
+                "owner": d.entry.uid,
+                **_member(d, ranked),
+                # When a pass would first delete it under these rules; null: never.
+                "due_at": None if t is None else iso(t),
+            }
+            rows.append(sep + json.dumps(row))
+            sep = ", "
+        out.write("".join(rows))
+    for rel, device in mounts:
+        row = {
+            "path": display(rel),
+            "size": 0,
+            "mtime": None,
+            "atime": None,
+            "age_s": None,
+            "verdict": "skipped",
+            "rule": None,
+            "reason": printable(f"mount point: another filesystem (device {device}), not entered"),
+            "symlink": False,
+            "family": None,
+            "rank": None,
+            "rank_reason": None,
+            "owner": None,
+            "device": device,
+            "due_at": None,
+        }
+        out.write(sep + json.dumps(row))
+        sep = ", "
+    out.write("]\n")
 
 
 def _member(d: Decision, ranked: Ranking | None) -> dict[str, Any]:
