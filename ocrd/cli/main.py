@@ -16,7 +16,7 @@ from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing
 from ocrd.cli import trashcmd
-from ocrd.cli.show import iso, print_list, print_report
+from ocrd.cli.show import iso, print_list, print_report, print_rows
 from ocrd.config.durations import parse_duration
 from ocrd.config.lint import lint, log_warnings
 from ocrd.config.load import SYSTEM_CONFIG, default_path, load
@@ -83,10 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.get().debug("fd_limit", soft_before=before, soft=after)
     place = pin(config.model_dir)  # resolved once: scan and deletions act on this directory
     try:
+        # Last use is recorded only with a budget or a [state] path (docs/budget.md).
+        recording = config.budget.active or config.state.path is not None
+        if args.command == "list" and args.json and not recording:
+            # Streamed part by part (docs/big-trees.md); every last use is an arrival.
+            listed, mounts = passes.listing(config, place, now, at)
+            print_rows(listed, mounts, config.retention.age_by)
+            return 0
         if args.command == "list":
             the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
-            # Last use is recorded only with a budget or a [state] path (docs/budget.md).
-            recording = config.budget.active or config.state.path is not None
             state = config.state.path or state_default()
             uses = LastUse.read(state) if recording else LastUse.empty(state)
             engine = _engine_lists(config) if config.budget.active else frozenset()

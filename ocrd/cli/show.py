@@ -59,15 +59,6 @@ def print_list(
     now = the_plan.now
     blocked = blocked or {}
     mounts = inventory.mounts if inventory is not None else ()
-    due_of = (
-        {id(d.entry): t for d, t in zip(the_plan.decisions, due, strict=True)}
-        if due is not None
-        else {}
-    )
-
-    def due_text(d: Decision) -> str | None:
-        t = due_of.get(id(d.entry))
-        return None if t is None else iso(t)
 
     def verdict(d: Decision) -> str:
         why = blocked.get(d.entry.path)
@@ -79,74 +70,24 @@ def print_list(
             f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}" if why else d.reason
         )
 
-    budget_of = {id(line.entry): line for line in budget.lines()} if budget is not None else {}
-
     def used(d: Decision) -> tuple[float, str]:
         """The file's last use, and whether ocrd saw it ("use") or it is its arrival."""
         t = last_used(d.entry)
         return (d.entry.ctime, "arrival") if t is None else (t, "use")
-
-    def budget_row(d: Decision) -> dict[str, Any] | None:
-        line = budget_of.get(id(d.entry))
-        if line is None:
-            return None
-        return {"position": line.position, "taken": line.taken, "why": printable(line.why)}
 
     def age(d: Decision) -> float:
         # Negative for a timestamp in the future: the text says "future", JSON says 0.
         return now - (d.entry.atime if age_by == "atime" else d.entry.mtime)
 
     if as_json:
-        rows = [
-            {
-                "path": display(d.entry.path),
-                "size": d.entry.size,
-                "mtime": d.entry.mtime,
-                "atime": d.entry.atime,
-                # When it arrived in model_dir, as far as the filesystem tells (ocrd.fs.arrival).
-                "arrived": d.entry.ctime,
-                "in_model_dir_s": max(0.0, round(now - d.entry.ctime, 3)),
-                "age_s": max(0.0, round(age(d), 3)),
-                "verdict": str(verdict(d)),
-                "rule": d.rule,
-                "reason": reason(d),
-                "symlink": d.entry.is_link,
-                "owner": d.entry.uid,
-                **_member(d, ranked),
-                # When a pass would first delete it under these rules; null: never.
-                "due_at": due_text(d),
-                # Its last use as ocrd recorded it, or its arrival (docs/budget.md).
-                "last_used": iso(used(d)[0]),
-                "last_used_by": used(d)[1],
-                "engine_lists": d.entry.path in engine,
-                **({"budget": budget_row(d)} if budget is not None else {}),
-            }
-            for d in the_plan.decisions
-        ]
-        rows += [
-            {
-                "path": display(rel),
-                "size": 0,
-                "mtime": None,
-                "atime": None,
-                "age_s": None,
-                "verdict": "skipped",
-                "rule": None,
-                "reason": printable(
-                    f"mount point: another filesystem (device {device}), not entered"
-                ),
-                "symlink": False,
-                "family": None,
-                "rank": None,
-                "rank_reason": None,
-                "owner": None,
-                "device": device,
-                "due_at": None,
-            }
-            for rel, device in mounts
-        ]
-        json.dump(rows, sys.stdout, indent=None)
-        sys.stdout.write("\n")
+        print_rows(
+            [(the_plan, due, ranked, blocked)],
+            mounts,
+            age_by,
+            last_used=last_used,
+            engine=engine,
+            budget=budget,
+        )
         return
     # With families in use, two more columns: the rank of each version in its family (1 is
     # the newest) before the path, and the family after the reason.
@@ -216,6 +157,94 @@ def _budget_text(budget: Budget) -> list[str]:
         take = "TAKES" if line.taken else "     "
         out.append(printable(f"  {mark:>5} {take} {display(line.entry.path)}  ({line.why})"))
     return out
+
+
+def print_rows(
+    parts: Iterable[tuple[Plan, Sequence[float | None] | None, Ranking | None, dict[bytes, str]]],
+    mounts: Iterable[tuple[bytes, str]],
+    age_by: str,
+    *,
+    last_used: Callable[[FileEntry], float | None] = lambda e: None,
+    engine: frozenset[bytes] = frozenset(),
+    budget: Budget | None = None,
+) -> None:
+    """``list --json``: one JSON array, each part's rows written before the next part is
+    asked for (ocrd.ops.passes.listing), so no row per file of the whole tree is held. A part
+    is a plan, each decision's due_at (None: none known), the ranking of its versions and
+    what blocks its deletions; the mount points not entered come last. ``last_used``: each
+    file's recorded last use (None: its arrival stands for it, docs/budget.md); ``engine``:
+    the files the engine lists itself; ``budget``: the budget's order, when one is set."""
+    budget_of = {id(line.entry): line for line in budget.lines()} if budget is not None else {}
+    out = sys.stdout
+    out.write("[")
+    sep = ""
+    for the_plan, due, ranked, blocked in parts:
+        now = the_plan.now
+        dues: Iterable[float | None] = due if due is not None else [None] * len(the_plan.decisions)
+        rows = []
+        for d, t in zip(the_plan.decisions, dues, strict=True):
+            why = blocked.get(d.entry.path)
+            verdict = why if why in _BLOCKED else str(d.verdict)
+            reason = printable(
+                f"{d.reason}, but {_BLOCKED.get(why) or _SKIPPED.get(why, why)}"
+                if why
+                else d.reason
+            )
+            stamp = d.entry.atime if age_by == "atime" else d.entry.mtime
+            row = {
+                "path": display(d.entry.path),
+                "size": d.entry.size,
+                "mtime": d.entry.mtime,
+                "atime": d.entry.atime,
+                # When it arrived in model_dir, as far as the filesystem tells (ocrd.fs.arrival).
+                "arrived": d.entry.ctime,
+                "in_model_dir_s": max(0.0, round(now - d.entry.ctime, 3)),
+                # Negative for a timestamp in the future: JSON says 0.
+                "age_s": max(0.0, round(now - stamp, 3)),
+                "verdict": verdict,
+                "rule": d.rule,
+                "reason": reason,
+                "symlink": d.entry.is_link,
+                "owner": d.entry.uid,
+                **_member(d, ranked),
+                # When a pass would first delete it under these rules; null: never.
+                "due_at": None if t is None else iso(t),
+            }
+            used = last_used(d.entry)
+            # Its last use as ocrd recorded it, or its arrival (docs/budget.md).
+            row["last_used"] = iso(d.entry.ctime if used is None else used)
+            row["last_used_by"] = "arrival" if used is None else "use"
+            row["engine_lists"] = d.entry.path in engine
+            if budget is not None:
+                line = budget_of.get(id(d.entry))
+                row["budget"] = None
+                if line is not None:
+                    why = printable(line.why)
+                    row["budget"] = {"position": line.position, "taken": line.taken, "why": why}
+            rows.append(sep + json.dumps(row))
+            sep = ", "
+        out.write("".join(rows))
+    for rel, device in mounts:
+        row = {
+            "path": display(rel),
+            "size": 0,
+            "mtime": None,
+            "atime": None,
+            "age_s": None,
+            "verdict": "skipped",
+            "rule": None,
+            "reason": printable(f"mount point: another filesystem (device {device}), not entered"),
+            "symlink": False,
+            "family": None,
+            "rank": None,
+            "rank_reason": None,
+            "owner": None,
+            "device": device,
+            "due_at": None,
+        }
+        out.write(sep + json.dumps(row))
+        sep = ", "
+    out.write("]\n")
 
 
 def _member(d: Decision, ranked: Ranking | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -39,6 +40,7 @@ from ocrd.ops import purge
 from ocrd.ops.purge import Schedule
 from ocrd.ops.stats import Totals
 from ocrd.rules.decision import Decision, Plan, Verdict
+from ocrd.rules.parts import chunks, kin, parts
 from ocrd.rules.reload import changed_keys, changed_values, widening
 from ocrd.rules.retention import Rules, plan, revisit_at
 from ocrd.rules.trust import model_dir_owner
@@ -137,6 +139,26 @@ class Daemon:
         if log.busy():
             log.pump()
         return self._should_stop()
+
+    def _step(self) -> None:
+        """Between parts of a long plan: the heartbeat (_tick), and Stopped once the loop must
+        stop, or reload (what is in hand was planned under rules about to change)."""
+        if self._tick():
+            raise Stopped("stopped between parts of a plan")
+
+    def _parts(self, rules: Rules) -> Iterator[list[FileEntry]]:
+        """Every indexed file, arrivals applied, in parts that ``rules`` plan alone as they
+        would plan all of them (ocrd.rules.parts), the heartbeat between parts."""
+        index = self.mirror.index
+        cache: dict[bytes, float] = {}  # one stat per directory over the whole pass
+        return parts(
+            index.entries,
+            len(index),
+            rules,
+            get=index.get,
+            finish=lambda part: self.mirror.arrivals.apply(part, cache),
+            tick=self._step,
+        )
 
     def _should_stop(self) -> bool:
         """Whether a walk or batch in hand stops now. A reload stops the batch too: the rules may
@@ -342,11 +364,23 @@ class Daemon:
             self.scheduler.gone(refreshed.forgotten)
             entries = self.mirror.entries(refreshed.touched)
             if entries:
-                if self.rules.per_file:
-                    self._act_on(plan(entries, self.rules, self.clock.time()))
-                else:
-                    everything = self.mirror.entries()
-                    self._act_on(plan(everything, self.rules, self.clock.time()))
+                # With families, what changed is planned with everything it may rank or be
+                # ranked by: all of it, part by part (ocrd.rules.parts).
+                now = self.clock.time()
+                pieces = (
+                    chunks(entries, self._step) if self.rules.per_file else self._parts(self.rules)
+                )
+                deletions: list[Decision] = []
+                if not self.rules.per_file:
+                    # Every kept file's revisit is noted again below. A stop halfway (SIGTERM,
+                    # a reload, a clock jump) is followed by a full scan, or by the exit.
+                    self.scheduler.clear_coarse()
+                try:
+                    for piece in pieces:
+                        deletions.extend(self._note_revisits(plan(piece, self.rules, now)))
+                except Stopped:
+                    return  # the loop stops or reloads; a reload plans everything again
+                self.batcher.submit(Plan(tuple(deletions), now), self.rules)
 
     def _check_root(self) -> Root:
         root = self.mirror.check_root()
@@ -367,8 +401,10 @@ class Daemon:
 
     def _rescan_all(self, trigger: str) -> None:
         """Scan everything and apply the rules to everything. With per-file rules the walk is
-        planned one directory at a time and only packed records are kept, so a rescan of a
-        large tree never holds a full record per file (RSS stays near the index's size)."""
+        planned as it goes, a few thousand files at a time; with families, the index the walk
+        built is planned afterwards in parts that hold whole families (ocrd.rules.parts).
+        Either way only packed records are kept for the whole tree, and the heartbeat runs
+        (the watchdog, SIGTERM) every few thousand files (docs/big-trees.md)."""
         scan = self.mirror.scan()
         self.scheduler.rescanned()
         self.scheduler.clear_revisits()
@@ -378,20 +414,21 @@ class Daemon:
         census.begin()
         allow_delete_all = self.config.retention.allow_delete_all
         deletions: list[Decision] = []
-        whole: list[FileEntry] = []
         try:
             for batch in scan:
                 if self.rules.per_file:
                     batch_plan = census.add(plan(batch, self.rules, now))
                     census.foresee(batch_plan, self.rules, allow_delete_all=allow_delete_all)
                     deletions.extend(self._note_revisits(batch_plan))
-                else:
-                    whole.extend(batch)
         except (ModelDirMissing, OSError):
+            self.mirror.abandon(scan)
             self._check_root()
             return
         except Stopped:
-            return  # SIGTERM mid-scan: the loop exits at once, nothing half-planned is applied
+            # SIGTERM mid-scan: the loop exits at once, nothing half-planned is applied; a
+            # reload plans everything again.
+            self.mirror.abandon(scan)
+            return
         self.mirror.adopt(scan)
         index = self.mirror.index
         self.future.keep_only(index)
@@ -406,16 +443,17 @@ class Daemon:
         )
         self.mirror.report(scan)
         if not self.rules.per_file:
-            whole_plan = census.add(plan(whole, self.rules, now))
-            census.foresee(whole_plan, self.rules, allow_delete_all=allow_delete_all)
-            deletions = self._note_revisits(whole_plan)
+            try:
+                for part in self._parts(self.rules):
+                    part_plan = census.add(plan(part, self.rules, now))
+                    census.foresee(part_plan, self.rules, allow_delete_all=allow_delete_all)
+                    deletions.extend(self._note_revisits(part_plan))
+            except Stopped:
+                return  # the loop stops, or reloads and plans everything again
         if self.config.retention.dry_run:
             self.batcher.keep_reports(deletions)
         self.batcher.submit(Plan(tuple(deletions), now), self.rules, at_once=True)
         self.totals.full_pass(trigger, now, time.perf_counter() - started)
-
-    def _act_on(self, the_plan: Plan) -> None:
-        self.batcher.submit(Plan(tuple(self._note_revisits(the_plan)), the_plan.now), self.rules)
 
     def _note_revisits(self, the_plan: Plan) -> list[Decision]:
         """Schedule a second look where time alone may change a verdict; the deletions."""
@@ -442,7 +480,12 @@ class Daemon:
             self._publish()
             self.notifier.ready(self._status())
             return
-        held = self._widening(new)
+        try:
+            held = self._widening(new)
+        except Stopped:
+            # SIGTERM, or another SIGHUP, while the new rules were weighed: the rules in force
+            # stay; the loop stops, or reloads again.
+            return
         if held is not None:
             self.log.error("reload_held", config=str(new.path), **held)
             why = f"it would delete {held['would_delete']} of {held['of_files']} models more"
@@ -489,12 +532,23 @@ class Daemon:
         rules = Rules.from_config(
             new.retention, new.watch.settle, model_dir_owner(new.model_dir)
         ).not_before(self.clock_guard.not_before)
+        if rules == self.rules and not self.config.retention.dry_run:
+            return None  # a plan depends on the files, the rules and the time alone
+        cache: dict[bytes, float] = {}
         return widening(
             self.config,
             new,
-            self.mirror.entries(),
+            self._parts(rules),
             self.rules,
             rules,
+            kin=lambda going: kin(
+                going,
+                index.entries,
+                self.rules,
+                get=index.get,
+                finish=lambda part: self.mirror.arrivals.apply(part, cache),
+                tick=self._step,
+            ),
             files=index.files,
             size=index.bytes,
             now=self.clock.time(),

@@ -57,6 +57,13 @@ class Scheduler:
         self._bucket_heap.clear()
         self._entries = self._gone = 0
 
+    def clear_coarse(self) -> None:
+        """Drop the kept files' revisits (the coarse ones): a plan of every file is about to
+        note each of them again, and would otherwise hold two per file."""
+        self._entries -= sum(len(paths) for paths in self._buckets.values())
+        self._buckets.clear()
+        self._bucket_heap.clear()
+
     def gone(self, count: int = 1) -> None:
         """``count`` paths that may have revisits are gone; see compact_due()."""
         self._gone += count

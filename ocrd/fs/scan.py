@@ -11,10 +11,13 @@ from collections.abc import Callable, Iterator
 
 from ocrd.base import log
 from ocrd.base.collector import collecting_paused
+from ocrd.base.errors import Stopped
 from ocrd.fs.inventory import FileEntry, Inventory, display
 from ocrd.fs.place import Identity, Place, identify, open_root, pin, still_there
 from ocrd.fs.trashentry import NAME as TRASH
 from ocrd.fs.walk import walk_dirs
+
+TICK_EVERY = 4096  # entries of one directory between two calls of a walk's tick
 
 
 def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
@@ -41,16 +44,20 @@ def scan_batches(
     mounts: list[tuple[bytes, str]] | None = None,
     tick: Callable[[], bool] | None = None,
     recheck_s: float | None = None,
+    chunk: int | None = None,
 ) -> Iterator[list[FileEntry]]:
     """scan(), one directory's files at a time (walk_batches from model_dir's pinned path).
     Once the walk is done, model_dir must still be the directory it started from, or
-    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile. With
+    ModelDirMissing: the walk's fd kept working if it was removed or swapped meanwhile.
+    ``chunk`` as for walk_batches. With
     ``recheck_s``, that is also asked every ``recheck_s`` of the walk, before a batch is
     handed on (for a caller that deletes while the walk goes on: ocrd.ops.stream)."""
     fd = open_root(place)
     root = identify(fd)
     checked = time.monotonic()
-    walked = walk_batches(fd, unreadable, directories, mounts=mounts, tick=tick, top_skip=TOP_SKIP)
+    walked = walk_batches(
+        fd, unreadable, directories, mounts=mounts, tick=tick, chunk=chunk, top_skip=TOP_SKIP
+    )
     for files in walked:
         if recheck_s is not None and time.monotonic() - checked >= recheck_s:
             still_there(place, root)
@@ -98,13 +105,17 @@ def walk_batches(
     boundary: Identity | None = None,
     mounts: list[tuple[bytes, str]] | None = None,
     tick: Callable[[], bool] | None = None,
+    chunk: int | None = None,
     top_skip: str | None = None,
 ) -> Iterator[list[FileEntry]]:
     """The walk, one directory's files at a time, so a caller can plan and drop them as it
     goes instead of holding a record per file of the whole tree (the daemon's full pass).
     Closes ``root_fd``; appends to ``unreadable``, ``directories`` and ``mounts`` as it goes; calls
-    ``tick`` between directories (ocrd.fs.walk: no recursion, fds bounded, one filesystem).
-    ``top_skip``: a name in the walk's top directory that is neither listed nor entered.
+    ``tick`` between directories (ocrd.fs.walk: no recursion, fds bounded, one filesystem)
+    and every TICK_EVERY entries within one, raising Stopped when it answers True. With
+    ``chunk``, a directory's files come in lists of at most that many, one after the other
+    (a directory of millions is never one list). ``top_skip``: a name in the walk's top
+    directory that is neither listed nor entered.
     """
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     fsencode = os.fsencode
@@ -122,9 +133,13 @@ def walk_batches(
         subdirs = here.subdirs
         files: list[FileEntry] = []
         append = files.append
+        seen = 0
         try:
             with os.scandir(here.fd) as it:
                 for entry in it:
+                    seen += 1
+                    if seen % TICK_EVERY == 0 and tick is not None and tick():
+                        raise Stopped("stopped within a directory")
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             subdirs.append(entry.name)
@@ -154,6 +169,12 @@ def walk_batches(
                                 ),
                             )
                         )
+                        if chunk is not None and len(files) >= chunk:
+                            if top_skip is not None and not here.path:
+                                _skip(top_skip, files, subdirs)
+                            yield files
+                            files = []
+                            append = files.append
         except OSError as exc:
             unreadable.append((here.path, exc.strerror or str(exc)))
         if top_skip is not None and not here.path:
@@ -174,8 +195,8 @@ neighbour's file or link there is not a model either)."""
 
 
 def _skip(name: str, files: list[FileEntry], subdirs: list[str]) -> None:
-    """Drop ``name`` from the top directory's files and subdirectories (once per walk, not
-    once per file)."""
+    """Drop ``name`` from the top directory's files (each chunk of them) and subdirectories
+    (once per chunk, not once per file)."""
     if name in subdirs:
         subdirs.remove(name)
     encoded = os.fsencode(name)

@@ -16,9 +16,9 @@ from ocrd.base.errors import ModelDirMissing
 from ocrd.config.schema import Config
 from ocrd.fs.arrival import Arrivals
 from ocrd.fs.holds import holds
-from ocrd.fs.inventory import Inventory, display
+from ocrd.fs.inventory import FileEntry, Inventory, display
 from ocrd.fs.place import Place
-from ocrd.fs.scan import scan, unreadable
+from ocrd.fs.scan import scan, scan_batches, unreadable
 from ocrd.ops import purge
 from ocrd.ops.check import probe_each
 from ocrd.ops.delete import apply, delete_groups
@@ -27,9 +27,14 @@ from ocrd.ops.outcomes import Outcome, Recorder, Status, say_refused
 from ocrd.ops.stream import Walked, planned
 from ocrd.ops.totrash import ToTrash
 from ocrd.rules.decision import Decision, Plan
-from ocrd.rules.refusal import Refusal, guarded, staying
-from ocrd.rules.retention import Rules, plan
+from ocrd.rules.families import Ranking
+from ocrd.rules.foresight import LastToGo, coming_due
+from ocrd.rules.parts import PART, parts
+from ocrd.rules.refusal import Refusal, guarded, refuse_all, refused, staying
+from ocrd.rules.retention import Rules, family_rules, plan
+from ocrd.rules.selectors import versions
 from ocrd.rules.trust import model_dir_owner
+from ocrd.watch.index import Index
 
 
 class Planned(NamedTuple):
@@ -81,6 +86,80 @@ def whole_plan(config: Config, place: Place, now: float | None = None) -> Planne
         stays=staying(the_plan.decisions, rules, the_plan.now),
     )
     return Planned(the_plan, inventory, refusal, rules)
+
+
+Listed = tuple[Plan, list[float | None], Ranking | None, dict[bytes, str]]
+
+
+def listing(
+    config: Config, place: Place, now: float, at: float | None
+) -> tuple[Iterator[Listed], list[tuple[bytes, str]]]:
+    """``list --json``'s plan, part by part: each part's plan at ``at`` (default: ``now``),
+    when each of its files comes due from ``now``, the ranking of its versions and what
+    blocks its deletions; and the mount points not entered. The walk keeps one packed record
+    per file (ocrd.watch.index); the tree is planned in parts that plan alone as all of it
+    would (ocrd.rules.parts), twice: first for what needs every file (the refusal to delete
+    every model file, and when each file comes due past it), then part by part as the caller
+    asks for them."""
+    when = now if at is None else at
+    rules = rules_for(config, place)
+    index = Index()
+    unread: list[tuple[bytes, str]] = []
+    directories: list[tuple[bytes, int]] = []
+    mounts: list[tuple[bytes, str]] = []
+    with collecting_paused():
+        for batch in scan_batches(place, unread, directories, mounts=mounts, chunk=PART):
+            for e in batch:
+                index.put(e)
+    walk_news(unread, mounts)
+    arrivals = Arrivals(place.real)
+    cache: dict[bytes, float] = {}
+
+    def pieces() -> Iterator[list[FileEntry]]:
+        return parts(
+            index.entries,
+            len(index),
+            rules,
+            get=index.get,
+            finish=lambda part: arrivals.apply(part, cache),
+            tick=lambda: None,
+        )
+
+    allow = config.retention.allow_delete_all
+    stays: dict[int, int] = {}
+    deletions: list[Decision] = []
+    last = LastToGo(rules.by_name, now, rules.trust)
+    with collecting_paused():
+        for part in pieces():
+            the_plan = plan(part, rules, when)
+            for uid, n in staying(the_plan.decisions, rules, when).items():
+                stays[uid] = stays.get(uid, 0) + n
+            deletions.extend(the_plan.deletions)
+            if not allow:
+                for f, due in zip(part, coming_due(part, rules, now), strict=True):
+                    last.add(f, due)
+    refusal = refuse_all(deletions, index.files, rules, allow=allow, stays=stays)
+    del deletions
+    families = family_rules(config.retention)
+
+    def listed() -> Iterator[Listed]:
+        for part in pieces():
+            with collecting_paused():
+                the_plan = plan(part, rules, when)
+                if refusal is not None:
+                    the_plan = refused(the_plan, refusal)
+                dues = [
+                    None if d is None else d.at if allow else last.when(f, d)
+                    for f, d in zip(part, coming_due(part, rules, now), strict=True)
+                ]
+                ranked = (
+                    families.rank(versions(part), rules.trust, when)
+                    if families is not None
+                    else None
+                )
+                yield the_plan, dues, ranked, blocked(config, the_plan, place)
+
+    return listed(), mounts
 
 
 def walk_news(

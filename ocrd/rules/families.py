@@ -65,6 +65,11 @@ class Families:
     pattern: re.Pattern[str] | None = None
     age_from: Literal["arrival", "timestamp"] = "arrival"
 
+    def key(self, entry: FileEntry) -> str | None:
+        """The family ``entry`` is in, or None (a symlink is in none)."""
+        found = None if entry.is_link else self._key(entry)
+        return None if found is None else found[0]
+
     def _key(self, entry: FileEntry) -> tuple[str, str] | None:
         """The family a file is in (its digits as NUL by default) and the text whose numbers
         are its version, or None if in no family."""

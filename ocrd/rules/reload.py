@@ -4,11 +4,12 @@ more models that the operator must confirm them first (retention.reload_guard)."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ocrd.config.schema import Config
 from ocrd.fs.inventory import FileEntry, display
+from ocrd.rules.decision import Decision
 from ocrd.rules.retention import Rules, plan
 
 
@@ -43,26 +44,35 @@ def _keys(a: dict[str, Any], b: dict[str, Any], prefix: str) -> Iterable[str]:
 def widening(
     old: Config,
     new: Config,
-    entries: Sequence[FileEntry],
+    parts: Iterable[list[FileEntry]],
     in_force: Rules,
     rules: Rules,
     *,
+    kin: Callable[[list[FileEntry]], list[FileEntry]],
     files: int,
     size: int,
     now: float,
 ) -> dict[str, Any] | None:
     """Why a reload must wait for the operator, or None: its ``rules`` would delete, beyond
     what the rules ``in_force`` delete, more than retention.reload_guard of the models
-    (``entries``: ``files`` of them, ``size`` bytes) by count or by bytes (at least two files:
-    one file is no mass deletion). A typo such as max_age = "1s" deletes everything within a
-    second; this gives it a second look."""
+    (``files`` of them, ``size`` bytes) by count or by bytes (at least two files: one file is
+    no mass deletion). A typo such as max_age = "1s" deletes everything within a second; this
+    gives it a second look.
+
+    The models are planned once, under ``rules``, in ``parts`` that each plan alone as all of
+    them would (ocrd.rules.parts); the rules in force judge only what those would delete,
+    with what ``kin`` adds to it (the other members of their families)."""
     guard = new.retention.reload_guard
     if guard >= 1 or new.retention.dry_run or not files:
         return None
-    before = {d.entry.path for d in plan(entries, in_force, now).deletions}
-    if old.retention.dry_run:
-        before = set()
-    extra = [d for d in plan(entries, rules, now).deletions if d.entry.path not in before]
+    going: list[Decision] = []
+    for part in parts:
+        going.extend(plan(part, rules, now).deletions)
+    before: set[bytes] = set()
+    if going and not old.retention.dry_run:
+        judged = kin([d.entry for d in going])
+        before = {d.entry.path for d in plan(judged, in_force, now).deletions}
+    extra = [d for d in going if d.entry.path not in before]
     extra_bytes = sum(d.entry.size for d in extra)
     if len(extra) < 2 or (len(extra) <= guard * files and extra_bytes <= guard * size):
         return None

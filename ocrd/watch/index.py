@@ -130,15 +130,6 @@ class Index:
             for name, record in names.items():
                 yield FileEntry(key + name, *_RECORD.unpack(record))
 
-    def arrived_since(self, older: Index, after: float, before: float) -> Iterator[bytes]:
-        """Paths here that ``older`` does not hold, whose ctime lies between ``after`` and
-        ``before``: files that came while a watch that should have reported them was armed."""
-        for key, names in self._dirs.items():
-            known = older._dirs.get(key, {})
-            for name, record in names.items():
-                if name not in known and after < _RECORD.unpack(record)[3] < before:
-                    yield key + name
-
     def _link(self, key: bytes) -> None:
         """Record ``key`` under its parent, and the parent under its own, up to the first
         directory already known (the top, b"", needs no parent)."""

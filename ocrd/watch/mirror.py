@@ -5,6 +5,7 @@ what an event claims."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import time
@@ -39,6 +40,7 @@ COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories befo
 PROBE_WAIT_S = 2.0  # an inotify watch reports its probe in well under a millisecond
 PROBE_SYNC_S = 0.5  # how long arming waits for that report before the loop takes over
 MISSED_GRACE_S = 2.0  # a change this recent may still be on its way through the watch
+SCAN_CHUNK = 8192  # records a full scan hands on at once, however big a directory
 
 
 class Root(StrEnum):
@@ -550,17 +552,25 @@ class Mirror:
         w = self.watcher
         if w is not None and w.alive and w.kind != "rescan" and not scan.marked.lost:
             scan.watched_since = w.armed_at
+            scan.grace = MISSED_GRACE_S if w.kind == "inotify" else 2 * self.poll_interval()
         self.pending.clear()
         return scan
 
     def adopt(self, scan: Scan) -> None:
-        """A scan walked to its end: what it found replaces what the mirror held, and the
-        sightings of what is gone are dropped."""
+        """A scan walked to its end: what it found replaces what the mirror held (which the
+        scan emptied as it went, keeping one record per file, not two), and the sightings
+        of what is gone are dropped."""
         self._missed(scan)
         self.index = scan.index
         self.directories = dict(scan.directories)
         self.arrivals.keep_only(self.directories, self.index, self.root_id)
         self._check_coverage_soon()
+
+    def abandon(self, scan: Scan) -> None:
+        """A scan that did not walk to its end (SIGTERM, a reload, model_dir gone): what it
+        took out of the index goes back, as it found it."""
+        for e in scan.index.entries():
+            self.index.put(e)
 
     def _missed(self, scan: Scan) -> None:
         """A rescan that finds a file which arrived while the watch was armed, and which the
@@ -568,13 +578,10 @@ class Mirror:
         w = self.watcher
         if scan.watched_since is None or w is None or not w.alive or self.rearm_due:
             return
-        grace = MISSED_GRACE_S if w.kind == "inotify" else 2 * self.poll_interval()
         marked = scan.marked
         missed = [
             path
-            for path in scan.index.arrived_since(
-                self.index, scan.watched_since + grace, scan.started - grace
-            )
+            for path in scan.arrived
             if path not in marked.files and not _below_any(path, marked.dirs)
         ]
         if missed:
@@ -625,6 +632,14 @@ class Scan:
         self.known = mirror.directories if mirror.arrivals.pictured == mirror.root_id else None
         self.tick = mirror.tick
         self.index = Index()
+        # What the mirror held: each record this scan finds anew is taken out of it, so the
+        # two together hold one record per file (Mirror.adopt, Mirror.abandon).
+        self.older = mirror.index
+        # Files the older index did not hold that arrived, by ctime, while the watch was
+        # armed (watched_since + grace, until grace before the scan): ones it should have
+        # reported (Mirror._missed).
+        self.arrived: list[bytes] = []
+        self.grace = MISSED_GRACE_S
         self.unreadable: list[tuple[bytes, str]] = []
         self.directories: list[tuple[bytes, int]] = []
         self.mounts: list[tuple[bytes, str]] = []
@@ -637,14 +652,26 @@ class Scan:
         met = 0  # directories handed to arrivals.found so far
         with collecting_paused():
             for found in scan_batches(
-                self.place, self.unreadable, self.directories, mounts=self.mounts, tick=self.tick
+                self.place,
+                self.unreadable,
+                self.directories,
+                mounts=self.mounts,
+                tick=self.tick,
+                chunk=SCAN_CHUNK,
             ):
                 if self.known is not None:
                     # Before the batch's arrivals are applied: its directory is among these.
                     self.arrivals.found(self.directories[met:], self.known, self.clock.time())
                     met = len(self.directories)
+                put, pop, older = self.index.put, self.older.pop, self.older
+                since = self.watched_since
+                after = -math.inf if since is None else since + self.grace
+                before = -math.inf if since is None else self.started - self.grace
                 for e in found:
-                    self.index.put(e)
+                    if after < e.ctime < before and e.path not in older:
+                        self.arrived.append(e.path)
+                    put(e)
+                    pop(e.path)
                 yield self.arrivals.apply(found, arrived)
             if self.known is not None:
                 self.arrivals.found(self.directories[met:], self.known, self.clock.time())
