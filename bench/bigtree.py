@@ -28,7 +28,7 @@ layout and family setting: its wall time, the time to its first byte, and its pe
     python -m bench.bigtree                       # a smoke: 20k files, about a minute
     python -m bench.bigtree --files 2000000       # the real run (tens of minutes, ~6 GiB)
 
-The results go to ``--out`` (default bench/RESULTS-bigtree.md) and to stdout. Needs root
+The results go to ``--out`` (default bench/out/RESULTS-bigtree.md) and to stdout. Needs root
 (it mounts a tmpfs).
 """
 
@@ -507,7 +507,7 @@ def main() -> int:
     parser.add_argument(
         "--rescan", type=int, default=None, help="watch.rescan in seconds (default: by --files)"
     )
-    parser.add_argument("--out", type=Path, default=Path("bench/RESULTS-bigtree.md"))
+    parser.add_argument("--out", type=Path, default=Path("bench/out/RESULTS-bigtree.md"))
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench.bigtree mounts a tmpfs: run it as root", file=sys.stderr)
@@ -544,6 +544,7 @@ def main() -> int:
         finally:
             fs.close()
     text = report(res, started, load_before)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     return 0
