@@ -5,26 +5,24 @@ claims; the watch on it is ocrd.watch.watching's."""
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from ocrd.base import log
 from ocrd.base.clock import Clock
 from ocrd.base.collector import collecting_paused
-from ocrd.base.errors import ModelDirMissing, OtherFilesystem, Stopped
+from ocrd.base.errors import ModelDirMissing
 from ocrd.config.schema import Watch
 from ocrd.fs.arrival import Arrivals
-from ocrd.fs.dirfds import DirFds
-from ocrd.fs.inventory import FileEntry, display, entry_from_stat
+from ocrd.fs.inventory import FileEntry, display
 from ocrd.fs.place import identify, open_root, pin
-from ocrd.fs.scan import scan_batches, unreadable, walk
-from ocrd.fs.trash import is_trash
+from ocrd.fs.scan import scan_batches, unreadable
 from ocrd.watch.index import Index
 from ocrd.watch.observer import Changes, Kind, Watcher
+from ocrd.watch.refresh import Refreshed, refresh
+from ocrd.watch.refresh import below_any as _below_any
 from ocrd.watch.watching import Watching
 
 MISSED_GRACE_S = 2.0  # a change this recent may still be on its way through the watch
@@ -38,16 +36,6 @@ class Root(StrEnum):
     VANISHED = "vanished"  # gone since the last look: the mirror forgot what it held
     RETURNED = "returned"  # back after it was gone: watched anew, to be scanned
     REARMED = "rearmed"  # replaced, or its watch died or fell short: watched anew, to be scanned
-
-
-@dataclass
-class Refreshed:
-    """What a refresh found: files (re)indexed, files gone, and how many paths it forgot with
-    directories that went."""
-
-    touched: set[bytes] = field(default_factory=set)
-    gone: list[bytes] = field(default_factory=list)
-    forgotten: int = 0
 
 
 class Mirror:
@@ -222,99 +210,19 @@ class Mirror:
         return self.arrivals.apply(e for p in paths if (e := self.index.get(p)) is not None)
 
     def refresh(self, changes: Changes) -> Refreshed:
-        """Bring the index up to date for every path the watcher marked. An event's word on
-        what a path is (file or directory) is not trusted — polling reports a reused inode as a
-        move, directory to file — each path is looked at on disk."""
-        done = Refreshed()
-        # A file in a directory the mirror does not hold came with that directory, whatever
-        # order its events came in (polling reports a tree's files before its directories):
-        # the topmost such directory is walked, and so dated, as if its own event had come.
-        dirs = set(changes.dirs)
-        for rel in changes.files:
-            if (top := _unheld_top(rel, self.directories)) is not None:
-                dirs.add(top)
-        with DirFds(self.place) as fds:
-            for rel in dirs | changes.files:
-                if not rel:
-                    continue  # model_dir itself: check_root's business
-                if is_trash(rel):
-                    continue  # not a model (ocrd.trash); the polling observer sees into it
-                if _below_any(rel, dirs):
-                    continue  # that directory is forgotten and walked whole below
-                try:
-                    st = fds.stat(rel)
-                except OSError as exc:
-                    # Any directory may become unreadable at any time (another user's
-                    # chmod 700): what is in it stays as last seen, and nothing there is
-                    # deleted, since deleting goes through the same directories.
-                    _unreadable(rel, exc)
-                    continue
-                is_dir = st is not None and stat.S_ISDIR(st.st_mode)
-                if not is_dir and (rel in dirs or rel in self.directories):
-                    done.forgotten += self._forget_tree(rel)  # a directory gone or now a file
-                    self.arrivals.forget(rel)
-                if st is None:
-                    self.index.pop(rel)
-                    done.gone.append(rel)
-                elif is_dir:
-                    # What the mirror held there before: a directory it holds already, as the
-                    # very same inode, did not arrive again (its sighting stays as it was).
-                    known = self._held_under(rel)
-                    self.index.pop(rel)
-                    done.forgotten += self._forget_tree(rel)
-                    try:
-                        sub = walk(os.dup(fds.open(rel)), boundary=fds.boundary, tick=self.tick)
-                    except OtherFilesystem as exc:
-                        self._report_mounts([(rel, exc.device)], full=False)
-                        continue
-                    except OSError as exc:
-                        _unreadable(rel, exc)
-                        continue
-                    except Stopped:
-                        break  # SIGTERM: the loop exits; the index no longer matters
-                    prefix = rel + b"/"
-                    self.arrivals.found(
-                        ((prefix + d if d else rel, ino) for d, ino in sub.directories),
-                        known,
-                        self.clock.time(),
-                        holding=(prefix + e.path for e in sub.files),
-                    )
-                    for where, why in sub.unreadable:
-                        unreadable(prefix + where, why)
-                    self._report_mounts([(prefix + p, dev) for p, dev in sub.mounts], full=False)
-                    self.directories.update(
-                        (prefix + d if d else rel, ino) for d, ino in sub.directories
-                    )
-                    self.watching.check_coverage_soon()
-                    for e in sub.files:
-                        found = e._replace(path=prefix + e.path)
-                        self.index.put(found)
-                        done.touched.add(found.path)
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    prior = self.index.get(rel)
-                    if stat.S_ISREG(st.st_mode) and (prior is None or prior.ino != st.st_ino):
-                        self.arrivals.saw_file(rel, st, self.clock.time())
-                    self.index.put(entry_from_stat(rel, st))
-                    done.touched.add(rel)
-                else:
-                    self.index.pop(rel)  # a fifo or socket: not a model
-        return done
-
-    def _held_under(self, rel: bytes) -> dict[bytes, int]:
-        """The directories held at ``rel`` and below it, with their inodes."""
-        if rel not in self.directories:
-            return {}  # a directory just made: mkdir storms cost nothing
-        prefix = rel + b"/"
-        return {p: i for p, i in self.directories.items() if p == rel or p.startswith(prefix)}
-
-    def _forget_tree(self, rel: bytes) -> int:
-        """Forget directory ``rel`` and all below it; how many indexed paths went with it."""
-        prefix = rel + b"/"
-        forgotten = self.index.forget_under(prefix)  # costs what the subtree holds
-        if rel in self.directories:  # a directory just made is not: mkdir storms cost nothing
-            for stale in [p for p in self.directories if p == rel or p.startswith(prefix)]:
-                del self.directories[stale]
-        return forgotten
+        """Bring the index up to date for every path the watch marked, each looked at on disk
+        (ocrd.watch.refresh)."""
+        return refresh(
+            changes,
+            place=self.place,
+            index=self.index,
+            directories=self.directories,
+            arrivals=self.arrivals,
+            clock=self.clock,
+            tick=self.tick,
+            mounts=lambda found: self._report_mounts(found, full=False),
+            walked=self.watching.check_coverage_soon,
+        )
 
     # -- the full scan ---------------------------------------------------------------------
 
@@ -424,31 +332,3 @@ class Scan:
                 yield self.arrivals.apply(found, arrived)
             if self.known is not None:
                 self.arrivals.found(self.directories[met:], self.known, self.clock.time())
-
-
-def _unreadable(rel: bytes, exc: OSError) -> None:
-    unreadable(rel, exc.strerror or str(exc))
-
-
-def _unheld_top(rel: bytes, held: dict[bytes, int]) -> bytes | None:
-    """The topmost directory above ``rel`` that ``held`` does not hold, if any (none before
-    the first full scan, which holds model_dir itself)."""
-    if b"" not in held:
-        return None
-    top = None
-    d = rel.rpartition(b"/")[0]
-    while d and d not in held:
-        top = d
-        d = d.rpartition(b"/")[0]
-    return top
-
-
-def _below_any(rel: bytes, dirs: set[bytes]) -> bool:
-    """Whether a directory above ``rel`` is in ``dirs``. Polling reports every directory of a
-    tree moved in, each of which was walked whole: quadratic in its depth."""
-    while True:
-        rel = rel.rpartition(b"/")[0]
-        if not rel:
-            return False
-        if rel in dirs:
-            return True
