@@ -69,7 +69,7 @@ class Room:
 def room(tmp_path: Path) -> Iterator[Room]:
     r = Room(tmp_path)
     yield r
-    r.mirror.stop()
+    r.mirror.watching.stop()
 
 
 def test_a_held_file_backs_off_and_is_tried_again_once_its_time_comes(room: Room) -> None:
@@ -118,4 +118,4 @@ def test_under_dry_run_each_file_version_is_said_once(tmp_path: Path) -> None:
         assert (room.models / "old_a.bin").exists()
         assert room.totals.since_start.would_delete == 2
     finally:
-        room.mirror.stop()
+        room.mirror.watching.stop()

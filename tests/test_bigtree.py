@@ -134,7 +134,7 @@ def test_start_up_looks_at_the_loop_every_few_thousand_files(
         assert looks.planned == N  # every file planned once
         assert looks.most <= K, f"{looks.most} files planned without a look at the loop"
     finally:
-        daemon.mirror.stop()
+        daemon.mirror.watching.stop()
 
 
 def test_one_event_with_families_looks_at_the_loop_while_it_plans_everything(
@@ -154,7 +154,7 @@ def test_one_event_with_families_looks_at_the_loop_while_it_plans_everything(
         # Each kept file has one revisit (max_age), not one more per event.
         assert daemon.scheduler._entries <= N
     finally:
-        daemon.mirror.stop()
+        daemon.mirror.watching.stop()
 
 
 @pytest.mark.parametrize("families", [False, True], ids=["plain", "families"])
@@ -177,7 +177,7 @@ def test_the_reload_guard_plans_the_tree_once_and_looks_at_the_loop(
         assert daemon._widening(daemon.config) is None
         assert looks.planned == 0
     finally:
-        daemon.mirror.stop()
+        daemon.mirror.watching.stop()
 
 
 @pytest.mark.parametrize("families", [False, True], ids=["plain", "families"])
@@ -192,7 +192,7 @@ def test_sigterm_during_a_long_start_up_stops_it_within_a_part(
         assert daemon.stop_signal == signal.SIGTERM
         assert looks.planned <= K, f"{looks.planned} files planned after SIGTERM"
     finally:
-        daemon.mirror.stop()
+        daemon.mirror.watching.stop()
 
 
 def test_a_rescan_holds_one_record_per_file(tmp_path: Path, looks: Looks) -> None:
@@ -210,7 +210,7 @@ def test_a_rescan_holds_one_record_per_file(tmp_path: Path, looks: Looks) -> Non
         worst = max(planned + old for planned, old in looks.held)
         assert worst <= N, f"{worst - N} records held twice"
     finally:
-        daemon.mirror.stop()
+        daemon.mirror.watching.stop()
 
 
 def test_a_walk_looks_at_the_loop_within_one_big_directory(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     try:
         yield w
     finally:
-        w.daemon.mirror.stop()
+        w.daemon.mirror.watching.stop()
         log.configure("info", "json")
 
 

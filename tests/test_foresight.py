@@ -569,7 +569,7 @@ def worlds() -> Iterator[list[World]]:
     made: list[World] = []
     yield made
     for w in made:
-        w.daemon.mirror.stop()
+        w.daemon.mirror.watching.stop()
     log.configure("info", "json")
 
 

@@ -34,7 +34,7 @@ def polled(tmp_path: Path, clock: FakeClock) -> Iterator[Mirror]:
     try:
         yield m
     finally:
-        m.stop()
+        m.watching.stop()
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ def mirror(tmp_path: Path, clock: FakeClock, woken: threading.Event) -> Iterator
     try:
         yield m
     finally:
-        m.stop()
+        m.watching.stop()
 
 
 def _events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
@@ -128,11 +128,11 @@ def test_a_watch_that_drops_every_event_is_found_blind_and_replaced(
     with capture_logs() as logs:
         mirror.arm()
         for _ in range(6):
-            if mirror.watcher is not None and mirror.watcher.kind == "rescan":
+            if mirror.watching.watcher is not None and mirror.watching.watcher.kind == "rescan":
                 break
-            assert mirror.probe_due is not None
-            clock.advance(mirror.probe_due - clock.monotonic())
-            mirror.check_probe()
+            assert mirror.watching.probe_due is not None
+            clock.advance(mirror.watching.probe_due - clock.monotonic())
+            mirror.watching.check_probe()
             assert mirror.check_root() is Root.REARMED
     blind = _events(logs, "watch_blind")
     assert [(e["observer"], e["action"]) for e in blind] == [
@@ -141,10 +141,10 @@ def test_a_watch_that_drops_every_event_is_found_blind_and_replaced(
         ("polling", "arming anew"),
         ("polling", "watching by rescan"),
     ]
-    assert mirror.watcher is not None
-    assert mirror.watcher.kind == "rescan"
+    assert mirror.watching.watcher is not None
+    assert mirror.watching.watcher.kind == "rescan"
     assert _events(logs, "watch_armed")[-1]["observer"] == "rescan"
-    assert mirror.degraded is not None
+    assert mirror.watching.degraded is not None
     assert not [n for n in os.listdir(mirror.place.real) if n.startswith(PROBE_PREFIX)]
 
 
@@ -165,8 +165,8 @@ def test_a_rescan_that_finds_files_the_watch_never_reported_says_the_watch_is_bl
     with capture_logs() as logs:
         mirror.arm()
         assert _events(logs, "watch_armed"), logs  # the probe came through
-        assert mirror.watcher is not None
-        mirror.watcher.armed_at -= 1.0  # ctime has a coarser clock than time.time()
+        assert mirror.watching.watcher is not None
+        mirror.watching.watcher.armed_at -= 1.0  # ctime has a coarser clock than time.time()
         scan = mirror.scan()
         for _ in scan:
             pass
@@ -189,13 +189,13 @@ def test_a_file_the_watch_reported_is_not_counted_as_missed(
     top = Path(os.fsdecode(mirror.place.real))
     with capture_logs() as logs:
         mirror.arm()
-        assert mirror.watcher is not None
-        mirror.watcher.armed_at -= 1.0
+        assert mirror.watching.watcher is not None
+        mirror.watching.watcher.armed_at -= 1.0
         woken.clear()
         (top / "old_seen.bin").write_bytes(b"x")
         # Reported (marked, not yet taken): the scan takes it with the rest.
         deadline = time.monotonic() + 10
-        while b"old_seen.bin" not in mirror.watcher._changes.files:
+        while b"old_seen.bin" not in mirror.watching.watcher._changes.files:
             assert woken.wait(deadline - time.monotonic()), "the watch reported nothing"
             woken.clear()
         scan = mirror.scan()

@@ -209,7 +209,7 @@ class Daemon:
                     continue
                 self._after_wake()
             self.notifier.stopping()
-            self.mirror.stop()
+            self.mirror.watching.stop()
         self.keeper.flush(self.mirror.index.get, force=True)
         self.keeper.close()
         name = signal.Signals(self.stop_signal).name if self.stop_signal else None
@@ -235,7 +235,8 @@ class Daemon:
         if log.busy():
             caps.append(LOG_PUMP_S)
         mono = self.clock.monotonic()
-        dues = (self.mirror.coverage_due, self.mirror.probe_due, self.keeper.deadline())
+        watching = self.mirror.watching
+        dues = (watching.coverage_due, watching.probe_due, self.keeper.deadline())
         for at in (*dues, *self.batcher.deadlines()):
             if at is not None:
                 caps.append(at - mono)
@@ -331,7 +332,7 @@ class Daemon:
     def _catch_up(self) -> None:
         """Bring the mirror up to date with what changed, and plan what changed (all of it,
         when the watch can no longer be trusted or the rescan period is up)."""
-        self.mirror.check_probe()
+        self.mirror.watching.check_probe()
         root = self._check_root()
         if root in (Root.MISSING, Root.VANISHED):
             return
@@ -347,7 +348,7 @@ class Daemon:
             if self.mirror.retry_wanted():
                 self._rescan_all("rearmed")
             else:
-                self.mirror.probe()
+                self.mirror.watching.probe()
                 self._rescan_all("rescan")
         elif changes.poll:
             self._rescan_all("poll")  # no observer could be had: rescans stand in for one
@@ -567,7 +568,7 @@ class Daemon:
         """The engine's and the watch's own state into the totals; the metrics file if
         anything moved."""
         self.totals.engine(self.engine.cycles, self.engine.downtime_s)
-        self.totals.watch(self.mirror.degraded)
+        self.totals.watch(self.mirror.watching.degraded)
         self.metrics.publish()
 
     def _send_status(self) -> None:

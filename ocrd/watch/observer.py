@@ -64,22 +64,6 @@ EVENTS: list[type[FileSystemEvent]] = [
 ]
 NO_READS = [e for e in EVENTS if e is not FileClosedNoWriteEvent]
 
-# Filesystems whose changes inotify does not see when made by another host.
-REMOTE_FS = {
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "ceph",
-    "glusterfs",
-    "9p",
-    "fuse.sshfs",
-    "afs",
-    "lustre",
-    "gpfs",
-    "beegfs",
-}
 # watchdog's own loggers: a warning there (a watch it could not add, a snapshot that failed) is
 # something it did not tell the handler. Logger names are how the logging module is used; no
 # attribute of watchdog is touched.
