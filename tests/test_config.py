@@ -3,10 +3,12 @@ problem."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,6 +106,24 @@ def test_the_shipped_config_toml_loads(conf_dir: Path) -> None:
     shutil.copy(REPO / "config.toml", conf_dir / "config.toml")
     config = load(conf_dir / "config.toml")
     assert config.model_dir == conf_dir / "models"
+
+
+@pytest.mark.parametrize(
+    "budget",
+    ["", '[budget]\nmax_size = "1 GiB"\nmin_free = "10%"\nheadroom = "0 B"\n'],
+    ids=["defaults", "every-key"],
+)
+def test_a_config_dumps_as_json_without_a_warning(conf_dir: Path, budget: str) -> None:
+    """A reload diffs two configs as JSON (ocrd.rules.reload): every value, the budget's sizes
+    and shares too, is said in the config's own words, with no serializer warning in the log."""
+    config = load(write_config(conf_dir, 'model_dir = "models"\n' + budget))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = json.loads(config.model_dump_json())
+    if budget:
+        assert dumped["budget"] == {"max_size": "1 GiB", "min_free": "10%", "headroom": "0 B"}
+    else:
+        assert dumped["budget"] == {"max_size": None, "min_free": None, "headroom": "5%"}
 
 
 def test_config_is_frozen(conf_dir: Path) -> None:

@@ -678,7 +678,7 @@ def test_metrics_opt_in(box: Container) -> None:
 def _budget_rules(max_size: str) -> str:
     """The live rules with a disk budget; the earlier tests' en_model.bin is whitelisted."""
     rules = _rules("old_").replace("[retention]\n", '[retention]\nwhitelist = ["en_model.bin"]\n')
-    return rules + f'\n[budget]\nmax_size = "{max_size}"\nheadroom = "0"\n'
+    return rules + f'\n[budget]\nmax_size = "{max_size}"\nheadroom = "0%"\n'
 
 
 def _last_used(box: Container) -> dict[str, str]:
@@ -693,33 +693,34 @@ def test_the_budget_keeps_what_was_read_and_its_state_under_the_state_directory(
     (StateDirectory=ocrd: /var/lib/ocrd), the service user's, 0600; when max_size is crossed,
     the model the OCR service read outlives the older unused one (rule budget); `ocrd list`
     run by root leaves nothing of root's in the state directory."""
-    box.write(CONFIG, _budget_rules("1 GiB"))
-    _ok(box.run(["systemctl", "restart", "ocrd"], timeout=60), "systemctl restart", box)
-    state = "/var/lib/ocrd/state.db"
-    _wait("the state file", lambda: box.exists(state), box)
-    assert box.run(["stat", "-c", "%U:%G %a", state]).stdout.split() == ["ocrd:ocrd", "600"]
-    box.add_model("used.bin", "u" * 700)
-    box.add_model("stale.bin", "s" * 700)  # arrives after used.bin: older only by use
+    try:
+        box.write(CONFIG, _budget_rules("1 GiB"))
+        _ok(box.run(["systemctl", "restart", "ocrd"], timeout=60), "systemctl restart", box)
+        state = "/var/lib/ocrd/state.db"
+        _wait("the state file", lambda: box.exists(state), box)
+        assert box.run(["stat", "-c", "%U:%G %a", state]).stdout.split() == ["ocrd:ocrd", "600"]
+        box.add_model("used.bin", "u" * 700)
+        box.add_model("stale.bin", "s" * 700)  # arrives after used.bin: older only by use
 
-    def read_is_recorded() -> bool:
-        read = box.run(["cat", f"{MODELS}/used.bin"], user="ocr")
-        assert read.returncode == 0, read.stderr
-        used = _last_used(box)
-        return used["used.bin"] > used["stale.bin"]
+        def read_is_recorded() -> bool:
+            read = box.run(["cat", f"{MODELS}/used.bin"], user="ocr")
+            assert read.returncode == 0, read.stderr
+            used = _last_used(box)
+            return used["used.bin"] > used["stale.bin"]
 
-    _wait("the read to be recorded as used.bin's last use", read_is_recorded, box)
-    box.write(CONFIG, _budget_rules("1 KiB"))  # 1401 bytes of models: one must go
-    _ok(box.run(["systemctl", "reload", "ocrd"], timeout=60), "systemctl reload", box)
-    _wait("stale.bin evicted", lambda: not box.exists(f"{MODELS}/stale.bin"), box)
-    assert _has_event(box, "model_deleted", path="stale.bin", rule="budget")
-    assert box.exists(f"{MODELS}/used.bin")
-    assert box.exists(f"{MODELS}/en_model.bin")
-    roots = box.run(["find", "/var/lib/ocrd", "-maxdepth", "1", "-user", "root"]).stdout
-    assert roots == "", roots
-
-    box.write(CONFIG, _rules("old_"))
-    _ok(box.run(["systemctl", "reload", "ocrd"], timeout=60), "systemctl reload", box)
-    box.run(["rm", "-f", f"{MODELS}/used.bin"])  # the later tests count from a clean directory
+        _wait("the read to be recorded as used.bin's last use", read_is_recorded, box)
+        box.write(CONFIG, _budget_rules("1 KiB"))  # 1401 bytes of models: one must go
+        _ok(box.run(["systemctl", "reload", "ocrd"], timeout=60), "systemctl reload", box)
+        _wait("stale.bin evicted", lambda: not box.exists(f"{MODELS}/stale.bin"), box)
+        assert _has_event(box, "model_deleted", path="stale.bin", rule="budget")
+        assert box.exists(f"{MODELS}/used.bin")
+        assert box.exists(f"{MODELS}/en_model.bin")
+        roots = box.run(["find", "/var/lib/ocrd", "-maxdepth", "1", "-user", "root"]).stdout
+        assert roots == "", roots
+    finally:  # the later tests run on the plain rules, from a clean directory
+        box.write(CONFIG, _rules("old_"))
+        _ok(box.run(["systemctl", "restart", "ocrd"], timeout=60), "systemctl restart", box)
+        box.run(["rm", "-f", f"{MODELS}/used.bin", f"{MODELS}/stale.bin"])
 
 
 def test_stop(box: Container) -> None:

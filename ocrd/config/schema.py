@@ -8,7 +8,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+)
 
 from ocrd.config.durations import INT32_MAX, format_duration, parse_duration
 from ocrd.config.regexlint import backtracking
@@ -180,15 +187,19 @@ def _headroom(text: object) -> Amount:
     return parse_amount(text, allow_zero=True)
 
 
+# Said in the config's own words wherever a config is dumped (a reload's diff).
+_AS_TEXT = PlainSerializer(Amount.text, return_type=str)
+
+
 class Budget(_Section):
     """The disk budget (docs/budget.md): absent limits are no limits."""
 
     # Model files under model_dir (each inode once) may take at most this.
-    max_size: Annotated[Amount, PlainValidator(_size)] | None = None
+    max_size: Annotated[Amount, PlainValidator(_size), _AS_TEXT] | None = None
     # Keep this much free on model_dir's filesystem: a size, or a share of the filesystem.
-    min_free: Annotated[Amount, PlainValidator(parse_amount)] | None = None
+    min_free: Annotated[Amount, PlainValidator(parse_amount), _AS_TEXT] | None = None
     # Once a limit is crossed, free this much past it: a size, or a share of the limit.
-    headroom: Annotated[Amount, PlainValidator(_headroom)] = Amount(share=0.05)
+    headroom: Annotated[Amount, PlainValidator(_headroom), _AS_TEXT] = Amount(share=0.05)
 
     @property
     def active(self) -> bool:

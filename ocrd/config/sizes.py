@@ -83,6 +83,12 @@ class Amount(NamedTuple):
             return self.size
         return int((self.share or 0.0) * whole)
 
+    def text(self) -> str:
+        """As the config spells it: ``"1 GiB"``, ``"10%"``."""
+        if self.size is not None:
+            return format_size(self.size)
+        return f"{(self.share or 0.0) * 100:.6g}%"
+
     def __str__(self) -> str:
         if self.size is not None:
             return format_size(self.size)
