@@ -71,7 +71,8 @@ need-root:
 
 # ocrd in its own venv (Debian's Python is "externally managed": no pip install into it), the
 # `ocrd` command on PATH, the unit, its user (sysusers.d) and model directory (tmpfiles.d), and
-# a default /etc/ocrd/config.toml only if there is none; then `ocrd check` on that config, and
+# a default /etc/ocrd/config.toml only if there is none (its [state] path in the state directory,
+# so that `ocrd list` run by an operator reads the daemon's last use); then `ocrd check` on it, and
 # a running ocrd.service is restarted onto the new code (or it says why not). Run it again to
 # upgrade. PIP_ARGS is passed to pip, e.g. PIP_ARGS="--no-index --find-links /srv/wheels" on a
 # host without an index.
@@ -97,7 +98,9 @@ install: need-root need-python need-bindir
 	install -d -m 0755 $(CONFDIR)
 	test -e $(CONFDIR)/config.toml || { \
 		sed -e 's|^model_dir = "models"  |model_dir = "/var/lib/ocrd/models"|' \
-		    -e 's|^format = "auto"  |format = "json"  |' config.toml > $(CONFDIR)/config.toml.new && \
+		    -e 's|^format = "auto"  |format = "json"  |' \
+		    -e 's|^# \[state\]  |[state]    |' -e 's|^# path = "/var/lib/ocrd/state.db"|path = "/var/lib/ocrd/state.db"  |' \
+		    config.toml > $(CONFDIR)/config.toml.new && \
 		chmod 0644 $(CONFDIR)/config.toml.new && mv $(CONFDIR)/config.toml.new $(CONFDIR)/config.toml; }
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@$(BINDIR)/ocrd check -c $(CONFDIR)/config.toml || { \

@@ -678,7 +678,8 @@ def test_metrics_opt_in(box: Container) -> None:
 def _budget_rules(max_size: str) -> str:
     """The live rules with a disk budget; the earlier tests' en_model.bin is whitelisted."""
     rules = _rules("old_").replace("[retention]\n", '[retention]\nwhitelist = ["en_model.bin"]\n')
-    return rules + f'\n[budget]\nmax_size = "{max_size}"\nheadroom = "0%"\n'
+    state = '\n[state]\npath = "/var/lib/ocrd/state.db"\n'  # as `sudo make install` writes it
+    return rules + f'\n[budget]\nmax_size = "{max_size}"\nheadroom = "0%"\n' + state
 
 
 def _last_used(box: Container) -> dict[str, str]:
@@ -689,10 +690,12 @@ def _last_used(box: Container) -> dict[str, str]:
 def test_the_budget_keeps_what_was_read_and_its_state_under_the_state_directory(
     box: Container,
 ) -> None:
-    """[budget] under the shipped unit: last use is kept in $STATE_DIRECTORY/state.db
-    (StateDirectory=ocrd: /var/lib/ocrd), the service user's, 0600; when max_size is crossed,
+    """[budget] under the shipped unit: last use is kept in the state directory
+    (StateDirectory=ocrd: /var/lib/ocrd), the service user's, 0600, where `ocrd list` run by
+    root reads it (the installed config names it); when max_size is crossed,
     the model the OCR service read outlives the older unused one (rule budget); `ocrd list`
     run by root leaves nothing of root's in the state directory."""
+    before = box.read(CONFIG)  # with the metrics opt-in, which uninstall reads later
     try:
         box.write(CONFIG, _budget_rules("1 GiB"))
         _ok(box.run(["systemctl", "restart", "ocrd"], timeout=60), "systemctl restart", box)
@@ -717,8 +720,8 @@ def test_the_budget_keeps_what_was_read_and_its_state_under_the_state_directory(
         assert box.exists(f"{MODELS}/en_model.bin")
         roots = box.run(["find", "/var/lib/ocrd", "-maxdepth", "1", "-user", "root"]).stdout
         assert roots == "", roots
-    finally:  # the later tests run on the plain rules, from a clean directory
-        box.write(CONFIG, _rules("old_"))
+    finally:  # the later tests run on the config as it was, from a clean directory
+        box.write(CONFIG, before)
         _ok(box.run(["systemctl", "restart", "ocrd"], timeout=60), "systemctl restart", box)
         box.run(["rm", "-f", f"{MODELS}/used.bin", f"{MODELS}/stale.bin"])
 
