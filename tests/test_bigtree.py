@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import ocrd.daemon.loop
+import ocrd.daemon.rescans
 import ocrd.ops.passes
 import ocrd.rules.reload
 from ocrd.base import log
@@ -104,7 +104,7 @@ def looks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Looks]:
         return real_plan(files, rules, now)
 
     monkeypatch.setattr(Daemon, "_tick", tick)
-    monkeypatch.setattr(ocrd.daemon.loop, "plan", plan)
+    monkeypatch.setattr(ocrd.daemon.rescans, "plan", plan)
     monkeypatch.setattr(ocrd.rules.reload, "plan", plan)
     out = io.StringIO()
     log.configure("info", "json", stream=out)
