@@ -16,20 +16,10 @@ from pathlib import Path
 from bench.modes import Mode
 from bench.report import Results, Row
 from bench.workspace import Workspace
+from tests import configs
 from tests.harness import running
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-max_age = "30d"
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
+CONFIG = configs.toml(retention={"max_age": "30d"})  # prefix old_, max_age 30d, settle 0s
 
 
 def section_churn(mode: Mode, ws: Workspace, res: Results) -> None:

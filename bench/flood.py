@@ -17,19 +17,10 @@ import time
 from bench.modes import Mode
 from bench.report import Results, Row
 from bench.workspace import Workspace
+from tests import configs
 from tests.harness import Event, running
 
-CONFIG = """\
-model_dir = "models"
-[retention]
-prefixes = ["old_"]
-[watch]
-settle = "0s"
-[engine]
-enabled = false
-[log]
-format = "json"
-"""
+CONFIG = configs.toml()  # prefix old_, settle 0s, engine off, JSON logs
 
 
 def _accounted(events: list[Event]) -> int:
