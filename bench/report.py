@@ -38,6 +38,7 @@ class Row:
     n: int = 0
     peer: bool = False
     note: str = ""
+    cpu: float | None = None  # median CPU (user + system) of the runs, where measured
 
     @classmethod
     def of(
