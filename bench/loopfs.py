@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.workspace import Workspace
 
 TOOLS = ("mkfs.ext4", "losetup", "mount", "umount", "findmnt")
+LABEL = "on ext4 without discard (loop image)"  # in the measure of its §2 rows
 BLOCK = 4096  # mkfs.ext4's block size for any image this big
 
 

@@ -29,7 +29,6 @@ from ocrd.fs.procfs import filesystem_type
 
 FD_LIMIT = 256  # the soft and hard RLIMIT_NOFILE of the fd-bound pass
 RULES = f"age {MAX_AGE} or prefix {PREFIX}"
-EXT4_MEASURE = "on ext4 without discard (loop image)"
 
 
 def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
@@ -115,7 +114,7 @@ def on_ext4(mode: Mode, ws: Workspace, res: Results, built: Path | str) -> None:
     """ocrd, find and the floor on a fresh ext4 image mounted with ext4's defaults, without
     discard (Debian's default): unlink() costs what the filesystem's own work costs."""
     if (why := loopfs.unavailable()) is not None:
-        res.notes.append(f"§2 {EXT4_MEASURE}: not measured: {why}.")
+        res.notes.append(f"§2 {loopfs.LABEL}: not measured: {why}.")
         return
     n = mode.retention_n
     began = time.monotonic()
@@ -126,15 +125,15 @@ def on_ext4(mode: Mode, ws: Workspace, res: Results, built: Path | str) -> None:
             try:
                 here = floor_on(built, disk, "ext4", res)
                 tools, missing = joined(["ocrd", "find"], {}, here)
-                measure = f"pass {count_label(n)} {EXT4_MEASURE}: {RULES}"
+                measure = f"pass {count_label(n)} {loopfs.LABEL}: {RULES}"
                 passes(mode, disk, res, [(True, measure)], tools, missing=missing, floor_bin=here)
             finally:
                 disk.close()
     except OSError as exc:
-        res.notes.append(f"§2 {EXT4_MEASURE}: not measured: {exc}.")
+        res.notes.append(f"§2 {loopfs.LABEL}: not measured: {exc}.")
         return
     res.notes.append(
-        f"§2 {EXT4_MEASURE}: a fresh image (mkfs.ext4 defaults, inode tables written at mkfs), "
+        f"§2 {loopfs.LABEL}: a fresh image (mkfs.ext4 defaults, inode tables written at mkfs), "
         f"made and mounted in {made:.2f} s, mounted with {fs.options}; its rows, set-up and "
         f"removal included, took {time.monotonic() - began:.0f} s."
     )
