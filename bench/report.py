@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loopfs
+from bench.floor import compiler
 from bench.modes import Mode
 from bench.peers import MAX_AGE, TOOL_NAMES
 from bench.sections.live import DEFAULT_RESCAN
@@ -256,6 +257,7 @@ def machine(tmp: Path) -> list[tuple[str, str]]:
     mount = _first_line(["findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "-T", str(tmp)])
     git, changed = code_state()
     tmpreaper = _first_line(["dpkg-query", "-W", "-f", "${Version}", "tmpreaper"])
+    cc = compiler()
     return [
         ("CPUs (nproc)", f"{len(os.sched_getaffinity(0))} x {cpu}"),
         ("memory", mem),
@@ -270,6 +272,7 @@ def machine(tmp: Path) -> list[tuple[str, str]]:
         ("find", _first_line(["find", "--version"])),
         ("systemd-tmpfiles", _first_line(["systemd-tmpfiles", "--version"])),
         ("tmpreaper", tmpreaper),
+        ("C compiler (the safe floor)", _first_line([cc, "--version"]) if cc else "none"),
     ]
 
 
