@@ -22,7 +22,8 @@ class Mode:
     rescan: str  # for the burst daemon: short, so that a lost event is recovered within the run
     drain_timeout_s: float
     pause_s: float  # quiet time after sync(), before each timed deletion
-    tmpfs_dir: str | None  # also a pass (ocrd and find) on this tmpfs, where unlink never waits
+    tmpfs_dir: str | None  # also a pass (ocrd, find, the floor) on this tmpfs: unlink never waits
+    ext4_loop: bool  # also a pass on a fresh loop-mounted ext4 image without discard (root only)
     # Also a pass over this many directories under ulimit -n 256, this many times (mkdir is
     # slow here: 10k directories take ~10 s to make).
     fd_dirs: tuple[tuple[int, int], ...]
@@ -52,7 +53,8 @@ QUICK = Mode(
     rescan="10s",
     drain_timeout_s=20.0,
     pause_s=0.2,
-    tmpfs_dir=None,
+    tmpfs_dir="/dev/shm",
+    ext4_loop=True,
     fd_dirs=((10_000, 1),),
     cycle_scenarios=("trickle",),
     churn_s=20.0,
@@ -80,6 +82,7 @@ FULL = Mode(
     drain_timeout_s=90.0,
     pause_s=1.0,
     tmpfs_dir="/dev/shm",
+    ext4_loop=True,
     fd_dirs=((10_000, 5), (100_000, 1)),
     cycle_scenarios=("trickle", "burst", "held", "immutable"),
     churn_s=600.0,

@@ -1,5 +1,6 @@
 """The peers ocrd is measured against, and every tool's command line for one retention pass:
-``ocrd clean``, systemd-tmpfiles, tmpreaper, ``find -delete``."""
+``ocrd clean``, systemd-tmpfiles, tmpreaper, ``find -delete``, and the safe floor
+(``bench/floor.c``, built by ``bench.floor``), the reference every pass is compared with."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from bench import floor
 from bench.tree import PREFIX, Tree
 from bench.workspace import assert_inside
 from tests.harness import ocrd_argv
@@ -22,12 +24,19 @@ TOOL_NAMES = {
     "tmpfiles": "systemd-tmpfiles --clean",
     "tmpreaper": "tmpreaper --mtime",
     "find": "find -delete",
+    "floor": "safe floor (C)",
 }
+# Every tool a §2 row can name, in the order of the rows: the floor is not a tool anyone runs,
+# so it is no peer in "x fastest peer"; the report sets every pass against it apart.
+ALL_TOOLS = (*RETENTION_TOOLS, "floor")
 
 
-def retention_commands(tool: str, tree: Tree, scratch: Path, prefix: bool) -> list[list[str]]:
+def retention_commands(
+    tool: str, tree: Tree, scratch: Path, prefix: bool, *, floor_binary: Path | None = None
+) -> list[list[str]]:
     """The argv list that makes ``tool`` apply "older than 30 days by mtime" (and, if ``prefix``,
-    "name starts with old_") to ``tree``; config files are written into ``scratch``."""
+    "name starts with old_") to ``tree``; config files are written into ``scratch``. The
+    floor's command needs its ``floor_binary``."""
     root = str(tree.root)
     assert not any(c.isspace() for c in root), root  # tmpfiles.d lines split on whitespace
     if tool == "ocrd":
@@ -72,6 +81,10 @@ def retention_commands(tool: str, tree: Tree, scratch: Path, prefix: bool) -> li
         else:
             test = ["-mmin", FIND_AGE]
         return [["find", root, "-type", "f", *test, "-delete"]]
+    if tool == "floor":
+        if floor_binary is None:
+            raise ValueError("the floor's command needs its binary (bench.floor.build)")
+        return [floor.argv(floor_binary, tree.root, prefix)]
     raise ValueError(tool)
 
 

@@ -5,7 +5,8 @@ On the standard tree (bench/tree.py) with the §2 rules (age 30d or prefix old_)
 1. the whole command as a subprocess, and ``ocrd check`` (interpreter start, imports, config);
 2. the phases in-process, one after the other: scan(), plan(), apply() (with its in-use check);
 3. the floor for Python: an ``os.scandir`` walk that stats each entry and unlinks what is due
-   with ``dir_fd=``, nothing else;
+   with ``dir_fd=``, nothing else; and the safe floor in C (``bench/floor.c``: open, fstat,
+   lease, unlink, close per due file) when there is a C compiler;
 4. cProfile of ``ocrd.cli.main.main(["clean", …])`` in-process, top functions by own time.
 
 Each step gets its own freshly generated tree, as in bench.run.
@@ -22,6 +23,7 @@ import pstats
 import time
 from pathlib import Path
 
+from bench import floor as safe_floor
 from bench.peers import retention_commands
 from bench.tree import DAY, PREFIX, Tree, count_files, generate
 from bench.workspace import Workspace, assert_targets, quiet, timed
@@ -115,6 +117,19 @@ def main() -> None:
         print(f"floor (scandir + unlink): {t1 - t0:.3f} s wall, {c1 - c0:.3f} s CPU, {deleted}")
         print(f"  {_check(tree)}")
         ws.remove(scratch)
+
+        built = safe_floor.build(ws)
+        if isinstance(built, str):
+            print(f"safe floor (C): not measured: {built}")
+        else:
+            scratch = ws.fresh("prof")
+            tree = generate(scratch / "tree", args.n)
+            command = safe_floor.argv(built, tree.root, prefix=True)
+            assert_targets(command, scratch, tree)
+            quiet(1.0)
+            t = timed([command])
+            print(f"safe floor (C): {t.wall:.3f} s wall, {t.cpu:.3f} s CPU; {_check(tree)}")
+            ws.remove(scratch)
 
         scratch, tree, argvs = _fresh(ws, args.n)
         profiler = cProfile.Profile()

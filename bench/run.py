@@ -3,7 +3,9 @@
 Sections (the method and its fairness rules are written into the report, under "Method"):
 
 1. initial scan: ``ocrd.fs.scan.scan`` vs ``find -type f -printf``;
-2. one retention pass: ``ocrd clean`` vs systemd-tmpfiles, tmpreaper and ``find -delete``;
+2. one retention pass: ``ocrd clean`` vs systemd-tmpfiles, tmpreaper and ``find -delete``, beside
+   the safe floor (``bench/floor.c``), on the temp dir's disk, a tmpfs and an ext4 loop image
+   without discard;
 3. latency of a running ``ocrd run``: file created → ``model_deleted`` logged;
 4. idle CPU and RSS per indexed file of ``ocrd run``;
 5. a burst of ``old_`` files: anything left behind after the drain, and how long it took;
@@ -40,7 +42,18 @@ from bench.engine_cycles import section_cycles
 from bench.flood import section_storm
 from bench.holders import section_holders
 from bench.modes import FULL, QUICK
-from bench.report import Results, code_digest, code_state, evaluate, loadavg, machine, report, table
+from bench.report import (
+    Results,
+    against_floor,
+    code_digest,
+    code_state,
+    evaluate,
+    floor_table,
+    loadavg,
+    machine,
+    report,
+    table,
+)
 from bench.sections.budget import section_budget
 from bench.sections.clean import section_retention
 from bench.sections.running import section_daemon
@@ -137,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(res.rows))
     print()
+    if against_floor(res):
+        print(floor_table(res))
+        print()
     for name, shown, verdict, _ in res.targets:
         print(f"{name}: {shown} — {verdict.strip('*')}")
     for problem in res.problems:

@@ -1,4 +1,6 @@
-"""§2, one retention pass: ``ocrd clean`` vs systemd-tmpfiles, tmpreaper and ``find -delete``."""
+"""§2, one retention pass: ``ocrd clean`` vs systemd-tmpfiles, tmpreaper and ``find -delete``,
+with the safe floor (``bench/floor.c``) beside them: on the temp dir's filesystem, on a tmpfs and
+on a fresh ext4 image mounted without discard."""
 
 from __future__ import annotations
 
@@ -6,17 +8,27 @@ import collections
 import os
 import shutil
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import floor, loopfs
 from bench.modes import Mode
-from bench.peers import MAX_AGE, RETENTION_TOOLS, TOOL_NAMES, ensure_tmpreaper, retention_commands
+from bench.peers import (
+    ALL_TOOLS,
+    MAX_AGE,
+    RETENTION_TOOLS,
+    TOOL_NAMES,
+    ensure_tmpreaper,
+    retention_commands,
+)
 from bench.report import Results, Row, count_label, fmt
 from bench.tree import PREFIX, SUBDIRS, count_files, generate
 from bench.workspace import Workspace, assert_targets, quiet, rotated, timed
 from ocrd.fs.procfs import filesystem_type
 
 FD_LIMIT = 256  # the soft and hard RLIMIT_NOFILE of the fd-bound pass
+RULES = f"age {MAX_AGE} or prefix {PREFIX}"
 
 
 def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
@@ -26,11 +38,16 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
         missing["tmpreaper"] = why
     if not shutil.which("systemd-tmpfiles"):
         missing["tmpfiles"] = "systemd-tmpfiles not installed"
-    tools = [t for t in RETENTION_TOOLS if t not in missing]
-    variants = [(True, f"pass {count_label(n)}: age {MAX_AGE} or prefix {PREFIX}")]
+    built = floor.build(ws)
+    if isinstance(built, str):
+        res.notes.append(f"§2: the safe floor is not measured anywhere: {built}.")
+    here = floor_on(built, ws, "the temp dir", res)
+    tools, missing = joined([t for t in RETENTION_TOOLS if t not in missing], missing, here)
+    variants = [(True, f"pass {count_label(n)}: {RULES}")]
     if mode.age_only:
         variants.append((False, f"pass {count_label(n)}: age {MAX_AGE} only"))
-    passes(mode, ws, res, variants, tools, missing=missing)
+    passes(mode, ws, res, variants, tools, missing=missing, floor_bin=here)
+    near, near_missing = joined(["ocrd", "find"], {}, here)
     for dirs, reps in mode.fd_dirs:
         # systemd's default soft limit is 1024; 256 is tighter still. A pass that kept an fd
         # per directory failed past ~240 of them; ocrd's are bounded (rootdir.fd_budget).
@@ -42,26 +59,85 @@ def section_retention(mode: Mode, ws: Workspace, res: Results) -> None:
             ws,
             res,
             [(True, measure)],
-            ["ocrd", "find"],
-            missing={},
+            near,
+            missing=near_missing,
             n=2 * dirs,
             subdirs=dirs,
             reps=reps,
             wrap=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--"],
+            floor_bin=here,
         )
-    tmpfs = mode.tmpfs_dir
-    if tmpfs is None:
+    if mode.tmpfs_dir is not None:
+        on_tmpfs(mode, Path(mode.tmpfs_dir), res, built)
+    if mode.ext4_loop:
+        on_ext4(mode, ws, res, built)
+
+
+def floor_on(built: Path | str, ws: Workspace, where: str, res: Results) -> Path | str:
+    """The floor's binary where it passes its check on ``ws``'s filesystem (bench.floor.probe),
+    else why it is not measured there (said in a note too)."""
+    if isinstance(built, str):
+        return built
+    why = floor.probe(built, ws)
+    if why is None:
+        return built
+    res.notes.append(f"§2 on {where}: the safe floor is not measured: {why}.")
+    return why
+
+
+def joined(
+    tools: Sequence[str], missing: dict[str, str], floor_here: Path | str
+) -> tuple[list[str], dict[str, str]]:
+    """The tools of a pass with the floor, or the floor among the missing with its reason."""
+    if isinstance(floor_here, Path):
+        return [*tools, "floor"], missing
+    return list(tools), {**missing, "floor": floor_here}
+
+
+def on_tmpfs(mode: Mode, where: Path, res: Results, built: Path | str) -> None:
+    """ocrd, find and the floor on a tmpfs, where unlink() never waits on a device: a pass is
+    CPU-bound there, and each tool's own work per file shows."""
+    if not where.is_dir() or filesystem_type(os.fsencode(where)) != "tmpfs":
+        res.notes.append(f"§2 on tmpfs: {where} is not a tmpfs here; not measured.")
         return
-    if filesystem_type(os.fsencode(tmpfs)) != "tmpfs":
-        res.problems.append(f"§2 on tmpfs: {tmpfs} is not a tmpfs here; not measured")
-        return
-    # Where unlink does not wait on a device, a pass is CPU-bound: Python's floor shows.
-    memory = Workspace(Path(tmpfs))
+    memory = Workspace(where)
     try:
-        measure = f"pass {count_label(n)} on tmpfs ({tmpfs}): age {MAX_AGE} or prefix {PREFIX}"
-        passes(mode, memory, res, [(True, measure)], ["ocrd", "find"], missing={})
+        here = floor_on(built, memory, "tmpfs", res)
+        tools, missing = joined(["ocrd", "find"], {}, here)
+        measure = f"pass {count_label(mode.retention_n)} on tmpfs ({where}): {RULES}"
+        passes(mode, memory, res, [(True, measure)], tools, missing=missing, floor_bin=here)
     finally:
         memory.close()
+
+
+def on_ext4(mode: Mode, ws: Workspace, res: Results, built: Path | str) -> None:
+    """ocrd, find and the floor on a fresh ext4 image mounted with ext4's defaults, without
+    discard (Debian's default): unlink() costs what the filesystem's own work costs."""
+    if (why := loopfs.unavailable()) is not None:
+        res.notes.append(f"§2 {loopfs.LABEL}: not measured: {why}.")
+        return
+    n = mode.retention_n
+    began = time.monotonic()
+    try:
+        with loopfs.ext4_loop(ws, n, SUBDIRS) as fs:
+            made = time.monotonic() - began
+            disk = Workspace(fs.mnt)
+            try:
+                here = floor_on(built, disk, "ext4", res)
+                tools, missing = joined(["ocrd", "find"], {}, here)
+                measure = f"pass {count_label(n)} {loopfs.LABEL}: {RULES}"
+                passes(mode, disk, res, [(True, measure)], tools, missing=missing, floor_bin=here)
+            finally:
+                disk.close()
+    except OSError as exc:
+        res.notes.append(f"§2 {loopfs.LABEL}: not measured: {exc}.")
+        return
+    res.notes.append(
+        f"§2 {loopfs.LABEL}: a fresh image (mkfs.ext4 with 2 inodes per file, nothing left to "
+        "initialise lazily), "
+        f"made and mounted in {made:.2f} s, mounted with {fs.options}; its rows, set-up and "
+        f"removal included, took {time.monotonic() - began:.0f} s."
+    )
 
 
 def passes(
@@ -76,10 +152,13 @@ def passes(
     subdirs: int = SUBDIRS,
     reps: int | None = None,
     wrap: Sequence[str] = (),
+    floor_bin: Path | str = "",
 ) -> None:
     """Each tool's pass on its own fresh tree, ``mode.reps`` times per variant; one row each.
     ``n`` files (default: mode.retention_n) in ``subdirs`` directories; each command is run
-    under ``wrap`` (e.g. prlimit)."""
+    under ``wrap`` (e.g. prlimit). ``floor_bin`` is the safe floor's binary when it is among
+    ``tools``."""
+    binary = floor_bin if isinstance(floor_bin, Path) else None
     n = mode.retention_n if n is None else n
     reps = mode.reps if reps is None else reps
     wall: dict[tuple[bool, str], list[float]] = collections.defaultdict(list)
@@ -91,7 +170,7 @@ def passes(
             for tool in rotated(tools, rep):
                 scratch = ws.fresh(f"{tool}")
                 tree = generate(scratch / "tree", n, subdirs=subdirs)
-                argvs = retention_commands(tool, tree, scratch, prefix)
+                argvs = retention_commands(tool, tree, scratch, prefix, floor_binary=binary)
                 for argv in argvs:
                     assert_targets(argv, scratch, tree)
                 argvs = [[*wrap, *argv] for argv in argvs]
@@ -121,14 +200,15 @@ def passes(
                 os.sync()
     for prefix, measure in variants:
         expected = due.get(prefix, 0)
-        for tool in RETENTION_TOOLS:
+        for tool in ALL_TOOLS:
             if tool not in tools and tool not in missing:
                 continue
             name = TOOL_NAMES[tool]
+            peer = tool not in ("ocrd", "floor")
             if tool == "tmpreaper" and prefix:
                 name += " + find -name old_* -delete"
             if tool in missing:
-                res.add(Row("2", measure, name, "s", None, peer=tool != "ocrd", note=missing[tool]))
+                res.add(Row("2", measure, name, "s", None, peer=peer, note=missing[tool]))
                 continue
             key = (prefix, tool)
             check = (
@@ -143,7 +223,8 @@ def passes(
                     name,
                     "s",
                     wall[key],
-                    peer=tool != "ocrd",
+                    peer=peer,
+                    cpu=statistics.median(cpu[key]),
                     note=f"CPU {fmt(statistics.median(cpu[key]), 's')}; {check}",
                 )
             )
