@@ -25,12 +25,13 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 
 from ocrd.base.collector import collecting_paused
 from ocrd.fs.dirfds import DirFds
-from ocrd.ops.check import check_file
+from ocrd.ops.check import Checked, check_file
 from ocrd.ops.emptied import remove_emptied
 from ocrd.ops.fanout import FanOut, Timer
 from ocrd.ops.inuse import InUse, ignore_lease_breaks
 from ocrd.ops.onebehind import OneBehind
 from ocrd.ops.outcomes import Outcome, Status
+from ocrd.ops.quick import Parent, quick_check
 from ocrd.ops.totrash import Bin, ToTrash
 from ocrd.rules.decision import Decision, Plan
 from ocrd.rules.leftovers import INTERRUPTED
@@ -148,6 +149,10 @@ def _empty(
     ``bin_``, each into the trash. ``pause`` is asked before each file; the file in hand is
     finished all the same."""
     behind = OneBehind(timer)
+    # Nearly every file: opened, leased, checked by ocrd.ops.quick in a directory verified
+    # once per Parent.every files; anything else by check_file, which knows every case.
+    here = Parent(dirs, _parent(group[0])) if holders.open_files and group else None
+    me = os.geteuid()
     try:
         for d in group:
             if pause():
@@ -155,7 +160,11 @@ def _empty(
             if bin_ is not None and d.rule != INTERRUPTED and (why := bin_.unusable()):
                 yield Outcome(d, Status.SKIPPED, why)
                 continue
-            checked = check_file(dirs, d, holders, probe=False)
+            checked: Outcome | Checked | None = None
+            if here is not None and (parent := here.get()) >= 0:
+                checked = quick_check(parent, d, holders, me)
+            if checked is None:
+                checked = check_file(dirs, d, holders, probe=False)
             if isinstance(checked, Outcome):
                 yield checked
             elif bin_ is not None and d.rule != INTERRUPTED:
@@ -168,4 +177,8 @@ def _empty(
         if last is not None:
             yield last
     finally:
-        behind.abandon()
+        try:
+            behind.abandon()
+        finally:
+            if here is not None:
+                here.close()
