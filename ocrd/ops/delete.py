@@ -109,7 +109,7 @@ def delete_groups(
         with collecting_paused():
             for outcome in fan.run(groups, dirs, work, stop):
                 if outcome.status is Status.DELETED:
-                    emptied.add(_parent(outcome.decision))
+                    emptied.add(outcome.decision.entry.path.rpartition(b"/")[0])
                 yield outcome
             remove_emptied(dirs, emptied, stop)
     finally:
