@@ -30,6 +30,9 @@ from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
+# Every test here runs through both deleters: the compiled step and the Python path.
+pytestmark = pytest.mark.usefixtures("deleter")
+
 
 def plan_old(model_dir: Path) -> Plan:
     """Plan with the rule "delete names starting with old_", nothing settling."""
@@ -509,11 +512,12 @@ def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
     class Broken(InUse):
         calls = 0
 
-        def check(self, fd: int | None, parent: int, ino: int) -> Answer:
+        # Asked once per file on either path (ocrd.ops.quick, or ocrd.ops.sweep.ready).
+        def lease_blind(self, fd: int, dev: int) -> bool:
             Broken.calls += 1
             if Broken.calls == 30:
                 raise RuntimeError("injected")
-            return super().check(fd, parent, ino)
+            return super().lease_blind(fd, dev)
 
     outcomes: list[Outcome] = []
     with pytest.raises(RuntimeError, match="injected"):

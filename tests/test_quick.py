@@ -14,15 +14,17 @@ import pytest
 
 from ocrd.fs.dirfds import DirFds
 from ocrd.fs.scan import scan
+from ocrd.ops import sweep
 from ocrd.ops.check import Checked, check_file
 from ocrd.ops.inuse import InUse, ignore_lease_breaks
-from ocrd.ops.outcomes import Outcome
+from ocrd.ops.onebehind import OneBehind
+from ocrd.ops.outcomes import Outcome, Status
 from ocrd.ops.quick import Parent, quick_check
 from ocrd.rules.decision import Decision
 from ocrd.rules.leftovers import INTERRUPTED
 from ocrd.rules.retention import Rules, plan
 from ocrd.rules.selectors import PrefixRule
-from tests.conftest import make_file
+from tests.conftest import make_file, needs_compiled_step
 
 NAME = b"sub/old_a.bin"
 
@@ -187,3 +189,79 @@ def test_the_directory_is_verified_again_after_every_files(model_dir: Path, leas
             assert here.get() == -1
         finally:
             here.close()
+
+
+def _waiting_and(model_dir: Path) -> tuple[OneBehind, Decision, Decision]:
+    """Two planned files of sub/ (inode order): the first taken by OneBehind, so it waits
+    leased under the private name; the second the one the step is asked about."""
+    make_file(model_dir, b"sub/old_0.bin", b"waits")
+    make_file(model_dir, NAME, b"model")
+    rules = Rules((PrefixRule(("old_",)),), settle=0.0)
+    first, second = sorted(
+        plan(scan(model_dir), rules, time.time()).deletions, key=lambda d: d.entry.ino
+    )
+    return OneBehind(None), first, second
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_compiled_step_does_nothing_where_the_python_path_must_decide(
+    model_dir: Path, leases: None, case: str
+) -> None:
+    """For each case: the step either takes the file exactly as the Python path would
+    (unchanged: the waiting file deleted, this one waiting), or returns None having done
+    nothing at all (the waiting file still waiting, the file as the case left it)."""
+    needs_compiled_step()
+    behind, first, second = _waiting_and(model_dir)
+    target = model_dir / os.fsdecode(second.entry.path)
+    with DirFds(os.fsencode(model_dir)) as dirs:
+        here = Parent(dirs, b"sub")
+        try:
+            parent = here.get()
+            c = quick_check(parent, first, InUse(), os.geteuid())
+            assert isinstance(c, Checked)
+            assert list(behind.take(c)) == []
+            waiting_name = behind.private
+            CASES[case](target)
+            before = sorted(os.listdir(model_dir / "sub"))
+            settled = sweep.step(behind, parent, second, os.geteuid())
+            if case == "unchanged":
+                assert settled is not None
+                assert [(o.decision, o.status) for o in settled] == [(first, Status.DELETED)]
+                assert behind.waiting is not None
+                assert behind.waiting.decision == second
+                assert sorted(os.listdir(model_dir / "sub")) == [os.fsdecode(waiting_name)]
+            else:
+                assert settled is None
+                assert sorted(os.listdir(model_dir / "sub")) == before
+                assert behind.waiting is not None
+                assert behind.waiting.decision == first
+            last = behind.finish()
+            assert last is not None
+            assert last.status is Status.DELETED
+        finally:
+            behind.abandon()
+            here.close()
+
+
+def test_the_compiled_step_leaves_a_file_being_opened_to_the_python_path(
+    model_dir: Path, leases: None
+) -> None:
+    """A file held elsewhere: the step does nothing, and the waiting file still waits."""
+    needs_compiled_step()
+    behind, first, second = _waiting_and(model_dir)
+    holder = os.open(model_dir / os.fsdecode(second.entry.path), os.O_RDONLY)
+    with DirFds(os.fsencode(model_dir)) as dirs:
+        here = Parent(dirs, b"sub")
+        try:
+            parent = here.get()
+            c = quick_check(parent, first, InUse(), os.geteuid())
+            assert isinstance(c, Checked)
+            behind.take(c)
+            assert sweep.step(behind, parent, second, os.geteuid()) is None
+            assert behind.waiting is not None
+            assert behind.waiting.decision == first
+        finally:
+            os.close(holder)
+            behind.abandon()
+            here.close()
+    assert sorted(os.listdir(model_dir / "sub")) == ["old_0.bin", "old_a.bin"]

@@ -90,18 +90,27 @@ class OneBehind:
         if w is not None:  # the rename replaced it: its last name here is gone
             self.waiting = None
             settled.append(self._gone(w))
+        landed = self.landed(c)
+        if landed is not None:
+            settled.append(landed)
+        return settled
+
+    def landed(self, c: Checked) -> Outcome | None:
+        """``c`` was just renamed to the private name: if the file there is ``c``, it waits
+        (None); else the stranger renamed into its name meanwhile, and moved there by our
+        rename, gets that name back, and ``c``'s outcome says so."""
         try:
             there = os.stat(self.private, dir_fd=self.dir_fd, follow_symlinks=False)
         except OSError as exc:
             _close(c.fd)
             if isinstance(exc, FileNotFoundError):  # someone removed it meanwhile
-                return (*settled, Outcome(c.decision, Status.SKIPPED, "vanished"))
-            return (*settled, Outcome(c.decision, Status.FAILED, exc.strerror or str(exc)))
+                return Outcome(c.decision, Status.SKIPPED, "vanished")
+            return Outcome(c.decision, Status.FAILED, exc.strerror or str(exc))
         if there.st_ino != c.now.st_ino or there.st_dev != c.now.st_dev:
             _close(c.fd)
-            return (*settled, self._put_back(c.decision, c.name, "changed"))
+            return self._put_back(c.decision, c.name, "changed")
         self.waiting = c
-        return settled
+        return None
 
     def _claim(self, c: Checked) -> None:
         """Rename ``c`` to a fresh private name where nothing is; a name someone else's entry
