@@ -135,3 +135,27 @@ def logged(out: io.StringIO, name: str | None = None) -> list[dict[str, Any]]:
     """The events written to ``out``; only those named ``name`` if given."""
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     return [e for e in events if name is None or e["event"] == name]
+
+
+@pytest.fixture(params=["compiled", "python"])
+def deleter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test twice: deleting through the compiled step (ocrd/ops/sweep.c) and through the
+    Python path, its reference (``OCRD_PURE_PYTHON=1``, which subprocesses inherit too). On
+    CI the compiled step must have been built: there a missing one fails the test."""
+    if request.param == "compiled":
+        needs_compiled_step()
+        monkeypatch.setenv("OCRD_PURE_PYTHON", "0")
+    else:
+        monkeypatch.setenv("OCRD_PURE_PYTHON", "1")
+    return str(request.param)
+
+
+def needs_compiled_step() -> None:
+    """Skip where the compiled step was not built (no C compiler); on CI, where it must have
+    been, fail instead: a build that fell back quietly would hide here."""
+    from ocrd.ops import sweep
+
+    if sweep.compiled is None:
+        if os.environ.get("CI"):
+            pytest.fail("the compiled step (ocrd/ops/sweep.c) was not built")
+        pytest.skip("the compiled step (ocrd/ops/sweep.c) was not built here")

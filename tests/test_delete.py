@@ -22,12 +22,16 @@ from ocrd.ops.delete import apply
 from ocrd.ops.fanout import FanOut
 from ocrd.ops.inuse import InUse
 from ocrd.ops.outcomes import Outcome, Status
+from ocrd.ops.quick import Parent
 from ocrd.rules.decision import Decision, Plan, Verdict
 from ocrd.rules.retention import Rules, plan
 from ocrd.rules.selectors import PrefixRule
 from tests.conftest import make_file, snapshot
 from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
+
+# Every test here runs through both deleters: the compiled step and the Python path.
+pytestmark = pytest.mark.usefixtures("deleter")
 
 
 def plan_old(model_dir: Path) -> Plan:
@@ -213,7 +217,12 @@ def test_directory_swapped_for_a_link_before_apply(model_dir: Path, outside: Pat
     assert (model_dir / "sub_moved" / "old_a.bin").read_bytes() == b"precious"
 
 
-def test_directory_swapped_for_a_link_between_two_deletions(model_dir: Path, outside: Path) -> None:
+def test_directory_swapped_for_a_link_between_two_deletions(
+    model_dir: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory is verified again from the root every Parent.EVERY files (here 2: the
+    # swap comes right after the second file was checked, so the third meets the link).
+    monkeypatch.setattr(Parent, "EVERY", 2)
     for name in (b"old_1.bin", b"old_2.bin", b"old_3.bin"):
         make_file(model_dir, b"sub/" + name, name)
         os.link(model_dir / "sub" / os.fsdecode(name), outside / os.fsdecode(name))
@@ -233,6 +242,28 @@ def test_directory_swapped_for_a_link_between_two_deletions(model_dir: Path, out
     assert snapshot(outside) == outside_before
     assert (model_dir / "sub").is_symlink()  # and the emptied-directory sweep left it alone
     assert os.listdir(model_dir / "sub_moved") == [os.fsdecode(rest[Status.SKIPPED, "changed"])]
+
+
+def test_a_swap_within_a_run_of_deletions_deletes_only_the_planned_files_where_they_were(
+    model_dir: Path, outside: Path
+) -> None:
+    """Between two verifications of a directory its fd is used as it is: the files still
+    planned in it are deleted from the very directory that was verified (now sub_moved),
+    each still the planned inode; nothing is reached through the link, outside is untouched."""
+    for name in (b"old_1.bin", b"old_2.bin", b"old_3.bin", b"old_4.bin"):
+        make_file(model_dir, b"sub/" + name, name)
+        os.link(model_dir / "sub" / os.fsdecode(name), outside / os.fsdecode(name))
+    outside_before = snapshot(outside)
+    p = plan_old(model_dir)
+    outcomes = apply(p, model_dir)
+    first = next(outcomes)
+    assert first.status is Status.DELETED
+    _swap_for_link(model_dir, outside)
+    rest = [(o.status, o.freed) for o in outcomes]
+    assert rest == [(Status.DELETED, 0)] * 3  # each had a second link (outside): no bytes freed
+    assert snapshot(outside) == outside_before
+    assert (model_dir / "sub").is_symlink()
+    assert os.listdir(model_dir / "sub_moved") == []
 
 
 def private_names(root: Path) -> list[str]:
@@ -481,11 +512,12 @@ def test_an_error_in_a_deleting_thread_is_raised_after_what_was_done(
     class Broken(InUse):
         calls = 0
 
-        def check(self, fd: int | None, parent: int, ino: int) -> Answer:
+        # Asked once per file on either path (ocrd.ops.quick, or ocrd.ops.sweep.ready).
+        def lease_blind(self, fd: int, dev: int) -> bool:
             Broken.calls += 1
             if Broken.calls == 30:
                 raise RuntimeError("injected")
-            return super().check(fd, parent, ino)
+            return super().lease_blind(fd, dev)
 
     outcomes: list[Outcome] = []
     with pytest.raises(RuntimeError, match="injected"):

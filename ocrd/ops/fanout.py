@@ -112,11 +112,16 @@ class FanOut(Generic[T, R]):
                 ahead.append(group)
             return True
 
+        decided = False
+
         def pause() -> bool:
-            nonlocal wide
+            nonlocal wide, decided
             if stop():
                 return True
-            if done == self.sample and self.threads > 1 and not wide and more():
+            # ``done`` may pass ``sample`` by more than one: a compiled run of a directory's
+            # files (ocrd.ops.sweep) yields its results together.
+            if not decided and done >= self.sample and self.threads > 1 and more():
+                decided = True
                 # The group in hand is unfinished (pause comes before an item), and at least
                 # one more waits: enough for two threads.
                 working = time.perf_counter() - began - reading

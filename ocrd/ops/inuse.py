@@ -74,10 +74,7 @@ class InUse:
         holders.STACKED). There /proc must show no mapping, in a view taken now: our lease
         makes every open() of the file wait, and a mapping needs an fd, so none can appear
         while we hold it. A view that could not see every process: UNKNOWN."""
-        blind = self._blind.get(dev)
-        if blind is None:
-            blind = self._blind[dev] = lease_blind(fd, self.mounts)
-        if not blind:
+        if not self.lease_blind(fd, dev):
             return Answer.LEASED
         fid = file_id(fd, self.mounts)
         if fid is None:
@@ -88,6 +85,14 @@ class InUse:
         if answer is Answer.UNKNOWN:
             self._warn(dataclasses.replace(view, limits=(STACKED_WHY, *view.limits)))
         return Answer.LEASED if answer is Answer.FREE else answer
+
+    def lease_blind(self, fd: int, dev: int) -> bool:
+        """Whether a lease on device ``dev`` (asked once per device, of the file ``fd``) misses
+        a process that only maps the file: see mappings()."""
+        blind = self._blind.get(dev)
+        if blind is None:
+            blind = self._blind[dev] = lease_blind(fd, self.mounts)
+        return blind
 
     def _warn(self, view: View) -> None:
         with self._lock:

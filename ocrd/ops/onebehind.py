@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import time
+from collections.abc import Sequence
 
 from ocrd.base import log
 from ocrd.fs import private
@@ -17,6 +19,8 @@ from ocrd.ops.check import Checked
 from ocrd.ops.fanout import Timer
 from ocrd.ops.outcomes import Outcome, Status
 from ocrd.rules.decision import Decision
+
+_GETLEASE, _WRLCK = fcntl.F_GETLEASE, fcntl.F_WRLCK
 
 
 class OneBehind:
@@ -54,20 +58,24 @@ class OneBehind:
         self.private = b""  # the name self.waiting waits under
         self.waiting: Checked | None = None
 
-    def take(self, c: Checked) -> tuple[Outcome, ...]:
+    def take(self, c: Checked) -> Sequence[Outcome]:
         """The file ``c`` goes under the private name; the outcomes this settled: the file
         that was waiting there (deleted by the rename, or put back first), and ``c`` itself
         unless it now waits."""
         if self.dir_fd < 0:
             self.dir_fd = os.dup(c.parent)
         settled: list[Outcome] = []
-        if self.waiting is not None and self.waiting.opening():
-            settled.append(self._put_back_waiting("in_use"))
-        if self.waiting is not None and not self._still_waiting():
-            settled.append(self._lost())
-        began = time.perf_counter()
+        w = self.waiting
+        if w is not None:
+            if w.leased and w.fd is not None and fcntl.fcntl(w.fd, _GETLEASE) != _WRLCK:
+                settled.append(self._put_back_waiting("in_use"))  # a process is opening it
+            elif not self._still_waiting():
+                settled.append(self._lost())
+            w = self.waiting
+        timer = self.timer
+        began = time.perf_counter() if timer is not None else 0.0
         try:
-            if self.waiting is None:
+            if w is None:
                 self._claim(c)
             else:
                 os.rename(c.name, self.private, src_dir_fd=c.parent, dst_dir_fd=self.dir_fd)
@@ -77,23 +85,32 @@ class OneBehind:
                 return (*settled, Outcome(c.decision, Status.SKIPPED, "vanished"))
             return (*settled, Outcome(c.decision, Status.FAILED, exc.strerror or str(exc)))
         finally:
-            if self.timer is not None:
-                self.timer.since(began)
-        if self.waiting is not None:  # the rename replaced it: its last name here is gone
-            settled.append(self._gone(self.waiting))
+            if timer is not None:
+                timer.since(began)
+        if w is not None:  # the rename replaced it: its last name here is gone
             self.waiting = None
+            settled.append(self._gone(w))
+        landed = self.landed(c)
+        if landed is not None:
+            settled.append(landed)
+        return settled
+
+    def landed(self, c: Checked) -> Outcome | None:
+        """``c`` was just renamed to the private name: if the file there is ``c``, it waits
+        (None); else the stranger renamed into its name meanwhile, and moved there by our
+        rename, gets that name back, and ``c``'s outcome says so."""
         try:
             there = os.stat(self.private, dir_fd=self.dir_fd, follow_symlinks=False)
         except OSError as exc:
             _close(c.fd)
             if isinstance(exc, FileNotFoundError):  # someone removed it meanwhile
-                return (*settled, Outcome(c.decision, Status.SKIPPED, "vanished"))
-            return (*settled, Outcome(c.decision, Status.FAILED, exc.strerror or str(exc)))
-        if (there.st_dev, there.st_ino) != (c.now.st_dev, c.now.st_ino):
+                return Outcome(c.decision, Status.SKIPPED, "vanished")
+            return Outcome(c.decision, Status.FAILED, exc.strerror or str(exc))
+        if there.st_ino != c.now.st_ino or there.st_dev != c.now.st_dev:
             _close(c.fd)
-            return (*settled, self._put_back(c.decision, c.name, "changed"))
+            return self._put_back(c.decision, c.name, "changed")
         self.waiting = c
-        return tuple(settled)
+        return None
 
     def _claim(self, c: Checked) -> None:
         """Rename ``c`` to a fresh private name where nothing is; a name someone else's entry
@@ -185,10 +202,13 @@ class OneBehind:
     def _gone(self, w: Checked) -> Outcome:
         # Closing our fd is where a deleted file is really freed (it held the inode), so it is
         # timed with the unlink: on ext4 with discard it is most of a deletion's cost.
-        began = time.perf_counter()
-        _close(w.fd)
-        if self.timer is not None:
-            self.timer.since(began)
+        timer = self.timer
+        if timer is None:
+            _close(w.fd)
+        else:
+            began = time.perf_counter()
+            _close(w.fd)
+            timer.since(began)
         # Space comes back only with a file's last link: a hard link elsewhere keeps the data.
         return Outcome(
             w.decision, Status.DELETED, None, w.decision.entry.size * (w.now.st_nlink <= 1)

@@ -30,6 +30,8 @@ class Recorder:
         """``retry``: (attempt, seconds until the next one) for a deletion that will be tried
         again (the daemon's backoff); a skip for the engine being busy is a warning."""
         e = o.decision.entry
+        if self.keep:
+            self.kept.append(o)
         logger = log.bound()
         if o.status is Status.DELETED:
             self.totals.deleted(o.freed, o.decision.rule)
@@ -58,8 +60,6 @@ class Recorder:
             else:
                 self.totals.failed()
                 logger.error("deletion_failed", path=path, error=o.detail, **again)
-        if self.keep:
-            self.kept.append(o)
 
 
 def say_refused(refusal: Refusal, *, dry_run: bool) -> None:

@@ -173,9 +173,14 @@ class Totals:
             yield self.last
 
     def deleted(self, nbytes: int, rule: str | None) -> None:
-        for t in self._tallies():
-            t.deleted += 1
-            t.freed += nbytes
+        # The one counted per deleted file: written out rather than through _tallies().
+        self.generation += 1
+        t = self.since_start
+        t.deleted += 1
+        t.freed += nbytes
+        if (last := self.last) is not None:
+            last.deleted += 1
+            last.freed += nbytes
         self.deleted_by_rule[rule or "none"] += 1
         self.freed_by_rule[rule or "none"] += nbytes
 
