@@ -25,10 +25,13 @@ TOOL_NAMES = {
     "tmpreaper": "tmpreaper --mtime",
     "find": "find -delete",
     "floor": "safe floor (C)",
+    # The same ocrd clean with its compiled step turned off: what the step gains, in one run.
+    "ocrd-py": "ocrd clean, Python path",
 }
 # Every tool a §2 row can name, in the order of the rows: the floor is not a tool anyone runs,
 # so it is no peer in "x fastest peer"; the report sets every pass against it apart.
-ALL_TOOLS = (*RETENTION_TOOLS, "floor")
+ALL_TOOLS = (*RETENTION_TOOLS, "ocrd-py", "floor")
+OCRDS = ("ocrd", "ocrd-py")  # the rows that are ocrd's own
 
 
 def retention_commands(
@@ -39,6 +42,9 @@ def retention_commands(
     floor's command needs its ``floor_binary``."""
     root = str(tree.root)
     assert not any(c.isspace() for c in root), root  # tmpfiles.d lines split on whitespace
+    if tool == "ocrd-py":
+        (argv,) = retention_commands("ocrd", tree, scratch, prefix)
+        return [["env", "OCRD_PURE_PYTHON=1", *argv]]
     if tool == "ocrd":
         config = scratch / "ocrd.toml"
         config.write_text(

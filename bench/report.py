@@ -192,10 +192,12 @@ def against_floor(res: Results) -> list[Against]:
     """Every §2 pass that ocrd ran, with find's and the floor's rows of the same pass."""
     out = []
     for row in res.rows:
-        if row.section == "2" and row.tool == TOOL_NAMES["ocrd"]:
+        if row.section == "2" and row.tool in (TOOL_NAMES["ocrd"], TOOL_NAMES["ocrd-py"]):
             out.append(
                 Against(
-                    row.measure,
+                    row.measure
+                    if row.tool == TOOL_NAMES["ocrd"]
+                    else f"{row.measure}, Python path",
                     row,
                     res.find("2", TOOL_NAMES["find"], row.measure),
                     res.find("2", TOOL_NAMES["floor"], row.measure),

@@ -17,6 +17,7 @@ from bench.modes import Mode
 from bench.peers import (
     ALL_TOOLS,
     MAX_AGE,
+    OCRDS,
     RETENTION_TOOLS,
     TOOL_NAMES,
     ensure_tmpreaper,
@@ -26,6 +27,7 @@ from bench.report import Results, Row, count_label, fmt
 from bench.tree import PREFIX, SUBDIRS, count_files, generate
 from bench.workspace import Workspace, assert_targets, quiet, rotated, timed
 from ocrd.fs.procfs import filesystem_type
+from ocrd.ops import sweep
 
 FD_LIMIT = 256  # the soft and hard RLIMIT_NOFILE of the fd-bound pass
 RULES = f"age {MAX_AGE} or prefix {PREFIX}"
@@ -88,7 +90,17 @@ def floor_on(built: Path | str, ws: Workspace, where: str, res: Results) -> Path
 def joined(
     tools: Sequence[str], missing: dict[str, str], floor_here: Path | str
 ) -> tuple[list[str], dict[str, str]]:
-    """The tools of a pass with the floor, or the floor among the missing with its reason."""
+    """The tools of a pass with the floor, or the floor among the missing with its reason;
+    and ocrd's Python path beside ocrd, where ocrd's compiled step is built (else ocrd clean
+    is that path already)."""
+    if "ocrd" in tools:
+        if sweep.compiled is not None:
+            tools = [*tools, "ocrd-py"]
+        else:
+            missing = {
+                **missing,
+                "ocrd-py": "the compiled step is not built here: ocrd clean is the Python path",
+            }
     if isinstance(floor_here, Path):
         return [*tools, "floor"], missing
     return list(tools), {**missing, "floor": floor_here}
@@ -204,7 +216,7 @@ def passes(
             if tool not in tools and tool not in missing:
                 continue
             name = TOOL_NAMES[tool]
-            peer = tool not in ("ocrd", "floor")
+            peer = tool not in (*OCRDS, "floor")
             if tool == "tmpreaper" and prefix:
                 name += " + find -name old_* -delete"
             if tool in missing:
