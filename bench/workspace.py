@@ -54,7 +54,12 @@ def assert_targets(argv: Sequence[str], scratch: Path, tree: Tree) -> None:
     """Every absolute path in a deleting command lies inside the run's own scratch dir, and the
     tree it works on is the one generated there."""
     assert_inside(tree.root, scratch)
-    for arg in argv[1:]:
+    args = list(argv)
+    if args and args[0] == "env":  # env NAME=VALUE … PROGRAM ARGS: the program is the command
+        args = args[1:]
+        while args and "=" in args[0] and not args[0].startswith("/"):
+            args = args[1:]
+    for arg in args[1:]:
         value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
         if value.startswith("/"):
             assert_inside(value, scratch)
