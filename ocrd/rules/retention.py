@@ -140,10 +140,14 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     decided: list[Decision | None] = [None] * len(files)
     undecided: list[int] = []
     whitelisted, settle, restored = rules.whitelisted, rules.settle, rules.held
+    # Decisions are made by the hundred thousand: built as ocrd.fs.scan builds FileEntry, without
+    # NamedTuple's keyword-parsing __new__, the verdicts looked up once.
+    new, keep, delete = tuple.__new__, Verdict.KEEP, Verdict.DELETE
+    listing = bool(rules.whitelist)
     for i, f in enumerate(files):
         if f.is_link:
-            decided[i] = Decision(f, Verdict.KEEP, None, "symbolic link: never followed or deleted")
-        elif rules.whitelist and (pattern := whitelisted(f)) is not None:
+            decided[i] = Decision(f, keep, None, "symbolic link: never followed or deleted")
+        elif listing and (pattern := whitelisted(f)) is not None:
             decided[i] = Decision(f, Verdict.PROTECTED, "whitelist", f"matches {pattern!r}")
         elif restored and (until := restored.get((f.dev, f.ino), 0.0)) > now:
             decided[i] = Decision(f, Verdict.PROTECTED, RESTORED, _held(until))
@@ -158,8 +162,9 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     present = Versions(versions(files) if not rules.per_file else [], rules.trust, now)
     for selector in rules.selectors:
         chosen = False
+        name = selector.name
         for f, reason in selector.select_among([files[i] for i in undecided], now, present):
-            decided[position[id(f)]] = Decision(f, Verdict.DELETE, selector.name, reason)
+            decided[position[id(f)]] = new(Decision, (f, delete, name, reason))
             chosen = True
         if chosen:
             undecided = [i for i in undecided if decided[i] is None]
@@ -172,9 +177,13 @@ def plan(inventory: Inventory | Iterable[FileEntry], rules: Rules, now: float) -
     for s in rules.selectors:
         for f, why in s.hold_among(kept, now, present):
             held.setdefault(id(f), why)
-    for i in undecided:
-        f = files[i]
-        decided[i] = Decision(f, Verdict.KEEP, None, held.get(id(f), "no rule applies"))
+    if held:
+        for i in undecided:
+            f = files[i]
+            decided[i] = new(Decision, (f, keep, None, held.get(id(f), "no rule applies")))
+    else:
+        for i in undecided:
+            decided[i] = new(Decision, (files[i], keep, None, "no rule applies"))
     return Plan(cast(tuple[Decision, ...], tuple(decided)), now)
 
 
