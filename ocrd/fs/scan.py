@@ -18,7 +18,6 @@ from ocrd.fs.trashentry import NAME as TRASH
 from ocrd.fs.walk import walk_dirs
 
 TICK_EVERY = 4096  # entries of one directory between two calls of a walk's tick
-TYPE_BITS = 0o170000  # st_mode's file type: stat.S_IFMT(mode) == mode & TYPE_BITS
 
 
 def scan(model_dir: Place | os.PathLike[str] | str | bytes) -> Inventory:
@@ -118,19 +117,14 @@ def walk_batches(
     (a directory of millions is never one list). ``top_skip``: a name in the walk's top
     directory that is neither listed nor entered.
     """
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     fsencode = os.fsencode
     # This runs once per file of every scan, so the record is built the quickest way Python
     # has: each name encoded as os.fsencode would (minus its checks), the tuple made without
-    # FileEntry's keyword-parsing __new__ (ocrd.fs.inventory.entry_from_stat, inlined), the
-    # file type read from st_mode's type bits by comparison instead of a call per test, and
-    # one lstat per entry answering "directory?" too (DirEntry.is_dir would be one more call).
+    # FileEntry's keyword-parsing __new__: ocrd.fs.inventory.entry_from_stat, inlined.
     # bench/RESULTS.md §1 measures what that buys.
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     record = tuple.__new__
-    type_bits, is_dir, is_lnk = TYPE_BITS, stat.S_IFDIR, stat.S_IFLNK
-    listed = frozenset({stat.S_IFREG, stat.S_IFLNK})  # the kinds of file a walk records
-    # seen counts down from TICK_EVERY: the walk asks tick() each time it reaches 0.
-    every = TICK_EVERY if tick is not None else -1
     for here in walk_dirs(
         root_fd, boundary=boundary, unreadable=unreadable, mounts=mounts, tick=tick
     ):
@@ -139,16 +133,17 @@ def walk_batches(
         subdirs = here.subdirs
         files: list[FileEntry] = []
         append = files.append
-        seen = every
+        seen = 0
         try:
             with os.scandir(here.fd) as it:
                 for entry in it:
-                    seen -= 1
-                    if not seen:
-                        seen = every
-                        if tick is not None and tick():
-                            raise Stopped("stopped within a directory")
+                    seen += 1
+                    if seen % TICK_EVERY == 0 and tick is not None and tick():
+                        raise Stopped("stopped within a directory")
                     try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.name)
+                            continue
                         s = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # gone between readdir and stat: not ours to judge now
@@ -156,8 +151,8 @@ def walk_batches(
                         rel = prefix + fsencode(entry.name)
                         unreadable.append((rel, exc.strerror or str(exc)))
                         continue
-                    kind = s.st_mode & type_bits
-                    if kind in listed:
+                    mode = s.st_mode
+                    if is_reg(mode) or is_lnk(mode):
                         append(
                             record(
                                 FileEntry,
@@ -169,7 +164,7 @@ def walk_batches(
                                     s.st_ctime,
                                     s.st_dev,
                                     s.st_ino,
-                                    kind == is_lnk,
+                                    is_lnk(mode),
                                     s.st_uid,
                                 ),
                             )
@@ -180,8 +175,6 @@ def walk_batches(
                             yield files
                             files = []
                             append = files.append
-                    elif kind == is_dir:
-                        subdirs.append(entry.name)
         except OSError as exc:
             unreadable.append((here.path, exc.strerror or str(exc)))
         if top_skip is not None and not here.path:
