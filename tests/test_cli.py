@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ocrd.base import log
 from ocrd.base.errors import EXIT_NOPERM
 from ocrd.cli import main as cli
 from ocrd.config import load as config_module
@@ -294,10 +295,15 @@ def test_without_c_the_config_is_ocrd_config_then_cwd_then_etc(
     monkeypatch.setattr(config_module, "SYSTEM_CONFIG", config)
     monkeypatch.delenv("OCRD_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)  # no config.toml here
-    assert cli.main(["check"]) == 0
-    assert capsys.readouterr().out.startswith(f"{config}: ok: ")
-    assert cli.main(["list", "--json"]) == 0
-    assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
+    try:
+        assert cli.main(["check"]) == 0
+        assert capsys.readouterr().out.startswith(f"{config}: ok: ")
+        assert cli.main(["list", "--json"]) == 0
+        assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
+    finally:
+        # main() configured this process's log for a command: at warning, on a stderr that
+        # pytest closes after this test. The tests after it log at info to their own streams.
+        log.configure("info", "json")
 
 
 @root_only
@@ -413,19 +419,20 @@ def test_every_column_of_the_audit_is_escaped(
 
 
 # What a one-shot command must not load: the daemon, its watch and the engine (the .NET runtime
-# behind aspose) unless the engine is on, SQLite (`list` asks the state file); and for `check`,
-# no planner and no deleter either.
+# behind aspose) unless the engine is on, SQLite (`list` asks the state file), structlog while no
+# line is written at the command's level (warning); and for `check`, no planner or deleter.
 NOT_LOADED = {
     "check": (
         "aspose",
         "watchdog",
         "sqlite3",
+        "structlog",
         "ocrd.daemon",
         "ocrd.watch",
         "ocrd.ops",
         "ocrd.rules",
     ),
-    "clean": ("aspose", "watchdog", "sqlite3", "ocrd.daemon", "ocrd.watch.lastuse"),
+    "clean": ("aspose", "watchdog", "sqlite3", "structlog", "ocrd.daemon", "ocrd.watch.lastuse"),
     "list": ("aspose", "watchdog", "ocrd.daemon.run", "ocrd.daemon.engine"),
 }
 LOADED = (

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warning" if config.log.level in ("debug", "info") else config.log.level,
         config.log.format,
         stream=sys.stderr,
+        deferred=True,  # structlog only if a line is written (ocrd.base.log)
     )
     warnings = lint(config)
     if args.command == "check":
