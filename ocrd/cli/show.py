@@ -13,7 +13,7 @@ from typing import Any
 from ocrd.base.human import size
 from ocrd.config.durations import approx_duration
 from ocrd.config.sizes import format_size
-from ocrd.fs.inventory import FileEntry, Inventory, display, printable
+from ocrd.fs.inventory import FileEntry, Inventory, display, display_all, printable
 from ocrd.ops.outcomes import Recorder, Status
 from ocrd.rules.budget import Budget, describe
 from ocrd.rules.decision import Decision, Plan
@@ -275,9 +275,10 @@ def print_report(
     deleted: list[str] = []
     skipped: list[dict[str, str | None]] = []
     failed: list[dict[str, str | None]] = []
-    for o in recorder.kept:
-        path = display(o.decision.entry.path)
-        if o.status in (Status.DELETED, Status.WOULD_DELETE):
+    kept = recorder.kept
+    gone = (Status.DELETED, Status.WOULD_DELETE)
+    for o, path in zip(kept, display_all([o.decision.entry.path for o in kept]), strict=True):
+        if o.status in gone:
             deleted.append(path)
         elif o.status is Status.SKIPPED:
             skipped.append({"path": path, "reason": o.detail})
