@@ -432,7 +432,16 @@ NOT_LOADED = {
         "ocrd.ops",
         "ocrd.rules",
     ),
-    "clean": ("aspose", "watchdog", "sqlite3", "structlog", "ocrd.daemon", "ocrd.watch.lastuse"),
+    "clean": (
+        "aspose",
+        "watchdog",
+        "sqlite3",
+        "structlog",
+        "ocrd.daemon",
+        "ocrd.watch.lastuse",
+        "ocrd.rules.budget",
+        "ocrd.rules.eviction",
+    ),
     "list": ("aspose", "watchdog", "ocrd.daemon.run", "ocrd.daemon.engine"),
 }
 LOADED = (
