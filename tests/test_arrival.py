@@ -446,6 +446,45 @@ def test_a_directory_whose_status_changed_after_its_contents_dates_the_files_in_
     assert found[b"top.bin"].ctime == before[b"top.bin"]
 
 
+def test_each_file_gets_its_own_directorys_evidence_in_any_order(tmp_path: Path) -> None:
+    """Files of several directories, interleaved and repeated, in one call and across calls
+    sharing a cache: each gets the evidence of its own directory and its own sighting."""
+    from ocrd.fs.arrival import Arrivals
+    from ocrd.fs.inventory import FileEntry
+
+    models = tmp_path / "models"
+    for d in ("moved", "moved/deeper", "plain"):
+        (models / d).mkdir(parents=True)
+    os.utime(models / "moved", (OLD, OLD))  # a status change after its contents: evidence
+    moved = os.stat(models / "moved").st_ctime
+    arrivals = Arrivals(models)
+    arrivals.saw(b"plain", moved + 50)
+    arrivals.files[b"top.bin"] = moved + 100
+
+    def entry(path: bytes) -> FileEntry:
+        return FileEntry(path, 1, OLD, OLD, OLD, 1, 1, False)
+
+    order = [b"moved/a", b"plain/b", b"top.bin", b"moved/deeper/c", b"moved/d", b"other.bin"]
+    order += [b"plain/e", b"moved/a", b"x/y/z"]
+    want = {
+        b"moved/a": moved,
+        b"plain/b": moved + 50,
+        b"top.bin": moved + 100,
+        b"moved/deeper/c": moved,
+        b"moved/d": moved,
+        b"other.bin": OLD,
+        b"plain/e": moved + 50,
+        b"x/y/z": OLD,  # gone or never there: no evidence
+    }
+    cache: dict[bytes, float] = {}
+    for half in (order[:4], order[4:]):
+        got = arrivals.apply([entry(p) for p in half], cache)
+        assert [(e.path, e.ctime) for e in got] == [(p, want[p]) for p in half]
+    assert [e.ctime for e in arrivals.apply(map(entry, reversed(order)))] == [
+        want[p] for p in reversed(order)
+    ]
+
+
 def test_directory_evidence_is_found_at_any_depth(tmp_path: Path) -> None:
     """Deeper than Python's recursion limit: the lookup is iterative."""
     models = tmp_path / "models"

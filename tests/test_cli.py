@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ocrd.base import log
 from ocrd.base.errors import EXIT_NOPERM
 from ocrd.cli import main as cli
 from ocrd.config import load as config_module
@@ -294,10 +295,15 @@ def test_without_c_the_config_is_ocrd_config_then_cwd_then_etc(
     monkeypatch.setattr(config_module, "SYSTEM_CONFIG", config)
     monkeypatch.delenv("OCRD_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)  # no config.toml here
-    assert cli.main(["check"]) == 0
-    assert capsys.readouterr().out.startswith(f"{config}: ok: ")
-    assert cli.main(["list", "--json"]) == 0
-    assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
+    try:
+        assert cli.main(["check"]) == 0
+        assert capsys.readouterr().out.startswith(f"{config}: ok: ")
+        assert cli.main(["list", "--json"]) == 0
+        assert {r["path"] for r in json.loads(capsys.readouterr().out)} == set(EXPECTED)
+    finally:
+        # main() configured this process's log for a command: at warning, on a stderr that
+        # pytest closes after this test. The tests after it log at info to their own streams.
+        log.configure("info", "json")
 
 
 @root_only
@@ -410,3 +416,55 @@ def test_every_column_of_the_audit_is_escaped(
         out = cleaned.stdout.split("\n")[:-1]
         assert all(line.isprintable() for line in out), out
         assert len(out) == len([x for x in lines if x.startswith("DELETE")]) + 1
+
+
+# What a one-shot command must not load: the daemon, its watch and the engine (the .NET runtime
+# behind aspose) unless the engine is on, SQLite (`list` asks the state file), structlog while no
+# line is written at the command's level (warning); and for `check`, no planner or deleter.
+NOT_LOADED = {
+    "check": (
+        "aspose",
+        "watchdog",
+        "sqlite3",
+        "structlog",
+        "ocrd.daemon",
+        "ocrd.watch",
+        "ocrd.ops",
+        "ocrd.rules",
+    ),
+    "clean": (
+        "aspose",
+        "watchdog",
+        "sqlite3",
+        "structlog",
+        "ocrd.daemon",
+        "ocrd.watch.lastuse",
+        "ocrd.rules.budget",
+        "ocrd.rules.eviction",
+    ),
+    "list": ("aspose", "watchdog", "ocrd.daemon.run", "ocrd.daemon.engine"),
+}
+LOADED = (
+    "import json, sys\n"
+    "from ocrd.cli.main import main\n"
+    "main(sys.argv[1:])\n"
+    "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize("command", sorted(NOT_LOADED))
+def test_a_one_shot_command_loads_only_what_it_needs(tmp_path: Path, command: str) -> None:
+    """Start-up is most of a small pass's time (docs/performance.md): each command imports
+    what it alone needs, and an engine that is off is never loaded."""
+    config = cli_config(tmp_path / "conf")
+    (tmp_path / "conf" / "models").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, command, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = json.loads(done.stderr.splitlines()[-1])
+    for name in NOT_LOADED[command]:
+        assert not [m for m in loaded if m == name or m.startswith(name + ".")], name

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ocrd.fs.inventory import FileEntry, display, entry_from_stat
+from ocrd.fs.inventory import FileEntry, display, display_all, entry_from_stat
 
 
 def test_an_entry_from_lstat_says_what_the_file_is(tmp_path: Path) -> None:
@@ -134,3 +134,21 @@ def test_display_round_trips_so_it_is_unambiguous(name: bytes) -> None:
 @pytest.mark.parametrize("name", TRICKY)
 def test_display_round_trips_tricky_names(name: bytes) -> None:
     assert undisplay(display(name)) == name
+
+
+# Plain names (the fast path) and names cut inside a UTF-8 sequence, so that two neighbours
+# joined would spell a character neither holds alone.
+_plain = st.text(st.characters(codec="utf-8", categories=["L", "N", "P", "S", "Zs"]), max_size=8)
+_piece = st.one_of(
+    _plain.map(str.encode),
+    st.sampled_from([b"\xc3", b"\xa9", "é".encode(), b"\\", b"\n", b"\xff", b"a/b"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_names, _piece, _plain.map(str.encode)), max_size=8))
+@example([b"\xc3", b"\xa9"])  # apart two undecodable bytes, joined an "é"
+@example([b"caf\xc3", b"\xa9.bin"])
+@example([b"a\\b", b"plain"])
+def test_display_all_shows_each_name_as_display_does(paths: list[bytes]) -> None:
+    assert display_all(paths) == [display(p) for p in paths]

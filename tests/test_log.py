@@ -168,6 +168,74 @@ def test_key_order_and_utc_timestamps(captured: io.StringIO) -> None:
     assert str(record["timestamp"]).endswith("Z")
 
 
+@pytest.fixture
+def deferred() -> Iterator[io.StringIO]:
+    """The one-shot commands' set-up: warnings and up, structlog configured at the first line."""
+    stream = io.StringIO()
+    log.configure("warning", "json", stream=stream, deferred=True)
+    try:
+        yield stream
+    finally:
+        log.configure("info", "json")
+
+
+def test_a_deferred_log_drops_below_its_level_and_writes_the_rest_as_configured(
+    deferred: io.StringIO,
+) -> None:
+    logger = log.bound()
+    assert not logger.is_enabled_for(logging.INFO)
+    assert logger.is_enabled_for(logging.WARNING)
+    log.get().debug("below", a=1)
+    logger.info("below_too")
+    assert deferred.getvalue() == ""
+    log.get().warning("something_happened", b=1, a=2)
+    log.get().info("still_below")
+    log.bound().error("went_wrong", path="x")
+    records = [record for _, record in _parsed(deferred.getvalue())]
+    assert [(r["event"], r["level"]) for r in records] == [
+        ("something_happened", "warning"),
+        ("went_wrong", "error"),
+    ]
+    assert list(records[0]) == ["timestamp", "level", "event", "b", "a"]
+    assert not log.bound().is_enabled_for(logging.INFO)
+
+
+def test_a_library_record_configures_a_deferred_log_and_is_written_once(
+    deferred: io.StringIO,
+) -> None:
+    handlers = list(logging.getLogger().handlers)
+    logging.getLogger("some.library").info("below warning: dropped")
+    logging.getLogger("some.library").warning("disk %s", "full")
+    logging.getLogger("some.library").warning("again")
+    records = [record for _, record in _parsed(deferred.getvalue())]
+    assert [(r["event"], r["message"]) for r in records] == [
+        ("library_log", "disk full"),
+        ("library_log", "again"),
+    ]
+    assert logging.getLogger().handlers == handlers
+
+
+def test_threads_writing_their_first_lines_at_once_configure_a_deferred_log_once(
+    deferred: io.StringIO,
+) -> None:
+    handlers = list(logging.getLogger().handlers)
+    start = threading.Barrier(8)
+
+    def write(n: int) -> None:
+        start.wait()
+        log.bound().warning("deletion_failed", n=n)
+        logging.getLogger("lib").warning("from %d", n)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = [str(record["event"]) for _, record in _parsed(deferred.getvalue())]
+    assert sorted(events) == ["deletion_failed"] * 8 + ["library_log"] * 8
+    assert logging.getLogger().handlers == handlers
+
+
 def test_a_line_for_a_signal_handler_needs_no_logger() -> None:
     line = log.line_now("warning", "daemon_killed", signal="SIGINT").decode()
     assert line.endswith("\n")

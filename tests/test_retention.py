@@ -222,6 +222,38 @@ class ExpiresRule(Selector):
                 yield f, "expired"
 
 
+@dataclass(frozen=True)
+class ShuffledRule(Selector):
+    """Selects the files named in ``picks``, in the order of ``picks``, not the order given."""
+
+    picks: tuple[bytes, ...]
+    name: str = "shuffled"
+
+    def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
+        by_path = {f.path: f for f in files}
+        for path in self.picks:
+            if path in by_path:
+                yield by_path[path], f"picked {path!r}"
+
+
+@given(st.permutations([b"a", b"b", b"c", b"d", b"e", b"f"]), st.integers(0, 6))
+def test_a_rule_may_yield_its_files_in_any_order(picks: list[bytes], n: int) -> None:
+    """The planner finds a selected file again by walking on in the order given, and by
+    identity where a rule yields out of that order: each decision lands on its own file."""
+    files = [entry(p) for p in (b"a", b"b", b"c", b"d", b"e", b"f")]
+    chosen = tuple(picks[:n])
+    p = plan(files, Rules((PrefixRule(("c",)), ShuffledRule(chosen))), NOW)
+    assert [d.entry for d in p.decisions] == files
+    for d in p.decisions:
+        path = d.entry.path
+        if path == b"c":
+            assert (d.verdict, d.rule) == (Verdict.DELETE, "prefix")
+        elif path in chosen:
+            assert (d.verdict, d.rule, d.reason) == (Verdict.DELETE, "shuffled", f"picked {path!r}")
+        else:
+            assert (d.verdict, d.rule) == (Verdict.KEEP, None)
+
+
 def test_a_rule_answers_for_itself_what_the_shell_asks() -> None:
     """The rule protocol: per_file, due, due_slack and after_clock_jump come from the
     rules themselves, so a new rule class is all a new rule needs; what a rule leaves unsaid

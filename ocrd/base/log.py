@@ -5,6 +5,10 @@ it at that priority (``journalctl -p warning``) and strips the prefix again (``-
 the bare JSON). The prefix is written only when the stream *is* the journal: systemd documents
 ``$JOURNAL_STREAM`` (``device:inode``) for exactly that test; anywhere else (a pipe, a file, a
 terminal, a test harness) the lines stay plain JSON.
+
+structlog itself (about 45 ms of imports: its stdlib bridge brings asyncio) is imported when a
+line is first written: a one-shot command configures with ``deferred=True``, and a pass that
+logs nothing at its level never imports it (docs/performance.md, start-up).
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Literal, TextIO
-
-import structlog
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -74,6 +77,8 @@ class _Rendered:
     """JSON via structlog's JSONRenderer, behind the sd-daemon priority prefix when asked."""
 
     def __init__(self, journal: bool) -> None:
+        import structlog  # noqa: PLC0415 — see the module's doc
+
         self._json = structlog.processors.JSONRenderer()
         self._journal = journal
 
@@ -138,6 +143,8 @@ class Budget:
         if reason is not None:
             reasons = held.setdefault("reasons", {})
             reasons[reason] = reasons.get(reason, 0) + 1
+        import structlog  # noqa: PLC0415 — structlog is running this very processor
+
         raise structlog.DropEvent
 
     def summary_due(self) -> bool:
@@ -274,13 +281,40 @@ def configure(
     *,
     daemon: bool = False,
     on_closed: Callable[[], None] = lambda: None,
+    deferred: bool = False,
 ) -> None:
     """(Re)configure the process's loggers. Safe to call again on reload. ``daemon``: the
-    lines of ``ocrd run``, written without ever blocking and within a budget per file."""
-    global _budget, _writer  # noqa: PLW0603 — one logging setup per process
+    lines of ``ocrd run``, written without ever blocking and within a budget per file.
+    ``deferred`` (not with ``daemon``): structlog is imported and configured so only when the
+    first line at ``level`` or above is written, by ocrd or by a library (see the module's doc);
+    until then get() and bound() drop what ``level`` filters out, as structlog would."""
+    global _pending  # noqa: PLW0603 — one logging setup per process
     out = stream if stream is not None else sys.stdout
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     journal = not console and to_journal(out)
+    _bound.clear()
+    _emergency_to(out, journal)
+    if deferred and not daemon:
+        _pending = (level, out, console, journal)
+        _root_handler(_Pending(), level)
+        return
+    _pending = None
+    _root_handler(_setup(level, out, console, journal, daemon=daemon, on_closed=on_closed), level)
+
+
+def _setup(
+    level: str,
+    out: TextIO,
+    console: bool,
+    journal: bool,
+    *,
+    daemon: bool = False,
+    on_closed: Callable[[], None] = lambda: None,
+) -> logging.Handler:
+    """structlog configured; the handler that writes library records alike."""
+    global _budget, _writer  # noqa: PLW0603 — one logging setup per process
+    import structlog  # noqa: PLC0415 — see the module's doc
+
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else _Rendered(journal)
     )
@@ -299,7 +333,6 @@ def configure(
         _writer.on_closed = on_closed
         writer = _writer
         factory = lambda *args: writer  # noqa: E731 — structlog wants a factory
-    _bound.clear()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -329,6 +362,10 @@ def configure(
             ],
         )
     )
+    return handler
+
+
+def _root_handler(handler: logging.Handler, level: str) -> None:
     root = logging.getLogger()
     while _handlers:
         root.removeHandler(_handlers.pop())
@@ -336,11 +373,89 @@ def configure(
     root.addHandler(handler)
     root.setLevel(max(logging.WARNING, _LEVELS[level]))
     logging.captureWarnings(True)
+
+
+def _emergency_to(out: TextIO, journal: bool) -> None:
     try:
         _emergency["fd"] = out.fileno()
     except (OSError, ValueError, AttributeError):
         _emergency["fd"] = 1
     _emergency["journal"] = journal
+
+
+_pending: tuple[str, TextIO, bool, bool] | None = None
+"""What configure(deferred=True) was asked for (level, stream, console, journal), until the first
+line makes it so."""
+_configuring = threading.Lock()
+
+
+def _configured() -> Any:
+    """structlog, configured as asked (once, at the first line written after a deferred
+    configure())."""
+    global _pending  # noqa: PLW0603 — one logging setup per process
+    with _configuring:  # the deleting threads of a pass may write their first lines at once
+        if _pending is not None:
+            level, out, console, journal = _pending
+            handler = _setup(level, out, console, journal)
+            for waiting in _handlers:
+                if isinstance(waiting, _Pending):
+                    waiting.target = handler
+            _pending = None
+    import structlog  # noqa: PLC0415 — see the module's doc
+
+    return structlog
+
+
+class _Pending(logging.Handler):
+    """The root logger's handler while structlog waits: a library's record configures it, and
+    this handler passes that record and every later one on to the handler configured (the
+    root's list of handlers is not changed while the root is handing a record to them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _configured()
+        if self.target is not None:
+            self.target.handle(record)
+
+
+class _Quiet:
+    """get() and bound() while structlog waits (configure(deferred=True)): a line below the
+    configured level is dropped here, as structlog's filtering logger drops it; any other
+    line, or any other use of the logger, configures structlog and goes on to its logger."""
+
+    def is_enabled_for(self, level: int) -> bool:
+        if _pending is None:
+            return bool(get().is_enabled_for(level))
+        return level >= _LEVELS[_pending[0]]
+
+    def _line(self, level: int, method: str, event: str | None, *args: Any, **kw: Any) -> Any:
+        if _pending is not None and level < _LEVELS[_pending[0]]:
+            return None
+        return getattr(_configured().get_logger(), method)(event, *args, **kw)
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._line(logging.DEBUG, "debug", event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._line(logging.INFO, "info", event, *args, **kw)
+
+    def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._line(logging.WARNING, "warning", event, *args, **kw)
+
+    def error(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._line(logging.ERROR, "error", event, *args, **kw)
+
+    def exception(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        return self._line(logging.ERROR, "exception", event, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_configured().get_logger(), name)
+
+
+_QUIET = _Quiet()
 
 
 class _WriterHandler(logging.Handler):
@@ -372,7 +487,9 @@ def emergency(level: str, event: str, **keys: Any) -> None:
 
 
 def get() -> Any:
-    return structlog.get_logger()
+    if _pending is not None:
+        return _QUIET
+    return _configured().get_logger()
 
 
 _bound: list[Any] = []  # one concrete logger, made at the first bound() after each configure()
@@ -382,6 +499,8 @@ def bound() -> Any:
     """The configured logger itself, for a line per file: get()'s lazy proxy builds a new
     logger on every call (measured: 0.5 s of ``ocrd clean``'s main thread, holding the GIL the
     deleting threads want, for 55k deletions). Made again after each configure()."""
+    if _pending is not None:
+        return _QUIET
     if not _bound:
-        _bound.append(structlog.get_logger().bind())
+        _bound.append(_configured().get_logger().bind())
     return _bound[0]

@@ -10,32 +10,24 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ocrd import __version__
 from ocrd.base import log
 from ocrd.base.errors import EXIT_CONFIG, EXIT_NOPERM, ConfigError, ModelDirMissing
-from ocrd.cli import trashcmd
-from ocrd.cli.show import iso, print_list, print_report, print_rows
 from ocrd.config.durations import parse_duration
 from ocrd.config.lint import lint, log_warnings
 from ocrd.config.load import SYSTEM_CONFIG, default_path, load
-from ocrd.config.schema import Config
-from ocrd.daemon.budget import limits_of
-from ocrd.daemon.engine import Supervisor
 from ocrd.fs.access import NoAccess, denied
-from ocrd.fs.leases import lease_report
 from ocrd.fs.place import Place, pin, raise_fd_limit
-from ocrd.fs.statefile import Looks
-from ocrd.fs.statefile import default_path as state_default
-from ocrd.ops import passes
-from ocrd.ops.passes import Cleaned, whole_plan
-from ocrd.rules.budget import Space
-from ocrd.rules.eviction import Inputs, over_plan
-from ocrd.rules.foresight import due_at
-from ocrd.rules.retention import family_rules
-from ocrd.rules.selectors import versions
-from ocrd.watch.lastuse import LastUse
+
+if TYPE_CHECKING:
+    from ocrd.config.schema import Config
+    from ocrd.rules.budget import Space
+
+# Each command imports what it alone needs where it runs (PLC0415 below): `check` loads no
+# planner, `clean` no SQLite, daemon or trash code, and none of them the daemon's watch or
+# engine (docs/performance.md, start-up).
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warning" if config.log.level in ("debug", "info") else config.log.level,
         config.log.format,
         stream=sys.stderr,
+        deferred=True,  # structlog only if a line is written (ocrd.base.log)
     )
     warnings = lint(config)
     if args.command == "check":
@@ -74,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(warning.line(config.path), file=sys.stderr)
         print(config.summary())
         # stdout keeps the contract's one-line summary; how "in use" will be judged is advice.
+        from ocrd.fs.leases import lease_report  # noqa: PLC0415 — see the imports
+
         print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
         return 0
     log_warnings(config, warnings)
@@ -85,60 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Last use is recorded only with a budget or a [state] path (docs/budget.md).
         recording = config.budget.active or config.state.path is not None
-        if args.command == "list" and args.json and not recording:
-            # Streamed part by part (docs/big-trees.md); every last use is an arrival.
-            listed, mounts = passes.listing(config, place, now, at)
-            print_rows(listed, mounts, config.retention.age_by)
-            return 0
         if args.command == "list":
-            the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
-            state = config.state.path or state_default()
-            uses = LastUse.read(state) if recording else LastUse.empty(state)
-            engine = _engine_lists(config) if config.budget.active else frozenset()
-            budget = None
-            if config.budget.active and (space := _space(place)) is not None:
-                inputs = Inputs(
-                    limits_of(config),
-                    space,
-                    uses.last_used,
-                    engine,
-                    allow_delete_all=config.retention.allow_delete_all,
-                )
-                the_plan, budget = over_plan(the_plan, rules, inputs)
-            # In use is known for now only: a file held now shows so at any --at.
-            looks = Looks(state)
-            try:
-                blocked = passes.blocked(config, the_plan, place, looks.note if recording else None)
-            finally:
-                looks.close()
-            due = due_at(
-                [d.entry for d in the_plan.decisions],
-                rules,
-                now,
-                allow_delete_all=config.retention.allow_delete_all,
-            )
-            families = family_rules(config.retention)
-            ranked = (
-                families.rank(
-                    versions(d.entry for d in the_plan.decisions), rules.trust, the_plan.now
-                )
-                if families is not None
-                else None
-            )
-            print_list(
-                the_plan,
-                args.json,
-                config.retention.age_by,
-                blocked,
-                inventory,
-                ranked=ranked,
-                due=due,
-                ahead=None if at is None else args.at.text,
-                last_used=uses.last_used,
-                engine=engine,
-                budget=budget,
-            )
-            return 0
+            return _list(config, place, args, now, at, recording=recording)
         return _clean(
             config, place, dry_run=args.dry_run or config.retention.dry_run, as_json=args.json
         )
@@ -155,8 +98,85 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOPERM
 
 
+def _list(
+    config: Config,
+    place: Place,
+    args: argparse.Namespace,
+    now: float,
+    at: float | None,
+    *,
+    recording: bool,
+) -> int:
+    """``ocrd list``: the plan, what holds each file, when each comes due (--at), the budget."""
+    from ocrd.cli.show import print_list, print_rows  # noqa: PLC0415
+    from ocrd.daemon.budget import limits_of  # noqa: PLC0415
+    from ocrd.fs.statefile import Looks  # noqa: PLC0415
+    from ocrd.fs.statefile import default_path as state_default  # noqa: PLC0415
+    from ocrd.ops import passes  # noqa: PLC0415
+    from ocrd.ops.passes import whole_plan  # noqa: PLC0415
+    from ocrd.rules.eviction import Inputs, over_plan  # noqa: PLC0415
+    from ocrd.rules.foresight import due_at  # noqa: PLC0415
+    from ocrd.rules.retention import family_rules  # noqa: PLC0415
+    from ocrd.rules.selectors import versions  # noqa: PLC0415
+    from ocrd.watch.lastuse import LastUse  # noqa: PLC0415
+
+    if args.json and not recording:
+        # Streamed part by part (docs/big-trees.md); every last use is an arrival.
+        listed, mounts = passes.listing(config, place, now, at)
+        print_rows(listed, mounts, config.retention.age_by)
+        return 0
+    the_plan, inventory, _, rules = whole_plan(config, place, now if at is None else at)
+    state = config.state.path or state_default()
+    uses = LastUse.read(state) if recording else LastUse.empty(state)
+    engine = _engine_lists(config) if config.budget.active else frozenset()
+    budget = None
+    if config.budget.active and (space := _space(place)) is not None:
+        inputs = Inputs(
+            limits_of(config),
+            space,
+            uses.last_used,
+            engine,
+            allow_delete_all=config.retention.allow_delete_all,
+        )
+        the_plan, budget = over_plan(the_plan, rules, inputs)
+    # In use is known for now only: a file held now shows so at any --at.
+    looks = Looks(state)
+    try:
+        blocked = passes.blocked(config, the_plan, place, looks.note if recording else None)
+    finally:
+        looks.close()
+    due = due_at(
+        [d.entry for d in the_plan.decisions],
+        rules,
+        now,
+        allow_delete_all=config.retention.allow_delete_all,
+    )
+    families = family_rules(config.retention)
+    ranked = (
+        families.rank(versions(d.entry for d in the_plan.decisions), rules.trust, the_plan.now)
+        if families is not None
+        else None
+    )
+    print_list(
+        the_plan,
+        args.json,
+        config.retention.age_by,
+        blocked,
+        inventory,
+        ranked=ranked,
+        due=due,
+        ahead=None if at is None else args.at.text,
+        last_used=uses.last_used,
+        engine=engine,
+        budget=budget,
+    )
+    return 0
+
+
 def _trash_command(args: argparse.Namespace, config: Config) -> int:
     """``ocrd trash`` and ``ocrd restore`` (ocrd.cli.trashcmd)."""
+    from ocrd.cli import trashcmd  # noqa: PLC0415 — see the imports
+
     place = pin(config.model_dir)
     grace = config.trash.grace
     try:
@@ -177,6 +197,8 @@ def _trash_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def _since(text: str) -> float:
+    from ocrd.cli import trashcmd  # noqa: PLC0415 — see the imports
+
     try:
         return trashcmd.since(text)
     except ValueError as exc:
@@ -296,6 +318,8 @@ def _ahead(text: str) -> Ahead:
         when = when.replace(tzinfo=UTC)
     now = time.time()
     if when.timestamp() < now:
+        from ocrd.cli.show import iso  # noqa: PLC0415 — see the imports
+
         raise argparse.ArgumentTypeError(
             f"{text} is in the past (it is {iso(now)} now): give a later time, or +DURATION"
         )
@@ -303,6 +327,8 @@ def _ahead(text: str) -> Ahead:
 
 
 def _space(place: Place) -> Space | None:
+    from ocrd.rules.budget import Space  # noqa: PLC0415 — see the imports
+
     try:
         return Space.of(os.statvfs(place.real))
     except OSError as exc:
@@ -315,6 +341,8 @@ def _engine_lists(config: Config) -> frozenset[bytes]:
     own for the question (it opens no model file), freed at once."""
     if not config.engine.enabled:
         return frozenset()
+    from ocrd.daemon.engine import Supervisor  # noqa: PLC0415 — see the imports
+
     engine = Supervisor(config.engine, config.model_dir)
     root = os.fsencode(config.model_dir.absolute())
     try:
@@ -327,6 +355,10 @@ def _engine_lists(config: Config) -> frozenset[bytes]:
 
 def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int:
     """One pass (ocrd.ops.passes.clean), then its report."""
+    from ocrd.cli.show import print_report  # noqa: PLC0415 — see the imports
+    from ocrd.ops import passes  # noqa: PLC0415
+    from ocrd.ops.passes import Cleaned  # noqa: PLC0415
+
     cleaned = Cleaned()
     try:
         passes.clean(config, place, cleaned, dry_run=dry_run)

@@ -8,17 +8,19 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ocrd.base.human import size
 from ocrd.config.durations import approx_duration
 from ocrd.config.sizes import format_size
-from ocrd.fs.inventory import FileEntry, Inventory, display, printable
+from ocrd.fs.inventory import FileEntry, Inventory, display, display_all, printable
 from ocrd.ops.outcomes import Recorder, Status
-from ocrd.rules.budget import Budget, describe
 from ocrd.rules.decision import Decision, Plan
 from ocrd.rules.families import Member, Ranking
 from ocrd.rules.refusal import Refusal
+
+if TYPE_CHECKING:
+    from ocrd.rules.budget import Budget  # `list` with a budget only: imported where it is shown
 
 
 def iso(t: float) -> str:
@@ -147,6 +149,8 @@ def _ago(now: float, t: float, by: str) -> str:
 def _budget_text(budget: Budget) -> list[str]:
     """The budget's order, for the operator: which files it takes now, and why each is or is
     not a candidate."""
+    from ocrd.rules.budget import describe  # noqa: PLC0415 — see the imports
+
     state = "crossed" if budget.crossed else "holds"
     out = [f"budget {state}: {describe(budget)}"]
     if budget.purge:
@@ -275,9 +279,10 @@ def print_report(
     deleted: list[str] = []
     skipped: list[dict[str, str | None]] = []
     failed: list[dict[str, str | None]] = []
-    for o in recorder.kept:
-        path = display(o.decision.entry.path)
-        if o.status in (Status.DELETED, Status.WOULD_DELETE):
+    kept = recorder.kept
+    gone = (Status.DELETED, Status.WOULD_DELETE)
+    for o, path in zip(kept, display_all([o.decision.entry.path for o in kept]), strict=True):
+        if o.status in gone:
             deleted.append(path)
         elif o.status is Status.SKIPPED:
             skipped.append({"path": path, "reason": o.detail})

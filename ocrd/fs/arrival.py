@@ -160,10 +160,17 @@ class Arrivals:
         calls of one pass (one stat per directory, not per file)."""
         cache = {} if cache is None else cache
         files = self.files
-        out = []
+        floor_of = self.floor
+        out: list[FileEntry] = []
+        append = out.append
+        # A walk hands on a directory's files together: the floor is looked up again only
+        # when the directory changes (this runs once per file of every pass).
+        here: bytes | None = None
+        floor = float("-inf")
         for e in entries:
-            floor = self.floor(e.path.rpartition(b"/")[0], cache)
-            if files:
-                floor = max(floor, files.get(e.path, floor))
-            out.append(e._replace(ctime=floor) if floor > e.ctime else e)
+            rel_dir = e.path.rpartition(b"/")[0]
+            if rel_dir != here:
+                here, floor = rel_dir, floor_of(rel_dir, cache)
+            at = max(floor, files.get(e.path, floor)) if files else floor
+            append(e._replace(ctime=at) if at > e.ctime else e)
         return out

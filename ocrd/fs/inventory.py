@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -64,6 +65,21 @@ def display(path: bytes) -> str:
     not UTF-8 and ASCII control characters written as ``\\xNN``; any other character that does
     not print as ``\\uNNNN`` or ``\\UNNNNNNNN``. Plain names print unchanged."""
     return display_text(path.decode("utf-8", "surrogateescape"))
+
+
+def display_all(paths: Sequence[bytes]) -> list[str]:
+    """``[display(p) for p in paths]``, in a few calls over all of them at once when every
+    name is plain (printable, no backslash): a report of 55k deleted files. The paths are
+    joined with NUL, which no file name holds, so a byte sequence cut at the end of one path
+    cannot join the next one's into a character; any other name sends all of them through
+    display() one by one."""
+    if not paths:
+        return []
+    text = b"\0".join(paths).decode("utf-8", "surrogateescape")
+    parts = text.split("\0")
+    if len(parts) == len(paths) and "\\" not in text and all(map(str.isprintable, parts)):
+        return parts
+    return [display(p) for p in paths]
 
 
 def display_text(text: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ocrd.fs import private
 from ocrd.fs.inventory import FileEntry
 from ocrd.rules.families import Versions
-from ocrd.rules.selectors import ByName, first_after
+from ocrd.rules.selectors import ByName, first_after, named_private
 
 INTERRUPTED = "interrupted"  # the rule's name, which ocrd.ops.delete asks for its owner check
 
@@ -61,7 +61,7 @@ class InterruptedRule(ByName):
     def due_among(
         self, files: Sequence[FileEntry], present: Versions
     ) -> Iterator[tuple[FileEntry, float]]:
-        for f in files:
+        for f in named_private(files):
             if self._private(f):
                 if f.ctime < self.started:
                     yield f, -math.inf
@@ -69,12 +69,12 @@ class InterruptedRule(ByName):
                     yield f, first_after(f.ctime, self.GRACE_S, strictly=False)
 
     def select(self, files: Sequence[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
-        for f in files:
+        for f in named_private(files):
             if self._private(f) and self._leftover(f, now):
                 yield f, "ocrd was stopped while deleting it"
 
     def held(self, files: Iterable[FileEntry], now: float) -> Iterator[tuple[FileEntry, str]]:
-        for f in files:
+        for f in named_private(files):
             if self._private(f):
                 if not self._leftover(f, now):
                     yield f, f"an ocrd is deleting it right now; a leftover after {self.GRACE_S:g}s"
