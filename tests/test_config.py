@@ -22,7 +22,7 @@ from ocrd.config.load import default_path, load
 from ocrd.config.schema import Config
 from ocrd.config.trusted import MAX_BYTES, MAX_DEPTH
 from tests import configs
-from tests.conftest import OcrdRunner, StartOcrd, write_config
+from tests.conftest import OcrdRunner, StartOcrd, needs_compiled_step, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -439,6 +439,7 @@ def test_check_valid_prints_one_line_and_exits_0(conf_dir: Path, run_ocrd: OcrdR
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1
     assert "in-use check: file leases on" in result.stderr
+    assert f"{path}: deleter: " in result.stderr
     assert result.stdout.startswith(f"{path}: ok: model_dir={conf_dir / 'models'}")
     assert "max_age=30d by mtime (in model_dir)" in result.stdout
 
@@ -717,3 +718,18 @@ def test_reload_of_hostile_files_is_config_rejected_and_the_daemon_stays_up(
     code, took = d.stop()
     assert (code, d.events[-1]["event"]) == (0, "daemon_stopped")
     assert took < 5.0
+
+
+@pytest.mark.parametrize("pure", ["0", "1"])
+def test_check_says_which_deleter_deletes(conf_dir: Path, run_ocrd: OcrdRunner, pure: str) -> None:
+    needs_compiled_step()
+    path = write_config(conf_dir, CONTRACT_EXAMPLE)
+    result = run_ocrd("check", "--config", path, env={"OCRD_PURE_PYTHON": pure})
+    assert result.returncode == 0, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith(f"{path}: deleter: ")]
+    if pure == "1":
+        assert line.endswith("the Python path: OCRD_PURE_PYTHON=1 (the compiled step is built)")
+    else:
+        assert line.endswith(
+            "the compiled step for the common case, the Python path for every other"
+        )

@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ocrd.fs.leases import lease_report  # noqa: PLC0415 — see the imports
 
         print(f"{config.path}: in-use check: {lease_report(config.model_dir)}", file=sys.stderr)
+        print(f"{config.path}: deleter: {_deleter()}", file=sys.stderr)
         return 0
     log_warnings(config, warnings)
     if args.command in ("trash", "restore"):
@@ -371,3 +372,19 @@ def _clean(config: Config, place: Place, *, dry_run: bool, as_json: bool) -> int
         cleaned.recorder, cleaned.refusal, cleaned.mounts, dry_run=dry_run, as_json=as_json
     )
     return 0
+
+
+def _deleter() -> str:
+    """Which deleter ``clean`` and the daemon use here (ocrd.ops.sweep): its compiled step is
+    loaded as the deleter would load it, and nothing else of the deleter is."""
+    try:
+        import ocrd.ops._sweep  # noqa: F401, PLC0415
+    except ImportError as exc:
+        return (
+            "the Python path: the compiled step was not built by this install (no C compiler "
+            "or no Python headers then: apt-get install gcc python3-dev, then install again) "
+            f"({exc})"
+        )
+    if os.environ.get("OCRD_PURE_PYTHON", "") == "1":
+        return "the Python path: OCRD_PURE_PYTHON=1 (the compiled step is built)"
+    return "the compiled step for the common case, the Python path for every other"
