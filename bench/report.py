@@ -434,7 +434,10 @@ def report(
         "`sync` and a pause before each timed command; the order of the tools rotates from one "
         "repetition to the next. Each tool's result is compared file by file with what the rules "
         "must leave.",
-        "- Wall time of the command(s) as a subprocess; CPU = user + system of the children.",
+        "- Wall time of the command(s) as a subprocess; CPU = user + system of the children. "
+        "ocrd's bytecode is compiled before the first section, as an install has it.",
+        "- `ocrd clean, Python path` is the same command with `OCRD_PURE_PYTHON=1`: the "
+        "deleter's compiled step (`ocrd/ops/sweep.c`) off, what the step gains in the same run.",
         "- §1: ocrd is timed *inside* a fresh child process around `scan()` alone (the daemon's "
         "first scan); the whole-process row adds interpreter start and imports. `find` is timed "
         "as a process. Both trees are warm in the page cache (one untimed warm-up run each). "
