@@ -39,13 +39,13 @@ fresh-resolve: | need-python
 # Dependencies come from the lock (exact versions and hashes), then ocrd itself without them:
 # what was tested is what is installed. Installing ocrd builds its optional compiled step
 # (setup.py), so a change to it makes the venv again. `make lock` writes the locks anew from pyproject.toml.
-$(VENV)/.run: requirements/run.lock pyproject.toml setup.py ocrd/ops/sweep.c | need-python
+$(VENV)/.run: requirements/run.lock pyproject.toml setup.py ocrd/ops/sweep.c ocrd/fs/records.c | need-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/run.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: requirements/dev.lock pyproject.toml setup.py ocrd/ops/sweep.c | need-python
+$(VENV)/.dev: requirements/dev.lock pyproject.toml setup.py ocrd/ops/sweep.c ocrd/fs/records.c | need-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .

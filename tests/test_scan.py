@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from ocrd.base.errors import ModelDirMissing
 from ocrd.fs.inventory import FileEntry, Inventory
-from ocrd.fs.scan import scan
-from tests.conftest import make_file
+from ocrd.fs.place import pin
+from ocrd.fs.scan import scan, scan_batches
+from tests.conftest import make_file, needs_compiled_step
 
 
 def by_path(inventory: Inventory) -> dict[bytes, FileEntry]:
@@ -109,3 +111,51 @@ def test_model_dir_may_be_a_symlink(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(model_dir)
     (f,) = scan(tmp_path / "link").files
     assert (f.path, f.is_link) == (b"m.bin", False)
+
+
+def _hostile_tree(root: Path) -> None:
+    """Every kind of entry a scan meets, under names no one would choose."""
+    (root / "d" / "e").mkdir(parents=True)
+    for rel, data in ((b"a.bin", b"x"), (b"d/b.bin", b"yy"), (b"d/e/c.bin", b"")):
+        (root / os.fsdecode(rel)).write_bytes(data)
+    for name in (b"\xff\xfe-not-utf8", b"new\nline", b"sp ace", b"\xc3\xa9t\xc3\xa9", b"-"):
+        (root / os.fsdecode(name)).write_bytes(name)
+    os.symlink("/etc/hostname", root / "link")
+    os.symlink("nowhere", root / "d" / "dangling")
+    os.mkfifo(root / "fifo")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.fsdecode(root / "d" / "sock"))
+    s.close()
+    os.utime(root / "a.bin", ns=(1_600_000_000_123_456_789, 1_700_000_000_987_654_321))
+    os.chown(root / "d" / "b.bin", 65534, 65534)
+    for i in range(1300):  # more than one batch of the compiled step in one directory
+        (root / "d" / f"f{i:04d}").write_bytes(b"")
+
+
+@pytest.mark.parametrize("chunk", [None, 3, 700])
+def test_the_compiled_records_are_the_python_loops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None
+) -> None:
+    """The compiled step (ocrd/fs/records.c) against the Python loop, its reference: the same
+    records, in the same batches, the same directories, unreadable places and mounts."""
+    needs_compiled_step()
+    _hostile_tree(tmp_path)
+    seen = {}
+    for pure in ("1", "0"):
+        monkeypatch.setenv("OCRD_PURE_PYTHON", pure)
+        unreadable: list[tuple[bytes, str]] = []
+        directories: list[tuple[bytes, int]] = []
+        mounts: list[tuple[bytes, str]] = []
+        batches = list(
+            scan_batches(pin(tmp_path), unreadable, directories, mounts=mounts, chunk=chunk)
+        )
+        seen[pure] = (batches, unreadable, directories, mounts)
+    assert seen["0"] == seen["1"]
+    batches = seen["0"][0]
+    files = [f for b in batches for f in b]
+    assert len(files) == 3 + 5 + 2 + 1300
+    assert all(type(f) is FileEntry for f in files)
+    a = next(f for f in files if f.path == b"a.bin")
+    assert a.mtime == os.stat(tmp_path / "a.bin").st_mtime  # the same double, to the last bit
+    if chunk is not None:
+        assert max(len(b) for b in batches) <= chunk

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from ocrd.base import log
 from ocrd.base.collector import collecting_paused
 from ocrd.base.errors import Stopped
+from ocrd.fs import records
 from ocrd.fs.inventory import FileEntry, Inventory, display
 from ocrd.fs.place import Identity, Place, identify, open_root, pin, still_there
 from ocrd.fs.trashentry import NAME as TRASH
@@ -125,6 +126,10 @@ def walk_batches(
     # bench/RESULTS.md §1 measures what that buys.
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     record = tuple.__new__
+    # Where it is built, the compiled step stats a directory's names and builds their records
+    # in batches of ``step`` (ocrd.fs.records); the loop below is the reference.
+    fast = records.available()
+    step = min(RECORDS_BATCH, chunk) if chunk is not None else RECORDS_BATCH
     for here in walk_dirs(
         root_fd, boundary=boundary, unreadable=unreadable, mounts=mounts, tick=tick
     ):
@@ -134,6 +139,7 @@ def walk_batches(
         files: list[FileEntry] = []
         append = files.append
         seen = 0
+        pending: list[str] | None = [] if fast else None  # names for the compiled step
         try:
             with os.scandir(here.fd) as it:
                 for entry in it:
@@ -143,6 +149,21 @@ def walk_batches(
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             subdirs.append(entry.name)
+                            continue
+                        if pending is not None:
+                            pending.append(entry.name)
+                            if len(pending) < step:
+                                continue
+                            files += _compiled(here.fd, prefix, pending, unreadable)
+                            pending.clear()
+                            if chunk is None or len(files) < chunk:
+                                continue
+                            while len(files) >= chunk:
+                                if top_skip is not None and not here.path:
+                                    _skip(top_skip, files, subdirs)
+                                yield files[:chunk]
+                                del files[:chunk]
+                            append = files.append
                             continue
                         s = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
@@ -175,12 +196,34 @@ def walk_batches(
                             yield files
                             files = []
                             append = files.append
+                if pending:
+                    files += _compiled(here.fd, prefix, pending, unreadable)
         except OSError as exc:
             unreadable.append((here.path, exc.strerror or str(exc)))
+        if chunk is not None:
+            while len(files) > chunk:
+                if top_skip is not None and not here.path:
+                    _skip(top_skip, files, subdirs)
+                yield files[:chunk]
+                del files[:chunk]
         if top_skip is not None and not here.path:
             _skip(top_skip, files, subdirs)
         if files:
             yield files
+
+
+RECORDS_BATCH = 512  # names per call of the compiled step
+
+
+def _compiled(
+    fd: int, prefix: bytes, names: list[str], unreadable: list[tuple[bytes, str]]
+) -> list[FileEntry]:
+    """The records of ``names`` by the compiled step; the names it could not stat (not gone:
+    those are left out) go to ``unreadable``, as the Python loop's do."""
+    found, failed = records.records(fd, prefix, names)
+    for name, err in failed:
+        unreadable.append((prefix + os.fsencode(name), os.strerror(err)))
+    return found
 
 
 def unreadable(rel: bytes, why: str) -> None:
