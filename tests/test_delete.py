@@ -26,7 +26,7 @@ from ocrd.ops.quick import Parent
 from ocrd.rules.decision import Decision, Plan, Verdict
 from ocrd.rules.retention import Rules, plan
 from ocrd.rules.selectors import PrefixRule
-from tests.conftest import make_file, snapshot
+from tests.conftest import Snapshot, make_file, snapshot
 from tests.harness import ocrd_argv
 from tests.worlds import APP_UID, OCRD_UID, World, as_user, held, make_world, root_only
 
@@ -217,18 +217,23 @@ def test_directory_swapped_for_a_link_before_apply(model_dir: Path, outside: Pat
     assert (model_dir / "sub_moved" / "old_a.bin").read_bytes() == b"precious"
 
 
+def _linked_outside(model_dir: Path, outside: Path, n: int) -> Snapshot:
+    """``n`` planned files in sub/, each with a second link in ``outside``; outside's snapshot."""
+    for i in range(1, n + 1):
+        name = f"old_{i}.bin"
+        make_file(model_dir, b"sub/" + name.encode(), name.encode())
+        os.link(model_dir / "sub" / name, outside / name)
+    return snapshot(outside)
+
+
 def test_directory_swapped_for_a_link_between_two_deletions(
     model_dir: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The directory is verified again from the root every Parent.EVERY files (here 2: the
     # swap comes right after the second file was checked, so the third meets the link).
     monkeypatch.setattr(Parent, "EVERY", 2)
-    for name in (b"old_1.bin", b"old_2.bin", b"old_3.bin"):
-        make_file(model_dir, b"sub/" + name, name)
-        os.link(model_dir / "sub" / os.fsdecode(name), outside / os.fsdecode(name))
-    outside_before = snapshot(outside)
-    p = plan_old(model_dir)
-    outcomes = apply(p, model_dir)
+    outside_before = _linked_outside(model_dir, outside, 3)
+    outcomes = apply(plan_old(model_dir), model_dir)
     # The first file's outcome comes once the second is in hand: checked inside the real sub,
     # and moved to a private name there (deletion runs one file behind). sub's fd is cached.
     first = next(outcomes)
@@ -250,12 +255,8 @@ def test_a_swap_within_a_run_of_deletions_deletes_only_the_planned_files_where_t
     """Between two verifications of a directory its fd is used as it is: the files still
     planned in it are deleted from the very directory that was verified (now sub_moved),
     each still the planned inode; nothing is reached through the link, outside is untouched."""
-    for name in (b"old_1.bin", b"old_2.bin", b"old_3.bin", b"old_4.bin"):
-        make_file(model_dir, b"sub/" + name, name)
-        os.link(model_dir / "sub" / os.fsdecode(name), outside / os.fsdecode(name))
-    outside_before = snapshot(outside)
-    p = plan_old(model_dir)
-    outcomes = apply(p, model_dir)
+    outside_before = _linked_outside(model_dir, outside, 4)
+    outcomes = apply(plan_old(model_dir), model_dir)
     first = next(outcomes)
     assert first.status is Status.DELETED
     _swap_for_link(model_dir, outside)
@@ -430,15 +431,16 @@ def test_a_directory_is_emptied_in_inode_order(model_dir: Path) -> None:
 
 class Gate(InUse):
     """A holder check that lets one deletion through per permit: the test decides how far the
-    deleting threads get (after the identity check, before the unlink)."""
+    deleting threads get (before the unlink). lease_blind is asked once per file on either
+    path: after the lease on the Python path, before the compiled step (ocrd.ops.sweep)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.permits = threading.Semaphore(0)
 
-    def check(self, fd: int | None, parent: int, ino: int) -> Answer:
+    def lease_blind(self, fd: int, dev: int) -> bool:
         assert self.permits.acquire(timeout=30), "the test never let this deletion through"
-        return super().check(fd, parent, ino)
+        return super().lease_blind(fd, dev)
 
 
 def test_stop_while_threads_delete_finishes_files_in_hand_and_reports_each(

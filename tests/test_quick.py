@@ -4,10 +4,11 @@ answer (None), check_file is asked. Real files, each case provoked for real."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,16 +192,29 @@ def test_the_directory_is_verified_again_after_every_files(model_dir: Path, leas
             here.close()
 
 
-def _waiting_and(model_dir: Path) -> tuple[OneBehind, Decision, Decision]:
-    """Two planned files of sub/ (inode order): the first taken by OneBehind, so it waits
-    leased under the private name; the second the one the step is asked about."""
+@contextlib.contextmanager
+def _first_waiting(model_dir: Path) -> Iterator[tuple[OneBehind, int, Decision, Decision]]:
+    """Two planned files of sub/ (inode order): the first checked and taken by OneBehind, so
+    it waits leased under the private name; the second the one the step is asked about; and
+    sub/'s fd."""
     make_file(model_dir, b"sub/old_0.bin", b"waits")
     make_file(model_dir, NAME, b"model")
     rules = Rules((PrefixRule(("old_",)),), settle=0.0)
     first, second = sorted(
         plan(scan(model_dir), rules, time.time()).deletions, key=lambda d: d.entry.ino
     )
-    return OneBehind(None), first, second
+    behind = OneBehind(None)
+    with DirFds(os.fsencode(model_dir)) as dirs:
+        here = Parent(dirs, b"sub")
+        try:
+            parent = here.get()
+            c = quick_check(parent, first, InUse(), os.geteuid())
+            assert isinstance(c, Checked)
+            assert list(behind.take(c)) == []
+            yield behind, parent, first, second
+        finally:
+            behind.abandon()
+            here.close()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -211,36 +225,25 @@ def test_the_compiled_step_does_nothing_where_the_python_path_must_decide(
     (unchanged: the waiting file deleted, this one waiting), or returns None having done
     nothing at all (the waiting file still waiting, the file as the case left it)."""
     needs_compiled_step()
-    behind, first, second = _waiting_and(model_dir)
-    target = model_dir / os.fsdecode(second.entry.path)
-    with DirFds(os.fsencode(model_dir)) as dirs:
-        here = Parent(dirs, b"sub")
-        try:
-            parent = here.get()
-            c = quick_check(parent, first, InUse(), os.geteuid())
-            assert isinstance(c, Checked)
-            assert list(behind.take(c)) == []
-            waiting_name = behind.private
-            CASES[case](target)
-            before = sorted(os.listdir(model_dir / "sub"))
-            settled = sweep.step(behind, parent, second, os.geteuid())
-            if case == "unchanged":
-                assert settled is not None
-                assert [(o.decision, o.status) for o in settled] == [(first, Status.DELETED)]
-                assert behind.waiting is not None
-                assert behind.waiting.decision == second
-                assert sorted(os.listdir(model_dir / "sub")) == [os.fsdecode(waiting_name)]
-            else:
-                assert settled is None
-                assert sorted(os.listdir(model_dir / "sub")) == before
-                assert behind.waiting is not None
-                assert behind.waiting.decision == first
-            last = behind.finish()
-            assert last is not None
-            assert last.status is Status.DELETED
-        finally:
-            behind.abandon()
-            here.close()
+    with _first_waiting(model_dir) as (behind, parent, first, second):
+        waiting_name = behind.private
+        CASES[case](model_dir / os.fsdecode(second.entry.path))
+        before = sorted(os.listdir(model_dir / "sub"))
+        settled = sweep.step(behind, parent, second, os.geteuid())
+        if case == "unchanged":
+            assert settled is not None
+            assert [(o.decision, o.status) for o in settled] == [(first, Status.DELETED)]
+            assert behind.waiting is not None
+            assert behind.waiting.decision == second
+            assert sorted(os.listdir(model_dir / "sub")) == [os.fsdecode(waiting_name)]
+        else:
+            assert settled is None
+            assert sorted(os.listdir(model_dir / "sub")) == before
+            assert behind.waiting is not None
+            assert behind.waiting.decision == first
+        last = behind.finish()
+        assert last is not None
+        assert last.status is Status.DELETED
 
 
 def test_the_compiled_step_leaves_a_file_being_opened_to_the_python_path(
@@ -248,20 +251,13 @@ def test_the_compiled_step_leaves_a_file_being_opened_to_the_python_path(
 ) -> None:
     """A file held elsewhere: the step does nothing, and the waiting file still waits."""
     needs_compiled_step()
-    behind, first, second = _waiting_and(model_dir)
-    holder = os.open(model_dir / os.fsdecode(second.entry.path), os.O_RDONLY)
-    with DirFds(os.fsencode(model_dir)) as dirs:
-        here = Parent(dirs, b"sub")
+    with _first_waiting(model_dir) as (behind, parent, first, second):
+        holder = os.open(model_dir / os.fsdecode(second.entry.path), os.O_RDONLY)
         try:
-            parent = here.get()
-            c = quick_check(parent, first, InUse(), os.geteuid())
-            assert isinstance(c, Checked)
-            behind.take(c)
             assert sweep.step(behind, parent, second, os.geteuid()) is None
             assert behind.waiting is not None
             assert behind.waiting.decision == first
         finally:
             os.close(holder)
-            behind.abandon()
-            here.close()
+            behind.abandon()  # the waiting file gets its name back
     assert sorted(os.listdir(model_dir / "sub")) == ["old_0.bin", "old_a.bin"]

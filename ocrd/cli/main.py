@@ -385,6 +385,8 @@ def _deleter() -> str:
             "or no Python headers then: apt-get install gcc python3-dev, then install again) "
             f"({exc})"
         )
-    if os.environ.get("OCRD_PURE_PYTHON", "") == "1":
+    from ocrd.base.compiled import wanted  # noqa: PLC0415
+
+    if not wanted():
         return "the Python path: OCRD_PURE_PYTHON=1 (the compiled step is built)"
     return "the compiled step for the common case, the Python path for every other"

@@ -11,9 +11,9 @@ tests/test_scan.py holds the two to the same records.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
+from ocrd.base.compiled import wanted
 from ocrd.fs.inventory import FileEntry
 
 compiled: ModuleType | None
@@ -25,7 +25,7 @@ except ImportError:  # not built here: the Python loop does it all
 
 def available() -> bool:
     """Whether the compiled step is there and not turned off (``OCRD_PURE_PYTHON=1``)."""
-    return compiled is not None and os.environ.get("OCRD_PURE_PYTHON", "") != "1"
+    return compiled is not None and wanted()
 
 
 def records(

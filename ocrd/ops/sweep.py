@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
+from ocrd.base.compiled import wanted
 from ocrd.ops.check import Checked
 from ocrd.ops.inuse import InUse
 from ocrd.ops.onebehind import OneBehind
@@ -35,7 +36,7 @@ except ImportError:  # not built here: the Python path does it all
 
 def available() -> bool:
     """Whether the compiled loop is there and not turned off (``OCRD_PURE_PYTHON=1``)."""
-    return compiled is not None and os.environ.get("OCRD_PURE_PYTHON", "") != "1"
+    return compiled is not None and wanted()
 
 
 def ready(behind: OneBehind, holders: InUse) -> bool:
