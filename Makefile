@@ -83,7 +83,7 @@ install: need-root need-python need-bindir
 	$(PREFIX)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) \
 		--require-hashes -r requirements/run.lock
 	stage=$$(mktemp -d) && trap 'rm -rf "$$stage"' EXIT && \
-		cp -r pyproject.toml README.md ocrd "$$stage"/ && \
+		cp -r pyproject.toml setup.py README.md ocrd "$$stage"/ && \
 		$(PREFIX)/venv/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_ARGS) \
 			--no-deps "$$stage"
 	install -d $(BINDIR)
