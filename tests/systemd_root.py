@@ -44,9 +44,10 @@ COMPLETE = ".ocrd-test-root-complete"  # written last: a root without it is not 
 # systemd as PID 1, plus the shared libraries the bundled .NET runtime of aspose-ocr-python-net
 # loads (measured from /proc/PID/maps of a running daemon: libssl/libcrypto, libnuma, libuuid,
 # libstdc++). procps gives /bin/kill, which the unit's ExecReload= runs (minbase leaves it out;
-# every real server has it). make, python3-venv and jq are what systemd/README.md's install step
-# asks of a fresh Debian 12 (the test checks its apt-get line against this list); sudo runs the
-# README's commands as written.
+# every real server has it). make, python3-venv, jq, gcc and python3-dev are what
+# systemd/README.md's install step asks of a fresh Debian 12 (the test checks its apt-get line
+# against this list; the last two build ocrd's compiled steps); sudo runs the README's commands
+# as written.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -56,6 +57,8 @@ PACKAGES = (
     "python3",
     "python3-venv",
     "jq",
+    "gcc",
+    "python3-dev",
     "libffi8",
     "libssl3",
     "libnuma1",

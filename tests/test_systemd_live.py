@@ -422,8 +422,13 @@ def test_install_as_the_readme_says(box: Container) -> None:
         if line.startswith("sudo make install"):
             # Right after the install, before any start: the config exists and is valid,
             # and so is the model directory it names.
-            check = _ok(box.run(["ocrd", "check", "-c", CONFIG]), "ocrd check", box)
+            done = box.run(["ocrd", "check", "-c", CONFIG])
+            check = _ok(done, "ocrd check", box)
             assert f"model_dir={MODELS}" in check, check
+            # gcc and python3-dev were there: the install built the compiled steps, which the
+            # unit's daemon then deletes with (under its system-call filter).
+            deleter = "deleter: the compiled step for the common case"
+            assert deleter in done.stderr, done.stderr
 
     assert box.run(["readlink", "/usr/local/bin/ocrd"]).stdout.strip() == (
         "/opt/ocrd/venv/bin/ocrd"
