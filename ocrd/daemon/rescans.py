@@ -48,6 +48,8 @@ class Rescans:
         self._step = step
         self._check_root = check_root
         self.future = FutureMtimes()  # files already reported with an mtime in the future
+        self.looked_at = 0  # paths looked at again on disk between full passes
+        self.planned = 0  # files planned between full passes
         self.log: Any = log.get()
 
     def reconfigure(self, new: Config) -> None:
@@ -110,6 +112,7 @@ class Rescans:
             # them are looked at again on disk before planning: the disk is the truth.
             self.batcher.lift(changes.files)
             changes.files |= self.scheduler.due_revisits() | self.mirror.take_pending()
+            self.looked_at += len(changes.files) + len(changes.dirs)
             refreshed = self.mirror.refresh(changes)
             for path in refreshed.gone:
                 self.batcher.forget(path)
@@ -120,6 +123,7 @@ class Rescans:
                 self._plan_changed(entries, rules)
 
     def _plan_changed(self, entries: list[FileEntry], rules: Rules) -> None:
+        self.planned += len(entries)
         # With families, what changed is planned with everything it may rank or be ranked by:
         # all of it, part by part (ocrd.rules.parts).
         now = self.clock.time()
