@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ocrd.config.load import load
+from ocrd.daemon.loop import Daemon
+from ocrd.daemon.scheduler import COMPACT_MIN
 from ocrd.fs.place import pin
 from ocrd.watch.observer import Watcher
 from tests.configs import config
@@ -177,3 +180,23 @@ def test_paths_outside_model_dir_are_not_marked(tmp_path: Path) -> None:
     changes = watcher.take()
     assert changes.files == {b"a/b.bin"}
     assert changes.dirs == {b""}
+
+
+def test_a_file_planned_again_and_again_holds_no_pile_of_revisits(tmp_path: Path) -> None:
+    """A kept file is noted for a revisit when max_age will pass; a writer that keeps closing it
+    has it planned every turn. The revisits noted before are stale, and are dropped in bulk:
+    what the scheduler holds stays bounded, however long the storm goes on."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "state.bin").write_bytes(b"0")
+    daemon = Daemon(load(config(tmp_path, retention={"max_age": "30d"}, watch={"rescan": None})))
+    daemon.mirror.arm()
+    try:
+        daemon._rescan_all("startup")
+        for _ in range(3 * COMPACT_MIN):
+            daemon.mirror.look_again([b"state.bin"])
+            daemon._after_wake()
+        assert daemon.rescans.planned == 3 * COMPACT_MIN
+        assert len(daemon.scheduler) <= COMPACT_MIN + 1
+    finally:
+        daemon.mirror.watching.stop()

@@ -121,6 +121,7 @@ class Rescans:
             entries = self.mirror.entries(refreshed.touched)
             if entries:
                 self._plan_changed(entries, rules)
+                self.scheduler.replanned(len(entries))
 
     def _plan_changed(self, entries: list[FileEntry], rules: Rules) -> None:
         self.planned += len(entries)
