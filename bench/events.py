@@ -23,6 +23,7 @@ import argparse
 import functools
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -190,6 +191,62 @@ def run_one(
     )
 
 
+# watchdog alone: the observer ocrd arms (inotify, recursive, the same event filter) with a
+# handler that does nothing. What it costs under a storm is the floor under ocrd's own work.
+WATCHDOG_ALONE = """
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the observer's threads inherit it
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers.inotify import InotifyObserver
+from ocrd.watch.observer import NO_READS
+
+class Nothing(FileSystemEventHandler):
+    def on_any_event(self, event):
+        pass
+
+observer = InotifyObserver()
+observer.daemon = True
+observer.schedule(Nothing(), sys.argv[1], recursive=True, event_filter=NO_READS)
+observer.start()
+print("ready", flush=True)
+signal.sigwait({signal.SIGTERM})
+"""
+
+
+def _cpu_of(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_watchdog_alone(ws: Workspace, drive: Callable[[Path], _Writer], tree: int) -> float:
+    """watchdog's observer alone (WATCHDOG_ALONE) on a fresh tree, driven the same way: its
+    CPU share, % of one core."""
+    scratch = ws.fresh("events-watchdog")
+    try:
+        models = scratch / "models"
+        _tree(models, tree)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG_ALONE, str(models)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            cpu0, t0 = _cpu_of(proc.pid), time.monotonic()
+            drive(models)
+            cpu1, t1 = _cpu_of(proc.pid), time.monotonic()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    finally:
+        ws.remove(scratch)
+    return 100 * (cpu1 - cpu0) / (t1 - t0)
+
+
 def _deleted(ocrd: OcrdProcess, path: str) -> bool:
     """Whether ``path``'s model_deleted line came (within DELETE_WAIT_S)."""
     try:
@@ -250,11 +307,22 @@ def section_events(mode: Mode, ws: Workspace, res: Results, only: set[str] | Non
         res.add(Row.of(SECTION, label, "ocrd run CPU", "%", shares, note=_note(runs)))
         watchdog = [sum(s for name, s in r.threads if name != "main") for r in runs]
         res.add(Row.of(SECTION, label, "ocrd run CPU: watchdog's threads", "%", watchdog))
+        alone = [run_watchdog_alone(ws, sc.drive, tree) for _ in range(reps)]
+        res.add(
+            Row.of(
+                SECTION,
+                label,
+                "watchdog alone (same observer, a handler that does nothing)",
+                "%",
+                alone,
+                peer=True,
+            )
+        )
         missed = sum(OLD_FILES - r.old_deleted for r in runs)
         res.add(
             Row(
                 SECTION,
-                label,
+                f"{sc.label}: deletions by event meanwhile",
                 "ocrd run: old_ files not deleted by event",
                 "files",
                 missed,
