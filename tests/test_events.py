@@ -1,6 +1,7 @@
-"""What an event costs ``ocrd run`` (docs/events.md): many events on one path are one look at it
-and one plan of it, a storm is taken a turn at a time and writes no log line per event, and the
-kernel is asked only for the events ocrd uses.
+"""What an event costs ``ocrd run`` (docs/watching.md, "What an event costs"): many events on
+one path are one look at it and one plan of it, a storm is taken a turn at a time and writes no
+log line per event, the kernel is asked only for the events ocrd uses, and a file planned again
+and again holds no pile of revisits.
 
 Work is counted, not timed: ``daemon_stopped`` says how many events the watch delivered, how
 many turns the loop took, how many paths it looked at again and how many files it planned

@@ -48,8 +48,8 @@ HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often
 # wakes the loop within TURN_S of the last turn's start waits for the rest of it, so that a
 # storm of events is taken a tick's worth at a time: many events on one path are one look at
 # it, and the turn's fixed work (model_dir's identity, the trash's holds, STATUS=) is paid at
-# most 1/TURN_S times a second, not once per event (docs/events.md). Signals are not held: a
-# stop or a reload is acted on at once.
+# most 1/TURN_S times a second, not once per event (docs/watching.md, "What an event costs").
+# Signals are not held: a stop or a reload is acted on at once.
 TURN_S = 0.05
 
 
