@@ -303,8 +303,7 @@ class Daemon:
         try:
             if self.clock_guard.jumped() or self.clock_guard.pending:
                 self._after_clock_jump()
-            self.rules = self.upkeep.hold(self.rules)
-            self.rescans.catch_up(self.rules)
+            self.rescans.catch_up(self._held)
             self.batcher.run_if_due()
             self.upkeep.purge()
             self.upkeep.keep_budget(self.rules)
@@ -314,6 +313,12 @@ class Daemon:
         self._compact()
         self.publisher.send()
         log.pump()
+
+    def _held(self) -> Rules:
+        """The rules in force, holding what ``ocrd restore`` brought back (its hold is on disk
+        before the file is: read after the watch's news of the file, it is seen)."""
+        self.rules = self.upkeep.hold(self.rules)
+        return self.rules
 
     def _after_clock_jump(self) -> None:
         """Nothing planned under the old clock is deleted; a fresh scan under the new one

@@ -83,9 +83,12 @@ class Rescans:
             tick=self._step,
         )
 
-    def catch_up(self, rules: Rules) -> None:
+    def catch_up(self, held: Callable[[], Rules]) -> None:
         """Bring the mirror up to date with what changed, and plan what changed (all of it,
-        when the watch can no longer be trusted or the rescan period is up)."""
+        when the watch can no longer be trusted or the rescan period is up), under the rules
+        ``held()`` gives. They are asked for after the watch's marks are taken: ``ocrd
+        restore`` writes a file's hold before the file comes back, so a restored file that
+        this turn plans is held under them, however the turn and the restore interleave."""
         self.mirror.watching.check_probe()
         root = self._check_root()
         if root in (Root.MISSING, Root.VANISHED):
@@ -93,6 +96,7 @@ class Rescans:
         if self.mirror.check_coverage():
             root = Root.REARMED
         changes = self.mirror.take_changes()
+        rules = held()
         if root in (Root.RETURNED, Root.REARMED):
             self.rescan_all("rearmed", rules)
         elif changes.lost or b"" in changes.dirs:
