@@ -10,10 +10,13 @@ many turns the loop took, how many paths it looked at again and how many files i
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ocrd.config.load import load
 from ocrd.daemon.loop import Daemon
@@ -22,7 +25,7 @@ from ocrd.fs.place import pin
 from ocrd.watch.observer import Watcher
 from tests.configs import config
 from tests.conftest import StartOcrd
-from tests.harness import OcrdProcess
+from tests.harness import OcrdProcess, ocrd_argv
 
 REOPENS = 300
 PERIOD_S = 0.003  # one reopen every 3 ms: the storm of a process rewriting a state file
@@ -199,5 +202,39 @@ def test_a_file_planned_again_and_again_holds_no_pile_of_revisits(tmp_path: Path
             daemon._after_wake()
         assert daemon.rescans.planned == 3 * COMPACT_MIN
         assert len(daemon.scheduler) <= COMPACT_MIN + 1
+    finally:
+        daemon.mirror.watching.stop()
+
+
+def test_a_file_restored_while_a_turn_runs_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ocrd restore`` writes the hold, then puts the file back. A turn that takes the news of
+    the file must know the hold, however the two interleave: here the restore runs inside the
+    turn, after it began and before it takes the watch's marks."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "old_a.bin").write_bytes(b"a")
+    cfg = config(tmp_path, watch={"rescan": None}, trash={"grace": "1d"})
+    daemon = Daemon(load(cfg))
+    daemon.mirror.arm()
+    try:
+        daemon._rescan_all("startup")
+        assert not (models / "old_a.bin").exists()  # in the trash
+        probe = daemon.mirror.watching.check_probe
+
+        def restore_meanwhile() -> None:
+            done = subprocess.run(
+                [*ocrd_argv(), "restore", "-c", str(cfg), "old_a.bin"],
+                capture_output=True,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            daemon.mirror.look_again([b"old_a.bin"])  # the watch's news, without its thread
+            probe()
+
+        monkeypatch.setattr(daemon.mirror.watching, "check_probe", restore_meanwhile)
+        daemon._after_wake()
+        assert (models / "old_a.bin").exists()
     finally:
         daemon.mirror.watching.stop()
