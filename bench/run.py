@@ -13,6 +13,7 @@ Sections (the method and its fairness rules are written into the report, under "
 7. churn: RSS and CPU of ``ocrd run`` while files come and go (``bench.churn``);
 8. name storm: the log a storm of hostile file names makes ocrd write (``bench.flood``);
 9. holders: what the in-use checks cost with many processes (``bench.holders``).
+11. events: ``ocrd run``'s CPU under event storms it has no work for (``bench.events``).
 
 Every section writes its rows into the one report of the run, with the commit, the machine and
 the method.
@@ -41,6 +42,7 @@ from pathlib import Path
 import ocrd
 from bench.churn import section_churn
 from bench.engine_cycles import section_cycles
+from bench.events import section_events
 from bench.flood import section_storm
 from bench.holders import section_holders
 from bench.modes import FULL, QUICK
@@ -62,7 +64,7 @@ from bench.sections.running import section_daemon
 from bench.sections.scan import section_scan
 from bench.workspace import Workspace
 
-ALL = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
+ALL = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ({"8"}, lambda: section_storm(mode, ws, res)),
         ({"9"}, lambda: section_holders(mode, ws, res)),
         ({"10"}, lambda: section_budget(mode, ws, res)),
+        ({"11"}, lambda: section_events(mode, ws, res)),
     ]
     load_start = loadavg()
     # ocrd's bytecode, as an install has it (pip compiles it): with PYTHONDONTWRITEBYTECODE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -43,6 +44,13 @@ from ocrd.watch.mirror import Mirror, Root
 MISSING_POLL_S = 1.0  # how often a vanished model_dir is looked for
 LOG_PUMP_S = 1.0  # how soon held log lines and summaries are written
 HEALTH_S = 30.0  # the loop looks at model_dir and the watch at least this often, events or not
+# Turns start at most this often. The first wake-up after a quiet spell is a turn at once; what
+# wakes the loop within TURN_S of the last turn's start waits for the rest of it, so that a
+# storm of events is taken a tick's worth at a time: many events on one path are one look at
+# it, and the turn's fixed work (model_dir's identity, the trash's holds, STATUS=) is paid at
+# most 1/TURN_S times a second, not once per event (docs/watching.md, "What an event costs").
+# Signals are not held: a stop or a reload is acted on at once.
+TURN_S = 0.05
 
 
 class Daemon:
@@ -74,6 +82,7 @@ class Daemon:
         self.stop_signal: int | None = None
         self.reload_requested = False
         self.log_closed = False  # stdout's reader went away: stop, and say so on stderr
+        self.turns = 0  # turns of the loop after start-up (daemon_stopped says how many)
         self.totals = Totals()  # STATUS= and the metrics file read it
         self.keeper = Keeper(config, self.clock, self.totals, self.waker.wake)  # last use, budget
         self.mirror = Mirror(
@@ -220,16 +229,27 @@ class Daemon:
             self.publisher.publish()
             if self.stop_signal is None:  # a SIGTERM mid-scan: STOPPING=1 follows, never READY=1
                 self.notifier.ready(self.publisher.status())
+            owed = False  # woken within the last turn's tick: a turn is due when it is up
+            next_turn = 0.0  # time.monotonic(): the tick is real time spent, whatever the clock
             while self.stop_signal is None and not self.log_closed:
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload()
                     continue
-                self.waker.wait(self.scheduler.timeout(self._wait_cap()))
+                if owed:
+                    self.waker.wait(max(0.0, next_turn - time.monotonic()))
+                else:
+                    self.waker.wait(self.scheduler.timeout(self._wait_cap()))
                 self._ping()
                 if self.stop_signal is not None or self.reload_requested or self.log_closed:
                     continue
+                started = time.monotonic()
+                owed = started < next_turn
+                if owed:
+                    continue
+                self.turns += 1
                 self._after_wake()
+                next_turn = started + TURN_S
             self.notifier.stopping()
             self.mirror.watching.stop()
         self.keeper.flush(self.mirror.index.get, force=True)
@@ -244,8 +264,20 @@ class Daemon:
                 engine_cycles=self.engine.cycles,
             )
             return 1  # an error: under systemd, a restart reconnects the journal
-        self.log.info("daemon_stopped", signal=name, engine_cycles=self.engine.cycles)
+        self.log.info(
+            "daemon_stopped", signal=name, engine_cycles=self.engine.cycles, watch=self._counts()
+        )
         return 0
+
+    def _counts(self) -> dict[str, int]:
+        """What events cost the loop since start-up: the events the watch delivered, the turns
+        taken, the paths looked at again and the files planned between full passes."""
+        return {
+            "events": self.mirror.watching.counts.events,
+            "turns": self.turns,
+            "looked_at": self.rescans.looked_at,
+            "planned": self.rescans.planned,
+        }
 
     def log_went_away(self) -> None:
         """stdout's reader closed it (EPIPE): stop cleanly; the log goes on on stderr."""
@@ -271,8 +303,7 @@ class Daemon:
         try:
             if self.clock_guard.jumped() or self.clock_guard.pending:
                 self._after_clock_jump()
-            self.rules = self.upkeep.hold(self.rules)
-            self.rescans.catch_up(self.rules)
+            self.rescans.catch_up(self._held)
             self.batcher.run_if_due()
             self.upkeep.purge()
             self.upkeep.keep_budget(self.rules)
@@ -282,6 +313,12 @@ class Daemon:
         self._compact()
         self.publisher.send()
         log.pump()
+
+    def _held(self) -> Rules:
+        """The rules in force, holding what ``ocrd restore`` brought back (its hold is on disk
+        before the file is: read after the watch's news of the file, it is seen)."""
+        self.rules = self.upkeep.hold(self.rules)
+        return self.rules
 
     def _after_clock_jump(self) -> None:
         """Nothing planned under the old clock is deleted; a fresh scan under the new one

@@ -48,6 +48,8 @@ class Rescans:
         self._step = step
         self._check_root = check_root
         self.future = FutureMtimes()  # files already reported with an mtime in the future
+        self.looked_at = 0  # paths looked at again on disk between full passes
+        self.planned = 0  # files planned between full passes
         self.log: Any = log.get()
 
     def reconfigure(self, new: Config) -> None:
@@ -81,9 +83,12 @@ class Rescans:
             tick=self._step,
         )
 
-    def catch_up(self, rules: Rules) -> None:
+    def catch_up(self, held: Callable[[], Rules]) -> None:
         """Bring the mirror up to date with what changed, and plan what changed (all of it,
-        when the watch can no longer be trusted or the rescan period is up)."""
+        when the watch can no longer be trusted or the rescan period is up), under the rules
+        ``held()`` gives. They are asked for after the watch's marks are taken: ``ocrd
+        restore`` writes a file's hold before the file comes back, so a restored file that
+        this turn plans is held under them, however the turn and the restore interleave."""
         self.mirror.watching.check_probe()
         root = self._check_root()
         if root in (Root.MISSING, Root.VANISHED):
@@ -91,6 +96,7 @@ class Rescans:
         if self.mirror.check_coverage():
             root = Root.REARMED
         changes = self.mirror.take_changes()
+        rules = held()
         if root in (Root.RETURNED, Root.REARMED):
             self.rescan_all("rearmed", rules)
         elif changes.lost or b"" in changes.dirs:
@@ -110,6 +116,7 @@ class Rescans:
             # them are looked at again on disk before planning: the disk is the truth.
             self.batcher.lift(changes.files)
             changes.files |= self.scheduler.due_revisits() | self.mirror.take_pending()
+            self.looked_at += len(changes.files) + len(changes.dirs)
             refreshed = self.mirror.refresh(changes)
             for path in refreshed.gone:
                 self.batcher.forget(path)
@@ -118,8 +125,10 @@ class Rescans:
             entries = self.mirror.entries(refreshed.touched)
             if entries:
                 self._plan_changed(entries, rules)
+                self.scheduler.replanned(len(entries))
 
     def _plan_changed(self, entries: list[FileEntry], rules: Rules) -> None:
+        self.planned += len(entries)
         # With families, what changed is planned with everything it may rank or be ranked by:
         # all of it, part by part (ocrd.rules.parts).
         now = self.clock.time()

@@ -28,8 +28,9 @@ class Scheduler:
         self.coarse_s = 1.0
         self._buckets: dict[int, list[bytes]] = {}
         self._bucket_heap: list[int] = []
-        # Entries held for paths since gone (deleted, renamed away) are dropped in bulk, once
-        # they are a quarter of all entries: memory follows the live files, not the churn.
+        # Entries held for paths since gone (deleted, renamed away) or planned again are
+        # dropped in bulk, once they are a quarter of all entries: memory follows the live
+        # files, not the churn.
         self._entries = 0
         self._gone = 0
 
@@ -67,6 +68,16 @@ class Scheduler:
     def gone(self, count: int = 1) -> None:
         """``count`` paths that may have revisits are gone; see compact_due()."""
         self._gone += count
+
+    def replanned(self, count: int) -> None:
+        """``count`` files were planned again, each noting its revisit anew: the one noted
+        before is stale. A file that a writer keeps closing is planned every turn; without
+        this its 30-day revisits would pile up, one a turn, until they came due."""
+        self._gone += count
+
+    def __len__(self) -> int:
+        """Revisits held (fine and coarse, stale ones included)."""
+        return self._entries
 
     def compact_due(self) -> bool:
         return self._gone >= max(COMPACT_MIN, self._entries // 4)

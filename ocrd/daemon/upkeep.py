@@ -79,9 +79,12 @@ class Upkeep:
         trash, and the lease tells whether anything holds a file there."""
         if self.mirror.missing or self.config.retention.dry_run:
             return
+        now = self.clock.time()
+        if now < self.purger.next_at:
+            return  # not due: no holders looked up (the loop turns many times a second)
         self.purger.run_if_due(
             self.mirror.place,
-            now=self.clock.time(),
+            now=now,
             grace=self.config.trash.grace,
             in_use=self.batcher.in_use(),
         )

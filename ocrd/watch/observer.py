@@ -73,6 +73,14 @@ PROBE_PREFIX = b".ocrd-probe-"
 a model, so no rule, listing or count ever sees it, even one a crash left behind."""
 
 
+class Counts:
+    """What the watch handed over since the daemon started, over every watcher it armed (the
+    daemon says it in ``daemon_stopped``; tests count work with it, not time)."""
+
+    def __init__(self) -> None:
+        self.events = 0  # the handler's calls: one per event watchdog delivered
+
+
 class Changes:
     """What the handler marked since the main loop last looked (relative paths, as bytes)."""
 
@@ -114,9 +122,12 @@ class Watcher:
         tick: Callable[[], bool] | None = None,
         *,
         on_use: Callable[[bytes, float], None] | None = None,
+        counts: Counts | None = None,
     ) -> None:
         self.place = model_dir
         self.root = model_dir.real
+        self._below = self.root.rstrip(b"/") + b"/"  # what every path inside model_dir starts with
+        self.counts = counts or Counts()
         self.kind: Kind = kind
         self.poll_interval = poll_interval
         self._on_change = on_change
@@ -261,23 +272,34 @@ class Watcher:
 
     # -- marks ---------------------------------------------------------------------------
 
+    def _relative(self, path: bytes) -> bytes | None:
+        """``path`` (as watchdog names it: model_dir's path joined with what is below it)
+        relative to model_dir, b"" for model_dir itself, None if outside it. A prefix cut, not
+        os.path.relpath: this runs once per event, in the observer's thread."""
+        if path.startswith(self._below):
+            return path[len(self._below) :]
+        return b"" if path == self.root else None
+
     def used(self, path: bytes) -> None:
         """Another process closed the file ``path`` after reading it (ocrd.watch.lastuse)."""
         if self._on_use is None:
             return
-        rel = os.path.relpath(path, self.root)
-        if not rel.startswith(b".."):
+        rel = self._relative(path)
+        if rel:
             self._on_use(rel, time.time())
 
     def mark(self, path: bytes, is_dir: bool) -> None:
+        """``path`` is to be looked at again. Marks are a set: any number of events on one
+        path before the loop takes them are one look at it; the loop is woken once per batch."""
         if self._saw(path):
             return
-        rel = os.path.relpath(path, self.root) if path != self.root else b""
-        if rel.startswith(b".."):
+        rel = self._relative(path)
+        if rel is None:
             return
         with self._lock:
-            first = not self._changes  # the loop is woken once per batch of marks
-            (self._changes.dirs if is_dir else self._changes.files).add(b"" if rel == b"." else rel)
+            changes = self._changes
+            first = not changes
+            (changes.dirs if is_dir else changes.files).add(rel)
         if first:
             self._on_change()
 
@@ -336,6 +358,7 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        self.watcher.counts.events += 1
         try:
             if isinstance(event, EventsLostEvent):
                 return  # on_events_lost

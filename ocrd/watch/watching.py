@@ -18,7 +18,7 @@ from ocrd.fs.dirfds import DirFds
 from ocrd.fs.inventory import display
 from ocrd.fs.place import Place, open_root
 from ocrd.fs.procfs import filesystem_type, mounts_below, watched_inodes
-from ocrd.watch.observer import LADDER, Changes, Kind, Unavailable, Watcher
+from ocrd.watch.observer import LADDER, Changes, Counts, Kind, Unavailable, Watcher
 
 COVERAGE_DELAY_S = 1.0  # lets watchdog add its watches for new directories before we check
 PROBE_WAIT_S = 2.0  # an inotify watch reports its probe in well under a millisecond
@@ -77,6 +77,7 @@ class Watching:
         self.limit_hit: str | None = None  # inotify's instance or watch limit, until said
         self.probe_due: float | None = None  # monotonic deadline of the probe that is out
         self.coverage_due: float | None = None  # when to check every directory is watched
+        self.counts = Counts()  # what every watcher armed so far delivered
 
     def aim(self, model_dir: Path, place: Place, watch: Watch) -> bool:
         """A reload: True when the watch is to be armed anew, because anything about model_dir
@@ -140,6 +141,7 @@ class Watching:
                 poll_interval=self.poll_interval(),
                 tick=self.tick,
                 on_use=self.on_use,
+                counts=self.counts,
             )
             try:
                 watcher.start()
