@@ -59,6 +59,7 @@ PRIORITY = {"debug": "7", "info": "6", "warning": "4", "error": "3"}
 CLONE = (
     "Makefile",
     "pyproject.toml",
+    "setup.py",
     "README.md",
     "config.toml",
     "ocrd",
@@ -338,7 +339,10 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     for name in CLONE:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+            # This machine's compiled steps stay here: the container's install builds its own.
+            shutil.copytree(
+                source, clone / name, ignore=shutil.ignore_patterns("__pycache__", "*.so")
+            )
         else:
             shutil.copy2(source, clone / name)
     if UNIT is not None:
