@@ -234,6 +234,7 @@ class Daemon:
             while self.stop_signal is None and not self.log_closed:
                 if self.reload_requested:
                     self.reload_requested = False
+                    self._catch_up()
                     self._reload()
                     continue
                 if owed:
@@ -313,6 +314,17 @@ class Daemon:
         self._compact()
         self.publisher.send()
         log.pump()
+
+    def _catch_up(self) -> None:
+        """Before a reload is weighed: what the watch marked since the last turn (a turn may
+        be owed, TURN_S) is looked at and planned under the rules in force, nothing deleted,
+        so the reload guard weighs the tree as it is now: an ``ocrd clean`` just before the
+        reload has emptied what it deleted from the index. The reload's full pass plans
+        again whatever waits for its batch."""
+        try:
+            self.rescans.catch_up(self._held)
+        except ModelDirMissing:
+            self._check_root()
 
     def _held(self) -> Rules:
         """The rules in force, holding what ``ocrd restore`` brought back (its hold is on disk
