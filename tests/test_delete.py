@@ -378,7 +378,7 @@ def waiting() -> FanOut[Decision, Outcome]:
     """Every deletion counts as unlink-bound, so the pass turns to threads after the first two,
     whatever filesystem the test's temporary directory is on; workers hand over each outcome
     at once."""
-    return FanOut(sample=2, share=0.0, handful=1)
+    return FanOut(sample=2, share=0.0, handful=1, min_wait_s=0.0)
 
 
 class Witness(InUse):
@@ -396,7 +396,9 @@ class Witness(InUse):
 @pytest.mark.parametrize("slow", [True, False], ids=["waiting", "working"])
 def test_threads_are_used_only_when_deletions_wait(model_dir: Path, slow: bool) -> None:
     made = old_files(model_dir, dirs=6, per_dir=30)
-    fan_out: FanOut[Decision, Outcome] = FanOut(sample=2, share=0.0 if slow else 1.01)
+    fan_out: FanOut[Decision, Outcome] = FanOut(
+        sample=2, share=0.0 if slow else 1.01, min_wait_s=0.0
+    )
     witness = Witness()
     outcomes = list(apply(plan_old(model_dir), model_dir, in_use=witness, fan_out=fan_out))
     workers = {name for name in witness.threads if name.startswith("ocrd-delete-")}

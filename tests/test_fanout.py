@@ -56,8 +56,8 @@ def left(models: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(models))
 
 
-# share=0.0: the kernel's share always pays for threads; share=2.0: it never can.
-WIDE: FanOut[bytes, Done] = FanOut(threads=3, sample=8, share=0.0, handful=4)
+# share=0.0 (with no least wait): the kernel's share always pays for threads; 2.0: it never can.
+WIDE: FanOut[bytes, Done] = FanOut(threads=3, sample=8, share=0.0, handful=4, min_wait_s=0.0)
 NARROW: FanOut[bytes, Done] = FanOut(threads=3, sample=8, share=2.0)
 
 
@@ -136,3 +136,36 @@ def test_an_error_making_the_groups_comes_after_the_groups_taken(models: Path) -
         drain(WIDE.run(planned(), dirs, unlink_all), yielded)
     assert {rel for rel, _ in yielded} == {rel for g in groups[:6] for rel in g}
     assert left(models) == 40  # the four groups never made are untouched
+
+
+def _waiting_work(
+    wait_s: float,
+) -> Callable[[DirFds, list[bytes], Timer | None, Callable[[], bool]], Iterator[Done]]:
+    """A Work whose every item is timed as ``wait_s`` spent without the GIL (no file touched)."""
+
+    def work(
+        dirs: DirFds, items: list[bytes], timer: Timer | None, pause: Callable[[], bool]
+    ) -> Iterator[Done]:
+        for rel in items:
+            if pause():
+                return
+            if timer is not None:
+                timer.waited += wait_s
+            yield rel, threading.current_thread().name
+
+    return work
+
+
+@pytest.mark.parametrize(("wait_s", "wide"), [(5e-6, False), (200e-6, True)])
+def test_threads_only_for_long_stretches_without_the_gil(
+    tmp_path: Path, wait_s: float, wide: bool
+) -> None:
+    """However large the kernel's share, a short stretch without the GIL per item (the
+    compiled step on tmpfs) is taken back by handing the GIL around: no threads for it."""
+    fan: FanOut[bytes, Done] = FanOut(threads=3, sample=8, share=0.0, handful=4)
+    groups = [[b"d%03d/f%03d" % (d, i) for i in range(20)] for d in range(6)]
+    with DirFds(os.fsencode(tmp_path)) as dirs:
+        done = list(fan.run(groups, dirs, _waiting_work(wait_s)))
+    assert len(done) == 120
+    threads = {name for _, name in done}
+    assert any(n.startswith("ocrd-delete-") for n in threads) is wide, threads

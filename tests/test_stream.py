@@ -223,7 +223,9 @@ def test_an_error_making_groups_comes_after_every_result_of_the_groups_taken(
         yield [7, 8, 9]
         raise Broken
 
-    fan: FanOut[int, int] = FanOut(sample=2 if threads else 1000, share=0.0, handful=1)
+    fan: FanOut[int, int] = FanOut(
+        sample=2 if threads else 1000, share=0.0, handful=1, min_wait_s=0.0
+    )
     got: list[int] = []
 
     def take_all(dirs: DirFds) -> None:
@@ -257,7 +259,7 @@ def test_threads_work_while_the_groups_are_still_being_made(tmp_path: Path) -> N
         seen_before_last.append(worked.wait(timeout=30))
         yield [99]
 
-    fan: FanOut[int, int] = FanOut(sample=2, share=0.0, handful=1)
+    fan: FanOut[int, int] = FanOut(sample=2, share=0.0, handful=1, min_wait_s=0.0)
     with DirFds(os.fsencode(tmp_path)) as dirs:
         got = sorted(fan.run(groups(), dirs, work))
     assert seen_before_last == [True]
