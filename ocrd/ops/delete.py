@@ -20,7 +20,6 @@ unless the operator chose otherwise (``retention.unknown_holders = "delete"``).
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 
@@ -164,10 +163,7 @@ def _empty(
             if fast and here is not None and ready(behind, holders):
                 parent = here.get()
                 if parent >= 0:
-                    began = time.perf_counter() if timer is not None else 0.0
-                    settled = step(behind, parent, d, me)
-                    if timer is not None:
-                        timer.since(began)
+                    settled = step(behind, parent, d, me, timer)
                     if settled is not None:
                         yield from settled
                         continue

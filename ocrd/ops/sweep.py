@@ -17,10 +17,12 @@ the environment makes ocrd take the Python path where the extension is built too
 from __future__ import annotations
 
 import os
+import time
 from types import ModuleType
 
 from ocrd.base.compiled import wanted
 from ocrd.ops.check import Checked
+from ocrd.ops.fanout import Timer
 from ocrd.ops.inuse import InUse
 from ocrd.ops.onebehind import OneBehind
 from ocrd.ops.outcomes import Outcome, Status
@@ -52,12 +54,15 @@ def ready(behind: OneBehind, holders: InUse) -> bool:
     )
 
 
-def step(behind: OneBehind, parent: int, d: Decision, me: int) -> tuple[Outcome, ...] | None:
+def step(
+    behind: OneBehind, parent: int, d: Decision, me: int, timer: Timer | None = None
+) -> tuple[Outcome, ...] | None:
     """The planned file ``d`` of ``parent`` (our fd of the directory ``behind`` deletes in)
     through the compiled step, after the leased file waiting under the private name: the
     outcomes it settled (the waiting file deleted, and, if ``d`` did not land as renamed,
     what OneBehind.landed made of it), ``d`` waiting in its turn otherwise; None if the
-    step did nothing and ``d`` needs the Python path. ``me``: our effective uid."""
+    step did nothing and ``d`` needs the Python path. ``me``: our effective uid; ``timer``
+    (ocrd.ops.fanout) is given the time of the compiled call alone."""
     assert compiled is not None
     w = behind.waiting
     assert w is not None
@@ -67,6 +72,7 @@ def step(behind: OneBehind, parent: int, d: Decision, me: int) -> tuple[Outcome,
     if e.dev != dev:  # another filesystem's file (a bind mount): the Python path says
         return None
     name = e.path.rpartition(b"/")[2]
+    began = time.perf_counter() if timer is not None else 0.0
     how, fd = compiled.step(
         parent,
         behind.dir_fd,
@@ -81,6 +87,8 @@ def step(behind: OneBehind, parent: int, d: Decision, me: int) -> tuple[Outcome,
         e.mtime,
         d.rule == INTERRUPTED,
     )
+    if timer is not None:
+        timer.since(began)  # the step's system calls, made with the GIL released
     if how == compiled.STOP_BEFORE:
         return None
     # The rename over the private name deleted the file waiting there (its fd is closed).
