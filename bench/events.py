@@ -42,7 +42,7 @@ REOPEN_PERIOD_S = 0.003
 CHURN_LIFE_S = 3.0
 OLD_FILES = 5  # old_ files made during each run, each to be deleted by event
 DELETE_WAIT_S = 15.0  # how long after the run an old_ file's model_deleted may still come
-TARGETS = {"reopen": 5.0, "churn": 10.0}  # daemon CPU, % of one core (issue 25)
+TARGETS = {"reopen": 5.0, "churn": 10.0}  # daemon CPU, % of one core
 CONFIG = configs.toml(retention={"max_age": "30d"})  # prefix old_, max_age 30d, settle 0s
 
 
