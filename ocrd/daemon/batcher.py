@@ -63,6 +63,9 @@ class Batcher:
         self.stop = stop
         self.wake = wake
         self.before_open = before_open  # told of each file the checks open (its last use)
+        # While set (Rescans.before_reload), what is submitted waits for a turn: nothing is
+        # deleted, and the engine is not freed, before a reload has been weighed.
+        self.holding = False
         self.holders = Holders()
         self.due: dict[bytes, Decision] = {}
         self.flush_at: float | None = None  # monotonic: when the due deletions are done
@@ -140,7 +143,10 @@ class Batcher:
             self.due[d.entry.path] = d
         if not self.due:
             return
-        if at_once or not self.engine.running or self.config.engine.batch <= 0:
+        if self.holding:  # planned ahead of a reload: due at the next turn, not now
+            if self.flush_at is None:
+                self.flush_at = self.clock.monotonic()
+        elif at_once or not self.engine.running or self.config.engine.batch <= 0:
             self.run_due()
         elif self.flush_at is None:
             self.flush_at = self.clock.monotonic() + self.config.engine.batch

@@ -317,12 +317,11 @@ class Daemon:
 
     def _catch_up(self) -> None:
         """Before a reload is weighed: what the watch marked since the last turn (a turn may
-        be owed, TURN_S) is looked at and planned under the rules in force, nothing deleted,
-        so the reload guard weighs the tree as it is now: an ``ocrd clean`` just before the
-        reload has emptied what it deleted from the index. The reload's full pass plans
-        again whatever waits for its batch."""
+        be owed, TURN_S) is looked at and planned under the rules in force, nothing deleted
+        (Rescans.before_reload), so the reload guard weighs the tree as it is now: an ``ocrd
+        clean`` just before the reload has emptied what it deleted from the index."""
         try:
-            self.rescans.catch_up(self._held)
+            self.rescans.before_reload(self._held)
         except ModelDirMissing:
             self._check_root()
 

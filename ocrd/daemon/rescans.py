@@ -21,6 +21,7 @@ from ocrd.rules.decision import Decision, Plan, Verdict
 from ocrd.rules.parts import chunks, kin, parts
 from ocrd.rules.retention import Rules, plan, revisit_at
 from ocrd.watch.mirror import Mirror, Root
+from ocrd.watch.observer import Changes
 
 
 class Rescans:
@@ -50,6 +51,7 @@ class Rescans:
         self.future = FutureMtimes()  # files already reported with an mtime in the future
         self.looked_at = 0  # paths looked at again on disk between full passes
         self.planned = 0  # files planned between full passes
+        self.carried: Changes | None = None  # marks before_reload kept for the next turn
         self.log: Any = log.get()
 
     def reconfigure(self, new: Config) -> None:
@@ -96,6 +98,9 @@ class Rescans:
         if self.mirror.check_coverage():
             root = Root.REARMED
         changes = self.mirror.take_changes()
+        if self.carried is not None:  # kept by before_reload for this turn
+            changes = self.carried.merged(changes)
+            self.carried = None
         rules = held()
         if root in (Root.RETURNED, Root.REARMED):
             self.rescan_all("rearmed", rules)
@@ -111,21 +116,40 @@ class Rescans:
         elif changes.poll:
             self.rescan_all("poll", rules)  # no observer could be had: rescans stand in for one
         else:
-            # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
-            # entry the file has since outgrown (writes raise no event we listen to). All of
-            # them are looked at again on disk before planning: the disk is the truth.
-            self.batcher.lift(changes.files)
-            changes.files |= self.scheduler.due_revisits() | self.mirror.take_pending()
-            self.looked_at += len(changes.files) + len(changes.dirs)
-            refreshed = self.mirror.refresh(changes)
-            for path in refreshed.gone:
-                self.batcher.forget(path)
-                self.scheduler.gone()
-            self.scheduler.gone(refreshed.forgotten)
-            entries = self.mirror.entries(refreshed.touched)
-            if entries:
-                self._plan_changed(entries, rules)
-                self.scheduler.replanned(len(entries))
+            self._look_at(changes, rules)
+
+    def before_reload(self, held: Callable[[], Rules]) -> None:
+        """What the watch marked since the last turn, looked at and planned under the rules
+        in force, deleting nothing (deletions wait for their batch, which the reload plans
+        again): a reload's guard then weighs the tree as it is now. Marks that need a full
+        pass (lost events, a directory, no observer) are kept for the next turn: the reload's
+        own full pass covers them, or, if the reload is held, the next turn takes them."""
+        changes = self.mirror.take_changes()
+        if changes.lost or changes.dirs or changes.poll:
+            self.carried = changes
+            return
+        self.batcher.holding = True
+        try:
+            self._look_at(changes, held())
+        finally:
+            self.batcher.holding = False
+
+    def _look_at(self, changes: Changes, rules: Rules) -> None:
+        # Events only name a path; a revisit or a deletion skipped as "changed" may hold an
+        # entry the file has since outgrown (writes raise no event we listen to). All of
+        # them are looked at again on disk before planning: the disk is the truth.
+        self.batcher.lift(changes.files)
+        changes.files |= self.scheduler.due_revisits() | self.mirror.take_pending()
+        self.looked_at += len(changes.files) + len(changes.dirs)
+        refreshed = self.mirror.refresh(changes)
+        for path in refreshed.gone:
+            self.batcher.forget(path)
+            self.scheduler.gone()
+        self.scheduler.gone(refreshed.forgotten)
+        entries = self.mirror.entries(refreshed.touched)
+        if entries:
+            self._plan_changed(entries, rules)
+            self.scheduler.replanned(len(entries))
 
     def _plan_changed(self, entries: list[FileEntry], rules: Rules) -> None:
         self.planned += len(entries)

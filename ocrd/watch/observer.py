@@ -93,6 +93,14 @@ class Changes:
     def __bool__(self) -> bool:
         return bool(self.files or self.dirs or self.lost or self.poll)
 
+    def merged(self, later: Changes) -> Changes:
+        """These marks and ``later``'s together (both are consumed)."""
+        self.files |= later.files
+        self.dirs |= later.dirs
+        self.lost = self.lost or later.lost
+        self.poll = self.poll or later.poll
+        return self
+
 
 class Unavailable(Exception):
     """This kind of watch could not be started here (the library's error is the cause)."""
