@@ -1,4 +1,4 @@
-"""The deleter's common case through a compiled loop (ocrd/ops/sweep.c), where it was built.
+"""The deleter's common case through a compiled step (ocrd/ops/sweep.c), where it was built.
 
 A planned file that is ours to open, leased and unchanged, after a file that waits leased
 under the directory's private name (ocrd.ops.onebehind): the compiled step makes exactly the
@@ -37,14 +37,14 @@ except ImportError:  # not built here: the Python path does it all
 
 
 def available() -> bool:
-    """Whether the compiled loop is there and not turned off (``OCRD_PURE_PYTHON=1``)."""
+    """Whether the compiled step is there and not turned off (``OCRD_PURE_PYTHON=1``)."""
     return compiled is not None and wanted()
 
 
 def ready(behind: OneBehind, holders: InUse) -> bool:
-    """Whether ``behind`` has a file waiting that the compiled loop can go on from: held open
+    """Whether ``behind`` has a file waiting that the compiled step can go on from: held open
     and leased by us (not one /proc vouched for), on a filesystem whose leases see every
-    holder, mappings included (the loop asks nothing of /proc)."""
+    holder, mappings included (the step asks nothing of /proc)."""
     w = behind.waiting
     return (
         w is not None
