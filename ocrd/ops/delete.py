@@ -160,19 +160,17 @@ def _empty(
         for d in group:
             if pause():
                 break
-            if fast and here is not None and ready(behind, holders):
-                parent = here.get()
-                if parent >= 0:
-                    settled = step(behind, parent, d, me, timer)
-                    if settled is not None:
-                        yield from settled
-                        continue
-                    here.give_back(1)  # the Python path below asks for it again
             if bin_ is not None and d.rule != INTERRUPTED and (why := bin_.unusable()):
                 yield Outcome(d, Status.SKIPPED, why)
                 continue
+            parent = here.get() if here is not None else -1
+            if fast and parent >= 0 and ready(behind, holders):
+                settled = step(behind, parent, d, me, timer)
+                if settled is not None:
+                    yield from settled
+                    continue
             checked: Outcome | Checked | None = None
-            if here is not None and (parent := here.get()) >= 0:
+            if parent >= 0:
                 checked = quick_check(parent, d, holders, me)
             if checked is None:
                 checked = check_file(dirs, d, holders, probe=False)

@@ -51,22 +51,13 @@ class Parent:
     def get(self) -> int:
         """The directory's fd for one file, verified within the last ``every`` files; -1 if
         it cannot be."""
-        return self.take(1)[0]
-
-    def take(self, most: int) -> tuple[int, int]:
-        """The directory's fd for up to ``most`` files, and for how many: up to the next
-        verification (at least one). What the caller did not use, it gives back."""
         if self.left <= 0:
             self.close()
             self.left = self.every
             with contextlib.suppress(OSError):
                 self.fd = os.dup(self.dirs.open(self.rel))
-        room = max(1, min(most, self.left))
-        self.left -= room
-        return self.fd, room
-
-    def give_back(self, unused: int) -> None:
-        self.left += unused
+        self.left -= 1
+        return self.fd
 
     def close(self) -> None:
         if self.fd >= 0:
