@@ -175,6 +175,7 @@ class Rescans:
         built is planned afterwards in parts that hold whole families (ocrd.rules.parts).
         Either way only packed records are kept for the whole tree, and the heartbeat runs
         (the watchdog, SIGTERM) every few thousand files (docs/big-trees.md)."""
+        self.carried = None  # marks before_reload kept: this pass looks at everything
         scan = self.mirror.scan()
         self.scheduler.rescanned()
         self.scheduler.clear_revisits()
