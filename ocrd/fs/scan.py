@@ -163,7 +163,6 @@ def walk_batches(
                                     _skip(top_skip, files, subdirs)
                                 yield files[:chunk]
                                 del files[:chunk]
-                            append = files.append
                             continue
                         s = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
